@@ -1,0 +1,62 @@
+# inferq: `make run` serves the bundled example model, `make test` runs the
+# whole suite, `make bench` the benchmarks. Everything fetched or built lands
+# in build/ (ignored by git) and bin/.
+
+SHELL := /bin/bash
+GO ?= go
+ORT_VERSION ?= 1.30.0
+BUILD := $(CURDIR)/build
+ORT_DIR := $(BUILD)/onnxruntime
+ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1
+# The library the binary and the tests load; ONNXRUNTIME_LIB overrides.
+ONNXRUNTIME_LIB ?= $(ORT_LIB)
+export ONNXRUNTIME_LIB
+
+HTTP ?= 127.0.0.1:8080
+DATA ?= $(BUILD)/data
+
+.PHONY: all build run test test-short bench vet fmt onnxruntime models clean
+
+all: build
+
+build: bin/inferq onnxruntime
+
+bin/inferq: $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
+	$(GO) build -o bin/inferq ./cmd/inferq
+
+# ONNX Runtime comes from the npm package onnxruntime-node, whose tarball
+# carries the official Linux x64 shared library. See docs/onnxruntime.md for
+# the official release download instead.
+onnxruntime: $(ORT_LIB)
+
+$(ORT_LIB):
+	@echo "installing ONNX Runtime $(ORT_VERSION) into $(ORT_DIR)"
+	@command -v npm >/dev/null || { echo "npm is needed to fetch ONNX Runtime (or set ONNXRUNTIME_LIB; see docs/onnxruntime.md)"; exit 1; }
+	@rm -rf $(ORT_DIR)/tmp && mkdir -p $(ORT_DIR)/tmp
+	cd $(ORT_DIR)/tmp && npm pack --silent onnxruntime-node@$(ORT_VERSION) >/dev/null
+	tar -xzf $(ORT_DIR)/tmp/onnxruntime-node-$(ORT_VERSION).tgz -C $(ORT_DIR)/tmp package/bin/napi-v6/linux/x64/libonnxruntime.so.1
+	mv $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 $(ORT_LIB)
+	rm -rf $(ORT_DIR)/tmp
+
+run: build
+	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
+
+test: onnxruntime
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 12m ./...
+
+test-short: onnxruntime
+	$(GO) test -short -count=1 ./...
+
+bench: onnxruntime
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./bench/...
+
+# Regenerates the bundled example model from its generator.
+models:
+	$(GO) run ./testdata/models/iris/gen -o testdata/models/iris/1/model.onnx
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin build/data

@@ -1,0 +1,88 @@
+// Package testenv starts the real components inferq's tests run against:
+// ONNX Runtime from the project's install, and an embedded NATS JetStream
+// server on a free port.
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/inferq/inferq/internal/embednats"
+	"github.com/inferq/inferq/onnx"
+)
+
+// Root returns the module's root directory.
+func Root(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("testenv: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// ORTLibrary returns the ONNX Runtime library: ONNXRUNTIME_LIB, else the
+// one `make build` installs. A test without it fails with the reason, since
+// every test of a model needs the real runtime.
+func ORTLibrary(t testing.TB) string {
+	t.Helper()
+	lib, err := onnx.FindLibrary(os.Getenv("ONNXRUNTIME_LIB"),
+		[]string{filepath.Join(Root(t), "build", "onnxruntime", onnx.LibraryName)})
+	if err != nil {
+		t.Fatalf("%v\n(run `make onnxruntime` or `make test`)", err)
+	}
+	return lib
+}
+
+// Runtime opens ONNX Runtime for the test and closes it after.
+func Runtime(t testing.TB) *onnx.Runtime {
+	t.Helper()
+	rt, err := onnx.Open(ORTLibrary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
+// JetStream starts an embedded NATS server with JetStream in a temporary
+// folder, on a free loopback port, stopped when the test ends.
+func JetStream(t testing.TB) *embednats.Server {
+	t.Helper()
+	return JetStreamAt(t, t.TempDir())
+}
+
+// JetStreamAt starts an embedded server storing under dir, so that a test
+// can restart it on the same data.
+func JetStreamAt(t testing.TB, dir string) *embednats.Server {
+	t.Helper()
+	s, err := embednats.Start(embednats.Options{StoreDir: dir, Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Connect opens a client connection to s, closed when the test ends.
+func Connect(t testing.TB, s *embednats.Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}

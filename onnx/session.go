@@ -1,0 +1,289 @@
+package onnx
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/inferq/inferq/tensor"
+)
+
+// Kind is what sort of value an input or output is.
+type Kind string
+
+// Kinds of values. Only tensors travel as V2 tensors.
+const (
+	KindTensor   Kind = "tensor"
+	KindSequence Kind = "sequence"
+	KindMap      Kind = "map"
+	KindOther    Kind = "other"
+)
+
+// IO describes one input or output of a model.
+type IO struct {
+	tensor.Spec
+	Kind Kind
+	// ElementType is ONNX Runtime's name for the element type, kept for
+	// error messages about types V2 cannot carry.
+	ElementType string
+}
+
+// Signature is a model's inputs and outputs, in the model's order.
+type Signature struct {
+	Inputs  []IO
+	Outputs []IO
+}
+
+var datatypes = map[ort.TensorElementDataType]tensor.Datatype{
+	ort.TensorElementDataTypeBool:    tensor.Bool,
+	ort.TensorElementDataTypeUint8:   tensor.Uint8,
+	ort.TensorElementDataTypeUint16:  tensor.Uint16,
+	ort.TensorElementDataTypeUint32:  tensor.Uint32,
+	ort.TensorElementDataTypeUint64:  tensor.Uint64,
+	ort.TensorElementDataTypeInt8:    tensor.Int8,
+	ort.TensorElementDataTypeInt16:   tensor.Int16,
+	ort.TensorElementDataTypeInt32:   tensor.Int32,
+	ort.TensorElementDataTypeInt64:   tensor.Int64,
+	ort.TensorElementDataTypeFloat16: tensor.FP16,
+	ort.TensorElementDataTypeFloat:   tensor.FP32,
+	ort.TensorElementDataTypeDouble:  tensor.FP64,
+	ort.TensorElementDataTypeString:  tensor.Bytes,
+}
+
+func elementType(d tensor.Datatype) ort.TensorElementDataType {
+	for k, v := range datatypes {
+		if v == d {
+			return k
+		}
+	}
+	return ort.TensorElementDataTypeUndefined
+}
+
+func convertIO(infos []ort.InputOutputInfo) []IO {
+	out := make([]IO, len(infos))
+	for i, in := range infos {
+		io := IO{Spec: tensor.Spec{Name: in.Name}, ElementType: in.DataType.String()}
+		switch in.OrtValueType {
+		case ort.ONNXTypeTensor:
+			io.Kind = KindTensor
+			io.Datatype = datatypes[in.DataType]
+			io.Shape = make([]int64, len(in.Dimensions))
+			for j, d := range in.Dimensions {
+				if d < 0 {
+					d = -1
+				}
+				io.Shape[j] = d
+			}
+		case ort.ONNXTypeSequence:
+			io.Kind = KindSequence
+		case ort.ONNXTypeMap:
+			io.Kind = KindMap
+		default:
+			io.Kind = KindOther
+		}
+		out[i] = io
+	}
+	return out
+}
+
+// Inspect reads the inputs and outputs of the model at path.
+func (r *Runtime) Inspect(path string) (Signature, error) {
+	in, out, err := ort.GetInputOutputInfo(path)
+	if err != nil {
+		return Signature{}, fmt.Errorf("read model %s: %w", path, err)
+	}
+	return Signature{Inputs: convertIO(in), Outputs: convertIO(out)}, nil
+}
+
+// SessionOptions configure one session. The zero value lets ONNX Runtime
+// choose its thread counts.
+type SessionOptions struct {
+	// IntraOpThreads and InterOpThreads size ONNX Runtime's thread pools;
+	// 0 leaves ONNX Runtime's default.
+	IntraOpThreads int
+	InterOpThreads int
+}
+
+// Session is a loaded model. Run may be called from several goroutines at
+// once; Close must not overlap with Run.
+type Session struct {
+	sess    *ort.DynamicAdvancedSession
+	inputs  []IO
+	outputs []IO
+}
+
+// NewSession loads the model at path with the given signature (from
+// Inspect); Run takes inputs in the signature's order and returns every
+// output in its order.
+func (r *Runtime) NewSession(path string, sig Signature, opts SessionOptions) (*Session, error) {
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("create session options: %w", err)
+	}
+	defer so.Destroy()
+	if opts.IntraOpThreads > 0 {
+		if err := so.SetIntraOpNumThreads(opts.IntraOpThreads); err != nil {
+			return nil, fmt.Errorf("set intra-op threads: %w", err)
+		}
+	}
+	if opts.InterOpThreads > 0 {
+		if err := so.SetInterOpNumThreads(opts.InterOpThreads); err != nil {
+			return nil, fmt.Errorf("set inter-op threads: %w", err)
+		}
+	}
+	names := func(ios []IO) []string {
+		n := make([]string, len(ios))
+		for i, io := range ios {
+			n[i] = io.Name
+		}
+		return n
+	}
+	s, err := ort.NewDynamicAdvancedSession(path, names(sig.Inputs), names(sig.Outputs), so)
+	if err != nil {
+		return nil, fmt.Errorf("load model %s: %w", path, err)
+	}
+	return &Session{sess: s, inputs: sig.Inputs, outputs: sig.Outputs}, nil
+}
+
+// Close releases the session.
+func (s *Session) Close() error {
+	return s.sess.Destroy()
+}
+
+// Run runs the model once on inputs, given in the signature's order, and
+// returns its outputs in the signature's order. Output data is owned by
+// the caller.
+func (s *Session) Run(inputs []tensor.Tensor) ([]tensor.Tensor, error) {
+	if len(inputs) != len(s.inputs) {
+		return nil, fmt.Errorf("run: got %d inputs, the model takes %d", len(inputs), len(s.inputs))
+	}
+	in := make([]ort.Value, len(inputs))
+	defer func() {
+		for _, v := range in {
+			if v != nil {
+				v.Destroy()
+			}
+		}
+	}()
+	for i := range inputs {
+		v, err := newValue(&inputs[i])
+		if err != nil {
+			return nil, fmt.Errorf("input %q: %w", inputs[i].Name, err)
+		}
+		in[i] = v
+	}
+	out := make([]ort.Value, len(s.outputs))
+	defer func() {
+		for _, v := range out {
+			if v != nil {
+				v.Destroy()
+			}
+		}
+	}()
+	if err := s.sess.Run(in, out); err != nil {
+		return nil, err
+	}
+	result := make([]tensor.Tensor, len(out))
+	for i, v := range out {
+		t, err := fromValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", s.outputs[i].Name, err)
+		}
+		t.Name = s.outputs[i].Name
+		result[i] = t
+	}
+	return result, nil
+}
+
+func newValue(t *tensor.Tensor) (ort.Value, error) {
+	shape := ort.NewShape(t.Shape...)
+	if t.Datatype == tensor.Bytes {
+		elems, err := t.Strings()
+		if err != nil {
+			return nil, err
+		}
+		st, err := ort.NewStringTensor(shape)
+		if err != nil {
+			return nil, err
+		}
+		strs := make([]string, len(elems))
+		for i, e := range elems {
+			strs[i] = string(e)
+		}
+		if err := st.SetContents(strs); err != nil {
+			st.Destroy()
+			return nil, err
+		}
+		return st, nil
+	}
+	et := elementType(t.Datatype)
+	if et == ort.TensorElementDataTypeUndefined {
+		return nil, fmt.Errorf("datatype %s has no ONNX Runtime equivalent", t.Datatype)
+	}
+	if len(t.Data) == 0 {
+		return nil, errors.New("empty tensors cannot be passed to ONNX Runtime")
+	}
+	return ort.NewCustomDataTensor(shape, t.Data, et)
+}
+
+// bytesOf views a typed slice as its bytes, which stay valid as long as the
+// slice does.
+func bytesOf[T any](s []T) []byte {
+	if len(s) == 0 {
+		return nil
+	}
+	var zero T
+	return unsafe.Slice((*byte)(unsafe.Pointer(&s[0])), len(s)*int(unsafe.Sizeof(zero)))
+}
+
+func fromValue(v ort.Value) (tensor.Tensor, error) {
+	t := tensor.Tensor{Shape: []int64(v.GetShape().Clone())}
+	switch x := v.(type) {
+	case *ort.Tensor[float32]:
+		t.Datatype, t.Data = tensor.FP32, bytesOf(x.GetData())
+	case *ort.Tensor[float64]:
+		t.Datatype, t.Data = tensor.FP64, bytesOf(x.GetData())
+	case *ort.Tensor[int8]:
+		t.Datatype, t.Data = tensor.Int8, bytesOf(x.GetData())
+	case *ort.Tensor[int16]:
+		t.Datatype, t.Data = tensor.Int16, bytesOf(x.GetData())
+	case *ort.Tensor[int32]:
+		t.Datatype, t.Data = tensor.Int32, bytesOf(x.GetData())
+	case *ort.Tensor[int64]:
+		t.Datatype, t.Data = tensor.Int64, bytesOf(x.GetData())
+	case *ort.Tensor[uint8]:
+		t.Datatype, t.Data = tensor.Uint8, bytesOf(x.GetData())
+	case *ort.Tensor[uint16]:
+		t.Datatype, t.Data = tensor.Uint16, bytesOf(x.GetData())
+	case *ort.Tensor[uint32]:
+		t.Datatype, t.Data = tensor.Uint32, bytesOf(x.GetData())
+	case *ort.Tensor[uint64]:
+		t.Datatype, t.Data = tensor.Uint64, bytesOf(x.GetData())
+	case *ort.Tensor[bool]:
+		t.Datatype, t.Data = tensor.Bool, bytesOf(x.GetData())
+	case *ort.StringTensor:
+		strs, err := x.GetContents()
+		if err != nil {
+			return t, err
+		}
+		t.Datatype = tensor.Bytes
+		for _, s := range strs {
+			t.Data = tensor.AppendBytesElement(t.Data, []byte(s))
+		}
+	case *ort.CustomDataTensor:
+		dt, ok := datatypes[ort.TensorElementDataType(x.DataType())]
+		if !ok {
+			return t, fmt.Errorf("element type %v cannot be returned as a V2 tensor", ort.TensorElementDataType(x.DataType()))
+		}
+		t.Datatype = dt
+		t.Data = x.GetData()
+	default:
+		return t, fmt.Errorf("a %v output cannot be returned as a V2 tensor", v.GetONNXType())
+	}
+	if err := t.CheckData(); err != nil {
+		return t, fmt.Errorf("ONNX Runtime returned inconsistent data: %w", err)
+	}
+	return t, nil
+}

@@ -1,0 +1,555 @@
+package tensor
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"unsafe"
+
+	"github.com/x448/float16"
+)
+
+// Limits bound what a decoder accepts, so that a hostile or mistaken
+// request is refused with a clear error instead of exhausting memory. The
+// zero value applies the defaults.
+type Limits struct {
+	// MaxElements bounds the elements of all inputs of one request
+	// together. Default 64 Mi.
+	MaxElements int64
+	// MaxStringBytes bounds one BYTES element. Default 16 MiB.
+	MaxStringBytes int
+	// MaxDepth bounds the nesting of data arrays. Default 32.
+	MaxDepth int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxElements <= 0 {
+		l.MaxElements = 64 << 20
+	}
+	if l.MaxStringBytes <= 0 {
+		l.MaxStringBytes = 16 << 20
+	}
+	if l.MaxDepth <= 0 {
+		l.MaxDepth = 32
+	}
+	return l
+}
+
+// ErrInvalid is wrapped by every decoding error: the input, not inferq, is
+// at fault.
+var ErrInvalid = errors.New("invalid tensor request")
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Request is a V2 inference request.
+type Request struct {
+	// ID is the client's correlation id, echoed in the response.
+	ID string
+	// Parameters are the request's free-form parameters, kept as JSON.
+	Parameters json.RawMessage
+	Inputs     []Tensor
+	// Outputs names the outputs wanted; empty means all of them.
+	Outputs []string
+}
+
+// Input returns the input named name, or nil.
+func (r *Request) Input(name string) *Tensor {
+	for i := range r.Inputs {
+		if r.Inputs[i].Name == name {
+			return &r.Inputs[i]
+		}
+	}
+	return nil
+}
+
+// Response is a V2 inference response.
+type Response struct {
+	ModelName    string
+	ModelVersion string
+	ID           string
+	Outputs      []Tensor
+}
+
+type wireTensor struct {
+	Name       string                     `json:"name"`
+	Shape      []int64                    `json:"shape"`
+	Datatype   string                     `json:"datatype"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Data       json.RawMessage            `json:"data,omitempty"`
+}
+
+type wireOutput struct {
+	Name       string          `json:"name"`
+	Parameters json.RawMessage `json:"parameters,omitempty"`
+}
+
+type wireRequest struct {
+	ID         string          `json:"id,omitempty"`
+	Parameters json.RawMessage `json:"parameters,omitempty"`
+	Inputs     []wireTensor    `json:"inputs"`
+	Outputs    []wireOutput    `json:"outputs,omitempty"`
+}
+
+type wireResponse struct {
+	ModelName    string       `json:"model_name"`
+	ModelVersion string       `json:"model_version"`
+	ID           string       `json:"id"`
+	Outputs      []wireTensor `json:"outputs"`
+}
+
+// DecodeRequest decodes a V2 JSON request. Each input's data is checked
+// against its shape and datatype and converted to the binary layout.
+func DecodeRequest(body []byte, lim Limits) (*Request, error) {
+	return decodeRequest(body, nil, lim)
+}
+
+// DecodeBinaryRequest decodes a request in the V2 binary tensor extension:
+// the first headerLen bytes of data are the JSON request, and inputs whose
+// parameters carry binary_data_size take that many bytes, in order, from
+// what follows.
+func DecodeBinaryRequest(data []byte, headerLen int, lim Limits) (*Request, error) {
+	if headerLen < 0 || headerLen > len(data) {
+		return nil, invalidf("header length %d is outside the %d-byte body", headerLen, len(data))
+	}
+	return decodeRequest(data[:headerLen], data[headerLen:], lim)
+}
+
+func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
+	lim = lim.withDefaults()
+	var w wireRequest
+	if err := json.Unmarshal(header, &w); err != nil {
+		return nil, invalidf("request is not valid V2 JSON: %v", err)
+	}
+	if len(w.Inputs) == 0 {
+		return nil, invalidf("request has no inputs")
+	}
+	r := &Request{ID: w.ID, Parameters: w.Parameters, Inputs: make([]Tensor, len(w.Inputs))}
+	var total int64
+	for i := range w.Inputs {
+		t, rest, err := w.Inputs[i].decode(binaryData, lim, lim.MaxElements-total)
+		if err != nil {
+			return nil, err
+		}
+		binaryData = rest
+		total += NumElements(t.Shape)
+		for j := range i {
+			if r.Inputs[j].Name == t.Name {
+				return nil, invalidf("input %q appears twice", t.Name)
+			}
+		}
+		r.Inputs[i] = t
+	}
+	if len(binaryData) > 0 {
+		return nil, invalidf("%d bytes of binary data follow the last binary input", len(binaryData))
+	}
+	for _, o := range w.Outputs {
+		if o.Name == "" {
+			return nil, invalidf("an entry of outputs has no name")
+		}
+		r.Outputs = append(r.Outputs, o.Name)
+	}
+	return r, nil
+}
+
+func (w *wireTensor) decode(binaryData []byte, lim Limits, budget int64) (Tensor, []byte, error) {
+	if w.Name == "" {
+		return Tensor{}, nil, invalidf("an input has no name")
+	}
+	dt, err := ParseDatatype(w.Datatype)
+	if err != nil {
+		return Tensor{}, nil, invalidf("input %q: %v", w.Name, err)
+	}
+	if w.Shape == nil {
+		return Tensor{}, nil, invalidf("input %q has no shape", w.Name)
+	}
+	n := int64(1)
+	for _, d := range w.Shape {
+		if d < 0 {
+			return Tensor{}, nil, invalidf("input %q: shape %s has a negative dimension", w.Name, FormatShape(w.Shape))
+		}
+		if d > 0 && n > budget/d {
+			return Tensor{}, nil, invalidf("input %q: shape %s exceeds the limit of %d elements per request", w.Name, FormatShape(w.Shape), lim.MaxElements)
+		}
+		n *= d
+	}
+	if n > budget {
+		return Tensor{}, nil, invalidf("input %q: shape %s exceeds the limit of %d elements per request", w.Name, FormatShape(w.Shape), lim.MaxElements)
+	}
+	t := Tensor{Name: w.Name, Datatype: dt, Shape: w.Shape}
+	if raw, ok := w.Parameters["binary_data_size"]; ok {
+		size, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || size < 0 {
+			return Tensor{}, nil, invalidf("input %q: binary_data_size %s is not a byte count", w.Name, raw)
+		}
+		if size > int64(len(binaryData)) {
+			return Tensor{}, nil, invalidf("input %q: binary_data_size %d exceeds the %d bytes of binary data left", w.Name, size, len(binaryData))
+		}
+		t.Data = binaryData[:size:size]
+		if err := t.CheckData(); err != nil {
+			return Tensor{}, nil, invalidf("input %v", err)
+		}
+		return t, binaryData[size:], nil
+	}
+	if len(w.Data) == 0 {
+		return Tensor{}, nil, invalidf("input %q has no data", w.Name)
+	}
+	t.Data, err = decodeData(w.Data, dt, n, lim)
+	if err != nil {
+		return Tensor{}, nil, invalidf("input %q: %v", w.Name, err)
+	}
+	return t, binaryData, nil
+}
+
+// decodeData converts a JSON array (flat or nested) of want elements of
+// type dt to the binary layout.
+func decodeData(raw []byte, dt Datatype, want int64, lim Limits) ([]byte, error) {
+	size := int64(dt.Size())
+	out := make([]byte, 0, want*size)
+	var n int64
+	depth := 0
+	for i := 0; i < len(raw); {
+		switch c := raw[i]; c {
+		case ' ', '\t', '\n', '\r', ',':
+			i++
+			continue
+		case '[':
+			depth++
+			if depth > lim.MaxDepth {
+				return nil, fmt.Errorf("data is nested deeper than %d levels", lim.MaxDepth)
+			}
+			i++
+			continue
+		case ']':
+			depth--
+			i++
+			continue
+		case '{':
+			return nil, errors.New("data must be an array of values, not an object")
+		}
+		// A value: a string or a bare token.
+		var tok []byte
+		quoted := raw[i] == '"'
+		if quoted {
+			end, err := stringEnd(raw, i)
+			if err != nil {
+				return nil, err
+			}
+			tok = raw[i:end]
+			i = end
+		} else {
+			j := i
+			for j < len(raw) && !isDelim(raw[j]) {
+				j++
+			}
+			tok = raw[i:j]
+			i = j
+		}
+		if n >= want {
+			return nil, fmt.Errorf("data has more elements than the %d its shape needs", want)
+		}
+		var err error
+		out, err = appendValue(out, tok, quoted, dt, lim)
+		if err != nil {
+			return nil, fmt.Errorf("element %d: %w", n, err)
+		}
+		n++
+	}
+	if n != want {
+		return nil, fmt.Errorf("data has %d elements but its shape needs %d", n, want)
+	}
+	return out, nil
+}
+
+func isDelim(c byte) bool {
+	return c == ',' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r'
+}
+
+// stringEnd returns the index just past the JSON string starting at i.
+func stringEnd(raw []byte, i int) (int, error) {
+	for j := i + 1; j < len(raw); j++ {
+		switch raw[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		}
+	}
+	return 0, errors.New("unterminated string")
+}
+
+func unsafeString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+func appendValue(out, tok []byte, quoted bool, dt Datatype, lim Limits) ([]byte, error) {
+	if dt == Bytes {
+		if !quoted {
+			return nil, fmt.Errorf("BYTES elements must be strings, got %s", tok)
+		}
+		s := tok[1 : len(tok)-1]
+		if bytes.IndexByte(s, '\\') >= 0 {
+			var v string
+			if err := json.Unmarshal(tok, &v); err != nil {
+				return nil, fmt.Errorf("bad string %s: %v", tok, err)
+			}
+			s = []byte(v)
+		}
+		if len(s) > lim.MaxStringBytes {
+			return nil, fmt.Errorf("string of %d bytes exceeds the limit of %d", len(s), lim.MaxStringBytes)
+		}
+		return AppendBytesElement(out, s), nil
+	}
+	if dt == Bool {
+		switch string(tok) {
+		case "true":
+			return append(out, 1), nil
+		case "false":
+			return append(out, 0), nil
+		}
+		return nil, fmt.Errorf("BOOL elements must be true or false, got %s", tok)
+	}
+	if quoted {
+		f, ok := nonFinite(tok)
+		if !ok || (dt != FP16 && dt != FP32 && dt != FP64) {
+			return nil, fmt.Errorf("%s elements must be numbers, got %s", dt, tok)
+		}
+		return appendFloat(out, dt, f), nil
+	}
+	s := unsafeString(tok)
+	switch dt {
+	case Uint8, Uint16, Uint32, Uint64:
+		bits := dt.Size() * 8
+		v, err := strconv.ParseUint(s, 10, bits)
+		if err != nil {
+			return nil, intError(s, dt, err)
+		}
+		return appendUint(out, v, dt.Size()), nil
+	case Int8, Int16, Int32, Int64:
+		bits := dt.Size() * 8
+		v, err := strconv.ParseInt(s, 10, bits)
+		if err != nil {
+			return nil, intError(s, dt, err)
+		}
+		return appendUint(out, uint64(v), dt.Size()), nil
+	case FP16, FP32, FP64:
+		bits := 64
+		if dt != FP64 {
+			bits = 32
+		}
+		f, err := strconv.ParseFloat(s, bits)
+		if err != nil {
+			if errors.Is(err, strconv.ErrRange) {
+				return nil, fmt.Errorf("%s is out of range for %s", s, dt)
+			}
+			return nil, fmt.Errorf("%s is not a number", s)
+		}
+		if dt == FP16 && math.Abs(f) > 65504 {
+			return nil, fmt.Errorf("%s is out of range for FP16", s)
+		}
+		return appendFloat(out, dt, f), nil
+	}
+	return nil, fmt.Errorf("unsupported datatype %s", dt)
+}
+
+func intError(s string, dt Datatype, err error) error {
+	if errors.Is(err, strconv.ErrRange) {
+		return fmt.Errorf("%s is out of range for %s", s, dt)
+	}
+	return fmt.Errorf("%s is not an integer (%s)", s, dt)
+}
+
+func nonFinite(tok []byte) (float64, bool) {
+	switch string(tok) {
+	case `"NaN"`:
+		return math.NaN(), true
+	case `"Infinity"`, `"+Infinity"`, `"inf"`:
+		return math.Inf(1), true
+	case `"-Infinity"`, `"-inf"`:
+		return math.Inf(-1), true
+	}
+	return 0, false
+}
+
+func appendUint(out []byte, v uint64, size int) []byte {
+	switch size {
+	case 1:
+		return append(out, byte(v))
+	case 2:
+		return binary.LittleEndian.AppendUint16(out, uint16(v))
+	case 4:
+		return binary.LittleEndian.AppendUint32(out, uint32(v))
+	}
+	return binary.LittleEndian.AppendUint64(out, v)
+}
+
+func appendFloat(out []byte, dt Datatype, f float64) []byte {
+	switch dt {
+	case FP16:
+		return binary.LittleEndian.AppendUint16(out, float16.Fromfloat32(float32(f)).Bits())
+	case FP32:
+		return binary.LittleEndian.AppendUint32(out, math.Float32bits(float32(f)))
+	}
+	return binary.LittleEndian.AppendUint64(out, math.Float64bits(f))
+}
+
+// AppendJSON appends r as V2 response JSON.
+func (r *Response) AppendJSON(buf []byte) []byte {
+	buf = append(buf, `{"model_name":`...)
+	buf = strconv.AppendQuote(buf, r.ModelName)
+	buf = append(buf, `,"model_version":`...)
+	buf = strconv.AppendQuote(buf, r.ModelVersion)
+	buf = append(buf, `,"id":`...)
+	buf = strconv.AppendQuote(buf, r.ID)
+	buf = append(buf, `,"outputs":[`...)
+	for i := range r.Outputs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = r.Outputs[i].AppendJSON(buf)
+	}
+	return append(buf, "]}"...)
+}
+
+// AppendJSON appends t as a V2 tensor object with flat data. Non-finite
+// floats, which JSON cannot carry as numbers, are written as the strings
+// "NaN", "Infinity" and "-Infinity", which DecodeRequest accepts back.
+func (t *Tensor) AppendJSON(buf []byte) []byte {
+	buf = append(buf, `{"name":`...)
+	buf = appendJSONString(buf, t.Name)
+	buf = append(buf, `,"datatype":"`...)
+	buf = append(buf, t.Datatype.String()...)
+	buf = append(buf, `","shape":[`...)
+	for i, d := range t.Shape {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = strconv.AppendInt(buf, d, 10)
+	}
+	buf = append(buf, `],"data":[`...)
+	buf = appendData(buf, t)
+	return append(buf, "]}"...)
+}
+
+func appendJSONString(buf []byte, s string) []byte {
+	b, _ := json.Marshal(s) // never fails for a string
+	return append(buf, b...)
+}
+
+func appendData(buf []byte, t *Tensor) []byte {
+	d := t.Data
+	le := binary.LittleEndian
+	size := t.Datatype.Size()
+	if t.Datatype == Bytes {
+		elems, _ := SplitBytes(d)
+		for i, e := range elems {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, string(e))
+		}
+		return buf
+	}
+	for i := 0; i+size <= len(d); i += size {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		e := d[i : i+size]
+		switch t.Datatype {
+		case Bool:
+			buf = strconv.AppendBool(buf, e[0] != 0)
+		case Uint8:
+			buf = strconv.AppendUint(buf, uint64(e[0]), 10)
+		case Uint16:
+			buf = strconv.AppendUint(buf, uint64(le.Uint16(e)), 10)
+		case Uint32:
+			buf = strconv.AppendUint(buf, uint64(le.Uint32(e)), 10)
+		case Uint64:
+			buf = strconv.AppendUint(buf, le.Uint64(e), 10)
+		case Int8:
+			buf = strconv.AppendInt(buf, int64(int8(e[0])), 10)
+		case Int16:
+			buf = strconv.AppendInt(buf, int64(int16(le.Uint16(e))), 10)
+		case Int32:
+			buf = strconv.AppendInt(buf, int64(int32(le.Uint32(e))), 10)
+		case Int64:
+			buf = strconv.AppendInt(buf, int64(le.Uint64(e)), 10)
+		case FP16:
+			buf = appendJSONFloat(buf, float64(float16.Frombits(le.Uint16(e)).Float32()), 32)
+		case FP32:
+			buf = appendJSONFloat(buf, float64(math.Float32frombits(le.Uint32(e))), 32)
+		case FP64:
+			buf = appendJSONFloat(buf, math.Float64frombits(le.Uint64(e)), 64)
+		}
+	}
+	return buf
+}
+
+func appendJSONFloat(buf []byte, f float64, bits int) []byte {
+	switch {
+	case math.IsNaN(f):
+		return append(buf, `"NaN"`...)
+	case math.IsInf(f, 1):
+		return append(buf, `"Infinity"`...)
+	case math.IsInf(f, -1):
+		return append(buf, `"-Infinity"`...)
+	}
+	return strconv.AppendFloat(buf, f, 'g', -1, bits)
+}
+
+// DecodeResponse decodes V2 response JSON, as clients and tests read it.
+func DecodeResponse(body []byte) (*Response, error) {
+	var w wireResponse
+	if err := json.Unmarshal(body, &w); err != nil {
+		return nil, fmt.Errorf("decode V2 response: %w", err)
+	}
+	r := &Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID}
+	lim := Limits{}.withDefaults()
+	lim.MaxElements = math.MaxInt64
+	for i := range w.Outputs {
+		t, _, err := w.Outputs[i].decode(nil, lim, lim.MaxElements)
+		if err != nil {
+			return nil, fmt.Errorf("decode V2 response: %w", err)
+		}
+		r.Outputs = append(r.Outputs, t)
+	}
+	return r, nil
+}
+
+// MarshalBinary encodes r in the V2 binary tensor extension: a JSON header
+// whose inputs carry binary_data_size, then each input's data in order. It
+// returns the encoding and the length of its JSON header, which
+// DecodeBinaryRequest needs back.
+func (r *Request) MarshalBinary() (data []byte, headerLen int, err error) {
+	w := wireRequest{ID: r.ID, Parameters: r.Parameters, Inputs: make([]wireTensor, len(r.Inputs))}
+	size := 0
+	for i := range r.Inputs {
+		t := &r.Inputs[i]
+		w.Inputs[i] = wireTensor{
+			Name: t.Name, Shape: t.Shape, Datatype: t.Datatype.String(),
+			Parameters: map[string]json.RawMessage{"binary_data_size": json.RawMessage(strconv.Itoa(len(t.Data)))},
+		}
+		size += len(t.Data)
+	}
+	for _, o := range r.Outputs {
+		w.Outputs = append(w.Outputs, wireOutput{Name: o})
+	}
+	header, err := json.Marshal(&w)
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode request header: %w", err)
+	}
+	data = make([]byte, 0, len(header)+size)
+	data = append(data, header...)
+	for i := range r.Inputs {
+		data = append(data, r.Inputs[i].Data...)
+	}
+	return data, len(header), nil
+}
