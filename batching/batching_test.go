@@ -1,0 +1,262 @@
+package batching
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/tensor"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func TestNewRefusesBadPolicies(t *testing.T) {
+	for name, p := range map[string]Policy{
+		"no size":           {},
+		"negative delay":    {MaxBatchSize: 4, MaxQueueDelay: -1},
+		"preferred too big": {MaxBatchSize: 4, PreferredBatchSizes: []int{8}},
+		"preferred zero":    {MaxBatchSize: 4, PreferredBatchSizes: []int{0}},
+	} {
+		if _, err := New[int](p, nil); err == nil {
+			t.Errorf("%s: New accepted %+v", name, p)
+		}
+	}
+}
+
+func TestBatcherDecisions(t *testing.T) {
+	type add struct {
+		key  string
+		rows int
+	}
+	cases := []struct {
+		name     string
+		policy   Policy
+		adds     []add
+		advance  time.Duration
+		idle     bool
+		want     []Reason // batches taken by Next, in order
+		wantRows []int
+		pending  int
+	}{
+		{"full by count", Policy{MaxBatchSize: 3, MaxQueueDelay: time.Second}, []add{{"a", 1}, {"a", 1}, {"a", 1}}, 0, false, []Reason{ReasonMaxSize}, []int{3}, 0},
+		{"not full, not late", Policy{MaxBatchSize: 3, MaxQueueDelay: time.Second}, []add{{"a", 1}, {"a", 1}}, 999 * time.Millisecond, true, nil, nil, 2},
+		{"late", Policy{MaxBatchSize: 3, MaxQueueDelay: time.Second}, []add{{"a", 1}, {"a", 1}}, time.Second, false, []Reason{ReasonDelay}, []int{2}, 0},
+		{"overflow closes the open batch", Policy{MaxBatchSize: 4, MaxQueueDelay: time.Second}, []add{{"a", 3}, {"a", 2}}, 0, false, []Reason{ReasonMaxSize}, []int{3}, 1},
+		{"oversized item alone", Policy{MaxBatchSize: 4, MaxQueueDelay: time.Second}, []add{{"a", 9}}, 0, false, []Reason{ReasonMaxSize}, []int{9}, 0},
+		{"keys do not mix", Policy{MaxBatchSize: 2, MaxQueueDelay: time.Second}, []add{{"a", 1}, {"b", 1}, {"a", 1}}, 0, false, []Reason{ReasonMaxSize}, []int{2}, 1},
+		{"preferred when idle", Policy{MaxBatchSize: 8, MaxQueueDelay: time.Second, PreferredBatchSizes: []int{2, 4}}, []add{{"a", 1}, {"a", 1}}, 0, true, []Reason{ReasonPreferred}, []int{2}, 0},
+		{"preferred waits while busy", Policy{MaxBatchSize: 8, MaxQueueDelay: time.Second, PreferredBatchSizes: []int{2, 4}}, []add{{"a", 1}, {"a", 1}}, 0, false, nil, nil, 2},
+		{"not preferred size", Policy{MaxBatchSize: 8, MaxQueueDelay: time.Second, PreferredBatchSizes: []int{4}}, []add{{"a", 1}, {"a", 1}, {"a", 1}}, 0, true, nil, nil, 3},
+		{"zero delay dispatches when idle", Policy{MaxBatchSize: 8}, []add{{"a", 1}, {"a", 1}}, 0, true, []Reason{ReasonDelay}, []int{2}, 0},
+		{"zero delay keeps filling while busy", Policy{MaxBatchSize: 8}, []add{{"a", 1}, {"a", 1}}, 0, false, nil, nil, 2},
+		{"too many groups closes the oldest", Policy{MaxBatchSize: 8, MaxQueueDelay: time.Second, MaxOpenGroups: 2}, []add{{"a", 1}, {"b", 1}, {"c", 1}}, 0, false, []Reason{ReasonGroups}, []int{1}, 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			clk := &clock{t: time.Unix(1000, 0)}
+			b, err := New[int](c.policy, clk.now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, a := range c.adds {
+				b.Add(a.key, i, a.rows)
+			}
+			clk.advance(c.advance)
+			var got []Reason
+			var rows []int
+			for {
+				batch, ok := b.Next(c.idle)
+				if !ok {
+					break
+				}
+				got = append(got, batch.Reason)
+				rows = append(rows, batch.Rows)
+			}
+			if !slices.Equal(got, c.want) || !slices.Equal(rows, c.wantRows) {
+				t.Fatalf("got batches %v rows %v, want %v rows %v", got, rows, c.want, c.wantRows)
+			}
+			if b.Pending() != c.pending {
+				t.Fatalf("pending %d, want %d", b.Pending(), c.pending)
+			}
+		})
+	}
+}
+
+func TestUntilNext(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	b, _ := New[int](Policy{MaxBatchSize: 4, MaxQueueDelay: 10 * time.Millisecond}, clk.now)
+	if _, ok := b.UntilNext(); ok {
+		t.Fatal("UntilNext with nothing open")
+	}
+	b.Add("a", 1, 1)
+	clk.advance(3 * time.Millisecond)
+	b.Add("b", 2, 1)
+	if d, ok := b.UntilNext(); !ok || d != 7*time.Millisecond {
+		t.Fatalf("UntilNext = %v, %v; want 7ms", d, ok)
+	}
+	clk.advance(20 * time.Millisecond)
+	if d, _ := b.UntilNext(); d != 0 {
+		t.Fatalf("UntilNext after the deadline = %v", d)
+	}
+	if got := b.Flush(); len(got) != 2 || got[0].Reason != ReasonFlush {
+		t.Fatalf("Flush = %+v", got)
+	}
+	if b.Pending() != 0 {
+		t.Fatal("items left after Flush")
+	}
+}
+
+// TestNoRequestWaitsPastItsDelay drives the batcher the way the fetch
+// loop does, with random arrivals, and checks that every item leaves in a
+// batch no later than its batch's delay after the batch opened, and that
+// every item leaves exactly once.
+func TestNoRequestWaitsPastItsDelay(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 200 {
+		delay := time.Duration(rng.IntN(20)+1) * time.Millisecond
+		p := Policy{MaxBatchSize: rng.IntN(16) + 1, MaxQueueDelay: delay, PreferredBatchSizes: nil, MaxOpenGroups: rng.IntN(4) + 1}
+		clk := &clock{t: time.Unix(0, 0)}
+		b, err := New[int](p, clk.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		arrived := map[int]time.Time{}
+		seen := map[int]bool{}
+		take := func(idle bool) {
+			for {
+				batch, ok := b.Next(idle)
+				if !ok {
+					return
+				}
+				if batch.Rows > p.MaxBatchSize && len(batch.Items) > 1 {
+					t.Fatalf("trial %d: batch of %d rows over max %d", trial, batch.Rows, p.MaxBatchSize)
+				}
+				for _, it := range batch.Items {
+					if seen[it] {
+						t.Fatalf("trial %d: item %d left twice", trial, it)
+					}
+					seen[it] = true
+					if waited := clk.t.Sub(arrived[it]); waited > delay {
+						t.Fatalf("trial %d: item %d waited %v, delay %v", trial, it, waited, delay)
+					}
+				}
+			}
+		}
+		n := 0
+		for step := 0; step < 300; step++ {
+			// The loop sleeps at most UntilNext before looking again.
+			gap := time.Duration(rng.IntN(3000)) * time.Microsecond
+			if d, ok := b.UntilNext(); ok && d < gap {
+				gap = d
+			}
+			clk.advance(gap)
+			take(true)
+			for range rng.IntN(5) {
+				arrived[n] = clk.t
+				b.Add(string(rune('a'+rng.IntN(3))), n, rng.IntN(p.MaxBatchSize)+1)
+				n++
+			}
+			take(false)
+		}
+		for _, batch := range b.Flush() {
+			for _, it := range batch.Items {
+				seen[it] = true
+			}
+		}
+		if len(seen) != n {
+			t.Fatalf("trial %d: %d of %d items came out", trial, len(seen), n)
+		}
+	}
+}
+
+// TestStackSplitProperty: for random requests of random datatypes and row
+// counts, splitting the stacked batch gives back each request's rows.
+func TestStackSplitProperty(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	types := []tensor.Datatype{tensor.FP32, tensor.Int64, tensor.Uint8, tensor.FP16, tensor.Bool, tensor.Bytes}
+	for trial := range 500 {
+		nreq := rng.IntN(6) + 1
+		ninputs := rng.IntN(3) + 1
+		inner := make([][]int64, ninputs)
+		dts := make([]tensor.Datatype, ninputs)
+		for i := range inner {
+			dts[i] = types[rng.IntN(len(types))]
+			for range rng.IntN(3) {
+				inner[i] = append(inner[i], int64(rng.IntN(3)+1))
+			}
+		}
+		var reqs [][]tensor.Tensor
+		var rows []int
+		for range nreq {
+			r := rng.IntN(4) + 1
+			rows = append(rows, r)
+			var req []tensor.Tensor
+			for i := range ninputs {
+				shape := append([]int64{int64(r)}, inner[i]...)
+				req = append(req, randomTensor(rng, "in"+string(rune('0'+i)), dts[i], shape))
+			}
+			reqs = append(reqs, req)
+		}
+		stacked, err := Stack(reqs)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		for i := range stacked {
+			if err := stacked[i].CheckData(); err != nil {
+				t.Fatalf("trial %d: stacked input inconsistent: %v", trial, err)
+			}
+		}
+		parts, err := Split(stacked, rows)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		for r := range reqs {
+			for i := range reqs[r] {
+				if !bytes.Equal(parts[r][i].Data, reqs[r][i].Data) || !slices.Equal(parts[r][i].Shape, reqs[r][i].Shape) {
+					t.Fatalf("trial %d: request %d input %d changed by stack and split", trial, r, i)
+				}
+			}
+		}
+	}
+}
+
+func randomTensor(rng *rand.Rand, name string, dt tensor.Datatype, shape []int64) tensor.Tensor {
+	t := tensor.Tensor{Name: name, Datatype: dt, Shape: shape}
+	n := tensor.NumElements(shape)
+	for range n {
+		if dt == tensor.Bytes {
+			s := make([]byte, rng.IntN(6))
+			for i := range s {
+				s[i] = byte(rng.IntN(256))
+			}
+			t.Data = tensor.AppendBytesElement(t.Data, s)
+			continue
+		}
+		for range dt.Size() {
+			t.Data = append(t.Data, byte(rng.IntN(256)))
+		}
+	}
+	return t
+}
+
+func TestSplitRefusesMismatchedRows(t *testing.T) {
+	out := []tensor.Tensor{{Name: "y", Datatype: tensor.FP32, Shape: []int64{3}, Data: make([]byte, 12)}}
+	if _, err := Split(out, []int{1, 1}); err == nil {
+		t.Fatal("split 3 rows into 2")
+	}
+	scalar := []tensor.Tensor{{Name: "s", Datatype: tensor.FP32, Shape: nil, Data: make([]byte, 4)}}
+	if _, err := Split(scalar, []int{1}); err == nil {
+		t.Fatal("split a scalar output")
+	}
+	if _, err := Stack([][]tensor.Tensor{
+		{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 2}, Data: make([]byte, 8)}},
+		{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 3}, Data: make([]byte, 12)}},
+	}); err == nil {
+		t.Fatal("stacked different inner shapes")
+	}
+}

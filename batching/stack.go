@@ -1,0 +1,132 @@
+package batching
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/inferq/inferq/tensor"
+)
+
+// ShapeKey is the grouping key of a request: its inputs' shapes without
+// the batch dimension, so that requests with the same key stack. inputs
+// must be in the model's input order.
+func ShapeKey(inputs []tensor.Tensor) string {
+	var b strings.Builder
+	for i := range inputs {
+		if i > 0 {
+			b.WriteByte(';')
+		}
+		s := inputs[i].Shape
+		if len(s) > 0 {
+			s = s[1:]
+		}
+		b.WriteString(tensor.FormatShape(s))
+	}
+	return b.String()
+}
+
+// Stack concatenates requests along the first dimension. Each request
+// lists its inputs in the same order; all requests must agree on every
+// input's datatype and on every dimension but the first.
+func Stack(requests [][]tensor.Tensor) ([]tensor.Tensor, error) {
+	if len(requests) == 0 {
+		return nil, fmt.Errorf("stack: no requests")
+	}
+	if len(requests) == 1 {
+		return requests[0], nil
+	}
+	first := requests[0]
+	out := make([]tensor.Tensor, len(first))
+	for i := range first {
+		size, rows := 0, int64(0)
+		for r, req := range requests {
+			if len(req) != len(first) {
+				return nil, fmt.Errorf("stack: request %d has %d inputs, request 0 has %d", r, len(req), len(first))
+			}
+			t := &req[i]
+			if t.Datatype != first[i].Datatype || len(t.Shape) == 0 || !slices.Equal(t.Shape[1:], first[i].Shape[1:]) {
+				return nil, fmt.Errorf("stack: input %q of request %d (%s %s) does not stack with request 0 (%s %s)",
+					t.Name, r, t.Datatype, tensor.FormatShape(t.Shape), first[i].Datatype, tensor.FormatShape(first[i].Shape))
+			}
+			size += len(t.Data)
+			rows += t.Shape[0]
+		}
+		data := make([]byte, 0, size)
+		for _, req := range requests {
+			data = append(data, req[i].Data...)
+		}
+		shape := slices.Clone(first[i].Shape)
+		shape[0] = rows
+		out[i] = tensor.Tensor{Name: first[i].Name, Datatype: first[i].Datatype, Shape: shape, Data: data}
+	}
+	return out, nil
+}
+
+// Split cuts each output along its first dimension into consecutive
+// pieces of rows[0], rows[1], ... rows, one slice of outputs per request.
+// The pieces alias the outputs' data.
+func Split(outputs []tensor.Tensor, rows []int) ([][]tensor.Tensor, error) {
+	total := 0
+	for _, r := range rows {
+		total += r
+	}
+	out := make([][]tensor.Tensor, len(rows))
+	for i := range out {
+		out[i] = make([]tensor.Tensor, len(outputs))
+	}
+	for o := range outputs {
+		t := &outputs[o]
+		if len(t.Shape) == 0 || t.Shape[0] != int64(total) {
+			return nil, fmt.Errorf("split: output %q has shape %s, but the batch has %d rows", t.Name, tensor.FormatShape(t.Shape), total)
+		}
+		offsets, err := rowOffsets(t, total)
+		if err != nil {
+			return nil, fmt.Errorf("split: output %q: %w", t.Name, err)
+		}
+		at := 0
+		for i, r := range rows {
+			shape := slices.Clone(t.Shape)
+			shape[0] = int64(r)
+			data := t.Data[offsets[at]:offsets[at+r]]
+			out[i][o] = tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data[:len(data):len(data)]}
+			at += r
+		}
+	}
+	return out, nil
+}
+
+// rowOffsets returns the byte offset where each row starts, plus the end.
+func rowOffsets(t *tensor.Tensor, rows int) ([]int, error) {
+	perRow := tensor.NumElements(t.Shape[1:])
+	offsets := make([]int, rows+1)
+	if t.Datatype != tensor.Bytes {
+		rowBytes := int(perRow) * t.Datatype.Size()
+		if len(t.Data) != rowBytes*rows {
+			return nil, fmt.Errorf("%d bytes of data for %d rows of %d bytes", len(t.Data), rows, rowBytes)
+		}
+		for i := range offsets {
+			offsets[i] = i * rowBytes
+		}
+		return offsets, nil
+	}
+	at := 0
+	for r := range rows {
+		offsets[r] = at
+		for range perRow {
+			if at+4 > len(t.Data) {
+				return nil, fmt.Errorf("BYTES data ends in row %d", r)
+			}
+			at += 4 + int(binary.LittleEndian.Uint32(t.Data[at:]))
+			if at > len(t.Data) {
+				return nil, fmt.Errorf("BYTES data ends in row %d", r)
+			}
+		}
+	}
+	if at != len(t.Data) {
+		return nil, fmt.Errorf("%d bytes of BYTES data after the last row", len(t.Data)-at)
+	}
+	offsets[rows] = at
+	return offsets, nil
+}

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/inferq/inferq/consumer"
+	"github.com/inferq/inferq/internal/embednats"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/producer"
+	"github.com/inferq/inferq/storage"
+)
+
+type mode int
+
+const (
+	modeServe mode = iota
+	modeAPI
+	modeWorker
+)
+
+func (m mode) String() string { return [...]string{"serve", "api", "worker"}[m] }
+
+type serveFlags struct {
+	models, data, storage string
+	http                  string
+	natsURL, natsListen   string
+	natsSyncAlways        bool
+	only                  string
+	maxBody               int64
+	maxWait               time.Duration
+	drainTimeout          time.Duration
+	logLevel, logFormat   string
+}
+
+func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode) error {
+	fs := flag.NewFlagSet("inferq "+m.String(), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serveFlags
+	fs.StringVar(&f.models, "models", "models", "model repository: DIR/{model}/{version}/model.onnx")
+	fs.StringVar(&f.data, "data", "data", "data folder: JetStream's store (serve) and results")
+	fs.StringVar(&f.storage, "storage", "", "folder for results and payloads (default DATA/objects)")
+	fs.StringVar(&f.natsURL, "nats", "", "external NATS server URL; empty runs an embedded server (serve only)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
+	if m != modeWorker {
+		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
+		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes")
+		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest ?wait= a job poll may hold")
+	}
+	if m == modeServe {
+		fs.StringVar(&f.natsListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for native clients; empty for nowhere")
+		fs.BoolVar(&f.natsSyncAlways, "nats-sync-always", false, "fsync every JetStream write, so accepted jobs survive a machine crash too")
+	}
+	if m != modeAPI {
+		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	if m != modeServe && f.natsURL == "" {
+		return errors.New("--nats (or INFERQ_NATS) is required: the API and workers share an external NATS server")
+	}
+	return serve(ctx, m, f, log)
+}
+
+func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger) error {
+	lib, err := findORT()
+	if err != nil {
+		return err
+	}
+	rt, err := onnx.Open(lib)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	log.Info("ONNX Runtime loaded", "version", rt.Version(), "library", lib)
+
+	repo, err := model.Load(f.models, rt.Inspect)
+	if err != nil {
+		return fmt.Errorf("%w (pass --models DIR, laid out as DIR/{model}/{version}/model.onnx)", err)
+	}
+	logRepository(log, repo)
+
+	// NATS: embedded for serve unless --nats points elsewhere.
+	var nc *nats.Conn
+	var embedded *embednats.Server
+	natsOpts := []nats.Option{nats.Name("inferq-" + m.String()), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	}
+	if f.natsURL == "" {
+		host, port, err := listenAddr(f.natsListen)
+		if err != nil {
+			return err
+		}
+		embedded, err = embednats.Start(embednats.Options{
+			StoreDir: filepath.Join(f.data, "nats"), Host: host, Port: port, SyncAlways: f.natsSyncAlways, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		defer embedded.Shutdown()
+		if u := embedded.ClientURL(); u != "" {
+			log.Info("embedded NATS with JetStream", "url", u, "store", filepath.Join(f.data, "nats"))
+		}
+		nc, err = embedded.Connect(natsOpts...)
+	} else {
+		nc, err = nats.Connect(f.natsURL, natsOpts...)
+	}
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("JetStream: %w", err)
+	}
+	q, err := jobs.Setup(ctx, js, jobs.Options{})
+	if err != nil {
+		return err
+	}
+
+	objects := f.storage
+	if objects == "" {
+		objects = filepath.Join(f.data, "objects")
+	}
+	store, err := storage.NewDir(objects)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	names := func() []string {
+		var out []string
+		for _, fam := range repo.Families() {
+			out = append(out, fam.Name)
+		}
+		return out
+	}
+	reg.MustRegister(jobs.NewDepthCollector(q, names))
+
+	g, gctx := errgroup.WithContext(ctx)
+	if m != modeAPI {
+		metrics, err := consumer.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		only := splitList(f.only)
+		for _, fam := range repo.Families() {
+			if len(only) > 0 && !slices.Contains(only, fam.Name) {
+				continue
+			}
+			if fam.Default() == nil {
+				continue
+			}
+			w, err := consumer.NewWorker(consumer.Options{
+				Family: fam, Runtime: rt, Queue: q, Results: store, Metrics: metrics,
+				Logger: log, DrainTimeout: f.drainTimeout,
+			})
+			if err != nil {
+				return err
+			}
+			g.Go(func() error { return w.Run(gctx) })
+		}
+	}
+	if m != modeWorker {
+		watcher, err := jobs.Watch(nc)
+		if err != nil {
+			return err
+		}
+		defer watcher.Close()
+		api, err := producer.New(producer.Options{
+			Catalog: repo, Queue: q, Records: q.Records, Results: store, Watcher: watcher,
+			Ready: func(ctx context.Context) error {
+				if !nc.IsConnected() {
+					return errors.New("NATS is not connected")
+				}
+				return store.Check(ctx)
+			},
+			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait,
+			Registerer: reg, Gatherer: reg, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", f.http)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", f.http, err)
+		}
+		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+		log.Info("HTTP API listening", "addr", ln.Addr().String())
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("HTTP server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	err = g.Wait()
+	log.Info("shutting down")
+	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		log.Warn("draining NATS connection", "err", derr)
+	}
+	return err
+}
+
+func logRepository(log *slog.Logger, repo *model.Repository) {
+	for _, p := range repo.Problems {
+		log.Warn("model repository", "problem", p)
+	}
+	fams := repo.Families()
+	if len(fams) == 0 {
+		log.Warn("no models found", "dir", repo.Dir)
+	}
+	for _, fam := range fams {
+		for _, m := range fam.Versions {
+			c := m.Config
+			log.Info("model loaded", "model", m.Name, "version", m.Version, "batchable", m.Batchable,
+				"max_batch_size", c.MaxBatchSize, "max_queue_delay", c.MaxQueueDelay, "preferred_batch_sizes", c.PreferredBatchSizes,
+				"instances", c.Instances, "intra_op_threads", c.IntraOpThreads, "max_attempts", c.MaxAttempts)
+		}
+		for v, err := range fam.Refused {
+			log.Warn("model version refused", "model", fam.Name, "version", v, "reason", err)
+		}
+	}
+}
+
+// listenAddr splits host:port for the embedded server; port 0 picks a free
+// one, and an empty address listens nowhere.
+func listenAddr(addr string) (string, int, error) {
+	if addr == "" {
+		return "", 0, nil
+	}
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("--nats-listen %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("--nats-listen %q: bad port", addr)
+	}
+	if port == 0 {
+		port = -1
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

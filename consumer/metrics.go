@@ -1,0 +1,55 @@
+package consumer
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the workers' Prometheus metrics; every Worker of a process
+// shares one.
+type Metrics struct {
+	finished  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	batches   *prometheus.CounterVec
+	batchSize *prometheus.HistogramVec
+	inference *prometheus.HistogramVec
+}
+
+// NewMetrics creates the workers' metrics and registers them on reg; nil
+// reg leaves them unregistered.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		finished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_jobs_finished_total",
+			Help: "Jobs that reached a final status, by model and status.",
+		}, []string{"model", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_job_latency_seconds",
+			Help:    "Time from a job's acceptance to its final status, by model and status.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 16),
+		}, []string{"model", "status"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_batches_total",
+			Help: "Batches run, by model and the reason the batch closed (max_size, preferred_size, delay, groups, flush).",
+		}, []string{"model", "reason"}),
+		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_batch_size",
+			Help:    "Rows per batch run, by model.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+		}, []string{"model"}),
+		inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_inference_duration_seconds",
+			Help:    "Time ONNX Runtime took to run one batch, by model.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
+		}, []string{"model"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register worker metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,545 @@
+// Package consumer runs models on queued jobs: a Worker per model pulls
+// jobs from the model's durable JetStream consumer, forms dynamic batches
+// (package batching), runs them in ONNX Runtime sessions, writes each
+// job's result to storage, updates its record, announces it, and only then
+// acknowledges its message.
+package consumer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/tensor"
+)
+
+// resultWriter stores results; the storage package's stores are.
+type resultWriter interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+}
+
+// Options configure a Worker. Family, Runtime, Queue, Results and Metrics
+// are required.
+type Options struct {
+	// Family is the model the worker serves, every loaded version of it.
+	Family  *model.Family
+	Runtime *onnx.Runtime
+	Queue   *jobs.Queue
+	Results resultWriter
+	Metrics *Metrics
+	Logger  *slog.Logger
+	// Limits bound the tensors of a queued job, as the API's do.
+	Limits tensor.Limits
+	// AckWait is how long JetStream waits for an acknowledgement before it
+	// delivers a job again; the worker reports progress well within it
+	// while a batch runs. Default 60s.
+	AckWait time.Duration
+	// DrainTimeout bounds the finishing of batches in hand at shutdown.
+	// Default 30s.
+	DrainTimeout time.Duration
+	// Backoff is the delay before the first retry of a failed run; each
+	// further retry doubles it, up to 30s. Default 1s.
+	Backoff time.Duration
+}
+
+// Worker serves one model. Create it with NewWorker and start it with Run.
+type Worker struct {
+	opts     Options
+	name     string
+	log      *slog.Logger
+	sessions map[int64]*onnx.Session
+	policy   batching.Policy
+	// instances is how many batches run at once.
+	instances int
+}
+
+// NewWorker checks opts and returns a Worker; sessions load in Run.
+func NewWorker(opts Options) (*Worker, error) {
+	if opts.Family == nil || opts.Runtime == nil || opts.Queue == nil || opts.Results == nil || opts.Metrics == nil {
+		return nil, errors.New("consumer: Family, Runtime, Queue, Results and Metrics are required")
+	}
+	def := opts.Family.Default()
+	if def == nil {
+		return nil, fmt.Errorf("consumer: model %q has no loadable version", opts.Family.Name)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 60 * time.Second
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = time.Second
+	}
+	// Batching settings are the model's, from its default version's
+	// config; versions share one queue.
+	cfg := def.Config
+	w := &Worker{
+		opts: opts, name: opts.Family.Name, log: opts.Logger.With("model", opts.Family.Name),
+		policy: batching.Policy{
+			MaxBatchSize:        cfg.MaxBatchSize,
+			MaxQueueDelay:       cfg.MaxQueueDelay,
+			PreferredBatchSizes: cfg.PreferredBatchSizes,
+		},
+		instances: cfg.Instances,
+	}
+	if _, err := batching.New[*item](w.policy, nil); err != nil {
+		return nil, fmt.Errorf("model %q: %w", w.name, err)
+	}
+	return w, nil
+}
+
+// item is one job in the worker's hands.
+type item struct {
+	msg     jetstream.Msg
+	job     *jobs.Job
+	model   *model.Model
+	inputs  []tensor.Tensor // in the model's input order
+	rows    int
+	attempt int
+	rec     *jobs.Record
+	rev     uint64
+}
+
+// Run loads the model's sessions and serves jobs until ctx is cancelled,
+// then stops fetching, finishes the batches in hand, returns the jobs not
+// started to the queue, and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.load(); err != nil {
+		return err
+	}
+	defer w.unload()
+
+	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
+	cons, err := w.opts.Queue.Consumer(ctx, w.name, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
+	if err != nil {
+		return fmt.Errorf("model %s: pull jobs: %w", w.name, err)
+	}
+	msgs := make(chan jetstream.Msg, w.policy.MaxBatchSize)
+	pumpDone := make(chan struct{})
+	go func() {
+		defer close(pumpDone)
+		defer close(msgs)
+		for {
+			m, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if err != nil {
+				w.log.Warn("pulling jobs", "err", err)
+				continue
+			}
+			msgs <- m
+		}
+	}()
+
+	batcher, _ := batching.New[*item](w.policy, nil)
+	work := make(chan batching.Batch[*item])
+	var executors sync.WaitGroup
+	for range w.instances {
+		executors.Add(1)
+		go func() {
+			defer executors.Done()
+			for b := range work {
+				w.runBatch(ctx, b)
+			}
+		}()
+	}
+	w.log.Info("worker started", "max_batch_size", w.policy.MaxBatchSize, "max_queue_delay", w.policy.MaxQueueDelay, "instances", w.instances)
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	open := true
+	for open {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				open = false
+				break
+			}
+			w.admit(ctx, batcher, m)
+		drain:
+			for {
+				select {
+				case m, ok := <-msgs:
+					if !ok {
+						open = false
+						break drain
+					}
+					w.admit(ctx, batcher, m)
+					if b, ok := batcher.Next(false); ok {
+						w.dispatch(ctx, work, b)
+					}
+				default:
+					break drain
+				}
+			}
+		case <-timer.C:
+		case <-ctx.Done():
+			open = false
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		for {
+			b, ok := batcher.Next(len(msgs) == 0)
+			if !ok {
+				break
+			}
+			w.dispatch(ctx, work, b)
+		}
+		d, ok := batcher.UntilNext()
+		if !ok {
+			d = time.Hour
+		}
+		timer.Reset(d)
+	}
+
+	// Drain: stop fetching; what was fetched and not started goes back to
+	// the queue at once, for this or another worker; batches running
+	// finish.
+	it.Drain()
+	close(work)
+	executors.Wait()
+	returned := 0
+	for _, b := range batcher.Flush() {
+		for _, it := range b.Items {
+			_ = it.msg.Nak()
+			returned++
+		}
+	}
+	for m := range msgs {
+		_ = m.Nak()
+		returned++
+	}
+	<-pumpDone
+	w.log.Info("worker stopped", "returned_to_queue", returned)
+	return nil
+}
+
+// dispatch hands a batch to a free executor, waiting for one. At shutdown
+// the batch goes back to the queue instead.
+func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item], b batching.Batch[*item]) {
+	select {
+	case work <- b:
+		w.opts.Metrics.batches.WithLabelValues(w.name, string(b.Reason)).Inc()
+	case <-ctx.Done():
+		for _, it := range b.Items {
+			_ = it.msg.Nak()
+		}
+	}
+}
+
+func (w *Worker) load() error {
+	w.sessions = map[int64]*onnx.Session{}
+	for _, m := range w.opts.Family.Versions {
+		s, err := w.opts.Runtime.NewSession(m.Path, onnx.Signature{Inputs: m.Inputs, Outputs: m.Outputs}, onnx.SessionOptions{
+			IntraOpThreads: m.Config.IntraOpThreads, InterOpThreads: m.Config.InterOpThreads,
+		})
+		if err != nil {
+			w.unload()
+			return fmt.Errorf("model %s version %d: %w", w.name, m.Version, err)
+		}
+		w.sessions[m.Version] = s
+	}
+	return nil
+}
+
+func (w *Worker) unload() {
+	for v, s := range w.sessions {
+		s.Close()
+		delete(w.sessions, v)
+	}
+}
+
+// admit decodes a fetched job and adds it to the batcher, or ends it at
+// once when it can never run.
+func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstream.Msg) {
+	meta, err := m.Metadata()
+	if err != nil {
+		w.log.Error("job message without metadata", "err", err)
+		_ = m.Term()
+		return
+	}
+	it := &item{msg: m, attempt: int(meta.NumDelivered)}
+	job, err := jobs.DecodeJob(m.Headers(), m.Data(), w.opts.Limits)
+	if job == nil {
+		w.log.Error("undecodable job message", "err", err)
+		_ = m.TermWithReason("undecodable")
+		return
+	}
+	it.job = job
+	if err != nil {
+		w.finishFailed(ctx, it, fmt.Errorf("invalid job: %w", err))
+		return
+	}
+	it.model, err = w.opts.Family.Lookup(job.Version)
+	if err == nil {
+		it.rows, err = it.model.Check(job.Request)
+	}
+	if err != nil {
+		w.finishFailed(ctx, it, err)
+		return
+	}
+	it.inputs = make([]tensor.Tensor, len(it.model.Inputs))
+	for i, in := range it.model.Inputs {
+		it.inputs[i] = *job.Request.Input(in.Name)
+	}
+	key := it.model.VersionString()
+	if it.model.Batchable {
+		key += "|" + batching.ShapeKey(it.inputs)
+	} else {
+		key += "|" + job.ID // never batched with another
+	}
+	b.Add(key, it, it.rows)
+}
+
+// runBatch runs one batch end to end.
+func (w *Worker) runBatch(ctx context.Context, b batching.Batch[*item]) {
+	// Work started is finished even while shutting down.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.DrainTimeout+w.opts.AckWait)
+	defer cancel()
+	items := w.start(ctx, b.Items)
+	if len(items) == 0 {
+		return
+	}
+	m := items[0].model
+	stop := w.heartbeat(items)
+	outputs, dur, err := w.infer(m, items)
+	stop()
+	if err != nil {
+		w.log.Warn("batch failed", "version", m.Version, "jobs", len(items), "err", err)
+		for _, it := range items {
+			w.retryOrFail(ctx, it, err)
+		}
+		return
+	}
+	rows := 0
+	for _, it := range items {
+		rows += it.rows
+	}
+	w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
+	w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
+	var g errgroup.Group
+	g.SetLimit(32)
+	for i, it := range items {
+		g.Go(func() error {
+			w.finish(ctx, it, outputs[i])
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// start marks each job running and returns those that should run: a job
+// already final (cancelled, or finished before a redelivery) is
+// acknowledged and dropped.
+func (w *Worker) start(ctx context.Context, items []*item) []*item {
+	keep := make([]bool, len(items))
+	var g errgroup.Group
+	g.SetLimit(32)
+	now := time.Now().UTC()
+	for i, it := range items {
+		g.Go(func() error {
+			rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, nil, 0, func(r *jobs.Record) error {
+				if r.Status.Final() {
+					return jobs.ErrConflict
+				}
+				r.Status = jobs.Running
+				r.StartedAt = &now
+				r.Attempts = it.attempt
+				r.ModelVersion = it.model.VersionString()
+				return nil
+			})
+			switch {
+			case errors.Is(err, jobs.ErrConflict):
+				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
+				_ = it.msg.Ack()
+			case errors.Is(err, jobs.ErrJobNotFound):
+				w.log.Warn("job has no record; dropping it", "job", it.job.ID)
+				_ = it.msg.Term()
+			case err != nil:
+				w.log.Warn("could not mark job running; retrying later", "job", it.job.ID, "err", err)
+				_ = it.msg.NakWithDelay(w.opts.Backoff)
+			default:
+				it.rec, it.rev = rec, rev
+				keep[i] = true
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	out := items[:0]
+	for i, it := range items {
+		if keep[i] {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+// heartbeat tells JetStream the batch's jobs are still being worked on, so
+// that a slow run is not redelivered to another worker.
+func (w *Worker) heartbeat(items []*item) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(w.opts.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				for _, it := range items {
+					_ = it.msg.InProgress()
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// infer runs the batch's stacked inputs and returns each job's outputs.
+func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.Duration, error) {
+	s := w.sessions[m.Version]
+	if s == nil {
+		return nil, 0, fmt.Errorf("version %d is not loaded", m.Version)
+	}
+	reqs := make([][]tensor.Tensor, len(items))
+	rows := make([]int, len(items))
+	for i, it := range items {
+		reqs[i], rows[i] = it.inputs, it.rows
+	}
+	if !m.Batchable {
+		start := time.Now()
+		out, err := s.Run(items[0].inputs)
+		return [][]tensor.Tensor{out}, time.Since(start), err
+	}
+	in, err := batching.Stack(reqs)
+	if err != nil {
+		return nil, 0, err
+	}
+	start := time.Now()
+	out, err := s.Run(in)
+	dur := time.Since(start)
+	if err != nil {
+		return nil, dur, err
+	}
+	split, err := batching.Split(out, rows)
+	return split, dur, err
+}
+
+// finish stores a job's result, marks it succeeded, announces it, and
+// acknowledges it. If storage fails the job goes back to the queue: a
+// result is never lost to a passing outage.
+func (w *Worker) finish(ctx context.Context, it *item, outputs []tensor.Tensor) {
+	resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Outputs: selectOutputs(outputs, it.job.Request.Outputs)}
+	body := resp.AppendJSON(make([]byte, 0, 256))
+	if err := w.opts.Results.Put(ctx, jobs.ResultKey(it.job.ID), bytes.NewReader(body)); err != nil {
+		w.log.Warn("could not store result; job returns to the queue", "job", it.job.ID, "err", err)
+		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		return
+	}
+	w.complete(ctx, it, jobs.Succeeded, "")
+}
+
+func selectOutputs(all []tensor.Tensor, names []string) []tensor.Tensor {
+	if len(names) == 0 {
+		return all
+	}
+	out := make([]tensor.Tensor, 0, len(names))
+	for _, n := range names {
+		for _, t := range all {
+			if t.Name == n {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+// retryOrFail returns a job whose run failed to the queue with a backoff,
+// or ends it failed once it has had its attempts.
+func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) {
+	if it.attempt < it.model.Config.MaxAttempts {
+		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		return
+	}
+	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("failed after %d attempts: %v", it.attempt, err))
+}
+
+// finishFailed ends a job that can never run.
+func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
+	w.log.Warn("job cannot run", "job", it.job.ID, "err", err)
+	w.complete(ctx, it, jobs.Failed, err.Error())
+}
+
+// complete moves a job to a final status, announces it and acknowledges
+// its message. If the record cannot be written the message is left to be
+// redelivered, so the job is not lost.
+func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string) {
+	now := time.Now().UTC()
+	rec, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
+		if r.Status.Final() {
+			return jobs.ErrConflict
+		}
+		r.Status, r.Error, r.FinishedAt = status, reason, &now
+		if r.Attempts < it.attempt {
+			r.Attempts = it.attempt
+		}
+		if it.model != nil {
+			r.ModelVersion = it.model.VersionString()
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, jobs.ErrConflict), errors.Is(err, jobs.ErrJobNotFound):
+		_ = it.msg.Ack()
+		return
+	case err != nil:
+		w.log.Warn("could not record job result; it will be redelivered", "job", it.job.ID, "err", err)
+		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		return
+	}
+	if err := w.opts.Queue.Announce(ctx, rec); err != nil {
+		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
+	}
+	if err := it.msg.DoubleAck(ctx); err != nil {
+		w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
+	}
+	w.opts.Metrics.finished.WithLabelValues(w.name, string(status)).Inc()
+	w.opts.Metrics.latency.WithLabelValues(w.name, string(status)).Observe(now.Sub(rec.CreatedAt).Seconds())
+}
+
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.opts.Backoff
+	for range max(0, attempt-1) {
+		d *= 2
+		if d >= 30*time.Second {
+			return 30 * time.Second
+		}
+	}
+	return d
+}

@@ -1,0 +1,273 @@
+// Package jobs is inferq's queue as it lives in NATS JetStream: the stream
+// of requests with a subject per model, the wire form of a queued job, the
+// job records in a key-value bucket, the stream of results, and the
+// durable pull consumer each model's workers share.
+//
+// Subjects (a public surface; see docs/nats.md):
+//
+//	inferq.requests.<model>   one message per job, V2 binary request
+//	inferq.results.<model>    one message per finished job, its record JSON
+//	$KV.INFERQ_JOBS.<job id>  every change of a job's record
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/tensor"
+)
+
+// Names in NATS.
+const (
+	RequestStream = "INFERQ_REQUESTS"
+	ResultStream  = "INFERQ_RESULTS"
+	RecordBucket  = "INFERQ_JOBS"
+
+	requestPrefix = "inferq.requests."
+	resultPrefix  = "inferq.results."
+)
+
+// Message headers of a queued job.
+const (
+	HeaderJobID   = "Inferq-Job-Id"
+	HeaderModel   = "Inferq-Model"
+	HeaderVersion = "Inferq-Model-Version"
+	// HeaderHeaderLength is the length of the JSON header of a request in
+	// the V2 binary tensor extension; absent, the body is plain V2 JSON.
+	HeaderHeaderLength = "Inference-Header-Content-Length"
+)
+
+// RequestSubject is the subject a model's jobs are published on.
+func RequestSubject(model string) string { return requestPrefix + model }
+
+// ResultSubject is the subject a model's finished jobs are announced on.
+func ResultSubject(model string) string { return resultPrefix + model }
+
+// ConsumerName is the durable consumer a model's workers share.
+func ConsumerName(model string) string { return "inferq-" + model }
+
+// Options configure the streams and bucket. The zero value is a sensible
+// single-node setup.
+type Options struct {
+	// Replicas of each stream and of the bucket; 1 for a single server.
+	Replicas int
+	// ResultRetention is how long finished-job announcements stay in the
+	// results stream for resuming streams. Default 24h.
+	ResultRetention time.Duration
+	// DuplicateWindow is how long a repeated publish of the same job id is
+	// recognised and dropped. Default 2m.
+	DuplicateWindow time.Duration
+}
+
+// Queue is inferq's JetStream layout, set up. It is safe for concurrent
+// use.
+type Queue struct {
+	js      jetstream.JetStream
+	Records *Records
+}
+
+// Setup creates or updates the streams and the bucket and returns the
+// queue. Every process calls it at start; it is idempotent.
+func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, error) {
+	if opts.Replicas <= 0 {
+		opts.Replicas = 1
+	}
+	if opts.ResultRetention <= 0 {
+		opts.ResultRetention = 24 * time.Hour
+	}
+	if opts.DuplicateWindow <= 0 {
+		opts.DuplicateWindow = 2 * time.Minute
+	}
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        RequestStream,
+		Description: "inferq jobs waiting to run, one subject per model",
+		Subjects:    []string{requestPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		Duplicates:  opts.DuplicateWindow,
+		Discard:     jetstream.DiscardNew,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up stream %s: %w", RequestStream, err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        ResultStream,
+		Description: "inferq finished jobs, one subject per model",
+		Subjects:    []string{resultPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		Duplicates:  opts.DuplicateWindow,
+		MaxAge:      opts.ResultRetention,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up stream %s: %w", ResultStream, err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      RecordBucket,
+		Description: "inferq job records by job id",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up bucket %s: %w", RecordBucket, err)
+	}
+	return &Queue{js: js, Records: &Records{kv: kv}}, nil
+}
+
+// Job is a request on its way to a model.
+type Job struct {
+	ID    string
+	Model string
+	// Version pins a model version; 0 runs the default version.
+	Version int64
+	Request *tensor.Request
+}
+
+// Submit stores the job's record and publishes the job, returning once
+// JetStream has acknowledged both: only then is the job safe to promise.
+func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
+	msg, err := EncodeJob(job)
+	if err != nil {
+		return err
+	}
+	if err := q.Records.Create(ctx, rec); err != nil {
+		return err
+	}
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.ID), jetstream.WithExpectStream(RequestStream)); err != nil {
+		// The record would otherwise stay queued for ever.
+		_, _ = q.Records.Update(context.WithoutCancel(ctx), job.ID, func(r *Record) error {
+			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
+			return nil
+		})
+		return fmt.Errorf("publish job %s: %w", job.ID, err)
+	}
+	return nil
+}
+
+// EncodeJob encodes a job as a NATS message on its model's subject.
+func EncodeJob(job *Job) (*nats.Msg, error) {
+	data, n, err := job.Request.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
+	}
+	msg := nats.NewMsg(RequestSubject(job.Model))
+	msg.Data = data
+	msg.Header.Set(HeaderJobID, job.ID)
+	msg.Header.Set(HeaderModel, job.Model)
+	if job.Version != 0 {
+		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
+	}
+	msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	return msg, nil
+}
+
+// DecodeJob decodes a queued job. An error means the message can never
+// be run and should be terminated.
+func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error) {
+	job := &Job{ID: header.Get(HeaderJobID), Model: header.Get(HeaderModel)}
+	if job.ID == "" {
+		return nil, errors.New("job message has no " + HeaderJobID + " header")
+	}
+	if v := header.Get(HeaderVersion); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return job, fmt.Errorf("job %s: %s %q is not a positive integer", job.ID, HeaderVersion, v)
+		}
+		job.Version = n
+	}
+	var err error
+	if hl := header.Get(HeaderHeaderLength); hl != "" {
+		n, perr := strconv.Atoi(hl)
+		if perr != nil {
+			return job, fmt.Errorf("job %s: %s %q is not a number", job.ID, HeaderHeaderLength, hl)
+		}
+		job.Request, err = tensor.DecodeBinaryRequest(data, n, lim)
+	} else {
+		job.Request, err = tensor.DecodeRequest(data, lim)
+	}
+	if err != nil {
+		return job, fmt.Errorf("job %s: %w", job.ID, err)
+	}
+	return job, nil
+}
+
+// ConsumerOptions configure a model's durable consumer.
+type ConsumerOptions struct {
+	// AckWait is how long a delivered job may go unacknowledged before it
+	// is delivered again. Default 60s; workers report progress on long
+	// batches so that slow models are not redelivered while running.
+	AckWait time.Duration
+	// MaxAckPending bounds the jobs delivered and not yet acknowledged,
+	// across all workers of the model. Default 1024.
+	MaxAckPending int
+}
+
+// Consumer creates or updates the durable consumer of a model's jobs.
+func (q *Queue) Consumer(ctx context.Context, model string, opts ConsumerOptions) (jetstream.Consumer, error) {
+	if opts.AckWait <= 0 {
+		opts.AckWait = 60 * time.Second
+	}
+	if opts.MaxAckPending <= 0 {
+		opts.MaxAckPending = 1024
+	}
+	c, err := q.js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
+		Durable:       ConsumerName(model),
+		Description:   "inferq workers of model " + model,
+		FilterSubject: RequestSubject(model),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       opts.AckWait,
+		MaxDeliver:    -1, // attempts are counted by the worker, which ends the job failed
+		MaxAckPending: opts.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up consumer for model %s: %w", model, err)
+	}
+	return c, nil
+}
+
+// Depth is a model's queue: jobs waiting and jobs delivered but not yet
+// acknowledged.
+type Depth struct {
+	Pending  uint64
+	InFlight int
+}
+
+// Depth reads the depth of a model's queue from its consumer.
+func (q *Queue) Depth(ctx context.Context, model string) (Depth, error) {
+	c, err := q.js.Consumer(ctx, RequestStream, ConsumerName(model))
+	if err != nil {
+		return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+	}
+	return Depth{Pending: info.NumPending, InFlight: info.NumAckPending}, nil
+}
+
+// Announce publishes a finished job's record on its model's results
+// subject. The job id is the message id, so a repeat is dropped.
+func (q *Queue) Announce(ctx context.Context, rec *Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	msg := nats.NewMsg(ResultSubject(rec.Model))
+	msg.Data = b
+	msg.Header.Set(HeaderJobID, rec.ID)
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID)); err != nil {
+		return fmt.Errorf("announce job %s: %w", rec.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Status is a job's state.
+type Status string
+
+// Job states. Succeeded, Failed, Cancelled and Expired are final.
+const (
+	Queued    Status = "queued"
+	Running   Status = "running"
+	Succeeded Status = "succeeded"
+	Failed    Status = "failed"
+	Cancelled Status = "cancelled"
+	Expired   Status = "expired"
+)
+
+// Final reports whether a job in status s will change no more.
+func (s Status) Final() bool {
+	return s == Succeeded || s == Failed || s == Cancelled || s == Expired
+}
+
+// Record is a job's record, as the API serves it.
+type Record struct {
+	ID           string     `json:"id"`
+	Model        string     `json:"model"`
+	ModelVersion string     `json:"model_version,omitempty"`
+	Status       Status     `json:"status"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at,omitempty"`
+	FinishedAt   *time.Time `json:"finished_at,omitempty"`
+	Attempts     int        `json:"attempts"`
+	Error        string     `json:"error,omitempty"`
+	ResultURL    string     `json:"result_url,omitempty"`
+	// ClientID is the request's own "id", kept for correlation.
+	ClientID string `json:"client_id,omitempty"`
+	// Rows is the request's batch dimension.
+	Rows int `json:"rows,omitempty"`
+}
+
+// ResultKey is where a job's V2 response is stored. Keying by job id makes
+// a redelivered job overwrite its result rather than add a second one.
+func ResultKey(id string) string { return "results/" + id + ".json" }
+
+// ErrJobNotFound is returned for an id that has no record.
+var ErrJobNotFound = errors.New("job not found")
+
+// ErrConflict is returned by an update function to leave a record as it
+// is, such as when a cancelled job is about to start.
+var ErrConflict = errors.New("job is in the wrong state")
+
+// Records keeps job records in a JetStream key-value bucket, keyed by job
+// id. It is safe for concurrent use.
+type Records struct {
+	kv jetstream.KeyValue
+}
+
+// Create stores a new record; it fails if the id exists.
+func (r *Records) Create(ctx context.Context, rec *Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	if _, err := r.kv.Create(ctx, rec.ID, b); err != nil {
+		return fmt.Errorf("store record %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// Get returns the record of job id.
+func (r *Records) Get(ctx context.Context, id string) (*Record, error) {
+	rec, _, err := r.get(ctx, id)
+	return rec, err
+}
+
+func (r *Records) get(ctx context.Context, id string) (*Record, uint64, error) {
+	e, err := r.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read record %s: %w", id, err)
+	}
+	var rec Record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, 0, fmt.Errorf("decode record %s: %w", id, err)
+	}
+	return &rec, e.Revision(), nil
+}
+
+// Update applies fn to the current record of job id and stores the result,
+// retrying when another writer got there first. If fn returns an error the
+// record is left alone and the error returned.
+func (r *Records) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
+	rec, _, err := r.UpdateFrom(ctx, id, nil, 0, fn)
+	return rec, err
+}
+
+// UpdateFrom is Update starting from a record the caller read at revision
+// rev, which saves a read when nobody else has written since. It returns
+// the record as stored and its new revision.
+func (r *Records) UpdateFrom(ctx context.Context, id string, rec *Record, rev uint64, fn func(*Record) error) (*Record, uint64, error) {
+	for {
+		if rec == nil {
+			var err error
+			if rec, rev, err = r.get(ctx, id); err != nil {
+				return nil, 0, err
+			}
+		}
+		if err := fn(rec); err != nil {
+			return rec, rev, err
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, 0, fmt.Errorf("encode record %s: %w", id, err)
+		}
+		newRev, err := r.kv.Update(ctx, id, b, rev)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			rec = nil
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("update record %s: %w", id, err)
+		}
+		return rec, newRev, nil
+	}
+}

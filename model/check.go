@@ -1,0 +1,79 @@
+package model
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/tensor"
+)
+
+// Check validates a request against the model's inputs and outputs and
+// returns the number of rows it carries along the batch dimension (1 for a
+// model that is not batched). Every error is the client's to fix.
+func (m *Model) Check(req *tensor.Request) (rows int, err error) {
+	for i := range req.Inputs {
+		if m.input(req.Inputs[i].Name) == nil {
+			return 0, fmt.Errorf("input %q is not an input of model %q (inputs: %s)", req.Inputs[i].Name, m.Name, ioNames(m.Inputs))
+		}
+	}
+	rows = 1
+	for i, spec := range m.Inputs {
+		t := req.Input(spec.Name)
+		if t == nil {
+			return 0, fmt.Errorf("input %q is missing (model %q takes %s)", spec.Name, m.Name, ioNames(m.Inputs))
+		}
+		if err := spec.Accepts(t); err != nil {
+			return 0, err
+		}
+		if !m.Batchable {
+			continue
+		}
+		n := int(t.Shape[0])
+		if i == 0 {
+			rows = n
+		} else if n != rows {
+			return 0, fmt.Errorf("input %q has batch dimension %d but input %q has %d; all inputs must agree", spec.Name, n, m.Inputs[0].Name, rows)
+		}
+	}
+	if m.Batchable {
+		if rows == 0 {
+			return 0, fmt.Errorf("batch dimension is 0; send at least one row")
+		}
+		if rows > m.Config.MaxBatchSize {
+			return 0, fmt.Errorf("batch dimension %d exceeds the model's max batch size %d; split the request", rows, m.Config.MaxBatchSize)
+		}
+	}
+	for _, name := range req.Outputs {
+		if m.output(name) == nil {
+			return 0, fmt.Errorf("output %q is not an output of model %q (outputs: %s)", name, m.Name, ioNames(m.Outputs))
+		}
+	}
+	return rows, nil
+}
+
+func (m *Model) input(name string) *tensor.Spec {
+	for i := range m.Inputs {
+		if m.Inputs[i].Name == name {
+			return &m.Inputs[i].Spec
+		}
+	}
+	return nil
+}
+
+func (m *Model) output(name string) *tensor.Spec {
+	for i := range m.Outputs {
+		if m.Outputs[i].Name == name {
+			return &m.Outputs[i].Spec
+		}
+	}
+	return nil
+}
+
+func ioNames(ios []onnx.IO) string {
+	names := make([]string, len(ios))
+	for i, io := range ios {
+		names[i] = fmt.Sprintf("%q", io.Name)
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,131 @@
+package model
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is a model's serving configuration, read from the optional
+// DIR/{model}/config.yaml. Zero fields take defaults derived from the model
+// itself (see Resolve).
+type Config struct {
+	// MaxBatchSize is the most rows one run takes. 0 derives it: 32 for a
+	// model whose inputs and outputs all have a dynamic first dimension,
+	// else 1 (no batching).
+	MaxBatchSize int `yaml:"max_batch_size" json:"max_batch_size"`
+	// MaxQueueDelay is how long the first request of a batch may wait for
+	// others to join it. Default 5ms.
+	MaxQueueDelay time.Duration `yaml:"max_queue_delay" json:"max_queue_delay"`
+	// PreferredBatchSizes are batch sizes worth dispatching at once, without
+	// waiting out the delay, when no more requests are at hand.
+	PreferredBatchSizes []int `yaml:"preferred_batch_sizes" json:"preferred_batch_sizes,omitempty"`
+	// Instances is the number of sessions running batches in parallel.
+	// Default 1.
+	Instances int `yaml:"instances" json:"instances"`
+	// IntraOpThreads and InterOpThreads size ONNX Runtime's thread pools; 0
+	// leaves ONNX Runtime's defaults.
+	IntraOpThreads int `yaml:"intra_op_threads" json:"intra_op_threads"`
+	InterOpThreads int `yaml:"inter_op_threads" json:"inter_op_threads"`
+	// ExecutionProvider is "cpu" (the default); "cuda" and "tensorrt" are
+	// reserved for GPU workers.
+	ExecutionProvider string `yaml:"execution_provider" json:"execution_provider"`
+	// MaxAttempts bounds how often a job is run before it ends failed.
+	// Default 3.
+	MaxAttempts int `yaml:"max_attempts" json:"max_attempts"`
+}
+
+// MarshalJSON writes durations as Go duration strings such as "5ms".
+func (c Config) MarshalJSON() ([]byte, error) {
+	type plain Config
+	type out struct {
+		plain
+		MaxQueueDelay string `json:"max_queue_delay"`
+	}
+	return json.Marshal(out{plain(c), c.MaxQueueDelay.String()})
+}
+
+// ReadConfig reads a config.yaml. Unknown keys are errors, so a typo does
+// not silently fall back to a default.
+func ReadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig parses config.yaml content.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("parse config: %w", err)
+	}
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.MaxBatchSize < 0:
+		return fmt.Errorf("max_batch_size %d is negative", c.MaxBatchSize)
+	case c.MaxQueueDelay < 0:
+		return fmt.Errorf("max_queue_delay %s is negative", c.MaxQueueDelay)
+	case c.Instances < 0:
+		return fmt.Errorf("instances %d is negative", c.Instances)
+	case c.IntraOpThreads < 0 || c.InterOpThreads < 0:
+		return errors.New("thread counts must not be negative")
+	case c.MaxAttempts < 0:
+		return fmt.Errorf("max_attempts %d is negative", c.MaxAttempts)
+	}
+	switch c.ExecutionProvider {
+	case "", "cpu":
+	case "cuda", "tensorrt":
+		return fmt.Errorf("execution_provider %q is not available in this build yet; use cpu", c.ExecutionProvider)
+	default:
+		return fmt.Errorf("execution_provider %q is unknown (want cpu, cuda or tensorrt)", c.ExecutionProvider)
+	}
+	for _, p := range c.PreferredBatchSizes {
+		if p <= 0 {
+			return fmt.Errorf("preferred_batch_sizes has %d; sizes must be positive", p)
+		}
+		if c.MaxBatchSize > 0 && p > c.MaxBatchSize {
+			return fmt.Errorf("preferred batch size %d exceeds max_batch_size %d", p, c.MaxBatchSize)
+		}
+	}
+	return nil
+}
+
+// resolve fills defaults. batchable says whether the model's inputs and
+// outputs allow stacking requests along the first dimension.
+func (c Config) resolve(batchable bool) Config {
+	if c.MaxBatchSize == 0 {
+		c.MaxBatchSize = 1
+		if batchable {
+			c.MaxBatchSize = 32
+		}
+	}
+	if c.MaxQueueDelay == 0 {
+		c.MaxQueueDelay = 5 * time.Millisecond
+	}
+	if c.Instances == 0 {
+		c.Instances = 1
+	}
+	if c.ExecutionProvider == "" {
+		c.ExecutionProvider = "cpu"
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 3
+	}
+	c.PreferredBatchSizes = slices.Clone(c.PreferredBatchSizes)
+	slices.Sort(c.PreferredBatchSizes)
+	return c
+}

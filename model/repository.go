@@ -1,0 +1,235 @@
+// Package model reads inferq's model repository, DIR/{model}/{version}/
+// model.onnx with an optional DIR/{model}/config.yaml, and decides how each
+// model is served: its inputs and outputs, whether requests may be batched,
+// and its effective configuration.
+package model
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+
+	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/tensor"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound    = errors.New("model not found")
+	ErrUnavailable = errors.New("model unavailable")
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// ValidName reports whether name can be a model name: letters, digits, '_'
+// and '-', starting with a letter or digit, at most 64 characters. Names
+// become NATS subjects and storage keys, so nothing else is let through.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
+// Model is one loaded version of a model.
+type Model struct {
+	Name    string
+	Version int64
+	Path    string
+	Inputs  []onnx.IO
+	Outputs []onnx.IO
+	// Batchable says requests may be stacked along the first dimension.
+	Batchable bool
+	Config    Config
+}
+
+// VersionString is the version as the V2 protocol writes it.
+func (m *Model) VersionString() string { return strconv.FormatInt(m.Version, 10) }
+
+// Family is every version of one model.
+type Family struct {
+	Name string
+	// Versions are the loaded versions, highest first.
+	Versions []*Model
+	// Refused maps each version that could not be served to the reason.
+	Refused map[int64]error
+	// Config is the family's config.yaml as written (before defaults).
+	Config Config
+}
+
+// Default is the highest loaded version, or nil.
+func (f *Family) Default() *Model {
+	if len(f.Versions) == 0 {
+		return nil
+	}
+	return f.Versions[0]
+}
+
+// Lookup returns the given version, or the default for version 0.
+func (f *Family) Lookup(version int64) (*Model, error) {
+	if version == 0 {
+		if m := f.Default(); m != nil {
+			return m, nil
+		}
+		return nil, fmt.Errorf("%w: no version of %q could be loaded", ErrUnavailable, f.Name)
+	}
+	for _, m := range f.Versions {
+		if m.Version == version {
+			return m, nil
+		}
+	}
+	if err, ok := f.Refused[version]; ok {
+		return nil, fmt.Errorf("%w: %q version %d: %v", ErrUnavailable, f.Name, version, err)
+	}
+	return nil, fmt.Errorf("%w: %q has no version %d", ErrNotFound, f.Name, version)
+}
+
+// Inspector reads a model file's inputs and outputs; onnx.Runtime.Inspect
+// is one.
+type Inspector func(path string) (onnx.Signature, error)
+
+// Repository is a scanned model repository. It is immutable once loaded
+// and safe for concurrent use.
+type Repository struct {
+	Dir      string
+	families map[string]*Family
+	// Problems are repository entries that could not be read at all.
+	Problems []error
+}
+
+// Load scans dir. A model or version that cannot be served is recorded
+// with the reason (see Family.Refused and Repository.Problems) rather than
+// failing the whole repository; an unreadable dir is an error.
+func Load(dir string, inspect Inspector) (*Repository, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read model repository: %w", err)
+	}
+	r := &Repository{Dir: dir, families: map[string]*Family{}}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		name := e.Name()
+		if !ValidName(name) {
+			r.Problems = append(r.Problems, fmt.Errorf("model directory %q skipped: names are letters, digits, '_' and '-' (at most 64)", name))
+			continue
+		}
+		f, err := loadFamily(filepath.Join(dir, name), name, inspect)
+		if err != nil {
+			r.Problems = append(r.Problems, err)
+			continue
+		}
+		if f != nil {
+			r.families[name] = f
+		}
+	}
+	return r, nil
+}
+
+func loadFamily(dir, name string, inspect Inspector) (*Family, error) {
+	f := &Family{Name: name, Refused: map[int64]error{}}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if _, err := os.Stat(cfgPath); err == nil {
+		c, err := ReadConfig(cfgPath)
+		if err != nil {
+			return nil, fmt.Errorf("model %q: %s: %w", name, cfgPath, err)
+		}
+		f.Config = c
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("model %q: %w", name, err)
+	}
+	found := false
+	for _, e := range entries {
+		v, err := strconv.ParseInt(e.Name(), 10, 64)
+		if !e.IsDir() || err != nil || v <= 0 {
+			continue
+		}
+		path := filepath.Join(dir, e.Name(), "model.onnx")
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		found = true
+		m, err := loadVersion(name, v, path, f.Config, inspect)
+		if err != nil {
+			f.Refused[v] = err
+			continue
+		}
+		f.Versions = append(f.Versions, m)
+	}
+	if !found {
+		return nil, nil // not a model directory
+	}
+	sort.Slice(f.Versions, func(i, j int) bool { return f.Versions[i].Version > f.Versions[j].Version })
+	return f, nil
+}
+
+func loadVersion(name string, version int64, path string, cfg Config, inspect Inspector) (*Model, error) {
+	sig, err := inspect(path)
+	if err != nil {
+		return nil, err
+	}
+	m := &Model{Name: name, Version: version, Path: path, Inputs: sig.Inputs, Outputs: sig.Outputs}
+	batchable := true
+	for _, list := range []struct {
+		what string
+		ios  []onnx.IO
+	}{{"input", sig.Inputs}, {"output", sig.Outputs}} {
+		for _, io := range list.ios {
+			if io.Kind != onnx.KindTensor {
+				return nil, fmt.Errorf("%s %q is a %s; inferq serves tensor inputs and outputs only", list.what, io.Name, io.Kind)
+			}
+			if io.Datatype == tensor.Invalid {
+				return nil, fmt.Errorf("%s %q has element type %s, which V2 tensors cannot carry", list.what, io.Name, io.ElementType)
+			}
+			if len(io.Shape) == 0 || io.Shape[0] != -1 {
+				batchable = false
+			}
+		}
+	}
+	if cfg.MaxBatchSize > 1 && !batchable {
+		return nil, fmt.Errorf("config sets max_batch_size %d, but not every input and output has a dynamic first dimension to batch along; remove max_batch_size or set it to 1", cfg.MaxBatchSize)
+	}
+	m.Batchable = batchable && cfg.MaxBatchSize != 1
+	m.Config = cfg.resolve(m.Batchable)
+	return m, nil
+}
+
+// Family returns the model called name.
+func (r *Repository) Family(name string) (*Family, error) {
+	f, ok := r.families[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q is not in the repository", ErrNotFound, name)
+	}
+	return f, nil
+}
+
+// Lookup returns version of the model called name; version 0 is the
+// default (highest) version.
+func (r *Repository) Lookup(name string, version int64) (*Model, error) {
+	f, err := r.Family(name)
+	if err != nil {
+		return nil, err
+	}
+	return f.Lookup(version)
+}
+
+// Families returns every model, sorted by name.
+func (r *Repository) Families() []*Family {
+	out := make([]*Family, 0, len(r.families))
+	for _, f := range r.families {
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(a, b *Family) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}

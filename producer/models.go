@@ -1,0 +1,96 @@
+package producer
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/onnx"
+)
+
+type ioJSON struct {
+	Name     string  `json:"name"`
+	Datatype string  `json:"datatype"`
+	Shape    []int64 `json:"shape"`
+}
+
+func ioList(ios []onnx.IO) []ioJSON {
+	out := make([]ioJSON, len(ios))
+	for i, io := range ios {
+		out[i] = ioJSON{Name: io.Name, Datatype: io.Datatype.String(), Shape: io.Shape}
+	}
+	return out
+}
+
+type versionJSON struct {
+	Version   string       `json:"version"`
+	State     string       `json:"state"`
+	Reason    string       `json:"reason,omitempty"`
+	Batchable bool         `json:"batchable"`
+	Config    model.Config `json:"config"`
+	Inputs    []ioJSON     `json:"inputs,omitempty"`
+	Outputs   []ioJSON     `json:"outputs,omitempty"`
+}
+
+type modelJSON struct {
+	Name           string        `json:"name"`
+	DefaultVersion string        `json:"default_version,omitempty"`
+	Versions       []versionJSON `json:"versions"`
+}
+
+func describe(f *model.Family) modelJSON {
+	out := modelJSON{Name: f.Name, Versions: []versionJSON{}}
+	if d := f.Default(); d != nil {
+		out.DefaultVersion = d.VersionString()
+	}
+	for _, m := range f.Versions {
+		out.Versions = append(out.Versions, versionJSON{
+			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Config: m.Config,
+			Inputs: ioList(m.Inputs), Outputs: ioList(m.Outputs),
+		})
+	}
+	for v, err := range f.Refused {
+		out.Versions = append(out.Versions, versionJSON{Version: strconv.FormatInt(v, 10), State: "unavailable", Reason: err.Error()})
+	}
+	return out
+}
+
+func (s *Server) listModels(w http.ResponseWriter, r *http.Request) error {
+	out := []modelJSON{}
+	for _, f := range s.opts.Catalog.Families() {
+		out = append(out, describe(f))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"models": out})
+	return nil
+}
+
+// modelMetadata answers the V2 model metadata of a model or version.
+func (s *Server) modelMetadata(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.lookup(r)
+	if err != nil {
+		return err
+	}
+	f, err := s.opts.Catalog.Family(m.Name)
+	if err != nil {
+		return err
+	}
+	versions := make([]string, len(f.Versions))
+	for i, v := range f.Versions {
+		versions[i] = v.VersionString()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"name":     m.Name,
+		"versions": versions,
+		"platform": "onnxruntime_onnx",
+		"inputs":   ioList(m.Inputs),
+		"outputs":  ioList(m.Outputs),
+	})
+	return nil
+}
+
+func (s *Server) modelReady(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.lookup(r); err != nil {
+		return err
+	}
+	return s.ready(w, r)
+}

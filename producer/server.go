@@ -1,0 +1,428 @@
+// Package producer is inferq's HTTP API: it validates V2 inference
+// requests against each model's own inputs, queues them as jobs in
+// JetStream, and serves job records, results, model metadata, health and
+// metrics.
+package producer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/tensor"
+)
+
+// Catalog is the set of models the API accepts jobs for;
+// *model.Repository is one.
+type Catalog interface {
+	Lookup(name string, version int64) (*model.Model, error)
+	Family(name string) (*model.Family, error)
+	Families() []*model.Family
+}
+
+// Queue stores jobs; *jobs.Queue is one.
+type Queue interface {
+	Submit(ctx context.Context, job *jobs.Job, rec *jobs.Record) error
+}
+
+// Records reads job records; *jobs.Records is one.
+type Records interface {
+	Get(ctx context.Context, id string) (*jobs.Record, error)
+}
+
+// Results reads stored results; the storage package's stores are.
+type Results interface {
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+}
+
+// Watcher signals changes of a job's record; *jobs.Watcher is one.
+type Watcher interface {
+	Wait(id string) (<-chan *jobs.Record, func())
+}
+
+// Options configure a Server. Catalog, Queue, Records, Results and Watcher
+// are required.
+type Options struct {
+	Catalog Catalog
+	Queue   Queue
+	Records Records
+	Results Results
+	Watcher Watcher
+	// Ready reports whether the API can take jobs (NATS and storage
+	// reachable); nil means always.
+	Ready func(ctx context.Context) error
+	// MaxBodyBytes bounds a request body. Default 64 MiB.
+	MaxBodyBytes int64
+	// Limits bound what a request's tensors may hold.
+	Limits tensor.Limits
+	// MaxWait caps ?wait= on GET /v1/jobs/{id}. Default 60s.
+	MaxWait time.Duration
+	// Registerer receives the API's metrics; Gatherer serves /metrics.
+	// Nil disables each.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Logger     *slog.Logger
+}
+
+// Server serves the HTTP API. It is safe for concurrent use.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+// New returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Catalog == nil || opts.Queue == nil || opts.Records == nil || opts.Results == nil || opts.Watcher == nil {
+		return nil, errors.New("producer: Catalog, Queue, Records, Results and Watcher are required")
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 64 << 20
+	}
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = 60 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux()}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) routes() {
+	handle := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.wrap(pattern, h))
+	}
+	handle("POST /v1/models/{model}/jobs", s.submit)
+	handle("POST /v1/models/{model}/versions/{version}/jobs", s.submit)
+	handle("GET /v1/jobs/{id}", s.getJob)
+	handle("GET /v1/jobs/{id}/result", s.getResult)
+	handle("GET /v1/models", s.listModels)
+	handle("GET /v2/models/{model}", s.modelMetadata)
+	handle("GET /v2/models/{model}/versions/{version}", s.modelMetadata)
+	handle("GET /v2/models/{model}/ready", s.modelReady)
+	handle("GET /v2/models/{model}/versions/{version}/ready", s.modelReady)
+	handle("GET /v2/health/live", s.live)
+	handle("GET /v2/health/ready", s.ready)
+	if s.opts.Gatherer != nil {
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	s.mux.Handle("/", s.wrap("other", func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "no route for %s %s; see /openapi.json", r.Method, r.URL.Path)
+	}))
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// httpError is an error with the status code it answers with.
+type httpError struct {
+	code       int
+	msg        string
+	retryAfter int
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func errorf(code int, format string, args ...any) error {
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// wrap turns a handler that returns an error into an http.Handler that
+// answers the error as JSON, counts the request, and turns a panic into a
+// 500 that is logged as the bug it is.
+func (s *Server) wrap(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("panic serving request", "route", route, "panic", p)
+				if rw.status == 0 {
+					writeJSON(rw, http.StatusInternalServerError, map[string]string{"error": "internal error (a bug in inferq; it has been logged)"})
+				}
+			}
+			s.metrics.observeRequest(route, rw.status, time.Since(start))
+		}()
+		err := h(rw, r)
+		if err == nil {
+			return
+		}
+		var he *httpError
+		if !errors.As(err, &he) {
+			s.log.Error("request failed", "route", route, "err", err)
+			he = &httpError{code: http.StatusInternalServerError, msg: "internal error: " + err.Error()}
+		}
+		if he.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(he.retryAfter))
+		}
+		writeJSON(rw, he.code, map[string]string{"error": he.msg})
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"internal error: encode response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+// lookup resolves the {model} and optional {version} of a path.
+func (s *Server) lookup(r *http.Request) (*model.Model, error) {
+	name := r.PathValue("model")
+	var version int64
+	if v := r.PathValue("version"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return nil, errorf(http.StatusBadRequest, "model version %q is not a positive integer", v)
+		}
+		version = n
+	}
+	m, err := s.opts.Catalog.Lookup(name, version)
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+		return nil, errorf(http.StatusNotFound, "%v", err)
+	case errors.Is(err, model.ErrUnavailable):
+		return nil, &httpError{code: http.StatusServiceUnavailable, msg: err.Error(), retryAfter: 30}
+	case err != nil:
+		return nil, err
+	}
+	return m, nil
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.lookup(r)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
+			return errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.opts.MaxBodyBytes)
+		}
+		return errorf(http.StatusBadRequest, "read request body: %v", err)
+	}
+	var req *tensor.Request
+	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
+		n, perr := strconv.Atoi(hl)
+		if perr != nil {
+			return errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
+		}
+		req, err = tensor.DecodeBinaryRequest(body, n, s.opts.Limits)
+	} else {
+		req, err = tensor.DecodeRequest(body, s.opts.Limits)
+	}
+	if err != nil {
+		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	rows, err := m.Check(req)
+	if err != nil {
+		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	id := ulid.Make().String()
+	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
+	if r.PathValue("version") != "" {
+		job.Version = m.Version
+	}
+	rec := &jobs.Record{
+		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(),
+		ClientID: req.ID, Rows: rows,
+	}
+	if job.Version != 0 {
+		rec.ModelVersion = m.VersionString()
+	}
+	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
+		s.log.Warn("could not queue job", "model", m.Name, "err", err)
+		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
+			msg: "the queue is unavailable, the job was not accepted; retry later"}
+	}
+	s.metrics.accepted.WithLabelValues(m.Name).Inc()
+	w.Header().Set("Location", "/v1/jobs/"+id)
+	writeJSON(w, http.StatusAccepted, s.present(rec))
+	return nil
+}
+
+// present fills what a record shows a client but does not store.
+func (s *Server) present(rec *jobs.Record) *jobs.Record {
+	if rec.Status == jobs.Succeeded {
+		rec.ResultURL = "/v1/jobs/" + rec.ID + "/result"
+	}
+	return rec
+}
+
+func checkID(id string) error {
+	if _, err := ulid.ParseStrict(id); err != nil {
+		return errorf(http.StatusNotFound, "job %q not found: job ids are 26-character ULIDs", id)
+	}
+	return nil
+}
+
+func (s *Server) record(ctx context.Context, id string) (*jobs.Record, error) {
+	rec, err := s.opts.Records.Get(ctx, id)
+	if errors.Is(err, jobs.ErrJobNotFound) {
+		return nil, errorf(http.StatusNotFound, "job %s not found", id)
+	}
+	if err != nil {
+		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
+	}
+	return rec, nil
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := checkID(id); err != nil {
+		return err
+	}
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := parseWait(v)
+		if err != nil {
+			return errorf(http.StatusBadRequest, "wait=%q: %v", v, err)
+		}
+		wait = min(d, s.opts.MaxWait)
+	}
+	var changed <-chan *jobs.Record
+	if wait > 0 {
+		ch, stop := s.opts.Watcher.Wait(id)
+		defer stop()
+		changed = ch
+	}
+	rec, err := s.record(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	if wait > 0 && !rec.Status.Final() {
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+	loop:
+		for {
+			select {
+			case rec = <-changed:
+				if rec.Status.Final() {
+					break loop
+				}
+			case <-timer.C:
+				break loop
+			case <-r.Context().Done():
+				return nil
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, s.present(rec))
+	return nil
+}
+
+// parseWait reads a wait as a Go duration ("10s", "1m") or whole seconds.
+func parseWait(v string) (time.Duration, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 0 {
+			return 0, errors.New("must not be negative")
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, errors.New(`want a duration such as "10s" or a number of seconds`)
+	}
+	if d < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}
+
+func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := checkID(id); err != nil {
+		return err
+	}
+	rec, err := s.record(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	if rec.Status != jobs.Succeeded {
+		if rec.Error == "" {
+			rec.Error = fmt.Sprintf("job %s is %s; it has no result yet", id, rec.Status)
+		}
+		writeJSON(w, http.StatusConflict, rec)
+		return nil
+	}
+	rc, err := s.opts.Results.Get(r.Context(), jobs.ResultKey(id))
+	if err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "result storage is unavailable: " + err.Error()}
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, err = io.Copy(w, rc)
+	if err != nil {
+		s.log.Warn("sending result", "job", id, "err", err)
+	}
+	return nil
+}
+
+func (s *Server) live(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]bool{"live": true})
+	return nil
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) error {
+	if s.opts.Ready != nil {
+		if err := s.opts.Ready(r.Context()); err != nil {
+			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "not ready: " + err.Error()}
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
+	return nil
+}

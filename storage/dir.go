@@ -1,0 +1,128 @@
+// Package storage keeps job results and large payloads in object storage:
+// a folder on disk (the embedded default) or an S3-compatible bucket.
+// Stores are addressed by keys such as "results/01JD3X....json".
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// ErrNotFound is returned for a key that holds no object.
+var ErrNotFound = errors.New("object not found")
+
+var segmentRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
+
+// CheckKey reports whether key is a valid object key: '/'-separated
+// segments of letters, digits, '.', '_' and '-', none starting with '.'.
+// Keys become file paths, so nothing else is let through.
+func CheckKey(key string) error {
+	if key == "" || len(key) > 512 {
+		return fmt.Errorf("object key %q: must be 1 to 512 characters", key)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if !segmentRE.MatchString(seg) {
+			return fmt.Errorf("object key %q: segment %q is not letters, digits, '.', '_' and '-'", key, seg)
+		}
+	}
+	return nil
+}
+
+// Dir stores objects as files under a folder. Writes are atomic: a reader
+// sees the old object or the new one, never a part. It is safe for
+// concurrent use.
+type Dir struct {
+	root string
+}
+
+// NewDir returns a store rooted at root, creating it if needed.
+func NewDir(root string) (*Dir, error) {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("create storage folder: %w", err)
+	}
+	return &Dir{root: root}, nil
+}
+
+func (d *Dir) path(key string) (string, error) {
+	if err := CheckKey(key); err != nil {
+		return "", err
+	}
+	return filepath.Join(d.root, filepath.FromSlash(key)), nil
+}
+
+// Put writes the object at key, replacing any object there.
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".put-*")
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
+
+// Get opens the object at key; the caller closes it.
+func (d *Dir) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return f, nil
+}
+
+// Delete removes the object at key; a missing object is not an error.
+func (d *Dir) Delete(ctx context.Context, key string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// Check reports whether the store can be written, for readiness.
+func (d *Dir) Check(ctx context.Context) error {
+	st, err := os.Stat(d.root)
+	if err != nil {
+		return fmt.Errorf("storage folder: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("storage folder %s is not a folder", d.root)
+	}
+	return nil
+}

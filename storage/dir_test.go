@@ -1,0 +1,64 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+// store is what every backend provides; the contract below runs against
+// each of them.
+type store interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Delete(ctx context.Context, key string) error
+}
+
+func testContract(t *testing.T, s store) {
+	ctx := context.Background()
+	read := func(key string) (string, error) {
+		rc, err := s.Get(ctx, key)
+		if err != nil {
+			return "", err
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		return string(b), err
+	}
+	if _, err := read("results/missing.json"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing object: %v, want ErrNotFound", err)
+	}
+	if err := s.Put(ctx, "results/a.json", strings.NewReader("first")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "results/a.json", strings.NewReader("second")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read("results/a.json"); err != nil || got != "second" {
+		t.Fatalf("read back %q, %v; want the overwrite", got, err)
+	}
+	if err := s.Delete(ctx, "results/a.json"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read("results/a.json"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted object: %v", err)
+	}
+	if err := s.Delete(ctx, "results/a.json"); err != nil {
+		t.Fatalf("deleting twice: %v", err)
+	}
+	for _, bad := range []string{"", "../etc/passwd", "a/../b", "/abs", "a//b", ".hidden", "a b", "results/%2e%2e"} {
+		if err := s.Put(ctx, bad, strings.NewReader("x")); err == nil {
+			t.Errorf("key %q accepted", bad)
+		}
+	}
+}
+
+func TestDirContract(t *testing.T) {
+	d, err := NewDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testContract(t, d)
+}
