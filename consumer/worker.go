@@ -128,6 +128,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
 	cons, err := w.opts.Queue.Consumer(ctx, w.name, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
@@ -350,6 +353,8 @@ func (w *Worker) runBatch(ctx context.Context, b batching.Batch[*item]) {
 	g.Wait()
 }
 
+var errGaveUp = errors.New("attempts exhausted")
+
 // start marks each job running and returns those that should run: a job
 // already final (cancelled, or finished before a redelivery) is
 // acknowledged and dropped.
@@ -360,9 +365,21 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
 	for i, it := range items {
 		g.Go(func() error {
+			delivered := it.attempt
 			rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, nil, 0, func(r *jobs.Record) error {
 				if r.Status.Final() {
 					return jobs.ErrConflict
+				}
+				// The record, not the delivery count, is the truth about
+				// attempts: JetStream's consumer state can lose deliveries
+				// when a server dies hard, but a record left running says
+				// an attempt began and never finished.
+				it.attempt = delivered
+				if r.Status == jobs.Running && r.Attempts >= it.attempt {
+					it.attempt = r.Attempts + 1
+				}
+				if it.attempt > it.model.Config.MaxAttempts {
+					return errGaveUp
 				}
 				r.Status = jobs.Running
 				r.StartedAt = &now
@@ -371,6 +388,9 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 				return nil
 			})
 			switch {
+			case errors.Is(err, errGaveUp):
+				it.rec, it.rev = rec, rev
+				w.complete(ctx, it, jobs.Failed, fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1))
 			case errors.Is(err, jobs.ErrConflict):
 				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
 				_ = it.msg.Ack()

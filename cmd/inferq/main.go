@@ -50,11 +50,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "serve":
-		err = serveCmd(ctx, args[1:], stderr, modeServe)
+		err = serveCmd(ctx, args[1:], stderr, modeServe, nil)
 	case "api":
-		err = serveCmd(ctx, args[1:], stderr, modeAPI)
+		err = serveCmd(ctx, args[1:], stderr, modeAPI, nil)
 	case "worker":
-		err = serveCmd(ctx, args[1:], stderr, modeWorker)
+		err = serveCmd(ctx, args[1:], stderr, modeWorker, nil)
 	case "version":
 		fmt.Fprintln(stdout, "inferq", version())
 		return 0

@@ -49,10 +49,13 @@ type serveFlags struct {
 	maxBody               int64
 	maxWait               time.Duration
 	drainTimeout          time.Duration
+	ackWait               time.Duration
 	logLevel, logFormat   string
 }
 
-func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode) error {
+// serveCmd runs serve, api or worker. onListen, when set, is told the HTTP
+// address once the API listens (tests use it with --http 127.0.0.1:0).
+func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onListen func(addr string)) error {
 	fs := flag.NewFlagSet("inferq "+m.String(), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f serveFlags
@@ -73,6 +76,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode) erro
 		fs.BoolVar(&f.natsSyncAlways, "nats-sync-always", false, "fsync every JetStream write, so accepted jobs survive a machine crash too")
 	}
 	if m != modeAPI {
+		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -88,10 +92,10 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode) erro
 	if m != modeServe && f.natsURL == "" {
 		return errors.New("--nats (or INFERQ_NATS) is required: the API and workers share an external NATS server")
 	}
-	return serve(ctx, m, f, log)
+	return serve(ctx, m, f, log, onListen)
 }
 
-func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger) error {
+func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen func(string)) error {
 	lib, err := findORT()
 	if err != nil {
 		return err
@@ -113,7 +117,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger) error {
 	var nc *nats.Conn
 	var embedded *embednats.Server
 	natsOpts := []nats.Option{nats.Name("inferq-" + m.String()), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", "err", err)
+			}
+		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 	}
 	if f.natsURL == "" {
@@ -184,7 +192,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger) error {
 			}
 			w, err := consumer.NewWorker(consumer.Options{
 				Family: fam, Runtime: rt, Queue: q, Results: store, Metrics: metrics,
-				Logger: log, DrainTimeout: f.drainTimeout,
+				Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
 			})
 			if err != nil {
 				return err
@@ -218,6 +226,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger) error {
 		}
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 		log.Info("HTTP API listening", "addr", ln.Addr().String())
+		if onListen != nil {
+			onListen(ln.Addr().String())
+		}
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("HTTP server: %w", err)

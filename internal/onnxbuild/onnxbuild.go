@@ -233,6 +233,17 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // output y[batch, width], with weights drawn from a fixed seed so every
 // build is the same. One row costs about 2*depth*width*width flops.
 func Dense(width, depth int, seed uint64) []byte {
+	return dense(width, depth, seed, false)
+}
+
+// Repeat is Dense with one layer's weights applied depth times: the
+// compute of a deep model in the file size of one layer, for tests that
+// need a model slow enough to catch mid-run.
+func Repeat(width, depth int, seed uint64) []byte {
+	return dense(width, depth, seed, true)
+}
+
+func dense(width, depth int, seed uint64, shared bool) []byte {
 	m := New("dense")
 	m.Input("x", Float, -1, int64(width))
 	m.Output("y", Float, -1, int64(width))
@@ -245,19 +256,25 @@ func Dense(width, depth int, seed uint64) []byte {
 	}
 	cur := "x"
 	for l := range depth {
-		w := make([]float32, width*width)
-		for i := range w {
-			w[i] = next()
-		}
-		b := make([]float32, width)
-		for i := range b {
-			b[i] = next()
-		}
 		ln := "l" + itoa(l)
-		m.Floats(ln+"_w", []int64{int64(width), int64(width)}, w)
-		m.Floats(ln+"_b", []int64{int64(width)}, b)
-		m.Node("MatMul", []string{cur, ln + "_w"}, []string{ln + "_mm"})
-		m.Node("Add", []string{ln + "_mm", ln + "_b"}, []string{ln + "_add"})
+		wn, bn := ln+"_w", ln+"_b"
+		if shared {
+			wn, bn = "l0_w", "l0_b"
+		}
+		if !shared || l == 0 {
+			w := make([]float32, width*width)
+			for i := range w {
+				w[i] = next()
+			}
+			b := make([]float32, width)
+			for i := range b {
+				b[i] = next()
+			}
+			m.Floats(wn, []int64{int64(width), int64(width)}, w)
+			m.Floats(bn, []int64{int64(width)}, b)
+		}
+		m.Node("MatMul", []string{cur, wn}, []string{ln + "_mm"})
+		m.Node("Add", []string{ln + "_mm", bn}, []string{ln + "_add"})
 		out := ln + "_relu"
 		if l == depth-1 {
 			out = "y"

@@ -86,3 +86,42 @@ func Connect(t testing.TB, s *embednats.Server) *nats.Conn {
 	t.Cleanup(nc.Close)
 	return nc
 }
+
+// ThirdParty returns the path of a model file under testdata/thirdparty
+// (committed) or build/thirdparty (fetched by `make testmodels`).
+func ThirdParty(t testing.TB, rel string) string {
+	t.Helper()
+	root := Root(t)
+	for _, dir := range []string{"testdata/thirdparty", "build/thirdparty"} {
+		p := filepath.Join(root, dir, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Fatalf("third-party model %s is missing: run `make testmodels` (make test does)", rel)
+	return ""
+}
+
+// ModelRepo lays out a model repository in a temporary folder: files maps
+// "{model}/{version}/model.onnx" (or "{model}/config.yaml") to the content
+// to write, or to an existing file's path prefixed with "@" to link.
+func ModelRepo(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for rel, content := range files {
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if len(content) > 0 && content[0] == '@' {
+			err = os.Symlink(content[1:], p)
+		} else {
+			err = os.WriteFile(p, []byte(content), 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// binary builds the inferq binary once per test run.
+func inferqBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "inferq-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "inferq")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// process is inferq running as a child process.
+type process struct {
+	cmd *exec.Cmd
+	url string
+	log *os.File
+}
+
+func startProcess(t *testing.T, args ...string) *process {
+	t.Helper()
+	httpPort := freePort(t)
+	logf, err := os.CreateTemp(t.TempDir(), "inferq-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(inferqBinary(t), append(args, "--http", fmt.Sprintf("127.0.0.1:%d", httpPort))...)
+	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, url: fmt.Sprintf("http://127.0.0.1:%d", httpPort), log: logf}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if res, err := http.Get(p.url + "/v2/health/ready"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return p
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, _ := os.ReadFile(logf.Name())
+	t.Fatalf("inferq did not become ready:\n%s", out)
+	return nil
+}
+
+// TestAcceptedJobsSurviveKill: jobs accepted, then the process killed
+// hard (SIGKILL, no drain) while it works through them, then started again
+// on the same data folder: every accepted job finishes, and each is
+// announced finished exactly once.
+func TestAcceptedJobsSurviveKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a real process; skipped with -short")
+	}
+	slow := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, slow, onnxbuild.Repeat(1024, 200, 9))
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + slow, "slow/config.yaml": "max_batch_size: 4\nmax_queue_delay: 1ms\n"})
+	data := t.TempDir()
+	natsPort := freePort(t)
+	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--ack-wait", "3s", "--log-level", "warn"}
+
+	p := startProcess(t, args...)
+	s := &server{url: p.url}
+	ref := openDirect(t, slow)
+	rng := rand.New(rand.NewPCG(5, 6))
+	n := 100
+	ids := make([]string, n)
+	// Job 8 is a full batch of 4 rows, slow enough to be seen running.
+	for i := range 9 {
+		rows := 1
+		if i == 8 {
+			rows = 4
+		}
+		ids[i] = s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(rng, ref.sig.Inputs, rows)))
+	}
+	// The rest arrive while it works, until the kill cuts them off.
+	bodies := make([][]byte, n)
+	for i := 9; i < n; i++ {
+		bodies[i] = requestJSON(randomInputs(rng, ref.sig.Inputs, 1))
+	}
+	rest := make(chan struct{})
+	go func() {
+		defer close(rest)
+		for i := 9; i < n; i++ {
+			res, err := http.Post(s.url+"/v1/models/slow/jobs", "application/json", bytes.NewReader(bodies[i]))
+			if err != nil {
+				return
+			}
+			var rec jobs.Record
+			err = json.NewDecoder(res.Body).Decode(&rec)
+			res.Body.Close()
+			if err != nil || res.StatusCode != http.StatusAccepted {
+				return
+			}
+			ids[i] = rec.ID
+		}
+	}()
+	// Kill it mid-batch: while job 8 runs, with jobs before it done and
+	// many after it still queued.
+	victim := ids[8]
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var rec jobs.Record
+		do(t, "GET", s.url+"/v1/jobs/"+victim, nil).json(t, &rec)
+		if rec.Status == jobs.Running {
+			break
+		}
+		if rec.Status.Final() || time.Now().After(deadline) {
+			t.Fatalf("job 8 went from queued to %s without being seen running; use a slower model", rec.Status)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	killedAt := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+	<-rest
+	accepted := slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return id == "" })
+	if len(accepted) < 20 {
+		t.Fatalf("only %d jobs accepted before the kill", len(accepted))
+	}
+	ids = accepted
+
+	p = startProcess(t, args...)
+	s = &server{url: p.url}
+	retried := 0
+	for _, id := range ids {
+		rec := s.await(t, id, 2*time.Minute)
+		if rec.Status != jobs.Succeeded {
+			t.Fatalf("job %s after restart: %+v", id, rec)
+		}
+		if rec.Attempts > 1 {
+			retried++
+		}
+		if id == victim && rec.Attempts < 2 {
+			t.Fatalf("job 8 was running at the kill (%s), yet shows %d attempts: %+v", killedAt.Format(time.RFC3339Nano), rec.Attempts, rec)
+		}
+	}
+	t.Logf("%d accepted jobs survived the kill; %d of them were redelivered after it", len(ids), retried)
+
+	// Each job is announced on the results stream exactly once.
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, jobs.ResultStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for len(seen) < len(ids) {
+		msgs, err := cons.Fetch(len(ids), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range msgs.Messages() {
+			var rec jobs.Record
+			if err := json.Unmarshal(m.Data(), &rec); err != nil {
+				t.Fatal(err)
+			}
+			seen[rec.ID]++
+			got++
+		}
+		if got == 0 {
+			break
+		}
+	}
+	n = len(ids)
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("job %s announced %d times", id, seen[id])
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("%d jobs announced, want %d", len(seen), n)
+	}
+}

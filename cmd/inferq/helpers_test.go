@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/tensor"
+)
+
+// server is an inferq started in process by a test, with the real wiring
+// of `inferq serve`.
+type server struct {
+	url string
+}
+
+// startServe runs `inferq serve` in process on free ports and stops it
+// when the test ends.
+func startServe(t *testing.T, models string, extra ...string) *server {
+	t.Helper()
+	testenv.ORTLibrary(t) // fail early, with the reason, if it is missing
+	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
+	args := append([]string{"--models", models, "--data", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--log-level", "warn"}, extra...)
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- serveCmd(ctx, args, testWriter{t}, modeServe, func(a string) { addr <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("serve did not stop within 60s of cancellation")
+		}
+	})
+	select {
+	case a := <-addr:
+		return &server{url: "http://" + a}
+	case err := <-done:
+		t.Fatalf("serve stopped at start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start listening within 60s")
+	}
+	return nil
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+type response struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %s: %v", r.body, err)
+	}
+}
+
+func (r response) errorMessage(t *testing.T) string {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	r.json(t, &e)
+	return e.Error
+}
+
+func do(t *testing.T, method, url string, body []byte) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{code: res.StatusCode, header: res.Header, body: b}
+}
+
+// submit posts a job and returns its id, failing unless it was accepted.
+func (s *server) submit(t *testing.T, path string, body []byte) string {
+	t.Helper()
+	r := do(t, "POST", s.url+path, body)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("POST %s: %d %s", path, r.code, r.body)
+	}
+	var rec jobs.Record
+	r.json(t, &rec)
+	if loc := r.header.Get("Location"); loc != "/v1/jobs/"+rec.ID {
+		t.Fatalf("Location %q for job %s", loc, rec.ID)
+	}
+	return rec.ID
+}
+
+// await long-polls a job until it is final.
+func (s *server) await(t *testing.T, id string, within time.Duration) *jobs.Record {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		r := do(t, "GET", s.url+"/v1/jobs/"+id+"?wait=5s", nil)
+		if r.code != http.StatusOK {
+			t.Fatalf("GET job %s: %d %s", id, r.code, r.body)
+		}
+		var rec jobs.Record
+		r.json(t, &rec)
+		if rec.Status.Final() {
+			return &rec
+		}
+	}
+	t.Fatalf("job %s not finished within %v", id, within)
+	return nil
+}
+
+func (s *server) result(t *testing.T, id string) *tensor.Response {
+	t.Helper()
+	r := do(t, "GET", s.url+"/v1/jobs/"+id+"/result", nil)
+	if r.code != http.StatusOK {
+		t.Fatalf("GET result %s: %d %s", id, r.code, r.body)
+	}
+	resp, err := tensor.DecodeResponse(r.body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// metrics scrapes /metrics.
+func (s *server) metrics(t *testing.T) map[string]float64 {
+	t.Helper()
+	r := do(t, "GET", s.url+"/metrics", nil)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(r.body))
+	if err != nil {
+		t.Fatalf("parse metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.Metric {
+			key := name
+			for _, l := range m.Label {
+				key += fmt.Sprintf(",%s=%s", l.GetName(), l.GetValue())
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[key+",stat=count"] = float64(m.Histogram.GetSampleCount())
+				out[key+",stat=sum"] = m.Histogram.GetSampleSum()
+			}
+		}
+	}
+	return out
+}
+
+// randomInputs makes a request for the model's inputs, with rows rows and
+// every dynamic dimension after the first set from dims (in order).
+func randomInputs(rng *rand.Rand, ios []onnx.IO, rows int, dims ...int64) []tensor.Tensor {
+	var out []tensor.Tensor
+	for _, io := range ios {
+		shape := make([]int64, len(io.Shape))
+		k := 0
+		for i, d := range io.Shape {
+			switch {
+			case i == 0 && d < 0:
+				shape[i] = int64(rows)
+			case d < 0:
+				shape[i] = dims[k]
+				k++
+			default:
+				shape[i] = d
+			}
+		}
+		t := tensor.Tensor{Name: io.Name, Datatype: io.Datatype, Shape: shape}
+		for range tensor.NumElements(shape) {
+			switch io.Datatype {
+			case tensor.FP32:
+				t.Data = binary.LittleEndian.AppendUint32(t.Data, math.Float32bits(rng.Float32()*2-1))
+			case tensor.Int64:
+				t.Data = binary.LittleEndian.AppendUint64(t.Data, uint64(rng.IntN(10)))
+			default:
+				panic("randomInputs: add " + io.Datatype.String())
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// requestJSON encodes inputs as a V2 JSON request.
+func requestJSON(inputs []tensor.Tensor) []byte {
+	var b []byte
+	b = append(b, `{"inputs":[`...)
+	for i := range inputs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = inputs[i].AppendJSON(b)
+	}
+	return append(b, "]}"...)
+}
+
+// assertClose compares outputs element by element, within float tolerance.
+func assertClose(t *testing.T, what string, got, want []tensor.Tensor) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d outputs, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Name != w.Name || g.Datatype != w.Datatype || tensor.FormatShape(g.Shape) != tensor.FormatShape(w.Shape) {
+			t.Fatalf("%s: output %d is %s %s %s, want %s %s %s", what, i, g.Name, g.Datatype, tensor.FormatShape(g.Shape), w.Name, w.Datatype, tensor.FormatShape(w.Shape))
+		}
+		if w.Datatype != tensor.FP32 {
+			if !bytes.Equal(g.Data, w.Data) {
+				t.Fatalf("%s: output %q differs", what, w.Name)
+			}
+			continue
+		}
+		for j := 0; j < len(w.Data); j += 4 {
+			a := math.Float32frombits(binary.LittleEndian.Uint32(g.Data[j:]))
+			b := math.Float32frombits(binary.LittleEndian.Uint32(w.Data[j:]))
+			if diff := math.Abs(float64(a - b)); diff > 1e-4+1e-3*math.Abs(float64(b)) {
+				t.Fatalf("%s: output %q element %d is %g, ONNX Runtime alone gives %g", what, w.Name, j/4, a, b)
+			}
+		}
+	}
+}
+
+// direct runs a model in ONNX Runtime with no queue, for reference.
+type direct struct {
+	sess *onnx.Session
+	sig  onnx.Signature
+}
+
+func openDirect(t *testing.T, path string) *direct {
+	t.Helper()
+	rt := testenv.Runtime(t)
+	sig, err := rt.Inspect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := rt.NewSession(path, sig, onnx.SessionOptions{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &direct{sess: s, sig: sig}
+}
+
+func (d *direct) run(t *testing.T, in []tensor.Tensor) []tensor.Tensor {
+	t.Helper()
+	out, err := d.sess.Run(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
