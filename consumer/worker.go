@@ -156,16 +156,34 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	batcher, _ := batching.New[*item](w.policy, nil)
+	// Three overlapping stages keep the model busy: while one batch runs,
+	// the next is being marked running and the last one's results stored.
 	work := make(chan batching.Batch[*item])
-	var executors sync.WaitGroup
+	prepared := make(chan []*item, w.instances)
+	var preparers, executors, completions sync.WaitGroup
+	// completing bounds the batches whose results are still being stored.
+	completing := make(chan struct{}, 2*w.instances)
+	// Work started is finished even while shutting down.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
 	for range w.instances {
-		executors.Add(1)
-		go func() {
-			defer executors.Done()
+		preparers.Go(func() {
 			for b := range work {
-				w.runBatch(ctx, b)
+				if items := w.start(workCtx, b.Items); len(items) > 0 {
+					prepared <- items
+				}
 			}
-		}()
+		})
+		executors.Go(func() {
+			for items := range prepared {
+				completing <- struct{}{}
+				complete := w.runBatch(items)
+				completions.Go(func() {
+					defer func() { <-completing }()
+					complete(workCtx)
+				})
+			}
+		})
 	}
 	w.log.Info("worker started", "max_batch_size", w.policy.MaxBatchSize, "max_queue_delay", w.policy.MaxQueueDelay, "instances", w.instances)
 
@@ -222,7 +240,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// finish.
 	it.Drain()
 	close(work)
+	preparers.Wait()
+	close(prepared)
 	executors.Wait()
+	completions.Wait()
 	returned := 0
 	for _, b := range batcher.Flush() {
 		for _, it := range b.Items {
@@ -316,25 +337,20 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstr
 	b.Add(key, it, it.rows)
 }
 
-// runBatch runs one batch end to end.
-func (w *Worker) runBatch(ctx context.Context, b batching.Batch[*item]) {
-	// Work started is finished even while shutting down.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.DrainTimeout+w.opts.AckWait)
-	defer cancel()
-	items := w.start(ctx, b.Items)
-	if len(items) == 0 {
-		return
-	}
+// runBatch runs a prepared batch in ONNX Runtime and returns what stores
+// its results (or retries its jobs), to be run while the next batch runs.
+func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 	m := items[0].model
 	stop := w.heartbeat(items)
 	outputs, dur, err := w.infer(m, items)
-	stop()
 	if err != nil {
+		stop()
 		w.log.Warn("batch failed", "version", m.Version, "jobs", len(items), "err", err)
-		for _, it := range items {
-			w.retryOrFail(ctx, it, err)
+		return func(ctx context.Context) {
+			for _, it := range items {
+				w.retryOrFail(ctx, it, err)
+			}
 		}
-		return
 	}
 	rows := 0
 	for _, it := range items {
@@ -342,15 +358,18 @@ func (w *Worker) runBatch(ctx context.Context, b batching.Batch[*item]) {
 	}
 	w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
 	w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
-	var g errgroup.Group
-	g.SetLimit(32)
-	for i, it := range items {
-		g.Go(func() error {
-			w.finish(ctx, it, outputs[i])
-			return nil
-		})
+	return func(ctx context.Context) {
+		defer stop()
+		var g errgroup.Group
+		g.SetLimit(32)
+		for i, it := range items {
+			g.Go(func() error {
+				w.finish(ctx, it, outputs[i])
+				return nil
+			})
+		}
+		g.Wait()
 	}
-	g.Wait()
 }
 
 var errGaveUp = errors.New("attempts exhausted")
@@ -546,7 +565,9 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 	if err := w.opts.Queue.Announce(ctx, rec); err != nil {
 		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
 	}
-	if err := it.msg.DoubleAck(ctx); err != nil {
+	// A plain ack: if it is lost the job is delivered again, finds its
+	// record final, and is acknowledged then without running.
+	if err := it.msg.Ack(); err != nil {
 		w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
 	}
 	w.opts.Metrics.finished.WithLabelValues(w.name, string(status)).Inc()

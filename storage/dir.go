@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // ErrNotFound is returned for a key that holds no object.
@@ -40,6 +41,7 @@ func CheckKey(key string) error {
 // concurrent use.
 type Dir struct {
 	root string
+	dirs sync.Map // folders known to exist
 }
 
 // NewDir returns a store rooted at root, creating it if needed.
@@ -66,10 +68,14 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+	dir := filepath.Dir(p)
+	if _, ok := d.dirs.Load(dir); !ok {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+		d.dirs.Store(dir, true)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".put-*")
+	f, err := os.CreateTemp(dir, ".put-*")
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}

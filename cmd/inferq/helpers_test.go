@@ -163,7 +163,18 @@ func (s *server) result(t *testing.T, id string) *tensor.Response {
 // metrics scrapes /metrics.
 func (s *server) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
-	r := do(t, "GET", s.url+"/metrics", nil)
+	return s.metricsB(t)
+}
+
+func (s *server) metricsB(t testing.TB) map[string]float64 {
+	t.Helper()
+	res, err := http.Get(s.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	r := response{code: res.StatusCode, body: body}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(bytes.NewReader(r.body))
 	if err != nil {
@@ -294,7 +305,7 @@ func (d *direct) run(t *testing.T, in []tensor.Tensor) []tensor.Tensor {
 	return out
 }
 
-func writeFile(t *testing.T, path string, b []byte) {
+func writeFile(t testing.TB, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/onnx"
+)
+
+// benchServer starts serve for a benchmark with its embedded NATS on a
+// known port, so that the benchmark can count finished jobs on the results
+// subject instead of polling.
+func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Conn) {
+	b.Helper()
+	port := freePort(b)
+	b.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(b))
+	args := append([]string{"--models", repo, "--data", b.TempDir(), "--http", "127.0.0.1:0",
+		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "error"}, extra...)
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serveCmd(ctx, args, &bytes.Buffer{}, modeServe, func(a string) { addr <- a }) }()
+	b.Cleanup(func() { cancel(); <-done })
+	var s *server
+	select {
+	case a := <-addr:
+		s = &server{url: "http://" + a}
+	case err := <-done:
+		b.Fatalf("serve: %v", err)
+	}
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	return s, nc
+}
+
+// load submits bodies with the given concurrency and waits until every
+// job is announced finished. It returns the elapsed time and each submit
+// call's latency.
+func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte, concurrency int) (time.Duration, []time.Duration) {
+	b.Helper()
+	var finished atomic.Int64
+	all := make(chan struct{})
+	n := int64(len(bodies))
+	sub, err := nc.Subscribe(jobs.ResultSubject(model), func(m *nats.Msg) {
+		if finished.Add(1) == n {
+			close(all)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	nc.Flush()
+	lat := make([]time.Duration, len(bodies))
+	var next atomic.Int64
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency}}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range concurrency {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				res, err := client.Post(s.url+"/v1/models/"+model+"/jobs", "application/json", bytes.NewReader(bodies[i]))
+				lat[i] = time.Since(t0)
+				if err != nil || res.StatusCode != http.StatusAccepted {
+					failed.Add(1)
+					if res != nil {
+						res.Body.Close()
+					}
+					continue
+				}
+				res.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		b.Fatalf("%d submissions failed", failed.Load())
+	}
+	select {
+	case <-all:
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("only %d of %d jobs finished", finished.Load(), n)
+	}
+	return time.Since(start), lat
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// directThroughput is ONNX Runtime's own rows per second on inputs of
+// batch rows, run back to back in process for about a second.
+func directThroughput(b *testing.B, sess *onnx.Session, sig onnx.Signature, batch int) float64 {
+	b.Helper()
+	rng := rand.New(rand.NewPCG(1, uint64(batch)))
+	in := randomInputs(rng, sig.Inputs, batch)
+	if _, err := sess.Run(in); err != nil { // warm up
+		b.Fatal(err)
+	}
+	runs := 0
+	start := time.Now()
+	for time.Since(start) < time.Second {
+		if _, err := sess.Run(in); err != nil {
+			b.Fatal(err)
+		}
+		runs++
+	}
+	return float64(runs*batch) / time.Since(start).Seconds()
+}
+
+// BenchmarkQueueVsDirect: a model's throughput through the whole queue
+// path (HTTP, JetStream, batching, storage, records) as a fraction of ONNX
+// Runtime's own in-process throughput at its best batch size, side by side
+// in one run. "heavy" is compute-bound (about 0.84 GFLOP a row); "light"
+// (17 MFLOP a row) shows where per-job overhead starts to show.
+func BenchmarkQueueVsDirect(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		model []byte
+		jobs  int
+	}{
+		{"heavy", onnxbuild.Repeat(1024, 400, 1), 1500},
+		{"light", onnxbuild.Dense(1024, 8, 1), 2000},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "model.onnx")
+			writeFile(b, path, c.model)
+			rt := testenv.Runtime(b)
+			sig, err := rt.Inspect(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sess, err := rt.NewSession(path, sig, onnx.SessionOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			best, bestBatch := 0.0, 0
+			for _, batch := range []int{1, 8, 32, 64} {
+				r := directThroughput(b, sess, sig, batch)
+				b.Logf("direct batch %d: %.0f rows/s", batch, r)
+				if r > best {
+					best, bestBatch = r, batch
+				}
+			}
+			sess.Close()
+			repo := testenv.ModelRepo(b, map[string]string{
+				"m/1/model.onnx": "@" + path,
+				"m/config.yaml":  fmt.Sprintf("max_batch_size: %d\nmax_queue_delay: 10ms\n", max(bestBatch, 32)),
+			})
+			s, nc := benchServer(b, repo)
+			rng := rand.New(rand.NewPCG(2, 2))
+			bodies := make([][]byte, c.jobs)
+			for i := range bodies {
+				bodies[i] = requestJSON(randomInputs(rng, sig.Inputs, 1))
+			}
+			b.ResetTimer()
+			var queued float64
+			for range b.N {
+				elapsed, _ := load(b, s, nc, "m", bodies, 32)
+				queued = float64(c.jobs) / elapsed.Seconds()
+			}
+			m := s.metricsB(b)
+			b.Logf("batches %v rows %v ort %.3fs", m["inferq_batch_size,model=m,stat=count"], m["inferq_batch_size,model=m,stat=sum"], m["inferq_inference_duration_seconds,model=m,stat=sum"])
+			b.ReportMetric(best, "direct_rows/s")
+			b.ReportMetric(float64(bestBatch), "direct_best_batch")
+			b.ReportMetric(queued, "queue_rows/s")
+			b.ReportMetric(queued/best, "queue/direct")
+		})
+	}
+}
+
+// BenchmarkTinyModel: jobs per second end to end for the bundled iris
+// classifier, and the latency of the submit call (the 202).
+func BenchmarkTinyModel(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	repo := testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris})
+	s, nc := benchServer(b, repo)
+	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
+	const jobsN = 3000
+	bodies := make([][]byte, jobsN)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	b.ResetTimer()
+	var rate float64
+	var lat []time.Duration
+	for range b.N {
+		elapsed, l := load(b, s, nc, "iris", bodies, 32)
+		rate = jobsN / elapsed.Seconds()
+		lat = l
+	}
+	b.ReportMetric(rate, "jobs/s")
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "submit_p50_ms")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "submit_p99_ms")
+}
