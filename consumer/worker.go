@@ -298,13 +298,7 @@ func (w *Worker) unload() {
 // admit decodes a fetched job and adds it to the batcher, or ends it at
 // once when it can never run.
 func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstream.Msg) {
-	meta, err := m.Metadata()
-	if err != nil {
-		w.log.Error("job message without metadata", "err", err)
-		_ = m.Term()
-		return
-	}
-	it := &item{msg: m, attempt: int(meta.NumDelivered)}
+	it := &item{msg: m}
 	job, err := jobs.DecodeJob(m.Headers(), m.Data(), w.opts.Limits)
 	if job == nil {
 		w.log.Error("undecodable job message", "err", err)
@@ -384,19 +378,16 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
 	for i, it := range items {
 		g.Go(func() error {
-			delivered := it.attempt
 			rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, nil, 0, func(r *jobs.Record) error {
 				if r.Status.Final() {
 					return jobs.ErrConflict
 				}
-				// The record, not the delivery count, is the truth about
-				// attempts: JetStream's consumer state can lose deliveries
-				// when a server dies hard, but a record left running says
-				// an attempt began and never finished.
-				it.attempt = delivered
-				if r.Status == jobs.Running && r.Attempts >= it.attempt {
-					it.attempt = r.Attempts + 1
-				}
+				// Attempts count the runs begun, from the record: a job
+				// fetched and handed back unstarted has not been tried, and
+				// a record left running says a run began and never
+				// finished (its worker died), however JetStream counted
+				// the deliveries.
+				it.attempt = r.Attempts + 1
 				if it.attempt > it.model.Config.MaxAttempts {
 					return errGaveUp
 				}

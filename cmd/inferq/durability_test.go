@@ -125,23 +125,26 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	n := 100
 	ids := make([]string, n)
-	// Job 8 is a full batch of 4 rows, slow enough to be seen running.
-	for i := range 9 {
+	// The first 40 jobs are submitted before the kill can happen; the
+	// last of them, the victim, is a full batch of 4 rows, slow enough to
+	// be seen running.
+	const victimAt, before = 39, 40
+	for i := range before {
 		rows := 1
-		if i == 8 {
+		if i == victimAt {
 			rows = 4
 		}
 		ids[i] = s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(rng, ref.sig.Inputs, rows)))
 	}
 	// The rest arrive while it works, until the kill cuts them off.
 	bodies := make([][]byte, n)
-	for i := 9; i < n; i++ {
+	for i := before; i < n; i++ {
 		bodies[i] = requestJSON(randomInputs(rng, ref.sig.Inputs, 1))
 	}
 	rest := make(chan struct{})
 	go func() {
 		defer close(rest)
-		for i := 9; i < n; i++ {
+		for i := before; i < n; i++ {
 			res, err := http.Post(s.url+"/v1/models/slow/jobs", "application/json", bytes.NewReader(bodies[i]))
 			if err != nil {
 				return
@@ -155,9 +158,9 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 			ids[i] = rec.ID
 		}
 	}()
-	// Kill it mid-batch: while job 8 runs, with jobs before it done and
-	// many after it still queued.
-	victim := ids[8]
+	// Kill it mid-batch: while the victim runs, with jobs before it done
+	// and others still queued.
+	victim := ids[victimAt]
 	deadline := time.Now().Add(time.Minute)
 	for {
 		var rec jobs.Record
@@ -166,7 +169,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 			break
 		}
 		if rec.Status.Final() || time.Now().After(deadline) {
-			t.Fatalf("job 8 went from queued to %s without being seen running; use a slower model", rec.Status)
+			t.Fatalf("the victim went from queued to %s without being seen running; use a slower model", rec.Status)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -177,8 +180,8 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	p.cmd.Wait()
 	<-rest
 	accepted := slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return id == "" })
-	if len(accepted) < 20 {
-		t.Fatalf("only %d jobs accepted before the kill", len(accepted))
+	if len(accepted) < before {
+		t.Fatalf("only %d jobs accepted before the kill, want at least %d", len(accepted), before)
 	}
 	ids = accepted
 
@@ -194,7 +197,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 			retried++
 		}
 		if id == victim && rec.Attempts < 2 {
-			t.Fatalf("job 8 was running at the kill (%s), yet shows %d attempts: %+v", killedAt.Format(time.RFC3339Nano), rec.Attempts, rec)
+			t.Fatalf("the victim was running at the kill (%s), yet shows %d attempts: %+v", killedAt.Format(time.RFC3339Nano), rec.Attempts, rec)
 		}
 	}
 	t.Logf("%d accepted jobs survived the kill; %d of them were redelivered after it", len(ids), retried)
