@@ -32,3 +32,5 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
+
+replace github.com/yalue/onnxruntime_go => ./third_party/onnxruntime_go

@@ -2,6 +2,8 @@ package batching
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -202,7 +204,7 @@ func TestStackSplitProperty(t *testing.T) {
 			}
 			reqs = append(reqs, req)
 		}
-		stacked, err := Stack(reqs)
+		stacked, err := Stack(reqs, nil)
 		if err != nil {
 			t.Fatalf("trial %d: %v", trial, err)
 		}
@@ -256,7 +258,68 @@ func TestSplitRefusesMismatchedRows(t *testing.T) {
 	if _, err := Stack([][]tensor.Tensor{
 		{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 2}, Data: make([]byte, 8)}},
 		{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 3}, Data: make([]byte, 12)}},
-	}); err == nil {
+	}, nil); err == nil {
 		t.Fatal("stacked different inner shapes")
+	}
+}
+
+// Shared inputs (scalars, state) are taken once per batch, and only
+// requests with identical values for them share a key.
+func TestSharedInputs(t *testing.T) {
+	f32 := func(v ...float32) []byte {
+		var b []byte
+		for _, x := range v {
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
+		}
+		return b
+	}
+	req := func(x []float32, temp float32, state []float32) []tensor.Tensor {
+		return []tensor.Tensor{
+			{Name: "x", Datatype: tensor.FP32, Shape: []int64{int64(len(x) / 2), 2}, Data: f32(x...)},
+			{Name: "temperature", Datatype: tensor.FP32, Shape: []int64{}, Data: f32(temp)},
+			{Name: "state", Datatype: tensor.FP32, Shape: []int64{2, int64(len(state) / 2)}, Data: f32(state...)},
+		}
+	}
+	batched := []bool{true, false, false}
+	long := make([]float32, 40) // a state long enough to be digested
+	longer := slices.Clone(long)
+	longer[39] = 1
+	tests := []struct {
+		name string
+		a, b []tensor.Tensor
+		same bool
+	}{
+		{"same shared values, different rows", req([]float32{1, 2}, 0.5, []float32{1, 2}), req([]float32{3, 4, 5, 6}, 0.5, []float32{1, 2}), true},
+		{"different scalar", req([]float32{1, 2}, 0.5, []float32{1, 2}), req([]float32{1, 2}, 0.7, []float32{1, 2}), false},
+		{"different state", req([]float32{1, 2}, 0.5, []float32{1, 2}), req([]float32{1, 2}, 0.5, []float32{1, 3}), false},
+		{"different long state", req([]float32{1, 2}, 0.5, long), req([]float32{1, 2}, 0.5, longer), false},
+		{"same long state", req([]float32{1, 2}, 0.5, long), req([]float32{7, 8}, 0.5, slices.Clone(long)), true},
+		{"different state shape", req([]float32{1, 2}, 0.5, []float32{1, 2, 3, 4}), req([]float32{1, 2}, 0.5, []float32{1, 2}), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			same := Key(tt.a, batched) == Key(tt.b, batched)
+			if same != tt.same {
+				t.Fatalf("keys equal = %v, want %v", same, tt.same)
+			}
+			stacked, err := Stack([][]tensor.Tensor{tt.a, tt.b}, batched)
+			if !tt.same {
+				if err == nil {
+					t.Fatal("stacked requests whose shared inputs differ")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := stacked[0].Shape[0], tt.a[0].Shape[0]+tt.b[0].Shape[0]; got != want {
+				t.Errorf("x stacked to %d rows, want %d", got, want)
+			}
+			for i := 1; i < 3; i++ {
+				if !slices.Equal(stacked[i].Shape, tt.a[i].Shape) || !bytes.Equal(stacked[i].Data, tt.a[i].Data) {
+					t.Errorf("shared input %s = %v %x, want it once as %v %x", stacked[i].Name, stacked[i].Shape, stacked[i].Data, tt.a[i].Shape, tt.a[i].Data)
+				}
+			}
+		})
 	}
 }

@@ -1,7 +1,10 @@
 package batching
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,28 +12,45 @@ import (
 	"github.com/inferq/inferq/tensor"
 )
 
-// ShapeKey is the grouping key of a request: its inputs' shapes without
-// the batch dimension, so that requests with the same key stack. inputs
-// must be in the model's input order.
-func ShapeKey(inputs []tensor.Tensor) string {
+// Key is the grouping key of a request: requests with equal keys stack.
+// inputs are in the model's input order; batched says which of them are
+// stacked along the first dimension (nil: all). For those the key holds
+// the shape without the batch dimension; the others (scalars, state) are
+// shared by the whole batch, so the key holds their shape and a digest of
+// their values, and only requests whose shared inputs are identical are
+// grouped.
+func Key(inputs []tensor.Tensor, batched []bool) string {
 	var b strings.Builder
 	for i := range inputs {
 		if i > 0 {
 			b.WriteByte(';')
 		}
 		s := inputs[i].Shape
-		if len(s) > 0 {
-			s = s[1:]
+		if batched == nil || batched[i] {
+			if len(s) > 0 {
+				s = s[1:]
+			}
+			b.WriteString(tensor.FormatShape(s))
+			continue
 		}
 		b.WriteString(tensor.FormatShape(s))
+		b.WriteByte('=')
+		if d := inputs[i].Data; len(d) <= 32 {
+			b.WriteString(hex.EncodeToString(d))
+		} else {
+			sum := sha256.Sum256(d)
+			b.WriteString(hex.EncodeToString(sum[:]))
+		}
 	}
 	return b.String()
 }
 
 // Stack concatenates requests along the first dimension. Each request
 // lists its inputs in the same order; all requests must agree on every
-// input's datatype and on every dimension but the first.
-func Stack(requests [][]tensor.Tensor) ([]tensor.Tensor, error) {
+// input's datatype and on every dimension but the first. Inputs that
+// batched marks false are not stacked: every request must carry the same
+// value, which the batch takes once. batched nil stacks every input.
+func Stack(requests [][]tensor.Tensor, batched []bool) ([]tensor.Tensor, error) {
 	if len(requests) == 0 {
 		return nil, fmt.Errorf("stack: no requests")
 	}
@@ -40,6 +60,16 @@ func Stack(requests [][]tensor.Tensor) ([]tensor.Tensor, error) {
 	first := requests[0]
 	out := make([]tensor.Tensor, len(first))
 	for i := range first {
+		if batched != nil && !batched[i] {
+			for r, req := range requests {
+				t := &req[i]
+				if t.Datatype != first[i].Datatype || !slices.Equal(t.Shape, first[i].Shape) || !bytes.Equal(t.Data, first[i].Data) {
+					return nil, fmt.Errorf("stack: input %q is shared by the batch, but request %d carries a different value than request 0", t.Name, r)
+				}
+			}
+			out[i] = first[i]
+			continue
+		}
 		size, rows := 0, int64(0)
 		for r, req := range requests {
 			if len(req) != len(first) {

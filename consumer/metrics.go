@@ -14,6 +14,9 @@ type Metrics struct {
 	batches   *prometheus.CounterVec
 	batchSize *prometheus.HistogramVec
 	inference *prometheus.HistogramVec
+	// failedRuns counts ONNX Runtime runs that failed, including the runs
+	// of halves while a failed batch is split to find its bad job.
+	failedRuns *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -43,9 +46,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time ONNX Runtime took to run one batch, by model.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
 		}, []string{"model"}),
+		failedRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_failed_runs_total",
+			Help: "ONNX Runtime runs that failed, by model; a failed batch is split and rerun to isolate the jobs at fault.",
+		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -63,6 +63,9 @@ type Worker struct {
 	policy   batching.Policy
 	// instances is how many batches run at once.
 	instances int
+	// noBatch holds the versions (int64) found at run time to give
+	// outputs that do not split back per request.
+	noBatch sync.Map
 }
 
 // NewWorker checks opts and returns a Worker; sessions load in Run.
@@ -323,8 +326,8 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstr
 		it.inputs[i] = *job.Request.Input(in.Name)
 	}
 	key := it.model.VersionString()
-	if it.model.Batchable {
-		key += "|" + batching.ShapeKey(it.inputs)
+	if it.model.Batchable && !w.unbatched(it.model) {
+		key += "|" + batching.Key(it.inputs, it.model.Batched)
 	} else {
 		key += "|" + job.ID // never batched with another
 	}
@@ -333,32 +336,25 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstr
 
 // runBatch runs a prepared batch in ONNX Runtime and returns what stores
 // its results (or retries its jobs), to be run while the next batch runs.
+// A batch that fails is split and its halves run again, down to single
+// jobs, so that one bad request fails alone and the rest of its batch
+// succeeds.
 func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
-	m := items[0].model
 	stop := w.heartbeat(items)
-	outputs, dur, err := w.infer(m, items)
-	if err != nil {
-		stop()
-		w.log.Warn("batch failed", "version", m.Version, "jobs", len(items), "err", err)
-		return func(ctx context.Context) {
-			for _, it := range items {
-				w.retryOrFail(ctx, it, err)
-			}
-		}
-	}
-	rows := 0
-	for _, it := range items {
-		rows += it.rows
-	}
-	w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
-	w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
+	outputs := make([][]tensor.Tensor, len(items))
+	errs := make([]error, len(items))
+	w.runIsolating(items, outputs, errs)
 	return func(ctx context.Context) {
 		defer stop()
 		var g errgroup.Group
 		g.SetLimit(32)
 		for i, it := range items {
 			g.Go(func() error {
-				w.finish(ctx, it, outputs[i])
+				if errs[i] != nil {
+					w.retryOrFail(ctx, it, errs[i])
+				} else {
+					w.finish(ctx, it, outputs[i])
+				}
 				return nil
 			})
 		}
@@ -366,7 +362,46 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 	}
 }
 
-var errGaveUp = errors.New("attempts exhausted")
+// runIsolating runs items as one batch and fills in each job's outputs;
+// when the run fails it bisects, so that errs ends up set only for jobs
+// that fail on their own.
+func (w *Worker) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []error) {
+	m := items[0].model
+	out, dur, err := w.infer(m, items)
+	if err == nil {
+		rows := 0
+		for _, it := range items {
+			rows += it.rows
+		}
+		w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
+		w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
+		copy(outputs, out)
+		return
+	}
+	if errors.Is(err, errUnsplittable) {
+		for i := range items {
+			w.runIsolating(items[i:i+1], outputs[i:i+1], errs[i:i+1])
+		}
+		return
+	}
+	w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+	if len(items) == 1 {
+		w.log.Warn("job failed in ONNX Runtime", "job", items[0].job.ID, "version", m.Version, "err", err)
+		errs[0] = err
+		return
+	}
+	w.log.Warn("batch failed; splitting it to find the jobs that fail", "version", m.Version, "jobs", len(items), "err", err)
+	half := len(items) / 2
+	w.runIsolating(items[:half], outputs[:half], errs[:half])
+	w.runIsolating(items[half:], outputs[half:], errs[half:])
+}
+
+var (
+	errGaveUp = errors.New("attempts exhausted")
+	// errUnsplittable is a batch run whose outputs did not follow the
+	// batch dimension, so they cannot be split back per job.
+	errUnsplittable = errors.New("outputs cannot be split per job")
+)
 
 // start marks each job running and returns those that should run: a job
 // already final (cancelled, or finished before a redelivery) is
@@ -457,17 +492,17 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	if s == nil {
 		return nil, 0, fmt.Errorf("version %d is not loaded", m.Version)
 	}
+	if len(items) == 1 {
+		start := time.Now()
+		out, err := s.Run(items[0].inputs)
+		return [][]tensor.Tensor{out}, time.Since(start), err
+	}
 	reqs := make([][]tensor.Tensor, len(items))
 	rows := make([]int, len(items))
 	for i, it := range items {
 		reqs[i], rows[i] = it.inputs, it.rows
 	}
-	if !m.Batchable {
-		start := time.Now()
-		out, err := s.Run(items[0].inputs)
-		return [][]tensor.Tensor{out}, time.Since(start), err
-	}
-	in, err := batching.Stack(reqs)
+	in, err := batching.Stack(reqs, m.Batched)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -478,7 +513,22 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 		return nil, dur, err
 	}
 	split, err := batching.Split(out, rows)
-	return split, dur, err
+	if err != nil {
+		// The model's metadata promised outputs batched along the first
+		// dimension, and the run says otherwise: stop batching this
+		// version. Its jobs are run one at a time from here on.
+		if _, was := w.noBatch.LoadOrStore(m.Version, true); !was {
+			w.log.Warn("model outputs do not follow the batch dimension; running its jobs one at a time from now on", "version", m.Version, "err", err)
+		}
+		return nil, dur, fmt.Errorf("%w: %v", errUnsplittable, err)
+	}
+	return split, dur, nil
+}
+
+// unbatched reports whether batching was switched off for m at run time.
+func (w *Worker) unbatched(m *model.Model) bool {
+	_, ok := w.noBatch.Load(m.Version)
+	return ok
 }
 
 // finish stores a job's result, marks it succeeded, announces it, and
@@ -517,7 +567,7 @@ func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) {
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
-	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("failed after %d attempts: %v", it.attempt, err))
+	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts))
 }
 
 // finishFailed ends a job that can never run.

@@ -1,52 +1,60 @@
 package jobs
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Watcher tells waiters when a job's record changes, and what it changed
-// to. One subscription to the bucket's subjects serves every waiter of the
-// process, so a thousand long polls cost one subscription, not a thousand
-// consumers.
+// to. One watch of the bucket serves every waiter of the process, so a
+// thousand long polls cost one consumer, not a thousand.
 //
-// The record travels in the notification itself: a notification can reach
-// a subscriber before the bucket has stored the write, so reading the
-// bucket on notice could see the state before it.
+// It watches through JetStream (an ordered consumer of the bucket), not a
+// core subscription to the bucket's subjects: a core subscriber sees a
+// write when it is published, before the bucket has stored it, and even
+// when the bucket refuses it (a compare-and-set that lost), so a reader
+// told "succeeded" could read "running" back, or be told of a change that
+// never happened.
 type Watcher struct {
-	sub     *nats.Subscription
+	kw   jetstream.KeyWatcher
+	done chan struct{}
+
 	mu      sync.Mutex
 	waiters map[string]map[chan *Record]struct{}
 }
 
-const recordSubjectPrefix = "$KV." + RecordBucket + "."
-
-// Watch starts a Watcher on nc. Close it when done.
-func Watch(nc *nats.Conn) (*Watcher, error) {
-	w := &Watcher{waiters: map[string]map[chan *Record]struct{}{}}
-	sub, err := nc.Subscribe(recordSubjectPrefix+"*", w.onUpdate)
+// Watch starts a Watcher of every record change from now on. Close it
+// when done.
+func (r *Records) Watch(ctx context.Context) (*Watcher, error) {
+	kw, err := r.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("watch job records: %w", err)
 	}
-	_ = sub.SetPendingLimits(1<<20, 256<<20)
-	w.sub = sub
+	w := &Watcher{kw: kw, done: make(chan struct{}), waiters: map[string]map[chan *Record]struct{}{}}
+	go func() {
+		defer close(w.done)
+		for e := range kw.Updates() {
+			if e != nil {
+				w.onUpdate(e.Key(), e.Value())
+			}
+		}
+	}()
 	return w, nil
 }
 
-func (w *Watcher) onUpdate(m *nats.Msg) {
-	id := strings.TrimPrefix(m.Subject, recordSubjectPrefix)
+func (w *Watcher) onUpdate(id string, value []byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	chans := w.waiters[id]
-	if len(chans) == 0 || len(m.Data) == 0 {
+	if len(chans) == 0 || len(value) == 0 {
 		return
 	}
 	var rec Record
-	if json.Unmarshal(m.Data, &rec) != nil {
+	if json.Unmarshal(value, &rec) != nil {
 		return
 	}
 	for ch := range chans {
@@ -88,7 +96,9 @@ func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
 	}
 }
 
-// Close stops the watcher.
+// Close stops the watcher and waits for it to finish.
 func (w *Watcher) Close() error {
-	return w.sub.Unsubscribe()
+	err := w.kw.Stop()
+	<-w.done
+	return err
 }

@@ -18,6 +18,7 @@ func (m *Model) Check(req *tensor.Request) (rows int, err error) {
 		}
 	}
 	rows = 1
+	first := "" // the first batched input
 	for i, spec := range m.Inputs {
 		t := req.Input(spec.Name)
 		if t == nil {
@@ -26,14 +27,14 @@ func (m *Model) Check(req *tensor.Request) (rows int, err error) {
 		if err := spec.Accepts(t); err != nil {
 			return 0, err
 		}
-		if !m.Batchable {
+		if !m.Batchable || !m.Batched[i] {
 			continue
 		}
 		n := int(t.Shape[0])
-		if i == 0 {
-			rows = n
+		if first == "" {
+			rows, first = n, spec.Name
 		} else if n != rows {
-			return 0, fmt.Errorf("input %q has batch dimension %d but input %q has %d; all inputs must agree", spec.Name, n, m.Inputs[0].Name, rows)
+			return 0, fmt.Errorf("input %q has batch dimension %d but input %q has %d; all inputs must agree", spec.Name, n, first, rows)
 		}
 	}
 	if m.Batchable {

@@ -40,6 +40,9 @@ type Config struct {
 	// MaxAttempts bounds how often a job is run before it ends failed.
 	// Default 3.
 	MaxAttempts int `yaml:"max_attempts" json:"max_attempts"`
+	// ResultRetention is how long a finished job's result and record are
+	// kept. 0 keeps them until the store's own lifecycle rules remove them.
+	ResultRetention time.Duration `yaml:"result_retention" json:"result_retention,omitempty"`
 }
 
 // MarshalJSON writes durations as Go duration strings such as "5ms".
@@ -47,9 +50,14 @@ func (c Config) MarshalJSON() ([]byte, error) {
 	type plain Config
 	type out struct {
 		plain
-		MaxQueueDelay string `json:"max_queue_delay"`
+		MaxQueueDelay   string `json:"max_queue_delay"`
+		ResultRetention string `json:"result_retention,omitempty"`
 	}
-	return json.Marshal(out{plain(c), c.MaxQueueDelay.String()})
+	o := out{plain: plain(c), MaxQueueDelay: c.MaxQueueDelay.String()}
+	if c.ResultRetention > 0 {
+		o.ResultRetention = c.ResultRetention.String()
+	}
+	return json.Marshal(o)
 }
 
 // ReadConfig reads a config.yaml. Unknown keys are errors, so a typo does
@@ -83,6 +91,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("instances %d is negative", c.Instances)
 	case c.IntraOpThreads < 0 || c.InterOpThreads < 0:
 		return errors.New("thread counts must not be negative")
+	case c.ResultRetention < 0:
+		return fmt.Errorf("result_retention %s is negative", c.ResultRetention)
 	case c.MaxAttempts < 0:
 		return fmt.Errorf("max_attempts %d is negative", c.MaxAttempts)
 	}

@@ -40,7 +40,15 @@ type Model struct {
 	Outputs []onnx.IO
 	// Batchable says requests may be stacked along the first dimension.
 	Batchable bool
-	Config    Config
+	// Batched says, per input in order, whether the input is stacked along
+	// its first dimension when requests are batched. The others (scalars,
+	// inputs with a fixed first dimension such as recurrent state laid out
+	// [layers, batch, hidden]) are shared by a batch: only requests whose
+	// values for them are identical run together.
+	Batched []bool
+	// Batching explains, for a model that is not batchable, why not.
+	Batching string
+	Config   Config
 }
 
 // VersionString is the version as the V2 protocol writes it.
@@ -172,7 +180,6 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 		return nil, err
 	}
 	m := &Model{Name: name, Version: version, Path: path, Inputs: sig.Inputs, Outputs: sig.Outputs}
-	batchable := true
 	for _, list := range []struct {
 		what string
 		ios  []onnx.IO
@@ -184,17 +191,44 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 			if io.Datatype == tensor.Invalid {
 				return nil, fmt.Errorf("%s %q has element type %s, which V2 tensors cannot carry", list.what, io.Name, io.ElementType)
 			}
-			if len(io.Shape) == 0 || io.Shape[0] != -1 {
-				batchable = false
-			}
 		}
 	}
-	if cfg.MaxBatchSize > 1 && !batchable {
-		return nil, fmt.Errorf("config sets max_batch_size %d, but not every input and output has a dynamic first dimension to batch along; remove max_batch_size or set it to 1", cfg.MaxBatchSize)
+	m.Batched, m.Batching = batchPlan(sig)
+	if cfg.MaxBatchSize > 1 && m.Batching != "" {
+		return nil, fmt.Errorf("config sets max_batch_size %d, but the model cannot be batched: %s; remove max_batch_size or set it to 1", cfg.MaxBatchSize, m.Batching)
 	}
-	m.Batchable = batchable && cfg.MaxBatchSize != 1
+	if cfg.MaxBatchSize == 1 && m.Batching == "" {
+		m.Batching = "max_batch_size is 1 in config.yaml"
+	}
+	m.Batchable = m.Batching == ""
 	m.Config = cfg.resolve(m.Batchable)
 	return m, nil
+}
+
+// batchPlan decides from a model's signature which inputs stack along the
+// batch dimension: those whose first dimension is dynamic. Every output
+// must have a dynamic first dimension too, to be split back per request,
+// and at least one input must carry the batch. When the model cannot be
+// batched the reason says why.
+func batchPlan(sig onnx.Signature) (batched []bool, reason string) {
+	batched = make([]bool, len(sig.Inputs))
+	some := false
+	for i, in := range sig.Inputs {
+		batched[i] = len(in.Shape) > 0 && in.Shape[0] == -1
+		some = some || batched[i]
+	}
+	if !some {
+		return batched, "no input has a dynamic first dimension to batch along"
+	}
+	for _, out := range sig.Outputs {
+		if len(out.Shape) == 0 {
+			return batched, fmt.Sprintf("output %q is a scalar, which cannot be split back per request", out.Name)
+		}
+		if out.Shape[0] != -1 {
+			return batched, fmt.Sprintf("output %q has a fixed first dimension (%s), which cannot be split back per request", out.Name, tensor.FormatShape(out.Shape))
+		}
+	}
+	return batched, ""
 }
 
 // Family returns the model called name.

@@ -84,7 +84,9 @@ func Open(path string) (*Runtime, error) {
 		return &Runtime{}, nil
 	}
 	ort.SetSharedLibraryPath(path)
-	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+	// ONNX Runtime's own log goes to stderr, unstructured; every error it
+	// logs is also returned to inferq, which logs it with its context.
+	if err := ort.InitializeEnvironment(ort.WithLogLevelFatal()); err != nil {
 		return nil, fmt.Errorf("load ONNX Runtime from %s: %w", path, err)
 	}
 	_ = ort.DisableTelemetry()

@@ -3,6 +3,7 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -183,7 +184,7 @@ func (s *Session) Run(inputs []tensor.Tensor) ([]tensor.Tensor, error) {
 		}
 	}()
 	if err := s.sess.Run(in, out); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ONNX Runtime: %s", strings.TrimPrefix(err.Error(), "Error running network: "))
 	}
 	result := make([]tensor.Tensor, len(out))
 	for i, v := range out {

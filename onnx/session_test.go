@@ -102,3 +102,93 @@ func TestFindLibraryExplainsWhereItLooked(t *testing.T) {
 		t.Fatalf("explicit missing library: %v", err)
 	}
 }
+
+// load writes model to a file and opens a session on it.
+func load(t *testing.T, rt *onnx.Runtime, model []byte) (*onnx.Session, onnx.Signature) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "model.onnx")
+	if err := os.WriteFile(path, model, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sig, err := rt.Inspect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := rt.NewSession(path, sig, onnx.SessionOptions{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, sig
+}
+
+// Every V2 datatype goes into ONNX Runtime and comes back bit for bit,
+// FP16 and strings included.
+func TestEveryDatatypeRoundTrips(t *testing.T) {
+	rt := testenv.Runtime(t)
+	s, sig := load(t, rt, onnxbuild.Identities())
+	var in []tensor.Tensor
+	for i, io := range sig.Inputs {
+		want := onnxbuild.Elems()[i].V2
+		if io.Datatype.String() != want || tensor.FormatShape(io.Shape) != "[-1 2]" {
+			t.Fatalf("input %d read as %s %v, want %s [-1 2]", i, io.Datatype, io.Shape, want)
+		}
+		x := tensor.Tensor{Name: io.Name, Datatype: io.Datatype, Shape: []int64{3, 2}}
+		for e := range 6 {
+			switch io.Datatype {
+			case tensor.Bytes:
+				x.Data = tensor.AppendBytesElement(x.Data, []byte(strings.Repeat("ab", e)))
+			case tensor.Bool:
+				x.Data = append(x.Data, byte(e%2))
+			default:
+				for b := range io.Datatype.Size() {
+					x.Data = append(x.Data, byte(17*e+b+1))
+				}
+			}
+		}
+		in = append(in, x)
+	}
+	out, err := s.Run(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range in {
+		got := out[i]
+		if got.Datatype != in[i].Datatype || tensor.FormatShape(got.Shape) != "[3 2]" || string(got.Data) != string(in[i].Data) {
+			t.Errorf("%s: got %s %v %x, want %s [3 2] %x", in[i].Name, got.Datatype, got.Shape, got.Data, in[i].Datatype, in[i].Data)
+		}
+	}
+}
+
+// Scalars go in and come out: a scalar input beside a batched one, and a
+// scalar output.
+func TestScalars(t *testing.T) {
+	rt := testenv.Runtime(t)
+	s, sig := load(t, rt, onnxbuild.Conditioned())
+	if got := tensor.FormatShape(sig.Inputs[1].Shape); got != "[]" {
+		t.Fatalf("temperature read as shape %s, want []", got)
+	}
+	out, err := s.Run([]tensor.Tensor{
+		{Name: "x", Datatype: tensor.FP32, Shape: []int64{2, 4}, Data: floats(1, 2, 3, 4, 5, 6, 7, 8)},
+		{Name: "temperature", Datatype: tensor.FP32, Shape: []int64{}, Data: floats(0.5)},
+		{Name: "bias", Datatype: tensor.FP32, Shape: []int64{4}, Data: floats(10, 20, 30, 40)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := floats(10.5, 21, 31.5, 42, 12.5, 23, 33.5, 44); string(out[0].Data) != string(want) {
+		t.Errorf("y = %x, want %x", out[0].Data, want)
+	}
+
+	s, sig = load(t, rt, onnxbuild.Total())
+	if got := tensor.FormatShape(sig.Outputs[0].Shape); got != "[]" {
+		t.Fatalf("sum read as shape %s, want []", got)
+	}
+	out, err = s.Run([]tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{2, 3}, Data: floats(1, 2, 3, 4, 5, 6)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out[0].Shape) != 0 || string(out[0].Data) != string(floats(21)) {
+		t.Errorf("sum = %v %x, want a scalar 21", out[0].Shape, out[0].Data)
+	}
+}

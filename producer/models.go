@@ -1,7 +1,9 @@
 package producer
 
 import (
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/inferq/inferq/model"
@@ -23,13 +25,18 @@ func ioList(ios []onnx.IO) []ioJSON {
 }
 
 type versionJSON struct {
-	Version   string       `json:"version"`
-	State     string       `json:"state"`
-	Reason    string       `json:"reason,omitempty"`
-	Batchable bool         `json:"batchable"`
-	Config    model.Config `json:"config"`
-	Inputs    []ioJSON     `json:"inputs,omitempty"`
-	Outputs   []ioJSON     `json:"outputs,omitempty"`
+	Version   string `json:"version"`
+	State     string `json:"state"`
+	Reason    string `json:"reason,omitempty"`
+	Batchable bool   `json:"batchable"`
+	// Batching says why a model is not batchable.
+	Batching string `json:"batching,omitempty"`
+	// SharedInputs are inputs that are not stacked: only requests with
+	// identical values for them are batched together.
+	SharedInputs []string     `json:"shared_inputs,omitempty"`
+	Config       model.Config `json:"config"`
+	Inputs       []ioJSON     `json:"inputs,omitempty"`
+	Outputs      []ioJSON     `json:"outputs,omitempty"`
 }
 
 type modelJSON struct {
@@ -44,13 +51,21 @@ func describe(f *model.Family) modelJSON {
 		out.DefaultVersion = d.VersionString()
 	}
 	for _, m := range f.Versions {
-		out.Versions = append(out.Versions, versionJSON{
-			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Config: m.Config,
+		v := versionJSON{
+			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Batching: m.Batching, Config: m.Config,
 			Inputs: ioList(m.Inputs), Outputs: ioList(m.Outputs),
-		})
+		}
+		if m.Batchable {
+			for i, in := range m.Inputs {
+				if !m.Batched[i] {
+					v.SharedInputs = append(v.SharedInputs, in.Name)
+				}
+			}
+		}
+		out.Versions = append(out.Versions, v)
 	}
-	for v, err := range f.Refused {
-		out.Versions = append(out.Versions, versionJSON{Version: strconv.FormatInt(v, 10), State: "unavailable", Reason: err.Error()})
+	for _, v := range slices.Sorted(maps.Keys(f.Refused)) {
+		out.Versions = append(out.Versions, versionJSON{Version: strconv.FormatInt(v, 10), State: "unavailable", Reason: f.Refused[v].Error()})
 	}
 	return out
 }

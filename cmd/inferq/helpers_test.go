@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/x448/float16"
 
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -224,10 +225,24 @@ func randomInputs(rng *rand.Rand, ios []onnx.IO, rows int, dims ...int64) []tens
 			switch io.Datatype {
 			case tensor.FP32:
 				t.Data = binary.LittleEndian.AppendUint32(t.Data, math.Float32bits(rng.Float32()*2-1))
+			case tensor.FP64:
+				t.Data = binary.LittleEndian.AppendUint64(t.Data, math.Float64bits(rng.NormFloat64()))
+			case tensor.FP16:
+				t.Data = binary.LittleEndian.AppendUint16(t.Data, float16.Fromfloat32(rng.Float32()*8-4).Bits())
 			case tensor.Int64:
 				t.Data = binary.LittleEndian.AppendUint64(t.Data, uint64(rng.IntN(10)))
-			default:
-				panic("randomInputs: add " + io.Datatype.String())
+			case tensor.Bool:
+				t.Data = append(t.Data, byte(rng.IntN(2)))
+			case tensor.Bytes:
+				s := make([]byte, rng.IntN(12))
+				for i := range s {
+					s[i] = byte('a' + rng.IntN(26))
+				}
+				t.Data = tensor.AppendBytesElement(t.Data, s)
+			default: // the other integers: any bits are a valid value
+				for range io.Datatype.Size() {
+					t.Data = append(t.Data, byte(rng.Uint32()))
+				}
 			}
 		}
 		out = append(out, t)

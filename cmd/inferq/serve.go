@@ -201,7 +201,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 	}
 	if m != modeWorker {
-		watcher, err := jobs.Watch(nc)
+		watcher, err := q.Records.Watch(ctx)
 		if err != nil {
 			return err
 		}

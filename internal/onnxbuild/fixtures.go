@@ -1,0 +1,114 @@
+package onnxbuild
+
+// Small models, each the shape of a case a real exported model presents to
+// a batching server. Tests run them through inferq and through ONNX
+// Runtime directly and compare.
+
+// Elem pairs an ONNX element type with the V2 datatype name it travels as.
+type Elem struct {
+	Type int
+	V2   string
+}
+
+// Elems returns every element type the V2 protocol carries.
+func Elems() []Elem {
+	return []Elem{
+		{Bool, "BOOL"}, {Uint8, "UINT8"}, {Uint16, "UINT16"}, {Uint32, "UINT32"}, {Uint64, "UINT64"},
+		{Int8, "INT8"}, {Int16, "INT16"}, {Int32, "INT32"}, {Int64, "INT64"},
+		{Float16, "FP16"}, {Float, "FP32"}, {Double, "FP64"}, {String, "BYTES"},
+	}
+}
+
+// Identities passes one input of each element type, in_<V2 name> shaped
+// [batch, 2], through to out_<V2 name>.
+func Identities() []byte {
+	m := New("identities")
+	for _, e := range Elems() {
+		in, out := "in_"+e.V2, "out_"+e.V2
+		m.Input(in, e.Type, -1, 2)
+		m.Output(out, e.Type, -1, 2)
+		m.Node("Identity", []string{in}, []string{out})
+	}
+	return m.Bytes()
+}
+
+// Conditioned has a batched input next to inputs that are not: y =
+// x*temperature + bias, where x is [batch, 4], temperature a scalar and
+// bias a fixed [4]. Requests may be batched only with others that carry
+// the same temperature and bias.
+func Conditioned() []byte {
+	m := New("conditioned")
+	m.Input("x", Float, -1, 4)
+	m.Input("temperature", Float)
+	m.Input("bias", Float, 4)
+	m.Output("y", Float, -1, 4)
+	m.Node("Mul", []string{"x", "temperature"}, []string{"scaled"})
+	m.Node("Add", []string{"scaled", "bias"}, []string{"y"})
+	return m.Bytes()
+}
+
+// Total reduces x [batch, 3] to a scalar sum: an output that cannot be
+// split back per request, so the model runs one request at a time.
+func Total() []byte {
+	m := New("total")
+	m.Input("x", Float, -1, 3)
+	m.Output("sum", Float)
+	m.Node("ReduceSum", []string{"x"}, []string{"sum"}, Int("keepdims", 0))
+	return m.Bytes()
+}
+
+// Recurrent is one step of a recurrent cell with its state laid out
+// [layers, batch, hidden] (batch on the second axis, as ONNX's RNN, GRU and
+// LSTM take it): h' = tanh(h + x), y = h'[0]. The state input and output
+// have a fixed first dimension.
+func Recurrent() []byte {
+	m := New("recurrent")
+	m.Input("x", Float, -1, 4)
+	m.Input("h", Float, 1, -1, 4)
+	m.Output("y", Float, -1, 4)
+	m.Output("h_next", Float, 1, -1, 4)
+	m.Node("Add", []string{"h", "x"}, []string{"sum"})
+	m.Node("Tanh", []string{"sum"}, []string{"h_next"})
+	m.Int64s("zero", []int64{1}, []int64{0})
+	m.Node("Squeeze", []string{"h_next", "zero"}, []string{"y"})
+	return m.Bytes()
+}
+
+// Lookup gathers rows of a fixed 10x3 table by index: idx INT64 [batch]
+// to y [batch, 3]. An index outside 0..9 makes ONNX Runtime fail the run,
+// which is how tests put one bad request into a batch.
+func Lookup() []byte {
+	m := New("lookup")
+	m.Input("idx", Int64, -1)
+	m.Output("y", Float, -1, 3)
+	table := make([]float32, 30)
+	for i := range table {
+		table[i] = float32(i)
+	}
+	m.Floats("table", []int64{10, 3}, table)
+	m.Node("Gather", []string{"table", "idx"}, []string{"y"}, Int("axis", 0))
+	return m.Bytes()
+}
+
+// RowSum sums each row of x [batch, width] with a dynamic width: requests
+// of different widths cannot share a run.
+func RowSum() []byte {
+	m := New("rowsum")
+	m.Input("x", Float, -1, -1)
+	m.Output("y", Float, -1)
+	m.Int64s("axes", []int64{1}, []int64{1})
+	m.Node("ReduceSum", []string{"x", "axes"}, []string{"y"}, Int("keepdims", 0))
+	return m.Bytes()
+}
+
+// Flattened declares an output with a dynamic first dimension that is not
+// the batch: x [batch, 4] flattens to y [4*batch]. Its metadata promises a
+// split that the run does not deliver.
+func Flattened() []byte {
+	m := New("flattened")
+	m.Input("x", Float, -1, 4)
+	m.Output("y", Float, -1)
+	m.Int64s("shape", []int64{1}, []int64{-1})
+	m.Node("Reshape", []string{"x", "shape"}, []string{"y"})
+	return m.Bytes()
+}

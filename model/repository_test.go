@@ -1,0 +1,130 @@
+package model_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/model"
+)
+
+// Each kind of model gets the batching its metadata allows: which inputs
+// stack, which are shared, and why a model is not batched at all.
+func TestBatchingFromMetadata(t *testing.T) {
+	rt := testenv.Runtime(t)
+	tests := []struct {
+		name      string
+		model     []byte
+		config    string
+		batchable bool
+		batched   []bool
+		reason    string // part of the reason when not batchable
+		maxBatch  int
+	}{
+		{"dense", onnxbuild.Dense(4, 1, 1), "", true, []bool{true}, "", 32},
+		{"every datatype", onnxbuild.Identities(), "", true, slices.Repeat([]bool{true}, 13), "", 32},
+		{"scalar and fixed inputs are shared", onnxbuild.Conditioned(), "", true, []bool{true, false, false}, "", 32},
+		{"scalar output", onnxbuild.Total(), "", false, []bool{true}, `output "sum" is a scalar`, 1},
+		{"state with batch on axis 1", onnxbuild.Recurrent(), "", false, []bool{true, false}, `output "h_next" has a fixed first dimension`, 1},
+		{"variable width", onnxbuild.RowSum(), "max_batch_size: 8\n", true, []bool{true}, "", 8},
+		{"batching switched off", onnxbuild.Dense(4, 1, 1), "max_batch_size: 1\n", false, []bool{true}, "max_batch_size is 1", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files := map[string]string{"m/1/model.onnx": string(tt.model)}
+			if tt.config != "" {
+				files["m/config.yaml"] = tt.config
+			}
+			dir := testenv.ModelRepo(t, files)
+			repo, err := model.Load(dir, rt.Inspect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := repo.Family("m")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(f.Refused) > 0 {
+				t.Fatalf("refused: %v", f.Refused)
+			}
+			m := f.Default()
+			if m.Batchable != tt.batchable || !slices.Equal(m.Batched, tt.batched) {
+				t.Errorf("batchable %v, batched %v; want %v, %v", m.Batchable, m.Batched, tt.batchable, tt.batched)
+			}
+			if tt.reason == "" && m.Batching != "" || !strings.Contains(m.Batching, tt.reason) {
+				t.Errorf("reason %q, want it to say %q", m.Batching, tt.reason)
+			}
+			if m.Config.MaxBatchSize != tt.maxBatch {
+				t.Errorf("max batch size %d, want %d", m.Config.MaxBatchSize, tt.maxBatch)
+			}
+		})
+	}
+}
+
+// A config that asks for batching a model that cannot be batched refuses
+// that version with the reason, and other models load.
+func TestConfigAskingForImpossibleBatching(t *testing.T) {
+	rt := testenv.Runtime(t)
+	dir := testenv.ModelRepo(t, map[string]string{
+		"total/1/model.onnx": string(onnxbuild.Total()),
+		"total/config.yaml":  "max_batch_size: 8\n",
+		"ok/1/model.onnx":    string(onnxbuild.Dense(4, 1, 1)),
+	})
+	repo, err := model.Load(dir, rt.Inspect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := repo.Family("total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Refused[1]; err == nil || !strings.Contains(err.Error(), `output "sum" is a scalar`) || !strings.Contains(err.Error(), "max_batch_size") {
+		t.Fatalf("refusal: %v", err)
+	}
+	if _, err := repo.Lookup("ok", 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string // error substring; "" for success
+	}{
+		{"empty", "", ""},
+		{"full", "max_batch_size: 64\nmax_queue_delay: 2ms\npreferred_batch_sizes: [16, 32]\ninstances: 2\nintra_op_threads: 4\ninter_op_threads: 1\nexecution_provider: cpu\nmax_attempts: 5\nresult_retention: 72h\n", ""},
+		{"typo", "max_batch: 8\n", "max_batch"},
+		{"negative size", "max_batch_size: -1\n", "negative"},
+		{"negative delay", "max_queue_delay: -5ms\n", "negative"},
+		{"preferred over max", "max_batch_size: 8\npreferred_batch_sizes: [16]\n", "exceeds"},
+		{"zero preferred", "preferred_batch_sizes: [0]\n", "positive"},
+		{"unknown provider", "execution_provider: tpu\n", "unknown"},
+		{"bad duration", "max_queue_delay: soon\n", "parse config"},
+		{"negative retention", "result_retention: -1h\n", "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := model.ParseConfig([]byte(tt.yaml))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %+v, %v; want an error saying %q", c, err, tt.want)
+			}
+		})
+	}
+	c, err := model.ParseConfig([]byte("max_batch_size: 64\nmax_queue_delay: 2ms\npreferred_batch_sizes: [32, 16]\nresult_retention: 72h\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxBatchSize != 64 || c.MaxQueueDelay != 2*time.Millisecond || c.ResultRetention != 72*time.Hour {
+		t.Fatalf("parsed %+v", c)
+	}
+}
