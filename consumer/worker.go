@@ -123,8 +123,10 @@ type item struct {
 // then stops fetching, finishes the batches in hand, returns the jobs not
 // started to the queue, and returns.
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.load(); err != nil {
-		return err
+	if w.sessions == nil {
+		if err := w.Load(); err != nil {
+			return err
+		}
 	}
 	defer w.unload()
 
@@ -276,7 +278,10 @@ func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item]
 	}
 }
 
-func (w *Worker) load() error {
+// Load creates the ONNX Runtime sessions of every version, so that a
+// caller can have a worker ready before it takes over from another. Run
+// calls it when it has not been called.
+func (w *Worker) Load() error {
 	w.sessions = map[int64]*onnx.Session{}
 	for _, m := range w.opts.Family.Versions {
 		s, err := w.opts.Runtime.NewSession(m.Path, onnx.Signature{Inputs: m.Inputs, Outputs: m.Outputs}, onnx.SessionOptions{

@@ -5,6 +5,7 @@
 package model
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/tensor"
@@ -63,6 +65,10 @@ type Family struct {
 	Refused map[int64]error
 	// Config is the family's config.yaml as written (before defaults).
 	Config Config
+	// fingerprint identifies the files the family was loaded from: its
+	// config and each version's model file, by size and time. A rescan
+	// that finds the same fingerprint keeps the family as it is.
+	fingerprint string
 }
 
 // Default is the highest loaded version, or nil.
@@ -109,6 +115,12 @@ type Repository struct {
 // with the reason (see Family.Refused and Repository.Problems) rather than
 // failing the whole repository; an unreadable dir is an error.
 func Load(dir string, inspect Inspector) (*Repository, error) {
+	return load(dir, inspect, nil)
+}
+
+// load scans dir; a family whose files are unchanged since prev was
+// loaded is taken from prev as it is, without reading its models again.
+func load(dir string, inspect Inspector, prev *Repository) (*Repository, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read model repository: %w", err)
@@ -123,7 +135,11 @@ func Load(dir string, inspect Inspector) (*Repository, error) {
 			r.Problems = append(r.Problems, fmt.Errorf("model directory %q skipped: names are letters, digits, '_' and '-' (at most 64)", name))
 			continue
 		}
-		f, err := loadFamily(filepath.Join(dir, name), name, inspect)
+		var old *Family
+		if prev != nil {
+			old = prev.families[name]
+		}
+		f, err := loadFamily(filepath.Join(dir, name), name, inspect, old)
 		if err != nil {
 			r.Problems = append(r.Problems, err)
 			continue
@@ -135,40 +151,55 @@ func Load(dir string, inspect Inspector) (*Repository, error) {
 	return r, nil
 }
 
-func loadFamily(dir, name string, inspect Inspector) (*Family, error) {
+func loadFamily(dir, name string, inspect Inspector, prev *Family) (*Family, error) {
 	f := &Family{Name: name, Refused: map[int64]error{}}
+	var fp strings.Builder
 	cfgPath := filepath.Join(dir, "config.yaml")
-	if _, err := os.Stat(cfgPath); err == nil {
-		c, err := ReadConfig(cfgPath)
-		if err != nil {
-			return nil, fmt.Errorf("model %q: %s: %w", name, cfgPath, err)
-		}
-		f.Config = c
+	cfg, err := os.ReadFile(cfgPath)
+	if err == nil {
+		fmt.Fprintf(&fp, "config %x\n", sha256.Sum256(cfg))
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("model %q: %w", name, err)
 	}
-	found := false
+	type version struct {
+		v    int64
+		path string
+	}
+	var versions []version
 	for _, e := range entries {
 		v, err := strconv.ParseInt(e.Name(), 10, 64)
 		if !e.IsDir() || err != nil || v <= 0 {
 			continue
 		}
 		path := filepath.Join(dir, e.Name(), "model.onnx")
-		if _, err := os.Stat(path); err != nil {
+		st, err := os.Stat(path)
+		if err != nil {
 			continue
 		}
-		found = true
-		m, err := loadVersion(name, v, path, f.Config, inspect)
+		fmt.Fprintf(&fp, "%d %d %d\n", v, st.Size(), st.ModTime().UnixNano())
+		versions = append(versions, version{v, path})
+	}
+	if len(versions) == 0 {
+		return nil, nil // not a model directory
+	}
+	f.fingerprint = fp.String()
+	if prev != nil && prev.fingerprint == f.fingerprint {
+		return prev, nil
+	}
+	if cfg != nil {
+		if f.Config, err = ParseConfig(cfg); err != nil {
+			return nil, fmt.Errorf("model %q: %s: %w", name, cfgPath, err)
+		}
+	}
+	for _, ver := range versions {
+		m, err := loadVersion(name, ver.v, ver.path, f.Config, inspect)
 		if err != nil {
-			f.Refused[v] = err
+			f.Refused[ver.v] = err
 			continue
 		}
 		f.Versions = append(f.Versions, m)
-	}
-	if !found {
-		return nil, nil // not a model directory
 	}
 	sort.Slice(f.Versions, func(i, j int) bool { return f.Versions[i].Version > f.Versions[j].Version })
 	return f, nil

@@ -67,7 +67,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// Limits bound what a request's tensors may hold.
 	Limits tensor.Limits
-	// MaxWait caps ?wait= on GET /v1/jobs/{id}. Default 60s.
+	// MaxWait caps ?wait= on GET /v1/jobs/{id}, and how long a
+	// synchronous POST /v2/models/{model}/infer waits for its job before
+	// answering 504 (the job stays queued). Default 60s.
 	MaxWait time.Duration
 	// Registerer receives the API's metrics; Gatherer serves /metrics.
 	// Nil disables each.
@@ -114,6 +116,8 @@ func (s *Server) routes() {
 	}
 	handle("POST /v1/models/{model}/jobs", s.submit)
 	handle("POST /v1/models/{model}/versions/{version}/jobs", s.submit)
+	handle("POST /v2/models/{model}/infer", s.infer)
+	handle("POST /v2/models/{model}/versions/{version}/infer", s.infer)
 	handle("GET /v1/jobs/{id}", s.getJob)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
 	handle("GET /v1/models", s.listModels)
@@ -238,24 +242,73 @@ func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
-	m, err := s.lookup(r)
+	rec, err := s.accept(w, r)
 	if err != nil {
 		return err
+	}
+	w.Header().Set("Location", "/v1/jobs/"+rec.ID)
+	writeJSON(w, http.StatusAccepted, s.present(rec))
+	return nil
+}
+
+// infer is the V2 synchronous call: the job goes through the same queue
+// and batcher as any other, and the answer waits for its result.
+func (s *Server) infer(w http.ResponseWriter, r *http.Request) error {
+	// Watch before submitting, so that no change falls in between.
+	var changed <-chan *jobs.Record
+	var stop func()
+	rec, err := s.accept(w, r, func(id string) { changed, stop = s.opts.Watcher.Wait(id) })
+	if stop != nil {
+		defer stop()
+	}
+	if err != nil {
+		return err
+	}
+	id := rec.ID
+	w.Header().Set(jobIDHeader, id)
+	timer := time.NewTimer(s.opts.MaxWait)
+	defer timer.Stop()
+	for !rec.Status.Final() {
+		select {
+		case rec = <-changed:
+		case <-timer.C:
+			w.Header().Set("Location", "/v1/jobs/"+id)
+			return errorf(http.StatusGatewayTimeout, "job %s did not finish within %s; it stays queued and its result can be polled at /v1/jobs/%s", id, s.opts.MaxWait, id)
+		case <-r.Context().Done():
+			return nil // the client left; the job runs on, pollable by id
+		}
+	}
+	if rec.Status != jobs.Succeeded {
+		return errorf(http.StatusBadRequest, "job %s %s: %s", id, rec.Status, rec.Error)
+	}
+	return s.sendResult(w, r, id)
+}
+
+// jobIDHeader names the job behind a synchronous inference.
+const jobIDHeader = "Inferq-Job-Id"
+
+// accept validates a job request and stores it in the queue, returning
+// its record. before, when given, is called with the job id before the
+// job is published.
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (*jobs.Record, error) {
+	m, err := s.lookup(r)
+	if err != nil {
+		return nil, err
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
-			return errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.opts.MaxBodyBytes)
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.opts.MaxBodyBytes)
 		}
-		return errorf(http.StatusBadRequest, "read request body: %v", err)
+		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
 	}
 	var req *tensor.Request
 	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
 		n, perr := strconv.Atoi(hl)
 		if perr != nil {
-			return errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
+			return nil, errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
 		}
 		req, err = tensor.DecodeBinaryRequest(body, n, s.opts.Limits)
 	} else {
@@ -263,12 +316,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
-		return errorf(http.StatusBadRequest, "%v", err)
+		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
 	rows, err := m.Check(req)
 	if err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
-		return errorf(http.StatusBadRequest, "%v", err)
+		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
 	id := ulid.Make().String()
 	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
@@ -282,16 +335,17 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	if job.Version != 0 {
 		rec.ModelVersion = m.VersionString()
 	}
+	for _, f := range before {
+		f(id)
+	}
 	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
 		s.log.Warn("could not queue job", "model", m.Name, "err", err)
 		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
-		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
+		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
 			msg: "the queue is unavailable, the job was not accepted; retry later"}
 	}
 	s.metrics.accepted.WithLabelValues(m.Name).Inc()
-	w.Header().Set("Location", "/v1/jobs/"+id)
-	writeJSON(w, http.StatusAccepted, s.present(rec))
-	return nil
+	return rec, nil
 }
 
 // present fills what a record shows a client but does not store.
@@ -398,6 +452,11 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusConflict, rec)
 		return nil
 	}
+	return s.sendResult(w, r, id)
+}
+
+// sendResult answers the stored result of a succeeded job.
+func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, id string) error {
 	rc, err := s.opts.Results.Get(r.Context(), jobs.ResultKey(id))
 	if err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "result storage is unavailable: " + err.Error()}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -192,5 +193,139 @@ func TestFailureIsolation(t *testing.T) {
 	}
 	if got := m["inferq_jobs_finished_total,model=lookup,status=failed"]; got != 1 {
 		t.Errorf("%v jobs failed, want 1", got)
+	}
+}
+
+// POST /v2/models/{model}/infer answers the V2 response of a job that went
+// through the queue and batcher; concurrent calls are batched together.
+func TestV2Infer(t *testing.T) {
+	repo, files := fixtures(t, map[string]string{"conditioned": "max_queue_delay: 50ms\n", "lookup": "max_attempts: 1\n"})
+	s := startServe(t, repo)
+	d := openDirect(t, files["conditioned"])
+	rng := rand.New(rand.NewPCG(8, 8))
+	const n = 24
+	var wg sync.WaitGroup
+	for i := range n {
+		in := randomInputs(rng, d.sig.Inputs, 1+i%3)
+		in[1].Data, in[2].Data = f32(1.5), f32(1, 2, 3, 4) // shared by all: one group
+		want := d.run(t, in)
+		wg.Go(func() {
+			r := do(t, "POST", s.url+"/v2/models/conditioned/infer", requestJSON(in))
+			if r.code != http.StatusOK {
+				t.Errorf("infer %d: %d %s", i, r.code, r.body)
+				return
+			}
+			resp, err := tensor.DecodeResponse(r.body)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if id := r.header.Get("Inferq-Job-Id"); id == "" || resp.ID != id {
+				t.Errorf("infer %d: job id header %q, response id %q", i, id, resp.ID)
+			}
+			assertClose(t, "infer", resp.Outputs, want)
+		})
+	}
+	wg.Wait()
+	m := s.metrics(t)
+	if runs := m["inferq_batch_size,model=conditioned,stat=count"]; runs >= n {
+		t.Errorf("%d synchronous calls ran in %v runs: not batched", n, runs)
+	}
+
+	tests := []struct {
+		name, path, body string
+		code             int
+		msg              string
+	}{
+		{"bad input", "/v2/models/conditioned/infer", `{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`, 400, "temperature"},
+		{"unknown model", "/v2/models/nope/infer", `{"inputs":[]}`, 404, "nope"},
+		{"job fails in ONNX Runtime", "/v2/models/lookup/infer", `{"inputs":[{"name":"idx","shape":[1],"datatype":"INT64","data":[42]}]}`, 400, "idx=42"},
+		{"pinned version", "/v2/models/lookup/versions/1/infer", `{"inputs":[{"name":"idx","shape":[2],"datatype":"INT64","data":[1,2]}]}`, 200, `"data":[3,4,5,6,7,8]`},
+		{"missing version", "/v2/models/lookup/versions/9/infer", `{"inputs":[]}`, 404, "no version 9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := do(t, "POST", s.url+tt.path, []byte(tt.body))
+			if r.code != tt.code || !strings.Contains(string(r.body), tt.msg) {
+				t.Fatalf("%d %s; want %d saying %q", r.code, r.body, tt.code, tt.msg)
+			}
+		})
+	}
+}
+
+// New versions and models appear in a running server, are served without
+// a restart, and the highest version becomes the default; removed ones
+// go away.
+func TestModelRepositoryReload(t *testing.T) {
+	dir := t.TempDir()
+	v1, v2 := filepath.Join(dir, "v1.onnx"), filepath.Join(dir, "v2.onnx")
+	writeFile(t, v1, onnxbuild.Dense(4, 1, 1))
+	writeFile(t, v2, onnxbuild.Dense(4, 1, 2))
+	repo := testenv.ModelRepo(t, map[string]string{"m/1/model.onnx": "@" + v1})
+	s := startServe(t, repo, "--model-poll", "50ms")
+	d1, d2 := openDirect(t, v1), openDirect(t, v2)
+	rng := rand.New(rand.NewPCG(9, 9))
+	in := randomInputs(rng, d1.sig.Inputs, 2)
+
+	// run submits in to path and checks the job ran on version want.
+	run := func(path string, want string, d *direct) {
+		t.Helper()
+		id := s.submit(t, path, requestJSON(in))
+		rec := s.await(t, id, 30*time.Second)
+		if rec.Status != jobs.Succeeded || rec.ModelVersion != want {
+			t.Fatalf("%s: %+v, want succeeded on version %s", path, rec, want)
+		}
+		assertClose(t, path, s.result(t, id).Outputs, d.run(t, in))
+	}
+	// until polls the V2 metadata of model until versions reads want.
+	until := func(model, want string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := do(t, "GET", s.url+"/v2/models/"+model, nil)
+			var meta struct{ Versions []string }
+			if r.code == http.StatusOK {
+				r.json(t, &meta)
+			}
+			if strings.Join(meta.Versions, ",") == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("model %s versions %v, want %s", model, meta.Versions, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	run("/v1/models/m/jobs", "1", d1)
+
+	// A new version, moved into place whole, as deployments should.
+	staged := filepath.Join(dir, "staged")
+	if err := os.MkdirAll(staged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(staged, "model.onnx"), onnxbuild.Dense(4, 1, 2))
+	if err := os.Rename(staged, filepath.Join(repo, "m", "2")); err != nil {
+		t.Fatal(err)
+	}
+	until("m", "2,1")
+	run("/v1/models/m/jobs", "2", d2)
+	run("/v1/models/m/versions/1/jobs", "1", d1)
+
+	// A new model.
+	if err := os.MkdirAll(filepath.Join(repo, "n", "1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(repo, "n", "1", "model.onnx"), onnxbuild.Dense(4, 1, 1))
+	until("n", "1")
+	run("/v1/models/n/jobs", "1", d1)
+
+	// Removing version 2 makes version 1 the default again.
+	if err := os.RemoveAll(filepath.Join(repo, "m", "2")); err != nil {
+		t.Fatal(err)
+	}
+	until("m", "1")
+	run("/v1/models/m/jobs", "1", d1)
+	if r := do(t, "POST", s.url+"/v1/models/m/versions/2/jobs", requestJSON(in)); r.code != http.StatusNotFound {
+		t.Fatalf("job for a removed version: %d %s", r.code, r.body)
 	}
 }

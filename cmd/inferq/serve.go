@@ -48,6 +48,7 @@ type serveFlags struct {
 	only                  string
 	maxBody               int64
 	maxWait               time.Duration
+	modelPoll             time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
 	logLevel, logFormat   string
@@ -66,10 +67,11 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
+	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes")
-		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest ?wait= a job poll may hold")
+		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest a job poll (?wait=) or a synchronous /v2 infer call waits for a job")
 	}
 	if m == modeServe {
 		fs.StringVar(&f.natsListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for native clients; empty for nowhere")
@@ -107,11 +109,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	defer rt.Close()
 	log.Info("ONNX Runtime loaded", "version", rt.Version(), "library", lib)
 
-	repo, err := model.Load(f.models, rt.Inspect)
+	catalog, err := model.NewCatalog(f.models, rt.Inspect)
 	if err != nil {
 		return fmt.Errorf("%w (pass --models DIR, laid out as DIR/{model}/{version}/model.onnx)", err)
 	}
-	logRepository(log, repo)
+	logRepository(log, catalog.Repository(), nil)
 
 	// NATS: embedded for serve unless --nats points elsewhere.
 	var nc *nats.Conn
@@ -167,38 +169,39 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	names := func() []string {
-		var out []string
-		for _, fam := range repo.Families() {
-			out = append(out, fam.Name)
-		}
-		return out
-	}
-	reg.MustRegister(jobs.NewDepthCollector(q, names))
+	reg.MustRegister(jobs.NewDepthCollector(q, catalog.Names))
 
 	g, gctx := errgroup.WithContext(ctx)
+	var fleet *consumer.Fleet
 	if m != modeAPI {
 		metrics, err := consumer.NewMetrics(reg)
 		if err != nil {
 			return err
 		}
-		only := splitList(f.only)
-		for _, fam := range repo.Families() {
-			if len(only) > 0 && !slices.Contains(only, fam.Name) {
-				continue
-			}
-			if fam.Default() == nil {
-				continue
-			}
-			w, err := consumer.NewWorker(consumer.Options{
-				Family: fam, Runtime: rt, Queue: q, Results: store, Metrics: metrics,
-				Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
-			})
-			if err != nil {
+		fleet = consumer.NewFleet(consumer.Options{
+			Runtime: rt, Queue: q, Results: store, Metrics: metrics,
+			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
+		}, splitList(f.only))
+		if err := fleet.Apply(catalog.Repository()); err != nil {
+			fleet.Stop()
+			return err
+		}
+		g.Go(func() error {
+			select {
+			case <-gctx.Done():
+				fleet.Stop()
+				return nil
+			case err := <-fleet.Failed():
+				fleet.Stop()
 				return err
 			}
-			g.Go(func() error { return w.Run(gctx) })
-		}
+		})
+	}
+	if f.modelPoll > 0 {
+		g.Go(func() error {
+			watchModels(gctx, log, catalog, fleet, f.modelPoll)
+			return nil
+		})
 	}
 	if m != modeWorker {
 		watcher, err := q.Records.Watch(ctx)
@@ -207,7 +210,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
-			Catalog: repo, Queue: q, Records: q.Records, Results: store, Watcher: watcher,
+			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
@@ -250,7 +253,41 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	return err
 }
 
-func logRepository(log *slog.Logger, repo *model.Repository) {
+// watchModels rescans the model repository every interval. Changed
+// models get new workers (loaded before the old ones drain), and only then
+// does the API see the change, so that a new version is never offered
+// before a worker can run it.
+func watchModels(ctx context.Context, log *slog.Logger, catalog *model.Catalog, fleet *consumer.Fleet, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		repo, changed, err := catalog.Scan()
+		if err != nil {
+			log.Warn("rescanning models", "err", err)
+			continue
+		}
+		if len(changed) == 0 {
+			continue
+		}
+		log.Info("model repository changed", "models", changed)
+		logRepository(log, repo, changed)
+		if fleet != nil {
+			if err := fleet.Apply(repo); err != nil {
+				log.Error("applying model changes", "err", err)
+			}
+		}
+		catalog.Publish(repo)
+	}
+}
+
+// logRepository logs the models of repo (only those named, when only is
+// not nil) with their effective settings, and what was refused.
+func logRepository(log *slog.Logger, repo *model.Repository, only []string) {
 	for _, p := range repo.Problems {
 		log.Warn("model repository", "problem", p)
 	}
@@ -259,6 +296,9 @@ func logRepository(log *slog.Logger, repo *model.Repository) {
 		log.Warn("no models found", "dir", repo.Dir)
 	}
 	for _, fam := range fams {
+		if only != nil && !slices.Contains(only, fam.Name) {
+			continue
+		}
 		for _, m := range fam.Versions {
 			c := m.Config
 			log.Info("model loaded", "model", m.Name, "version", m.Version, "batchable", m.Batchable,
