@@ -216,8 +216,11 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 		ios  []onnx.IO
 	}{{"input", sig.Inputs}, {"output", sig.Outputs}} {
 		for _, io := range list.ios {
-			if io.Kind != onnx.KindTensor {
-				return nil, fmt.Errorf("%s %q is a %s; inferq serves tensor inputs and outputs only", list.what, io.Name, io.Kind)
+			if list.what == "input" && io.Kind != onnx.KindTensor {
+				return nil, fmt.Errorf("input %q is a %s; inferq takes tensor inputs only", io.Name, io.Kind)
+			}
+			if io.Kind == onnx.KindOther {
+				return nil, fmt.Errorf("output %q is of a kind (%s) that inferq cannot return", io.Name, io.ElementType)
 			}
 			if io.Datatype == tensor.Invalid {
 				return nil, fmt.Errorf("%s %q has element type %s, which V2 tensors cannot carry", list.what, io.Name, io.ElementType)

@@ -3,6 +3,7 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -78,9 +79,14 @@ func convertIO(infos []ort.InputOutputInfo) []IO {
 				io.Shape[j] = d
 			}
 		case ort.ONNXTypeSequence:
+			// Sequences (of maps, as scikit-learn classifiers give their
+			// probabilities, or of tensors) travel as BYTES, one JSON
+			// document per item, an item per batch row.
 			io.Kind = KindSequence
+			io.Datatype, io.Shape = tensor.Bytes, []int64{-1}
 		case ort.ONNXTypeMap:
 			io.Kind = KindMap
+			io.Datatype, io.Shape = tensor.Bytes, []int64{1}
 		default:
 			io.Kind = KindOther
 		}
@@ -240,6 +246,28 @@ func bytesOf[T any](s []T) []byte {
 }
 
 func fromValue(v ort.Value) (tensor.Tensor, error) {
+	switch x := v.(type) {
+	case *ort.Sequence:
+		items, err := x.GetValues()
+		if err != nil {
+			return tensor.Tensor{}, err
+		}
+		t := tensor.Tensor{Datatype: tensor.Bytes, Shape: []int64{int64(len(items))}}
+		for _, item := range items {
+			doc, err := appendValueJSON(nil, item)
+			if err != nil {
+				return t, err
+			}
+			t.Data = tensor.AppendBytesElement(t.Data, doc)
+		}
+		return t, nil
+	case *ort.Map:
+		doc, err := appendValueJSON(nil, x)
+		if err != nil {
+			return tensor.Tensor{}, err
+		}
+		return tensor.Tensor{Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, doc)}, nil
+	}
 	t := tensor.Tensor{Shape: []int64(v.GetShape().Clone())}
 	switch x := v.(type) {
 	case *ort.Tensor[float32]:
@@ -287,4 +315,91 @@ func fromValue(v ort.Value) (tensor.Tensor, error) {
 		return t, fmt.Errorf("ONNX Runtime returned inconsistent data: %w", err)
 	}
 	return t, nil
+}
+
+// appendValueJSON renders a value of a non-tensor output as JSON: a map as
+// an object (keys as strings, as JSON requires), a sequence as an array, a
+// scalar as a number or string, and any other tensor as an object with its
+// datatype, shape and flat data.
+func appendValueJSON(buf []byte, v ort.Value) ([]byte, error) {
+	switch x := v.(type) {
+	case *ort.Sequence:
+		items, err := x.GetValues()
+		if err != nil {
+			return buf, err
+		}
+		buf = append(buf, '[')
+		for i, item := range items {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			if buf, err = appendValueJSON(buf, item); err != nil {
+				return buf, err
+			}
+		}
+		return append(buf, ']'), nil
+	case *ort.Map:
+		kv, vv, err := x.GetKeysAndValues()
+		if err != nil {
+			return buf, err
+		}
+		keys, err := fromValue(kv)
+		if err != nil {
+			return buf, fmt.Errorf("map keys: %w", err)
+		}
+		vals, err := fromValue(vv)
+		if err != nil {
+			return buf, fmt.Errorf("map values: %w", err)
+		}
+		ks, vs := elements(&keys), elements(&vals)
+		if len(ks) != len(vs) {
+			return buf, fmt.Errorf("map has %d keys and %d values", len(ks), len(vs))
+		}
+		buf = append(buf, '{')
+		for i := range ks {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			k := ks[i].AppendDataJSON(nil)
+			if keys.Datatype != tensor.Bytes {
+				k = strconv.AppendQuote(nil, string(k)) // numbers become "0", "1", ...
+			}
+			buf = append(buf, k...)
+			buf = append(buf, ':')
+			buf = vs[i].AppendDataJSON(buf)
+		}
+		return append(buf, '}'), nil
+	}
+	t, err := fromValue(v)
+	if err != nil {
+		return buf, err
+	}
+	if len(t.Shape) == 0 {
+		return t.AppendDataJSON(buf), nil
+	}
+	buf = append(buf, `{"datatype":"`...)
+	buf = append(buf, t.Datatype.String()...)
+	buf = append(buf, `","shape":`...)
+	buf = append(buf, strings.ReplaceAll(tensor.FormatShape(t.Shape), " ", ",")...)
+	buf = append(buf, `,"data":[`...)
+	buf = t.AppendDataJSON(buf)
+	return append(buf, "]}"...), nil
+}
+
+// elements splits a tensor into one-element tensors.
+func elements(t *tensor.Tensor) []tensor.Tensor {
+	if t.Datatype == tensor.Bytes {
+		strs, _ := t.Strings()
+		out := make([]tensor.Tensor, len(strs))
+		for i, s := range strs {
+			out[i] = tensor.Tensor{Datatype: tensor.Bytes, Data: tensor.AppendBytesElement(nil, s)}
+		}
+		return out
+	}
+	size := t.Datatype.Size()
+	out := make([]tensor.Tensor, 0, len(t.Data)/max(size, 1))
+	for i := 0; i+size <= len(t.Data); i += size {
+		out = append(out, tensor.Tensor{Datatype: t.Datatype, Data: t.Data[i : i+size]})
+	}
+	return out
 }

@@ -444,6 +444,10 @@ func appendJSONString(buf []byte, s string) []byte {
 	return append(buf, b...)
 }
 
+// AppendDataJSON appends t's elements as JSON values separated by commas,
+// without brackets: what the "data" array of t's V2 JSON holds.
+func (t *Tensor) AppendDataJSON(buf []byte) []byte { return appendData(buf, t) }
+
 func appendData(buf []byte, t *Tensor) []byte {
 	d := t.Data
 	le := binary.LittleEndian

@@ -187,7 +187,7 @@ func TestHealthAndModels(t *testing.T) {
 	repo := testenv.ModelRepo(t, map[string]string{
 		"iris/1/model.onnx":   "@" + irisPath(t),
 		"iris/config.yaml":    "max_batch_size: 16\nmax_queue_delay: 2ms\npreferred_batch_sizes: [4, 8]\n",
-		"forest/1/model.onnx": "@" + testenv.ThirdParty(t, "onnxruntime_go/sklearn_randomforest.onnx"),
+		"bf16/1/model.onnx":   "@" + testenv.ThirdParty(t, "onnxruntime_go/example_float16.onnx"),
 	})
 	s := startServe(t, repo)
 	for _, p := range []string{"/v2/health/live", "/v2/health/ready", "/v2/models/iris/ready"} {
@@ -225,14 +225,14 @@ func TestHealthAndModels(t *testing.T) {
 	if len(list.Models) != 2 {
 		t.Fatalf("models %+v", list)
 	}
-	forest, iris := list.Models[0], list.Models[1]
+	bf16, iris := list.Models[0], list.Models[1]
 	if c := iris.Versions[0].Config; c.MaxBatchSize != 16 || c.MaxQueueDelay != "2ms" || len(c.PreferredBatchSizes) != 2 {
 		t.Fatalf("iris config not applied: %+v", c)
 	}
-	if forest.Versions[0].State != "unavailable" || !strings.Contains(forest.Versions[0].Reason, `output "output_probability" is a sequence`) {
-		t.Fatalf("forest should be refused with the reason: %+v", forest)
+	if bf16.Versions[0].State != "unavailable" || !strings.Contains(bf16.Versions[0].Reason, `output "OutputA" has element type ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, which V2 tensors cannot carry`) {
+		t.Fatalf("a BFLOAT16 model should be refused with the reason: %+v", bf16)
 	}
-	if r := do(t, "POST", s.url+"/v1/models/forest/jobs", []byte(`{"inputs":[]}`)); r.code != 503 || r.header.Get("Retry-After") == "" {
+	if r := do(t, "POST", s.url+"/v1/models/bf16/jobs", []byte(`{"inputs":[]}`)); r.code != 503 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("job for an unavailable model: %d %s", r.code, r.body)
 	}
 }
