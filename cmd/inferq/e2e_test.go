@@ -185,9 +185,9 @@ func TestResultBeforeFinish(t *testing.T) {
 // TestHealthAndModels covers the read-only endpoints.
 func TestHealthAndModels(t *testing.T) {
 	repo := testenv.ModelRepo(t, map[string]string{
-		"iris/1/model.onnx":   "@" + irisPath(t),
-		"iris/config.yaml":    "max_batch_size: 16\nmax_queue_delay: 2ms\npreferred_batch_sizes: [4, 8]\n",
-		"bf16/1/model.onnx":   "@" + testenv.ThirdParty(t, "onnxruntime_go/example_float16.onnx"),
+		"iris/1/model.onnx": "@" + irisPath(t),
+		"iris/config.yaml":  "max_batch_size: 16\nmax_queue_delay: 2ms\npreferred_batch_sizes: [4, 8]\n",
+		"bf16/1/model.onnx": "@" + testenv.ThirdParty(t, "onnxruntime_go/example_float16.onnx"),
 	})
 	s := startServe(t, repo)
 	for _, p := range []string{"/v2/health/live", "/v2/health/ready", "/v2/models/iris/ready"} {
