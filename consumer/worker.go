@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/inferq/inferq/batching"
@@ -351,20 +352,55 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 	w.runIsolating(items, outputs, errs)
 	return func(ctx context.Context) {
 		defer stop()
+		refs := w.storeResults(ctx, items, outputs, errs)
 		var g errgroup.Group
 		g.SetLimit(32)
 		for i, it := range items {
 			g.Go(func() error {
-				if errs[i] != nil {
+				switch {
+				case errs[i] != nil:
 					w.retryOrFail(ctx, it, errs[i])
-				} else {
-					w.finish(ctx, it, outputs[i])
+				case refs[i] != nil:
+					w.complete(ctx, it, jobs.Succeeded, "", refs[i])
 				}
 				return nil
 			})
 		}
 		g.Wait()
 	}
+}
+
+// storeResults writes the results of a batch's succeeded jobs as one
+// object, a JSON line per job, and returns where each job's result is. If
+// storage fails the jobs go back to the queue (their refs stay nil): a
+// result is never lost to a passing outage.
+func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) []*jobs.ResultRef {
+	refs := make([]*jobs.ResultRef, len(items))
+	key := jobs.BatchResultKey(ulid.Make().String())
+	var buf []byte
+	for i, it := range items {
+		if errs[i] != nil {
+			continue
+		}
+		resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Outputs: selectOutputs(outputs[i], it.job.Request.Outputs)}
+		start := len(buf)
+		buf = resp.AppendJSON(buf)
+		refs[i] = &jobs.ResultRef{Key: key, Offset: int64(start), Length: int64(len(buf) - start)}
+		buf = append(buf, '\n')
+	}
+	if len(buf) == 0 {
+		return refs
+	}
+	if err := w.opts.Results.Put(ctx, key, bytes.NewReader(buf)); err != nil {
+		w.log.Warn("could not store results; their jobs return to the queue", "jobs", len(items), "err", err)
+		for i, it := range items {
+			if refs[i] != nil {
+				refs[i] = nil
+				_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+			}
+		}
+	}
+	return refs
 }
 
 // runIsolating runs items as one batch and fills in each job's outputs;
@@ -440,7 +476,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			switch {
 			case errors.Is(err, errGaveUp):
 				it.rec, it.rev = rec, rev
-				w.complete(ctx, it, jobs.Failed, fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1))
+				w.complete(ctx, it, jobs.Failed, fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1), nil)
 			case errors.Is(err, jobs.ErrConflict):
 				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
 				_ = it.msg.Ack()
@@ -536,20 +572,6 @@ func (w *Worker) unbatched(m *model.Model) bool {
 	return ok
 }
 
-// finish stores a job's result, marks it succeeded, announces it, and
-// acknowledges it. If storage fails the job goes back to the queue: a
-// result is never lost to a passing outage.
-func (w *Worker) finish(ctx context.Context, it *item, outputs []tensor.Tensor) {
-	resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Outputs: selectOutputs(outputs, it.job.Request.Outputs)}
-	body := resp.AppendJSON(make([]byte, 0, 256))
-	if err := w.opts.Results.Put(ctx, jobs.ResultKey(it.job.ID), bytes.NewReader(body)); err != nil {
-		w.log.Warn("could not store result; job returns to the queue", "job", it.job.ID, "err", err)
-		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
-		return
-	}
-	w.complete(ctx, it, jobs.Succeeded, "")
-}
-
 func selectOutputs(all []tensor.Tensor, names []string) []tensor.Tensor {
 	if len(names) == 0 {
 		return all
@@ -572,25 +594,26 @@ func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) {
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
-	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts))
+	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts), nil)
 }
 
 // finishFailed ends a job that can never run.
 func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 	w.log.Warn("job cannot run", "job", it.job.ID, "err", err)
-	w.complete(ctx, it, jobs.Failed, err.Error())
+	w.complete(ctx, it, jobs.Failed, err.Error(), nil)
 }
 
 // complete moves a job to a final status, announces it and acknowledges
 // its message. If the record cannot be written the message is left to be
 // redelivered, so the job is not lost.
-func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string) {
+func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef) {
 	now := time.Now().UTC()
 	rec, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
 		if r.Status.Final() {
 			return jobs.ErrConflict
 		}
 		r.Status, r.Error, r.FinishedAt = status, reason, &now
+		r.Result = result
 		if r.Attempts < it.attempt {
 			r.Attempts = it.attempt
 		}

@@ -259,7 +259,7 @@ func (q *Queue) Depth(ctx context.Context, model string) (Depth, error) {
 // Announce publishes a finished job's record on its model's results
 // subject. The job id is the message id, so a repeat is dropped.
 func (q *Queue) Announce(ctx context.Context, rec *Record) error {
-	b, err := json.Marshal(rec)
+	b, err := json.Marshal(rec.Public())
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", rec.ID, err)
 	}

@@ -44,11 +44,37 @@ type Record struct {
 	ClientID string `json:"client_id,omitempty"`
 	// Rows is the request's batch dimension.
 	Rows int `json:"rows,omitempty"`
+	// Result is where the result of a succeeded job is stored. It is kept
+	// in the bucket and not shown to clients, who read the result through
+	// ResultURL.
+	Result *ResultRef `json:"result,omitempty"`
 }
 
-// ResultKey is where a job's V2 response is stored. Keying by job id makes
-// a redelivered job overwrite its result rather than add a second one.
-func ResultKey(id string) string { return "results/" + id + ".json" }
+// ResultRef locates a job's V2 response: Length bytes from Offset in the
+// object at Key. A worker writes the results of one batch as one object,
+// JSON Lines with a line per job, so that a batch costs one write however
+// many jobs it holds. A job run twice (redelivered after a crash) has its
+// result in two objects; its record names the one that counts.
+type ResultRef struct {
+	Key    string `json:"key"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+}
+
+// Public returns a copy of the record as clients see it: with the URL of
+// its result when it succeeded, and without where the result is stored.
+func (r *Record) Public() *Record {
+	c := *r
+	c.Result = nil
+	if c.Status == Succeeded {
+		c.ResultURL = "/v1/jobs/" + c.ID + "/result"
+	}
+	return &c
+}
+
+// BatchResultKey is where the results of the batch with the given id (a
+// ULID) are stored.
+func BatchResultKey(batchID string) string { return "results/" + batchID + ".jsonl" }
 
 // ErrJobNotFound is returned for an id that has no record.
 var ErrJobNotFound = errors.New("job not found")

@@ -44,7 +44,7 @@ type Records interface {
 
 // Results reads stored results; the storage package's stores are.
 type Results interface {
-	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 }
 
 // Watcher signals changes of a job's record; *jobs.Watcher is one.
@@ -247,7 +247,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.Header().Set("Location", "/v1/jobs/"+rec.ID)
-	writeJSON(w, http.StatusAccepted, s.present(rec))
+	writeJSON(w, http.StatusAccepted, rec.Public())
 	return nil
 }
 
@@ -281,7 +281,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request) error {
 	if rec.Status != jobs.Succeeded {
 		return errorf(http.StatusBadRequest, "job %s %s: %s", id, rec.Status, rec.Error)
 	}
-	return s.sendResult(w, r, id)
+	return s.sendResult(w, r, rec)
 }
 
 // jobIDHeader names the job behind a synchronous inference.
@@ -348,14 +348,6 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	return rec, nil
 }
 
-// present fills what a record shows a client but does not store.
-func (s *Server) present(rec *jobs.Record) *jobs.Record {
-	if rec.Status == jobs.Succeeded {
-		rec.ResultURL = "/v1/jobs/" + rec.ID + "/result"
-	}
-	return rec
-}
-
 func checkID(id string) error {
 	if _, err := ulid.ParseStrict(id); err != nil {
 		return errorf(http.StatusNotFound, "job %q not found: job ids are 26-character ULIDs", id)
@@ -414,7 +406,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, s.present(rec))
+	writeJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -449,15 +441,19 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 		if rec.Error == "" {
 			rec.Error = fmt.Sprintf("job %s is %s; it has no result yet", id, rec.Status)
 		}
-		writeJSON(w, http.StatusConflict, rec)
+		writeJSON(w, http.StatusConflict, rec.Public())
 		return nil
 	}
-	return s.sendResult(w, r, id)
+	return s.sendResult(w, r, rec)
 }
 
 // sendResult answers the stored result of a succeeded job.
-func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, id string) error {
-	rc, err := s.opts.Results.Get(r.Context(), jobs.ResultKey(id))
+func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, rec *jobs.Record) error {
+	id := rec.ID
+	if rec.Result == nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: fmt.Sprintf("job %s succeeded but its record has no result location", id)}
+	}
+	rc, err := s.opts.Results.GetRange(r.Context(), rec.Result.Key, rec.Result.Offset, rec.Result.Length)
 	if err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "result storage is unavailable: " + err.Error()}
 	}

@@ -109,6 +109,34 @@ func (d *Dir) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return f, nil
 }
 
+// GetRange opens length bytes of the object at key from offset; the
+// caller closes it.
+func (d *Dir) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if offset < 0 || length < 0 {
+		return nil, fmt.Errorf("get %s: bad range %d+%d", key, offset, length)
+	}
+	rc, err := d.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	f := rc.(*os.File)
+	st, err := f.Stat()
+	if err == nil && offset+length > st.Size() {
+		err = fmt.Errorf("range %d+%d is past the end of the object (%d bytes)", offset, length, st.Size())
+	}
+	if err == nil {
+		_, err = f.Seek(offset, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(f, length), f}, nil
+}
+
 // Delete removes the object at key; a missing object is not an error.
 func (d *Dir) Delete(ctx context.Context, key string) error {
 	p, err := d.path(key)

@@ -13,6 +13,7 @@ import (
 type store interface {
 	Put(ctx context.Context, key string, r io.Reader) error
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 	Delete(ctx context.Context, key string) error
 }
 
@@ -38,6 +39,28 @@ func testContract(t *testing.T, s store) {
 	}
 	if got, err := read("results/a.json"); err != nil || got != "second" {
 		t.Fatalf("read back %q, %v; want the overwrite", got, err)
+	}
+	ranges := []struct {
+		off, n int64
+		want   string
+	}{{0, 6, "second"}, {1, 3, "eco"}, {5, 1, "d"}, {6, 0, ""}}
+	for _, r := range ranges {
+		rc, err := s.GetRange(ctx, "results/a.json", r.off, r.n)
+		if err != nil {
+			t.Fatalf("range %d+%d: %v", r.off, r.n, err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || string(b) != r.want {
+			t.Errorf("range %d+%d = %q, %v; want %q", r.off, r.n, b, err, r.want)
+		}
+	}
+	if rc, err := s.GetRange(ctx, "results/a.json", 4, 10); err == nil {
+		rc.Close()
+		t.Error("a range past the end was served")
+	}
+	if _, err := s.GetRange(ctx, "results/missing.json", 0, 1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("range of a missing object: %v, want ErrNotFound", err)
 	}
 	if err := s.Delete(ctx, "results/a.json"); err != nil {
 		t.Fatal(err)

@@ -218,3 +218,33 @@ func BenchmarkTinyModel(b *testing.B) {
 	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "submit_p50_ms")
 	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "submit_p99_ms")
 }
+
+// BenchmarkBatchingGain: the bundled iris classifier end to end, single-row
+// jobs from 32 concurrent clients, with dynamic batching (max batch 32)
+// against max_batch_size 1, side by side in one run.
+func BenchmarkBatchingGain(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
+	const jobsN = 3000
+	bodies := make([][]byte, jobsN)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	rate := map[int]float64{}
+	for _, size := range []int{1, 32} {
+		repo := testenv.ModelRepo(b, map[string]string{
+			"iris/1/model.onnx": "@" + iris,
+			"iris/config.yaml":  fmt.Sprintf("max_batch_size: %d\n", size),
+		})
+		s, nc := benchServer(b, repo)
+		for range b.N {
+			elapsed, _ := load(b, s, nc, "iris", bodies, 32)
+			rate[size] = jobsN / elapsed.Seconds()
+		}
+		m := s.metricsB(b)
+		b.Logf("max batch %d: %.0f jobs/s, %v runs", size, rate[size], m["inferq_batch_size,model=iris,stat=count"])
+	}
+	b.ReportMetric(rate[1], "unbatched_jobs/s")
+	b.ReportMetric(rate[32], "batched_jobs/s")
+	b.ReportMetric(rate[32]/rate[1], "gain")
+}
