@@ -454,7 +454,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
 	for i, it := range items {
 		g.Go(func() error {
-			rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, nil, 0, func(r *jobs.Record) error {
+			rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.job.Record, it.job.Revision, func(r *jobs.Record) error {
 				if r.Status.Final() {
 					return jobs.ErrConflict
 				}
@@ -631,7 +631,7 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
-	if err := w.opts.Queue.Announce(ctx, rec); err != nil {
+	if err := w.opts.Queue.Announce(rec); err != nil {
 		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
 	}
 	// A plain ack: if it is lost the job is delivered again, finds its

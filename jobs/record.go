@@ -91,14 +91,21 @@ type Records struct {
 
 // Create stores a new record; it fails if the id exists.
 func (r *Records) Create(ctx context.Context, rec *Record) error {
+	_, _, err := r.create(ctx, rec)
+	return err
+}
+
+// create stores a new record and returns its encoding and revision.
+func (r *Records) create(ctx context.Context, rec *Record) ([]byte, uint64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+		return nil, 0, fmt.Errorf("encode record %s: %w", rec.ID, err)
 	}
-	if _, err := r.kv.Create(ctx, rec.ID, b); err != nil {
-		return fmt.Errorf("store record %s: %w", rec.ID, err)
+	rev, err := r.kv.Create(ctx, rec.ID, b)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store record %s: %w", rec.ID, err)
 	}
-	return nil
+	return b, rev, nil
 }
 
 // Get returns the record of job id.

@@ -149,7 +149,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+		log.Warn("asynchronous publish failed", "subject", m.Subject, "job", m.Header.Get(jobs.HeaderJobID), "err", err)
+	}))
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
