@@ -323,3 +323,61 @@ func TestSharedInputs(t *testing.T) {
 		})
 	}
 }
+
+func TestPadAndTrim(t *testing.T) {
+	f := func(v ...float32) []byte {
+		var b []byte
+		for _, x := range v {
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
+		}
+		return b
+	}
+	// [2, 3] padded along axis 1 to 5 with -1, then trimmed back.
+	x := tensor.Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{2, 3}, Data: f(1, 2, 3, 4, 5, 6)}
+	p, err := Pad(x, 1, 5, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := f(1, 2, 3, -1, -1, 4, 5, 6, -1, -1); !slices.Equal(p.Shape, []int64{2, 5}) || !bytes.Equal(p.Data, want) {
+		t.Fatalf("padded %v %v", p.Shape, p.Data)
+	}
+	back, err := Trim(p, 1, 3)
+	if err != nil || !slices.Equal(back.Shape, x.Shape) || !bytes.Equal(back.Data, x.Data) {
+		t.Fatalf("trimmed back to %v %v, %v", back.Shape, back.Data, err)
+	}
+	// Axis 0 of a [2, 2] INT64, and an axis in the middle of [1, 2, 2].
+	i := tensor.Tensor{Name: "i", Datatype: tensor.Int64, Shape: []int64{1, 2, 2}}
+	for _, v := range []uint64{1, 2, 3, 4} {
+		i.Data = binary.LittleEndian.AppendUint64(i.Data, v)
+	}
+	p, err = Pad(i, 1, 3, 0)
+	if err != nil || !slices.Equal(p.Shape, []int64{1, 3, 2}) || binary.LittleEndian.Uint64(p.Data[32:]) != 0 || binary.LittleEndian.Uint64(p.Data[24:]) != 4 {
+		t.Fatalf("middle axis: %v %v %v", p.Shape, p.Data, err)
+	}
+	// BYTES pads with empty strings.
+	s := tensor.Tensor{Name: "s", Datatype: tensor.Bytes, Shape: []int64{1, 2}}
+	s.Data = tensor.AppendBytesElement(tensor.AppendBytesElement(nil, []byte("ab")), []byte("c"))
+	p, err = Pad(s, 1, 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strs, _ := p.Strings()
+	if len(strs) != 4 || string(strs[0]) != "ab" || string(strs[1]) != "c" || len(strs[3]) != 0 {
+		t.Fatalf("BYTES padded to %q", strs)
+	}
+	if back, _ := Trim(p, 1, 2); !bytes.Equal(back.Data, s.Data) {
+		t.Fatal("BYTES did not trim back")
+	}
+	if _, err := Pad(x, 2, 5, 0); err == nil {
+		t.Fatal("padded an axis the tensor does not have")
+	}
+	for _, c := range []struct {
+		n    int64
+		want int64
+		ok   bool
+	}{{1, 8, true}, {8, 8, true}, {9, 16, true}, {17, 0, false}} {
+		if got, ok := Bucket([]int64{8, 16}, c.n); got != c.want || ok != c.ok {
+			t.Errorf("Bucket(%d) = %d, %v", c.n, got, ok)
+		}
+	}
+}

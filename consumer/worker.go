@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -115,6 +116,9 @@ type item struct {
 	model   *model.Model
 	inputs  []tensor.Tensor // in the model's input order
 	rows    int
+	// length is the request's own length along its padded axis, when its
+	// inputs were padded: outputs are trimmed back to it. 0 when not.
+	length  int64
 	attempt int
 	rec     *jobs.Record
 	rev     uint64
@@ -331,6 +335,10 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstr
 	for i, in := range it.model.Inputs {
 		it.inputs[i] = *job.Request.Input(in.Name)
 	}
+	if err := pad(it); err != nil {
+		w.finishFailed(ctx, it, err)
+		return
+	}
 	key := it.model.VersionString()
 	if it.model.Batchable && !w.unbatched(it.model) {
 		key += "|" + batching.Key(it.inputs, it.model.Batched)
@@ -416,7 +424,9 @@ func (w *Worker) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []e
 		}
 		w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
 		w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
-		copy(outputs, out)
+		for i, it := range items {
+			outputs[i], errs[i] = trim(it, out[i])
+		}
 		return
 	}
 	if errors.Is(err, errUnsplittable) {
@@ -652,4 +662,53 @@ func (w *Worker) backoff(attempt int) time.Duration {
 		}
 	}
 	return d
+}
+
+// pad pads the item's inputs as its model's config asks, up to the bucket
+// of the first padded input's length, and notes that length.
+func pad(it *item) error {
+	p := it.model.Config.Padding
+	if p == nil {
+		return nil
+	}
+	var bucket int64
+	for i, in := range it.model.Inputs {
+		spec, ok := p.Inputs[in.Name]
+		if !ok {
+			continue
+		}
+		n := it.inputs[i].Shape[spec.Axis]
+		if it.length == 0 {
+			b, ok := batching.Bucket(p.Buckets, n)
+			if !ok {
+				return nil // longer than every bucket: runs unpadded
+			}
+			it.length, bucket = n, b
+		}
+		t, err := batching.Pad(it.inputs[i], spec.Axis, bucket, spec.Value)
+		if err != nil {
+			return err
+		}
+		it.inputs[i] = t
+	}
+	return nil
+}
+
+// trim cuts the outputs of a padded item back to its own length.
+func trim(it *item, outputs []tensor.Tensor) ([]tensor.Tensor, error) {
+	p := it.model.Config.Padding
+	if it.length == 0 || p == nil {
+		return outputs, nil
+	}
+	out := slices.Clone(outputs)
+	for i := range out {
+		if axis, ok := p.Outputs[out[i].Name]; ok {
+			t, err := batching.Trim(out[i], axis, it.length)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = t
+		}
+	}
+	return out, nil
 }

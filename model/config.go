@@ -43,6 +43,34 @@ type Config struct {
 	// ResultRetention is how long a finished job's result and record are
 	// kept. 0 keeps them until the store's own lifecycle rules remove them.
 	ResultRetention time.Duration `yaml:"result_retention" json:"result_retention,omitempty"`
+	// Padding, for sequence models, pads variable-length inputs up to a
+	// bucket length so that requests of different lengths share a run,
+	// and trims the outputs back.
+	Padding *Padding `yaml:"padding" json:"padding,omitempty"`
+}
+
+// Padding pads inputs along a variable-length axis up to the next bucket
+// length, and trims outputs back to each request's own length. Use it
+// only for models that ignore the padding (an attention mask padded with
+// zeros, for instance): the outputs of a padded request are what the model
+// computes over the padded input.
+type Padding struct {
+	// Buckets are the lengths an axis is padded up to, ascending. A
+	// request longer than the last is not padded, and runs with requests
+	// of its own length.
+	Buckets []int64 `yaml:"buckets" json:"buckets"`
+	// Inputs are the inputs padded: the axis, and the value padding
+	// takes (BYTES inputs pad with empty strings).
+	Inputs map[string]PadInput `yaml:"inputs" json:"inputs"`
+	// Outputs are the outputs trimmed back, and along which axis, to the
+	// length of the request's first padded input.
+	Outputs map[string]int `yaml:"outputs" json:"outputs,omitempty"`
+}
+
+// PadInput is how one input is padded.
+type PadInput struct {
+	Axis  int     `yaml:"axis" json:"axis"`
+	Value float64 `yaml:"value" json:"value"`
 }
 
 // MarshalJSON writes durations as Go duration strings such as "5ms".
@@ -102,6 +130,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("execution_provider %q is not available in this build yet; use cpu", c.ExecutionProvider)
 	default:
 		return fmt.Errorf("execution_provider %q is unknown (want cpu, cuda or tensorrt)", c.ExecutionProvider)
+	}
+	if p := c.Padding; p != nil {
+		if len(p.Buckets) == 0 || len(p.Inputs) == 0 {
+			return errors.New("padding needs buckets and at least one input")
+		}
+		for i, b := range p.Buckets {
+			if b <= 0 || i > 0 && b <= p.Buckets[i-1] {
+				return fmt.Errorf("padding buckets %v: want positive lengths in ascending order", p.Buckets)
+			}
+		}
 	}
 	for _, p := range c.PreferredBatchSizes {
 		if p <= 0 {

@@ -227,6 +227,9 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 			}
 		}
 	}
+	if err := checkPadding(cfg.Padding, sig); err != nil {
+		return nil, err
+	}
 	m.Batched, m.Batching = batchPlan(sig)
 	if cfg.MaxBatchSize > 1 && m.Batching != "" {
 		return nil, fmt.Errorf("config sets max_batch_size %d, but the model cannot be batched: %s; remove max_batch_size or set it to 1", cfg.MaxBatchSize, m.Batching)
@@ -237,6 +240,42 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 	m.Batchable = m.Batching == ""
 	m.Config = cfg.resolve(m.Batchable)
 	return m, nil
+}
+
+// checkPadding checks that padding names inputs and outputs of the model,
+// along axes that exist, are not the batch axis, and vary in length.
+func checkPadding(p *Padding, sig onnx.Signature) error {
+	if p == nil {
+		return nil
+	}
+	find := func(ios []onnx.IO, name string) *onnx.IO {
+		for i := range ios {
+			if ios[i].Name == name {
+				return &ios[i]
+			}
+		}
+		return nil
+	}
+	check := func(what string, io *onnx.IO, name string, axis int) error {
+		if io == nil {
+			return fmt.Errorf("config padding: the model has no %s %q", what, name)
+		}
+		if axis < 1 || axis >= len(io.Shape) || io.Shape[axis] != -1 {
+			return fmt.Errorf("config padding: %s %q has shape %s; axis %d must be a dynamic axis after the batch axis", what, name, tensor.FormatShape(io.Shape), axis)
+		}
+		return nil
+	}
+	for name, in := range p.Inputs {
+		if err := check("input", find(sig.Inputs, name), name, in.Axis); err != nil {
+			return err
+		}
+	}
+	for name, axis := range p.Outputs {
+		if err := check("output", find(sig.Outputs, name), name, axis); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // batchPlan decides from a model's signature which inputs stack along the

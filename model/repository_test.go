@@ -128,3 +128,47 @@ func TestParseConfig(t *testing.T) {
 		t.Fatalf("parsed %+v", c)
 	}
 }
+
+// Padding must name the model's inputs and outputs, along dynamic axes
+// after the batch axis.
+func TestPaddingChecked(t *testing.T) {
+	rt := testenv.Runtime(t)
+	tests := []struct {
+		name, config, want string
+	}{
+		{"ok", "padding: {buckets: [8, 16], inputs: {x: {axis: 1}}, outputs: {y: 1}}\n", ""},
+		{"unknown input", "padding: {buckets: [8], inputs: {ids: {axis: 1}}}\n", `no input "ids"`},
+		{"batch axis", "padding: {buckets: [8], inputs: {x: {axis: 0}}}\n", "axis 0 must be a dynamic axis"},
+		{"missing axis", "padding: {buckets: [8], inputs: {x: {axis: 2}}}\n", "axis 2 must be"},
+		{"unknown output", "padding: {buckets: [8], inputs: {x: {axis: 1}}, outputs: {z: 1}}\n", `no output "z"`},
+		{"descending buckets", "padding: {buckets: [16, 8], inputs: {x: {axis: 1}}}\n", "ascending"},
+		{"no inputs", "padding: {buckets: [8]}\n", "at least one input"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := testenv.ModelRepo(t, map[string]string{"m/1/model.onnx": string(onnxbuild.MaskedSum()), "m/config.yaml": tt.config})
+			repo, err := model.Load(dir, rt.Inspect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got error
+			if f, err := repo.Family("m"); err != nil {
+				got = err // the config itself was refused
+			} else {
+				got = f.Refused[1]
+			}
+			if len(repo.Problems) > 0 {
+				got = repo.Problems[0]
+			}
+			if tt.want == "" {
+				if got != nil {
+					t.Fatal(got)
+				}
+				return
+			}
+			if got == nil || !strings.Contains(got.Error(), tt.want) {
+				t.Fatalf("got %v, want an error saying %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -557,3 +557,25 @@ func (r *Request) MarshalBinary() (data []byte, headerLen int, err error) {
 	}
 	return data, len(header), nil
 }
+
+// AppendNumber appends f as one element of datatype dt: rounded toward
+// zero for integers, nonzero as true for BOOL. BYTES takes the number's
+// decimal text.
+func AppendNumber(out []byte, dt Datatype, f float64) []byte {
+	switch dt {
+	case FP16, FP32, FP64:
+		return appendFloat(out, dt, f)
+	case Bool:
+		if f != 0 {
+			return append(out, 1)
+		}
+		return append(out, 0)
+	case Int8, Int16, Int32, Int64:
+		return appendUint(out, uint64(int64(f)), dt.Size())
+	case Uint8, Uint16, Uint32, Uint64:
+		return appendUint(out, uint64(f), dt.Size())
+	case Bytes:
+		return AppendBytesElement(out, strconv.AppendFloat(nil, f, 'g', -1, 64))
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -31,6 +32,7 @@ func fixtures(t *testing.T, configs map[string]string) (repo string, files map[s
 		"lookup":      onnxbuild.Lookup(),
 		"rowsum":      onnxbuild.RowSum(),
 		"flattened":   onnxbuild.Flattened(),
+		"maskedsum":   onnxbuild.MaskedSum(),
 	}
 	dir := t.TempDir()
 	files = map[string]string{}
@@ -156,6 +158,43 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 				t.Errorf("%d jobs ran in %.0f runs: an unbatchable model was batched", tt.n, runs)
 			}
 		})
+	}
+}
+
+// A sequence model configured with padding batches requests of different
+// lengths together, and each gets back exactly what ONNX Runtime gives for
+// its unpadded input.
+func TestPaddingBuckets(t *testing.T) {
+	repo, files := fixtures(t, map[string]string{"maskedsum": `max_queue_delay: 50ms
+padding:
+  buckets: [4, 8]
+  inputs:
+    x: {axis: 1, value: 0}
+    mask: {axis: 1, value: 0}
+  outputs:
+    y: 1
+`})
+	s := startServe(t, repo)
+	d := openDirect(t, files["maskedsum"])
+	rng := rand.New(rand.NewPCG(6, 6))
+	lengths := []int64{1, 3, 4, 2, 7, 5, 8, 6, 11, 3}
+	reqs := make([][]tensor.Tensor, 30)
+	for i := range reqs {
+		n := lengths[i%len(lengths)]
+		reqs[i] = randomInputs(rng, d.sig.Inputs, 1+i%2, n, n)
+	}
+	recs, results := runAll(t, s, "maskedsum", reqs)
+	for i, rec := range recs {
+		if rec.Status != jobs.Succeeded {
+			t.Fatalf("job %d: %+v", i, rec)
+		}
+		assertClose(t, fmt.Sprintf("job %d (length %d)", i, reqs[i][0].Shape[1]), results[i].Outputs, d.run(t, reqs[i]))
+	}
+	m := s.metrics(t)
+	// Lengths 1-4 share bucket 4, 5-8 bucket 8, and 11 runs on its own:
+	// far fewer runs than the eight distinct lengths would need.
+	if runs := m["inferq_batch_size,model=maskedsum,stat=count"]; runs > 5 {
+		t.Errorf("%v runs for 30 jobs in three length groups", runs)
 	}
 }
 

@@ -112,3 +112,19 @@ func Flattened() []byte {
 	m.Node("Reshape", []string{"x", "shape"}, []string{"y"})
 	return m.Bytes()
 }
+
+// MaskedSum is a sequence model that ignores padding: x and mask are
+// [batch, length] with a dynamic length; y = x*mask per position and
+// total = the sum of y over the length. Padding x and mask with zeros
+// changes neither, once y is trimmed back.
+func MaskedSum() []byte {
+	m := New("maskedsum")
+	m.Input("x", Float, -1, -1)
+	m.Input("mask", Float, -1, -1)
+	m.Output("y", Float, -1, -1)
+	m.Output("total", Float, -1)
+	m.Node("Mul", []string{"x", "mask"}, []string{"y"})
+	m.Int64s("axes", []int64{1}, []int64{1})
+	m.Node("ReduceSum", []string{"y", "axes"}, []string{"total"}, Int("keepdims", 0))
+	return m.Bytes()
+}
