@@ -111,11 +111,11 @@ func NewWorker(opts Options) (*Worker, error) {
 
 // item is one job in the worker's hands.
 type item struct {
-	msg     jetstream.Msg
-	job     *jobs.Job
-	model   *model.Model
-	inputs  []tensor.Tensor // in the model's input order
-	rows    int
+	msg    jetstream.Msg
+	job    *jobs.Job
+	model  *model.Model
+	inputs []tensor.Tensor // in the model's input order
+	rows   int
 	// length is the request's own length along its padded axis, when its
 	// inputs were padded: outputs are trimmed back to it. 0 when not.
 	length  int64
