@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,9 +28,12 @@ import (
 	"github.com/inferq/inferq/tensor"
 )
 
-// resultWriter stores results; the storage package's stores are.
+// resultWriter stores results, and lists and deletes them when they
+// expire; the storage package's stores are.
 type resultWriter interface {
 	Put(ctx context.Context, key string, r io.Reader) error
+	List(ctx context.Context, prefix string) ([]string, error)
+	Delete(ctx context.Context, key string) error
 }
 
 // Options configure a Worker. Family, Runtime, Queue, Results and Metrics
@@ -194,6 +198,14 @@ func (w *Worker) Run(ctx context.Context) error {
 				})
 			}
 		})
+	}
+	if keep := w.opts.Family.Default().Config.ResultRetention; keep > 0 {
+		sweeping := make(chan struct{})
+		defer func() { <-sweeping }()
+		go func() {
+			defer close(sweeping)
+			w.sweep(ctx, keep)
+		}()
 	}
 	w.log.Info("worker started", "max_batch_size", w.policy.MaxBatchSize, "max_queue_delay", w.policy.MaxQueueDelay, "instances", w.instances)
 
@@ -384,7 +396,7 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 // result is never lost to a passing outage.
 func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) []*jobs.ResultRef {
 	refs := make([]*jobs.ResultRef, len(items))
-	key := jobs.BatchResultKey(ulid.Make().String())
+	key := jobs.BatchResultKey(w.name, ulid.Make().String())
 	var buf []byte
 	for i, it := range items {
 		if errs[i] != nil {
@@ -711,4 +723,42 @@ func trim(it *item, outputs []tensor.Tensor) ([]tensor.Tensor, error) {
 		}
 	}
 	return out, nil
+}
+
+// sweep deletes the model's result objects older than keep, every tenth of
+// keep (at least a second, at most a minute), until ctx ends. An object's
+// name is the ULID of its batch, which says when it was written. Several
+// workers of a model may sweep at once; deleting twice is harmless.
+func (w *Worker) sweep(ctx context.Context, keep time.Duration) {
+	t := time.NewTicker(min(max(keep/10, time.Second), time.Minute))
+	defer t.Stop()
+	prefix := jobs.ResultPrefix(w.name)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		keys, err := w.opts.Results.List(ctx, prefix)
+		if err != nil {
+			w.log.Warn("listing results to expire", "err", err)
+			continue
+		}
+		cutoff := time.Now().Add(-keep)
+		deleted := 0
+		for _, key := range keys {
+			id, err := ulid.ParseStrict(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".jsonl"))
+			if err != nil || ulid.Time(id.Time()).After(cutoff) {
+				continue
+			}
+			if err := w.opts.Results.Delete(ctx, key); err != nil {
+				w.log.Warn("deleting expired results", "key", key, "err", err)
+				continue
+			}
+			deleted++
+		}
+		if deleted > 0 {
+			w.log.Info("expired results deleted", "objects", deleted, "older_than", keep)
+		}
+	}
 }

@@ -69,6 +69,9 @@ type Options struct {
 	// DuplicateWindow is how long a repeated publish of the same job id is
 	// recognised and dropped. Default 2m.
 	DuplicateWindow time.Duration
+	// RecordRetention is how long a job's record is kept after its last
+	// change. 0 keeps records for ever.
+	RecordRetention time.Duration
 }
 
 // Queue is inferq's JetStream layout, set up. It is safe for concurrent
@@ -120,6 +123,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Bucket:      RecordBucket,
 		Description: "inferq job records by job id",
 		History:     1,
+		TTL:         opts.RecordRetention,
 		Storage:     jetstream.FileStorage,
 		Replicas:    opts.Replicas,
 	})

@@ -72,9 +72,14 @@ func (r *Record) Public() *Record {
 	return &c
 }
 
-// BatchResultKey is where the results of the batch with the given id (a
-// ULID) are stored.
-func BatchResultKey(batchID string) string { return "results/" + batchID + ".jsonl" }
+// BatchResultKey is where the results of a model's batch with the given
+// id (a ULID, so that its name says when it was written) are stored.
+func BatchResultKey(model, batchID string) string {
+	return ResultPrefix(model) + batchID + ".jsonl"
+}
+
+// ResultPrefix is the folder of a model's result objects.
+func ResultPrefix(model string) string { return "results/" + model + "/" }
 
 // ErrJobNotFound is returned for an id that has no record.
 var ErrJobNotFound = errors.New("job not found")

@@ -71,6 +71,9 @@ type Options struct {
 	// synchronous POST /v2/models/{model}/infer waits for its job before
 	// answering 504 (the job stays queued). Default 60s.
 	MaxWait time.Duration
+	// RecordRetention is how long job records are kept, for the message
+	// about a job that is not found.
+	RecordRetention time.Duration
 	// Registerer receives the API's metrics; Gatherer serves /metrics.
 	// Nil disables each.
 	Registerer prometheus.Registerer
@@ -348,6 +351,26 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	return rec, nil
 }
 
+// expire shows a succeeded job whose result is past its model's
+// result_retention as expired: its result has been, or is about to be,
+// deleted.
+func (s *Server) expire(rec *jobs.Record) *jobs.Record {
+	if rec.Status != jobs.Succeeded || rec.FinishedAt == nil {
+		return rec
+	}
+	f, err := s.opts.Catalog.Family(rec.Model)
+	if err != nil || f.Default() == nil {
+		return rec
+	}
+	keep := f.Default().Config.ResultRetention
+	if keep > 0 && time.Since(*rec.FinishedAt) > keep {
+		rec.Status = jobs.Expired
+		rec.Result = nil
+		rec.Error = fmt.Sprintf("the result was deleted: model %s keeps results for %s (result_retention)", rec.Model, keep)
+	}
+	return rec
+}
+
 func checkID(id string) error {
 	if _, err := ulid.ParseStrict(id); err != nil {
 		return errorf(http.StatusNotFound, "job %q not found: job ids are 26-character ULIDs", id)
@@ -358,12 +381,15 @@ func checkID(id string) error {
 func (s *Server) record(ctx context.Context, id string) (*jobs.Record, error) {
 	rec, err := s.opts.Records.Get(ctx, id)
 	if errors.Is(err, jobs.ErrJobNotFound) {
+		if s.opts.RecordRetention > 0 {
+			return nil, errorf(http.StatusNotFound, "job %s not found (records are kept for %s)", id, s.opts.RecordRetention)
+		}
 		return nil, errorf(http.StatusNotFound, "job %s not found", id)
 	}
 	if err != nil {
 		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
 	}
-	return rec, nil
+	return s.expire(rec), nil
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
@@ -396,7 +422,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 		for {
 			select {
 			case rec = <-changed:
-				if rec.Status.Final() {
+				if s.expire(rec).Status.Final() {
 					break loop
 				}
 			case <-timer.C:

@@ -149,6 +149,32 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// List returns the keys of the objects directly under the folder prefix
+// (which ends in "/"), sorted. A missing folder lists nothing.
+func (d *Dir) List(ctx context.Context, prefix string) ([]string, error) {
+	if !strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("list %q: a prefix is a folder and ends in /", prefix)
+	}
+	p, err := d.path(strings.TrimSuffix(prefix, "/"))
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	var keys []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+			keys = append(keys, prefix+e.Name())
+		}
+	}
+	return keys, nil
+}
+
 // Check reports whether the store can be written, for readiness.
 func (d *Dir) Check(ctx context.Context) error {
 	st, err := os.Stat(d.root)

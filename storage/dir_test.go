@@ -15,6 +15,7 @@ type store interface {
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, prefix string) ([]string, error)
 }
 
 func testContract(t *testing.T, s store) {
@@ -70,6 +71,17 @@ func testContract(t *testing.T, s store) {
 	}
 	if err := s.Delete(ctx, "results/a.json"); err != nil {
 		t.Fatalf("deleting twice: %v", err)
+	}
+	for _, k := range []string{"results/m/b.jsonl", "results/m/a.jsonl", "results/n/c.jsonl", "results/top.json"} {
+		if err := s.Put(ctx, k, strings.NewReader(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.List(ctx, "results/m/"); err != nil || strings.Join(got, ",") != "results/m/a.jsonl,results/m/b.jsonl" {
+		t.Fatalf("list results/m/ = %v, %v", got, err)
+	}
+	if got, err := s.List(ctx, "results/none/"); err != nil || len(got) != 0 {
+		t.Fatalf("list of an empty folder = %v, %v", got, err)
 	}
 	for _, bad := range []string{"", "../etc/passwd", "a/../b", "/abs", "a//b", ".hidden", "a b", "results/%2e%2e"} {
 		if err := s.Put(ctx, bad, strings.NewReader("x")); err == nil {

@@ -368,3 +368,41 @@ func TestModelRepositoryReload(t *testing.T) {
 		t.Fatalf("job for a removed version: %d %s", r.code, r.body)
 	}
 }
+
+// A model's result_retention deletes its result objects once they are
+// older, and its jobs then read as expired.
+func TestResultRetention(t *testing.T) {
+	repo, files := fixtures(t, map[string]string{"lookup": "result_retention: 1s\n"})
+	data := t.TempDir()
+	s := startServe(t, repo, "--data", data)
+	d := openDirect(t, files["lookup"])
+	in := []tensor.Tensor{{Name: "idx", Datatype: tensor.Int64, Shape: []int64{1}, Data: binary.LittleEndian.AppendUint64(nil, 3)}}
+	id := s.submit(t, "/v1/models/lookup/jobs", requestJSON(in))
+	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+		t.Fatalf("%+v", rec)
+	}
+	assertClose(t, "fresh result", s.result(t, id).Outputs, d.run(t, in))
+	objects := filepath.Join(data, "objects", "results", "lookup")
+	if files, _ := os.ReadDir(objects); len(files) != 1 {
+		t.Fatalf("%d result objects, want 1", len(files))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		files, _ := os.ReadDir(objects)
+		var rec jobs.Record
+		do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
+		if len(files) == 0 && rec.Status == jobs.Expired {
+			if !strings.Contains(rec.Error, "result_retention") || rec.ResultURL != "" {
+				t.Fatalf("expired record: %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30s: %d result objects, job %s", len(files), rec.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := do(t, "GET", s.url+"/v1/jobs/"+id+"/result", nil); r.code != http.StatusConflict {
+		t.Fatalf("result of an expired job: %d %s", r.code, r.body)
+	}
+}

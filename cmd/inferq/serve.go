@@ -49,6 +49,7 @@ type serveFlags struct {
 	maxBody               int64
 	maxWait               time.Duration
 	modelPoll             time.Duration
+	recordRetention       time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
 	logLevel, logFormat   string
@@ -67,6 +68,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
+	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
@@ -155,7 +157,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{})
+	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention})
 	if err != nil {
 		return err
 	}
@@ -219,7 +221,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				}
 				return store.Check(ctx)
 			},
-			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait,
+			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention,
 			Registerer: reg, Gatherer: reg, Logger: log,
 		})
 		if err != nil {
