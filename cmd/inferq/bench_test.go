@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -114,30 +116,55 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 // directThroughput is ONNX Runtime's own rows per second on inputs of
-// batch rows, run back to back in process for about a second.
-func directThroughput(b *testing.B, sess *onnx.Session, sig onnx.Signature, batch int) float64 {
+// batch rows, run back to back in process for about two seconds by one
+// goroutine per session.
+func directThroughput(b *testing.B, sessions []*onnx.Session, sig onnx.Signature, batch int) float64 {
 	b.Helper()
 	rng := rand.New(rand.NewPCG(1, uint64(batch)))
 	in := randomInputs(rng, sig.Inputs, batch)
-	if _, err := sess.Run(in); err != nil { // warm up
-		b.Fatal(err)
-	}
-	runs := 0
-	start := time.Now()
-	for time.Since(start) < time.Second {
-		if _, err := sess.Run(in); err != nil {
+	for _, s := range sessions {
+		if _, err := s.Run(in); err != nil { // warm up
 			b.Fatal(err)
 		}
-		runs++
 	}
-	return float64(runs*batch) / time.Since(start).Seconds()
+	var runs atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, s := range sessions {
+		wg.Go(func() {
+			for time.Since(start) < 2*time.Second {
+				if _, err := s.Run(in); err != nil {
+					b.Error(err)
+					return
+				}
+				runs.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(runs.Load()*int64(batch)) / time.Since(start).Seconds()
+}
+
+// layout is how ONNX Runtime's threads are laid out on the CPU: one
+// session with its default thread pool (all cores), or one single-threaded
+// session per core.
+type layout struct {
+	name      string
+	instances int
+	intraOp   int
+}
+
+func layouts() []layout {
+	n := runtime.NumCPU()
+	return []layout{{"1x" + strconv.Itoa(n) + "threads", 1, 0}, {strconv.Itoa(n) + "x1thread", n, 1}}
 }
 
 // BenchmarkQueueVsDirect: a model's throughput through the whole queue
 // path (HTTP, JetStream, batching, storage, records) as a fraction of ONNX
-// Runtime's own in-process throughput at its best batch size, side by side
-// in one run. "heavy" is compute-bound (about 0.84 GFLOP a row); "light"
-// (17 MFLOP a row) shows where per-job overhead starts to show.
+// Runtime's own best in-process throughput (over batch sizes and the two
+// thread layouts), side by side in one run. The queue runs with each
+// layout. "heavy" is compute-bound (about 0.84 GFLOP a row); "light" (17
+// MFLOP a row) shows where per-job overhead starts to show.
 func BenchmarkQueueVsDirect(b *testing.B) {
 	for _, c := range []struct {
 		name  string
@@ -155,41 +182,49 @@ func BenchmarkQueueVsDirect(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			sess, err := rt.NewSession(path, sig, onnx.SessionOptions{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			best, bestBatch := 0.0, 0
-			for _, batch := range []int{1, 8, 32, 64} {
-				r := directThroughput(b, sess, sig, batch)
-				b.Logf("direct batch %d: %.0f rows/s", batch, r)
-				if r > best {
-					best, bestBatch = r, batch
+			best, bestBatch, bestLayout := 0.0, 0, ""
+			for _, l := range layouts() {
+				sessions := make([]*onnx.Session, l.instances)
+				for i := range sessions {
+					if sessions[i], err = rt.NewSession(path, sig, onnx.SessionOptions{IntraOpThreads: l.intraOp}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				for _, batch := range []int{1, 8, 32, 64} {
+					r := directThroughput(b, sessions, sig, batch)
+					b.Logf("direct %s batch %d: %.0f rows/s", l.name, batch, r)
+					if r > best {
+						best, bestBatch, bestLayout = r, batch, l.name
+					}
+				}
+				for _, s := range sessions {
+					s.Close()
 				}
 			}
-			sess.Close()
-			repo := testenv.ModelRepo(b, map[string]string{
-				"m/1/model.onnx": "@" + path,
-				"m/config.yaml":  fmt.Sprintf("max_batch_size: %d\nmax_queue_delay: 10ms\n", max(bestBatch, 32)),
-			})
-			s, nc := benchServer(b, repo)
 			rng := rand.New(rand.NewPCG(2, 2))
 			bodies := make([][]byte, c.jobs)
 			for i := range bodies {
 				bodies[i] = requestJSON(randomInputs(rng, sig.Inputs, 1))
 			}
-			b.ResetTimer()
-			var queued float64
-			for range b.N {
-				elapsed, _ := load(b, s, nc, "m", bodies, 32)
-				queued = float64(c.jobs) / elapsed.Seconds()
-			}
-			m := s.metricsB(b)
-			b.Logf("batches %v rows %v ort %.3fs", m["inferq_batch_size,model=m,stat=count"], m["inferq_batch_size,model=m,stat=sum"], m["inferq_inference_duration_seconds,model=m,stat=sum"])
 			b.ReportMetric(best, "direct_rows/s")
-			b.ReportMetric(float64(bestBatch), "direct_best_batch")
-			b.ReportMetric(queued, "queue_rows/s")
-			b.ReportMetric(queued/best, "queue/direct")
+			b.Logf("best direct: %s at batch %d; the queue runs with max_batch_size %d", bestLayout, bestBatch, bestBatch)
+			for _, l := range layouts() {
+				repo := testenv.ModelRepo(b, map[string]string{
+					"m/1/model.onnx": "@" + path,
+					"m/config.yaml": fmt.Sprintf("max_batch_size: %d\nmax_queue_delay: 10ms\ninstances: %d\nintra_op_threads: %d\n",
+						bestBatch, l.instances, l.intraOp),
+				})
+				s, nc := benchServer(b, repo)
+				var queued float64
+				for range b.N {
+					elapsed, _ := load(b, s, nc, "m", bodies, 32)
+					queued = float64(c.jobs) / elapsed.Seconds()
+				}
+				m := s.metricsB(b)
+				b.Logf("queue %s: %.0f rows/s; %v batches, %v rows, %.3fs in ONNX Runtime", l.name, queued,
+					m["inferq_batch_size,model=m,stat=count"], m["inferq_batch_size,model=m,stat=sum"], m["inferq_inference_duration_seconds,model=m,stat=sum"])
+				b.ReportMetric(queued/best, "queue_"+l.name+"/direct")
+			}
 		})
 	}
 }
