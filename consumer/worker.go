@@ -139,34 +139,37 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	defer w.unload()
 
+	// Two durable consumers, one per priority, pumped into one channel
+	// that prefers high-priority jobs.
 	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
-	cons, err := w.opts.Queue.Consumer(ctx, w.name, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
-	if err != nil {
+	var iters []jetstream.MessagesContext
+	var pumped []chan jetstream.Msg
+	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
+		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+		if err == nil {
+			var it jetstream.MessagesContext
+			it, err = cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
+			if err == nil {
+				iters = append(iters, it)
+				ch := make(chan jetstream.Msg, w.policy.MaxBatchSize)
+				pumped = append(pumped, ch)
+				go w.pump(it, ch)
+				continue
+			}
+		}
+		for _, it := range iters {
+			it.Stop()
+		}
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return err
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
-	if err != nil {
 		return fmt.Errorf("model %s: pull jobs: %w", w.name, err)
 	}
-	msgs := make(chan jetstream.Msg, w.policy.MaxBatchSize)
+	msgs := make(chan jetstream.Msg)
 	pumpDone := make(chan struct{})
 	go func() {
 		defer close(pumpDone)
-		defer close(msgs)
-		for {
-			m, err := it.Next()
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			if err != nil {
-				w.log.Warn("pulling jobs", "err", err)
-				continue
-			}
-			msgs <- m
-		}
+		prefer(pumped[0], pumped[1], msgs, 4)
 	}()
 
 	batcher, _ := batching.New[*item](w.policy, nil)
@@ -260,7 +263,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Drain: stop fetching; what was fetched and not started goes back to
 	// the queue at once, for this or another worker; batches running
 	// finish.
-	it.Drain()
+	for _, it := range iters {
+		it.Drain()
+	}
 	close(work)
 	preparers.Wait()
 	close(prepared)
@@ -280,6 +285,73 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-pumpDone
 	w.log.Info("worker stopped", "returned_to_queue", returned)
 	return nil
+}
+
+// pump moves fetched messages into ch until the iterator is closed.
+func (w *Worker) pump(it jetstream.MessagesContext, ch chan<- jetstream.Msg) {
+	defer close(ch)
+	for {
+		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			w.log.Warn("pulling jobs", "err", err)
+			continue
+		}
+		ch <- m
+	}
+}
+
+// prefer forwards messages from high and normal to out until both are
+// closed, then closes out. It takes a waiting high-priority message first,
+// but after streak of them in a row a waiting normal one, so that a steady
+// stream of high-priority jobs slows normal ones (to one in streak+1)
+// without starving them. With nothing waiting it takes whichever comes.
+func prefer[T any](high, normal <-chan T, out chan<- T, streak int) {
+	defer close(out)
+	run := 0
+	for high != nil || normal != nil {
+		first, firstIsHigh := high, true
+		if run >= streak {
+			first, firstIsHigh = normal, false
+		}
+		select {
+		case m, ok := <-first:
+			if !ok {
+				if firstIsHigh {
+					high = nil
+				} else {
+					normal = nil
+				}
+				continue
+			}
+			if firstIsHigh {
+				run++
+			} else {
+				run = 0
+			}
+			out <- m
+			continue
+		default:
+		}
+		select {
+		case m, ok := <-high:
+			if !ok {
+				high = nil
+				continue
+			}
+			run++
+			out <- m
+		case m, ok := <-normal:
+			if !ok {
+				normal = nil
+				continue
+			}
+			run = 0
+			out <- m
+		}
+	}
 }
 
 // dispatch hands a batch to a free executor, waiting for one. At shutdown
@@ -372,7 +444,7 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 	w.runIsolating(items, outputs, errs)
 	return func(ctx context.Context) {
 		defer stop()
-		refs := w.storeResults(ctx, items, outputs, errs)
+		refs, bodies := w.storeResults(ctx, items, outputs, errs)
 		var g errgroup.Group
 		g.SetLimit(32)
 		for i, it := range items {
@@ -381,7 +453,7 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 				case errs[i] != nil:
 					w.retryOrFail(ctx, it, errs[i])
 				case refs[i] != nil:
-					w.complete(ctx, it, jobs.Succeeded, "", refs[i])
+					w.complete(ctx, it, jobs.Succeeded, "", refs[i], bodies[i])
 				}
 				return nil
 			})
@@ -394,8 +466,9 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 // object, a JSON line per job, and returns where each job's result is. If
 // storage fails the jobs go back to the queue (their refs stay nil): a
 // result is never lost to a passing outage.
-func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) []*jobs.ResultRef {
+func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) ([]*jobs.ResultRef, [][]byte) {
 	refs := make([]*jobs.ResultRef, len(items))
+	bodies := make([][]byte, len(items))
 	key := jobs.BatchResultKey(w.name, ulid.Make().String())
 	var buf []byte
 	for i, it := range items {
@@ -409,7 +482,12 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		buf = append(buf, '\n')
 	}
 	if len(buf) == 0 {
-		return refs
+		return refs, bodies
+	}
+	for i, r := range refs {
+		if r != nil {
+			bodies[i] = buf[r.Offset : r.Offset+r.Length]
+		}
 	}
 	if err := w.opts.Results.Put(ctx, key, bytes.NewReader(buf)); err != nil {
 		w.log.Warn("could not store results; their jobs return to the queue", "jobs", len(items), "err", err)
@@ -420,7 +498,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 			}
 		}
 	}
-	return refs
+	return refs, bodies
 }
 
 // runIsolating runs items as one batch and fills in each job's outputs;
@@ -461,6 +539,8 @@ func (w *Worker) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []e
 
 var (
 	errGaveUp = errors.New("attempts exhausted")
+	// errExpired is a job whose deadline passed before it started.
+	errExpired = errors.New("deadline passed")
 	// errUnsplittable is a batch run whose outputs did not follow the
 	// batch dimension, so they cannot be split back per job.
 	errUnsplittable = errors.New("outputs cannot be split per job")
@@ -480,6 +560,9 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 				if r.Status.Final() {
 					return jobs.ErrConflict
 				}
+				if r.Deadline != nil && now.After(*r.Deadline) && r.Status == jobs.Queued {
+					return errExpired
+				}
 				// Attempts count the runs begun, from the record: a job
 				// fetched and handed back unstarted has not been tried, and
 				// a record left running says a run began and never
@@ -498,9 +581,19 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			switch {
 			case errors.Is(err, errGaveUp):
 				it.rec, it.rev = rec, rev
-				w.complete(ctx, it, jobs.Failed, fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1), nil)
+				w.complete(ctx, it, jobs.Failed, fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1), nil, nil)
+			case errors.Is(err, errExpired):
+				it.rec, it.rev = rec, rev
+				w.complete(ctx, it, jobs.Expired, fmt.Sprintf("its deadline, %s, passed before it could start", rec.Deadline.Format(time.RFC3339Nano)), nil, nil)
 			case errors.Is(err, jobs.ErrConflict):
+				// Finished before (or cancelled). If its worker died between
+				// the record and the acknowledgement, its announcement may
+				// have died too: announce again; the results stream drops
+				// the repeat if the first one made it.
 				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
+				if err := w.opts.Queue.Announce(rec, nil); err != nil {
+					w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
+				}
 				_ = it.msg.Ack()
 			case errors.Is(err, jobs.ErrJobNotFound):
 				w.log.Warn("job has no record; dropping it", "job", it.job.ID)
@@ -616,19 +709,19 @@ func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) {
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
-	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts), nil)
+	w.complete(ctx, it, jobs.Failed, fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts), nil, nil)
 }
 
 // finishFailed ends a job that can never run.
 func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 	w.log.Warn("job cannot run", "job", it.job.ID, "err", err)
-	w.complete(ctx, it, jobs.Failed, err.Error(), nil)
+	w.complete(ctx, it, jobs.Failed, err.Error(), nil, nil)
 }
 
 // complete moves a job to a final status, announces it and acknowledges
 // its message. If the record cannot be written the message is left to be
 // redelivered, so the job is not lost.
-func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef) {
+func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
 	now := time.Now().UTC()
 	rec, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
 		if r.Status.Final() {
@@ -653,7 +746,7 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
-	if err := w.opts.Queue.Announce(rec); err != nil {
+	if err := w.opts.Queue.Announce(rec, response); err != nil {
 		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
 	}
 	// A plain ack: if it is lost the job is delivered again, finds its

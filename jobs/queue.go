@@ -12,6 +12,8 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +31,8 @@ const (
 	RequestStream = "INFERQ_REQUESTS"
 	ResultStream  = "INFERQ_RESULTS"
 	RecordBucket  = "INFERQ_JOBS"
+	// KeyBucket maps idempotency keys to the jobs they created.
+	KeyBucket = "INFERQ_IDEMPOTENCY"
 
 	requestPrefix = "inferq.requests."
 	resultPrefix  = "inferq.results."
@@ -49,14 +53,27 @@ const (
 	HeaderHeaderLength = "Inference-Header-Content-Length"
 )
 
-// RequestSubject is the subject a model's jobs are published on.
-func RequestSubject(model string) string { return requestPrefix + model }
+// RequestSubject is the subject a model's jobs of a priority are
+// published on: inferq.requests.<model> for normal jobs and
+// inferq.requests.<model>.high for high-priority ones.
+func RequestSubject(model string, p Priority) string {
+	if p == High {
+		return requestPrefix + model + ".high"
+	}
+	return requestPrefix + model
+}
 
 // ResultSubject is the subject a model's finished jobs are announced on.
 func ResultSubject(model string) string { return resultPrefix + model }
 
-// ConsumerName is the durable consumer a model's workers share.
-func ConsumerName(model string) string { return "inferq-" + model }
+// ConsumerName is the durable consumer a model's workers share for jobs
+// of a priority.
+func ConsumerName(model string, p Priority) string {
+	if p == High {
+		return "inferq-" + model + "-high"
+	}
+	return "inferq-" + model
+}
 
 // Options configure the streams and bucket. The zero value is a sensible
 // single-node setup.
@@ -72,12 +89,19 @@ type Options struct {
 	// RecordRetention is how long a job's record is kept after its last
 	// change. 0 keeps records for ever.
 	RecordRetention time.Duration
+	// KeyRetention is how long an idempotency key is remembered. Default
+	// 24h.
+	KeyRetention time.Duration
+	// ResultStreamBytes bounds the results stream, which carries small
+	// responses inline; the oldest announcements go first. Default 1 GiB.
+	ResultStreamBytes int64
 }
 
 // Queue is inferq's JetStream layout, set up. It is safe for concurrent
 // use.
 type Queue struct {
 	js      jetstream.JetStream
+	keys    jetstream.KeyValue
 	Records *Records
 }
 
@@ -89,6 +113,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	}
 	if opts.ResultRetention <= 0 {
 		opts.ResultRetention = 24 * time.Hour
+	}
+	if opts.ResultStreamBytes <= 0 {
+		opts.ResultStreamBytes = 1 << 30
+	}
+	if opts.KeyRetention <= 0 {
+		opts.KeyRetention = 24 * time.Hour
 	}
 	if opts.DuplicateWindow <= 0 {
 		opts.DuplicateWindow = 2 * time.Minute
@@ -115,6 +145,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Replicas:    opts.Replicas,
 		Duplicates:  opts.DuplicateWindow,
 		MaxAge:      opts.ResultRetention,
+		MaxBytes:    opts.ResultStreamBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("set up stream %s: %w", ResultStream, err)
@@ -130,7 +161,18 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, fmt.Errorf("set up bucket %s: %w", RecordBucket, err)
 	}
-	return &Queue{js: js, Records: &Records{kv: kv}}, nil
+	keys, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      KeyBucket,
+		Description: "inferq idempotency keys: the job each created",
+		History:     1,
+		TTL:         opts.KeyRetention,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up bucket %s: %w", KeyBucket, err)
+	}
+	return &Queue{js: js, keys: keys, Records: &Records{kv: kv}}, nil
 }
 
 // Job is a request on its way to a model.
@@ -140,6 +182,8 @@ type Job struct {
 	// Version pins a model version; 0 runs the default version.
 	Version int64
 	Request *tensor.Request
+	// Priority picks the subject, and so the consumer, the job goes to.
+	Priority Priority
 	// Record and Revision are the job's record as it was queued, when the
 	// message carries it: a hint that saves a read, checked by the
 	// compare-and-set of the first update.
@@ -179,7 +223,7 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
 	}
-	msg := nats.NewMsg(RequestSubject(job.Model))
+	msg := nats.NewMsg(RequestSubject(job.Model, job.Priority))
 	msg.Data = data
 	msg.Header.Set(HeaderJobID, job.ID)
 	msg.Header.Set(HeaderModel, job.Model)
@@ -238,8 +282,9 @@ type ConsumerOptions struct {
 	MaxAckPending int
 }
 
-// Consumer creates or updates the durable consumer of a model's jobs.
-func (q *Queue) Consumer(ctx context.Context, model string, opts ConsumerOptions) (jetstream.Consumer, error) {
+// Consumer creates or updates the durable consumer of a model's jobs of
+// priority p.
+func (q *Queue) Consumer(ctx context.Context, model string, p Priority, opts ConsumerOptions) (jetstream.Consumer, error) {
 	if opts.AckWait <= 0 {
 		opts.AckWait = 60 * time.Second
 	}
@@ -247,9 +292,9 @@ func (q *Queue) Consumer(ctx context.Context, model string, opts ConsumerOptions
 		opts.MaxAckPending = 1024
 	}
 	c, err := q.js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
-		Durable:       ConsumerName(model),
-		Description:   "inferq workers of model " + model,
-		FilterSubject: RequestSubject(model),
+		Durable:       ConsumerName(model, p),
+		Description:   "inferq workers of model " + model + " (" + string(p) + " priority)",
+		FilterSubject: RequestSubject(model, p),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       opts.AckWait,
 		MaxDeliver:    -1, // attempts are counted by the worker, which ends the job failed
@@ -269,29 +314,66 @@ type Depth struct {
 	InFlight int
 }
 
-// Depth reads the depth of a model's queue from its consumer.
+// Depth reads the depth of a model's queue from its consumers, both
+// priorities together. A consumer not created yet (no worker has run)
+// counts the stream's messages on its subject as pending.
 func (q *Queue) Depth(ctx context.Context, model string) (Depth, error) {
-	c, err := q.js.Consumer(ctx, RequestStream, ConsumerName(model))
-	if err != nil {
-		return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+	var d Depth
+	for _, p := range []Priority{Normal, High} {
+		c, err := q.js.Consumer(ctx, RequestStream, ConsumerName(model, p))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			n, err := q.waiting(ctx, RequestSubject(model, p))
+			if err != nil {
+				return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+			}
+			d.Pending += n
+			continue
+		}
+		if err != nil {
+			return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
+		}
+		d.Pending += info.NumPending
+		d.InFlight += info.NumAckPending
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return Depth{}, fmt.Errorf("queue depth of %s: %w", model, err)
-	}
-	return Depth{Pending: info.NumPending, InFlight: info.NumAckPending}, nil
+	return d, nil
 }
 
+// waiting counts the messages in the request stream on subject.
+func (q *Queue) waiting(ctx context.Context, subject string) (uint64, error) {
+	s, err := q.js.Stream(ctx, RequestStream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Subjects[subject], nil
+}
+
+// MaxInlineResponse is the largest V2 response an announcement carries;
+// a larger one is read through the record's result_url.
+const MaxInlineResponse = 256 << 10
+
 // Announce publishes a finished job's record on its model's results
-// subject. The job id is the message id, so a repeat is dropped. It does
-// not wait for JetStream's acknowledgement: announcements are
-// notifications, the record is the truth, and a job finishes faster
-// without a round trip here. Failures reach the JetStream context's async
-// error handler.
-func (q *Queue) Announce(rec *Record) error {
+// subject, with its V2 response inline as "response" when it is given and
+// no larger than MaxInlineResponse. The job id is the message id, so a
+// repeat is dropped. It does not wait for JetStream's acknowledgement:
+// announcements are notifications, the record is the truth, and a job
+// finishes faster without a round trip here. Failures reach the JetStream
+// context's async error handler.
+func (q *Queue) Announce(rec *Record, response []byte) error {
 	b, err := json.Marshal(rec.Public())
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	if len(response) > 0 && len(response) <= MaxInlineResponse {
+		b = append(b[:len(b)-1], `,"response":`...)
+		b = append(append(b, response...), '}')
 	}
 	msg := nats.NewMsg(ResultSubject(rec.Model))
 	msg.Data = b
@@ -300,4 +382,81 @@ func (q *Queue) Announce(rec *Record) error {
 		return fmt.Errorf("announce job %s: %w", rec.ID, err)
 	}
 	return nil
+}
+
+// Announcement is what inferq.results.<model> carries: a finished job's
+// record and, for a succeeded job whose response is small enough, the
+// response.
+type Announcement struct {
+	Record
+	Response json.RawMessage `json:"response,omitempty"`
+}
+
+// ClaimKey ties an idempotency key of a model to job id, unless the key
+// is already tied to a job: then it returns that job's id. Keys are
+// hashed, so any string the client sends is a valid key.
+func (q *Queue) ClaimKey(ctx context.Context, model, key, id string) (existing string, err error) {
+	k := keyName(model, key)
+	if _, err := q.keys.Create(ctx, k, []byte(id)); err == nil {
+		return "", nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", fmt.Errorf("idempotency key: %w", err)
+	}
+	e, err := q.keys.Get(ctx, k)
+	if err != nil {
+		return "", fmt.Errorf("idempotency key: %w", err)
+	}
+	return string(e.Value()), nil
+}
+
+// ReleaseKey unties an idempotency key, when its job could not be queued.
+func (q *Queue) ReleaseKey(ctx context.Context, model, key string) error {
+	return q.keys.Purge(ctx, keyName(model, key))
+}
+
+func keyName(model, key string) string {
+	sum := sha256.Sum256([]byte(model + "\x00" + key))
+	return hex.EncodeToString(sum[:])
+}
+
+// FollowResults calls fn with each announcement of model's finished jobs,
+// in order, with its sequence in the results stream, until ctx ends or fn
+// returns an error. It starts after sequence after; with after 0, all
+// retained announcements when fromStart, else only new ones. An ordered
+// consumer carries it, so nothing is skipped or repeated.
+func (q *Queue) FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{ResultSubject(model)}, DeliverPolicy: jetstream.DeliverNewPolicy}
+	switch {
+	case after > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+	case fromStart:
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	}
+	cons, err := q.js.OrderedConsumer(ctx, ResultStream, cfg)
+	if err != nil {
+		return fmt.Errorf("follow results of %s: %w", model, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("follow results of %s: %w", model, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow results of %s: %w", model, err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("follow results of %s: %w", model, err)
+		}
+		if err := fn(meta.Sequence.Stream, m.Data()); err != nil {
+			return err
+		}
+	}
 }

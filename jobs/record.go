@@ -23,6 +23,27 @@ const (
 	Expired   Status = "expired"
 )
 
+// Priority is how a job is ordered against others of its model.
+type Priority string
+
+// Priorities. High jobs are taken ahead of normal ones, but normal ones
+// still get a share (see consumer).
+const (
+	Normal Priority = ""
+	High   Priority = "high"
+)
+
+// ParsePriority reads a priority as clients write it.
+func ParsePriority(s string) (Priority, error) {
+	switch s {
+	case "", "normal":
+		return Normal, nil
+	case "high":
+		return High, nil
+	}
+	return Normal, fmt.Errorf("priority %q: want high or normal", s)
+}
+
 // Final reports whether a job in status s will change no more.
 func (s Status) Final() bool {
 	return s == Succeeded || s == Failed || s == Cancelled || s == Expired
@@ -44,6 +65,17 @@ type Record struct {
 	ClientID string `json:"client_id,omitempty"`
 	// Rows is the request's batch dimension.
 	Rows int `json:"rows,omitempty"`
+	// Priority is "high" for a job batched ahead of normal ones; empty for
+	// normal.
+	Priority Priority `json:"priority,omitempty"`
+	// Deadline is when a job that has not started expires.
+	Deadline *time.Time `json:"deadline,omitempty"`
+	// Webhook is a URL called with the record and result when the job
+	// finishes.
+	Webhook string `json:"webhook,omitempty"`
+	// Batch and Line place a job made from a line of a batch file.
+	Batch string `json:"batch_id,omitempty"`
+	Line  int64  `json:"line,omitempty"`
 	// Result is where the result of a succeeded job is stored. It is kept
 	// in the bucket and not shown to clients, who read the result through
 	// ResultURL.

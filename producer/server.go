@@ -12,7 +12,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -35,11 +37,15 @@ type Catalog interface {
 // Queue stores jobs; *jobs.Queue is one.
 type Queue interface {
 	Submit(ctx context.Context, job *jobs.Job, rec *jobs.Record) error
+	Announce(rec *jobs.Record, response []byte) error
+	ClaimKey(ctx context.Context, model, key, id string) (existing string, err error)
+	ReleaseKey(ctx context.Context, model, key string) error
 }
 
-// Records reads job records; *jobs.Records is one.
+// Records reads and updates job records; *jobs.Records is one.
 type Records interface {
 	Get(ctx context.Context, id string) (*jobs.Record, error)
+	Update(ctx context.Context, id string, fn func(*jobs.Record) error) (*jobs.Record, error)
 }
 
 // Results reads stored results; the storage package's stores are.
@@ -60,6 +66,9 @@ type Options struct {
 	Records Records
 	Results Results
 	Watcher Watcher
+	// Stream follows models' finished jobs, for GET
+	// /v1/models/{model}/results; *jobs.Queue is one.
+	Stream ResultStream
 	// Ready reports whether the API can take jobs (NATS and storage
 	// reachable); nil means always.
 	Ready func(ctx context.Context) error
@@ -87,7 +96,15 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	// closing is closed by Shutdown, to end long-lived streams.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
+
+// Shutdown ends the event streams being served, so that an http.Server
+// shutting down does not wait on them. Register it with
+// http.Server.RegisterOnShutdown.
+func (s *Server) Shutdown() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // New returns a Server.
 func New(opts Options) (*Server, error) {
@@ -103,7 +120,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux()}
+	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux(), closing: make(chan struct{})}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -122,6 +139,9 @@ func (s *Server) routes() {
 	handle("POST /v2/models/{model}/infer", s.infer)
 	handle("POST /v2/models/{model}/versions/{version}/infer", s.infer)
 	handle("GET /v1/jobs/{id}", s.getJob)
+	handle("DELETE /v1/jobs/{id}", s.cancel)
+	handle("GET /v1/jobs/{id}/events", s.jobEvents)
+	handle("GET /v1/models/{model}/results", s.modelResults)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
 	handle("GET /v1/models", s.listModels)
 	handle("GET /v2/models/{model}", s.modelMetadata)
@@ -326,17 +346,30 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
+	now := time.Now().UTC()
 	id := ulid.Make().String()
-	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
-	if r.PathValue("version") != "" {
-		job.Version = m.Version
-	}
 	rec := &jobs.Record{
-		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(),
+		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: now,
 		ClientID: req.ID, Rows: rows,
 	}
-	if job.Version != 0 {
+	if err := jobOptions(r.Header, rec); err != nil {
+		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
+		return nil, errorf(http.StatusBadRequest, "%v", err)
+	}
+	job := &jobs.Job{ID: id, Model: m.Name, Request: req, Priority: rec.Priority}
+	if r.PathValue("version") != "" {
+		job.Version = m.Version
 		rec.ModelVersion = m.VersionString()
+	}
+	if key := r.Header.Get("Idempotency-Key"); key != "" {
+		existing, err := s.opts.Queue.ClaimKey(r.Context(), m.Name, key, id)
+		if err != nil {
+			return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable, the job was not accepted; retry later"}
+		}
+		if existing != "" {
+			w.Header().Set("Idempotent-Replayed", "true")
+			return s.record(r.Context(), existing)
+		}
 	}
 	for _, f := range before {
 		f(id)
@@ -344,11 +377,57 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
 		s.log.Warn("could not queue job", "model", m.Name, "err", err)
 		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
+		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
+		}
 		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
 			msg: "the queue is unavailable, the job was not accepted; retry later"}
 	}
 	s.metrics.accepted.WithLabelValues(m.Name).Inc()
 	return rec, nil
+}
+
+// Request headers that set a job's options.
+const (
+	headerPriority = "Inferq-Priority" // high or normal
+	headerDeadline = "Inferq-Deadline" // RFC 3339 time
+	headerTimeout  = "Inferq-Timeout"  // duration from now, such as 30s
+	headerWebhook  = "Inferq-Webhook"  // http(s) URL
+)
+
+// jobOptions reads the optional job headers into rec.
+func jobOptions(h http.Header, rec *jobs.Record) error {
+	p, err := jobs.ParsePriority(h.Get(headerPriority))
+	if err != nil {
+		return fmt.Errorf("%s: %w", headerPriority, err)
+	}
+	rec.Priority = p
+	if v := h.Get(headerDeadline); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return fmt.Errorf("%s %q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", headerDeadline, v)
+		}
+		t = t.UTC()
+		rec.Deadline = &t
+	}
+	if v := h.Get(headerTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("%s %q: want a positive duration such as 30s or 5m", headerTimeout, v)
+		}
+		t := rec.CreatedAt.Add(d)
+		if rec.Deadline == nil || t.Before(*rec.Deadline) {
+			rec.Deadline = &t
+		}
+	}
+	if v := h.Get(headerWebhook); v != "" {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s %q: want an absolute http or https URL", headerWebhook, v)
+		}
+		rec.Webhook = v
+	}
+	return nil
 }
 
 // expire shows a succeeded job whose result is past its model's

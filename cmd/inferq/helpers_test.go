@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,11 +29,12 @@ import (
 // server is an inferq started in process by a test, with the real wiring
 // of `inferq serve`.
 type server struct {
-	url string
+	url  string
+	stop func()
 }
 
 // startServe runs `inferq serve` in process on free ports and stops it
-// when the test ends.
+// when the test ends (or at stop).
 func startServe(t *testing.T, models string, extra ...string) *server {
 	t.Helper()
 	testenv.ORTLibrary(t) // fail early, with the reason, if it is missing
@@ -44,20 +46,24 @@ func startServe(t *testing.T, models string, extra ...string) *server {
 	go func() {
 		done <- serveCmd(ctx, args, testWriter{t}, modeServe, func(a string) { addr <- a })
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			case <-time.After(60 * time.Second):
+				t.Error("serve did not stop within 60s of cancellation")
 			}
-		case <-time.After(60 * time.Second):
-			t.Error("serve did not stop within 60s of cancellation")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case a := <-addr:
-		return &server{url: "http://" + a}
+		return &server{url: "http://" + a, stop: stop}
 	case err := <-done:
 		t.Fatalf("serve stopped at start: %v", err)
 	case <-time.After(60 * time.Second):

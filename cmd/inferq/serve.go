@@ -214,7 +214,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
-			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher,
+			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
@@ -232,6 +232,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return fmt.Errorf("listen on %s: %w", f.http, err)
 		}
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+		srv.RegisterOnShutdown(api.Shutdown)
 		log.Info("HTTP API listening", "addr", ln.Addr().String())
 		if onListen != nil {
 			onListen(ln.Addr().String())

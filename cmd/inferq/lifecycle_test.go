@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/tensor"
+)
+
+type sseEvent struct{ id, name, data string }
+
+// openSSE opens an event stream and delivers its events on a channel,
+// closed when the stream ends. Closing the returned function drops the
+// connection.
+func openSSE(t *testing.T, url, lastID string) (<-chan sseEvent, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
+		b, _ := io.ReadAll(res.Body)
+		t.Fatalf("GET %s: %d %s %s", url, res.StatusCode, res.Header.Get("Content-Type"), b)
+	}
+	ch := make(chan sseEvent, 1024)
+	go func() {
+		defer close(ch)
+		defer res.Body.Close()
+		sc := bufio.NewScanner(res.Body)
+		sc.Buffer(nil, 1<<20)
+		var ev sseEvent
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if ev.data != "" {
+					ch <- ev
+				}
+				ev = sseEvent{}
+			case strings.HasPrefix(line, "id: "):
+				ev.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				ev.name = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				ev.data = line[6:]
+			}
+		}
+	}()
+	return ch, cancel
+}
+
+func lookupRequest(idx int64) []byte {
+	return requestJSON([]tensor.Tensor{{Name: "idx", Datatype: tensor.Int64, Shape: []int64{1}, Data: binary.LittleEndian.AppendUint64(nil, uint64(idx))}})
+}
+
+// A client of GET /v1/models/{model}/results that drops the connection and
+// comes back with Last-Event-ID gets every result exactly once.
+func TestResultStreamResumes(t *testing.T) {
+	repo, _ := fixtures(t, nil)
+	s := startServe(t, repo)
+	events, drop := openSSE(t, s.url+"/v1/models/lookup/results", "")
+	want := map[string]bool{}
+	for i := range 20 {
+		want[s.submit(t, "/v1/models/lookup/jobs", lookupRequest(int64(i%10)))] = true
+	}
+	seen := map[string]int{}
+	lastID := ""
+	read := func(ch <-chan sseEvent, n int) {
+		t.Helper()
+		for range n {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					t.Fatal("stream ended")
+				}
+				if ev.name != "result" || ev.id == "" {
+					t.Fatalf("event %+v", ev)
+				}
+				var a jobs.Announcement
+				if err := json.Unmarshal([]byte(ev.data), &a); err != nil {
+					t.Fatal(err)
+				}
+				if a.Status != jobs.Succeeded || len(a.Response) == 0 || a.ResultURL == "" || a.Result != nil {
+					t.Fatalf("announcement %s", ev.data)
+				}
+				resp, err := tensor.DecodeResponse(a.Response)
+				if err != nil || resp.ID != a.ID {
+					t.Fatalf("inline response %s: %v", a.Response, err)
+				}
+				seen[a.ID]++
+				lastID = ev.id
+			case <-time.After(30 * time.Second):
+				t.Fatalf("only %d results within 30s", len(seen))
+			}
+		}
+	}
+	read(events, 8)
+	drop()
+	// Jobs that finish while the client is away.
+	for i := range 20 {
+		id := s.submit(t, "/v1/models/lookup/jobs", lookupRequest(int64(i%10)))
+		want[id] = true
+		s.await(t, id, 30*time.Second)
+	}
+	events, drop = openSSE(t, s.url+"/v1/models/lookup/results", lastID)
+	defer drop()
+	read(events, 40-8)
+	for id := range want {
+		if seen[id] != 1 {
+			t.Errorf("job %s seen %d times", id, seen[id])
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("%d jobs seen, want %d", len(seen), len(want))
+	}
+	select {
+	case ev := <-events:
+		t.Errorf("an extra event after all %d: %+v", len(want), ev)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// GET /v1/jobs/{id}/events sends the record at each change of state and
+// ends after the final one.
+func TestJobEvents(t *testing.T) {
+	repo, _ := fixtures(t, map[string]string{"lookup": "max_queue_delay: 300ms\n"})
+	s := startServe(t, repo)
+	id := s.submit(t, "/v1/models/lookup/jobs", lookupRequest(2))
+	events, drop := openSSE(t, s.url+"/v1/jobs/"+id+"/events", "")
+	defer drop()
+	var states []string
+	for ev := range events {
+		var rec jobs.Record
+		if err := json.Unmarshal([]byte(ev.data), &rec); err != nil || rec.ID != id || string(rec.Status) != ev.name {
+			t.Fatalf("event %+v: %v", ev, err)
+		}
+		states = append(states, ev.name)
+	}
+	if !slices.Equal(states, []string{"queued", "running", "succeeded"}) {
+		t.Fatalf("states %v, want queued, running, succeeded and the end of the stream", states)
+	}
+}
+
+// Jobs queued while no worker runs: a cancelled one is skipped when the
+// workers come, one past its deadline expires, high-priority ones are run
+// ahead of normal ones, and a repeated Idempotency-Key answers the same
+// job.
+func TestQueuedJobLifecycle(t *testing.T) {
+	repo, _ := fixtures(t, map[string]string{"lookup": "max_batch_size: 1\n"})
+	data := t.TempDir()
+	// First only an API: no worker for lookup.
+	s := startServe(t, repo, "--data", data, "--only", "none")
+	post := func(idx int64, header ...string) (int, jobs.Record, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", s.url+"/v1/models/lookup/jobs", strings.NewReader(string(lookupRequest(idx))))
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var rec jobs.Record
+		json.NewDecoder(res.Body).Decode(&rec)
+		return res.StatusCode, rec, res.Header
+	}
+
+	_, cancelled, _ := post(1)
+	r := do(t, "DELETE", s.url+"/v1/jobs/"+cancelled.ID, nil)
+	var rec jobs.Record
+	r.json(t, &rec)
+	if r.code != http.StatusOK || rec.Status != jobs.Cancelled {
+		t.Fatalf("cancel: %d %s", r.code, r.body)
+	}
+	if r := do(t, "DELETE", s.url+"/v1/jobs/"+cancelled.ID, nil); r.code != http.StatusConflict {
+		t.Fatalf("cancelling twice: %d %s", r.code, r.body)
+	}
+
+	_, expiring, _ := post(2, "Inferq-Timeout", "100ms")
+	if expiring.Deadline == nil {
+		t.Fatalf("no deadline in %+v", expiring)
+	}
+
+	code, first, _ := post(3, "Idempotency-Key", "order-42")
+	code2, again, h := post(4, "Idempotency-Key", "order-42")
+	if code != 202 || code2 != 202 || again.ID != first.ID || h.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("idempotent repeat: %d %s, %d %s %v", code, first.ID, code2, again.ID, h)
+	}
+	if _, other, _ := post(3, "Idempotency-Key", "order-43"); other.ID == first.ID {
+		t.Fatal("a different key answered the same job")
+	}
+
+	var normal, high []string
+	for i := range 30 {
+		_, rec, _ := post(int64(i % 10))
+		normal = append(normal, rec.ID)
+	}
+	for i := range 6 {
+		code, rec, _ := post(int64(i%10), "Inferq-Priority", "high")
+		if code != 202 || rec.Priority != jobs.High {
+			t.Fatalf("high-priority job: %d %+v", code, rec)
+		}
+		high = append(high, rec.ID)
+	}
+	for _, bad := range [][]string{{"Inferq-Priority", "urgent"}, {"Inferq-Timeout", "soon"}, {"Inferq-Deadline", "tomorrow"}, {"Inferq-Webhook", "ftp://x"}} {
+		if code, _, _ := post(1, bad...); code != http.StatusBadRequest {
+			t.Errorf("%s: %s accepted (%d)", bad[0], bad[1], code)
+		}
+	}
+	time.Sleep(150 * time.Millisecond) // past the deadline
+	s.stop()
+
+	// Now with workers, on the same data.
+	s = startServe(t, repo, "--data", data)
+	if rec := s.await(t, cancelled.ID, 30*time.Second); rec.Status != jobs.Cancelled || rec.Attempts != 0 {
+		t.Errorf("cancelled job: %+v", rec)
+	}
+	if rec := s.await(t, expiring.ID, 30*time.Second); rec.Status != jobs.Expired || !strings.Contains(rec.Error, "deadline") {
+		t.Errorf("job past its deadline: %+v", rec)
+	}
+	finished := func(id string) time.Time {
+		rec := s.await(t, id, 30*time.Second)
+		if rec.Status != jobs.Succeeded {
+			t.Fatalf("%+v", rec)
+		}
+		return *rec.FinishedAt
+	}
+	var lastHigh time.Time
+	for _, id := range high {
+		if f := finished(id); f.After(lastHigh) {
+			lastHigh = f
+		}
+	}
+	before := 0
+	for _, id := range normal {
+		if finished(id).Before(lastHigh) {
+			before++
+		}
+	}
+	// Up to 4 high jobs run per normal one, and a few normal jobs were
+	// already fetched when the high ones arrived.
+	if before > 12 {
+		t.Errorf("%d of 30 normal jobs finished before the last of 6 high-priority ones", before)
+	}
+	t.Logf("%d of 30 normal jobs finished before the last high-priority one", before)
+}
