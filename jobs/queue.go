@@ -43,6 +43,8 @@ const (
 	HeaderJobID   = "Inferq-Job-Id"
 	HeaderModel   = "Inferq-Model"
 	HeaderVersion = "Inferq-Model-Version"
+	// HeaderWebhook, on an announcement, is the webhook its job names.
+	HeaderWebhook = "Inferq-Webhook"
 	// HeaderRecord and HeaderRecordRevision carry the job's record as it
 	// was created, and its revision in the bucket. Optional: a worker
 	// without them reads the record.
@@ -378,6 +380,9 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 	msg := nats.NewMsg(ResultSubject(rec.Model))
 	msg.Data = b
 	msg.Header.Set(HeaderJobID, rec.ID)
+	if rec.Webhook != "" {
+		msg.Header.Set(HeaderWebhook, rec.Webhook)
+	}
 	if _, err := q.js.PublishMsgAsync(msg, jetstream.WithMsgID(rec.ID)); err != nil {
 		return fmt.Errorf("announce job %s: %w", rec.ID, err)
 	}
@@ -459,4 +464,23 @@ func (q *Queue) FollowResults(ctx context.Context, model string, after uint64, f
 			return err
 		}
 	}
+}
+
+// WebhookConsumer creates or updates the durable consumer that webhook
+// dispatchers share: every announcement of every model, each delivered
+// to one dispatcher, at most maxDeliver times.
+func (q *Queue) WebhookConsumer(ctx context.Context, maxDeliver int) (jetstream.Consumer, error) {
+	c, err := q.js.CreateOrUpdateConsumer(ctx, ResultStream, jetstream.ConsumerConfig{
+		Durable:       "inferq-webhooks",
+		Description:   "inferq webhook dispatchers",
+		FilterSubject: resultPrefix + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxDeliver:    maxDeliver,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up webhook consumer: %w", err)
+	}
+	return c, nil
 }

@@ -5,15 +5,19 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/tensor"
+	"github.com/inferq/inferq/webhook"
 )
 
 type sseEvent struct{ id, name, data string }
@@ -258,4 +262,69 @@ func TestQueuedJobLifecycle(t *testing.T) {
 		t.Errorf("%d of 30 normal jobs finished before the last of 6 high-priority ones", before)
 	}
 	t.Logf("%d of 30 normal jobs finished before the last high-priority one", before)
+}
+
+// A job's webhook is called when it finishes, signed, and retried until the
+// receiver takes it.
+func TestWebhook(t *testing.T) {
+	type call struct {
+		body []byte
+		sig  string
+	}
+	calls := make(chan call, 10)
+	failures := 2
+	var mu sync.Mutex
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		calls <- call{b, r.Header.Get(webhook.SignatureHeader)}
+		mu.Lock()
+		defer mu.Unlock()
+		if failures > 0 {
+			failures--
+			http.Error(w, "not now", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer receiver.Close()
+	repo, _ := fixtures(t, nil)
+	secret := "s3cret"
+	s := startServe(t, repo, "--webhook-secret", secret, "--webhook-backoff", "50ms")
+	req, _ := http.NewRequest("POST", s.url+"/v1/models/lookup/jobs", strings.NewReader(string(lookupRequest(5))))
+	req.Header.Set("Inferq-Webhook", receiver.URL+"/hook")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec jobs.Record
+	json.NewDecoder(res.Body).Decode(&rec)
+	res.Body.Close()
+	for i := range 3 {
+		select {
+		case c := <-calls:
+			var a jobs.Announcement
+			if err := json.Unmarshal(c.body, &a); err != nil || a.ID != rec.ID || a.Status != jobs.Succeeded || len(a.Response) == 0 {
+				t.Fatalf("call %d: %s (%v)", i, c.body, err)
+			}
+			// Verify the signature as a receiver would.
+			var ts int64
+			var mac string
+			if _, err := fmt.Sscanf(strings.Replace(c.sig, ",v1=", " ", 1), "t=%d %s", &ts, &mac); err != nil {
+				t.Fatalf("signature %q: %v", c.sig, err)
+			}
+			if want := webhook.Sign([]byte(secret), c.body, time.Unix(ts, 0)); want != c.sig || time.Since(time.Unix(ts, 0)) > time.Minute {
+				t.Fatalf("signature %q, want %q", c.sig, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("webhook called %d times, want 3 (two failures, then delivered)", i)
+		}
+	}
+	select {
+	case c := <-calls:
+		t.Fatalf("called again after a 2xx: %s", c.body)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if got := s.metrics(t)["inferq_webhook_deliveries_total,outcome=delivered"]; got != 1 {
+		t.Errorf("%v deliveries counted", got)
+	}
 }

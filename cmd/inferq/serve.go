@@ -28,6 +28,7 @@ import (
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/producer"
 	"github.com/inferq/inferq/storage"
+	"github.com/inferq/inferq/webhook"
 )
 
 type mode int
@@ -50,6 +51,9 @@ type serveFlags struct {
 	maxWait               time.Duration
 	modelPoll             time.Duration
 	recordRetention       time.Duration
+	webhookSecret         string
+	webhookAttempts       int
+	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
 	logLevel, logFormat   string
@@ -73,6 +77,9 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes")
+		fs.StringVar(&f.webhookSecret, "webhook-secret", "", "secret that signs webhook calls (HMAC-SHA256 in the Inferq-Signature header); empty sends them unsigned")
+		fs.IntVar(&f.webhookAttempts, "webhook-attempts", 10, "calls made to a job's webhook before giving up")
+		fs.DurationVar(&f.webhookBackoff, "webhook-backoff", 2*time.Second, "wait after a failed webhook call; doubles each time, up to 10m")
 		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest a job poll (?wait=) or a synchronous /v2 infer call waits for a job")
 	}
 	if m == modeServe {
@@ -231,6 +238,14 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", f.http, err)
 		}
+		hooks, err := webhook.New(webhook.Options{
+			Source: q, Secret: []byte(f.webhookSecret), MaxAttempts: f.webhookAttempts, Backoff: f.webhookBackoff,
+			Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return hooks.Run(gctx) })
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 		srv.RegisterOnShutdown(api.Shutdown)
 		log.Info("HTTP API listening", "addr", ln.Addr().String())
