@@ -453,7 +453,11 @@ func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
 				case errs[i] != nil:
 					w.retryOrFail(ctx, it, errs[i])
 				case refs[i] != nil:
-					w.complete(ctx, it, jobs.Succeeded, "", refs[i], bodies[i])
+					body := bodies[i]
+					if it.job.Record != nil && it.job.Record.Batch != "" {
+						body = nil // batch output is read from storage, not streamed
+					}
+					w.complete(ctx, it, jobs.Succeeded, "", refs[i], body)
 				}
 				return nil
 			})

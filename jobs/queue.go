@@ -105,6 +105,7 @@ type Queue struct {
 	js      jetstream.JetStream
 	keys    jetstream.KeyValue
 	Records *Records
+	Batches *Batches
 }
 
 // Setup creates or updates the streams and the bucket and returns the
@@ -174,7 +175,18 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, fmt.Errorf("set up bucket %s: %w", KeyBucket, err)
 	}
-	return &Queue{js: js, keys: keys, Records: &Records{kv: kv}}, nil
+	batches, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BatchBucket,
+		Description: "inferq batch file records by batch id",
+		History:     1,
+		TTL:         opts.RecordRetention,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up bucket %s: %w", BatchBucket, err)
+	}
+	return &Queue{js: js, keys: keys, Records: &Records{kv: kv}, Batches: &Batches{kv: batches}}, nil
 }
 
 // Job is a request on its way to a model.
@@ -382,6 +394,9 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 	msg.Header.Set(HeaderJobID, rec.ID)
 	if rec.Webhook != "" {
 		msg.Header.Set(HeaderWebhook, rec.Webhook)
+	}
+	if rec.Batch != "" {
+		msg.Header.Set(HeaderBatch, rec.Batch)
 	}
 	if _, err := q.js.PublishMsgAsync(msg, jetstream.WithMsgID(rec.ID)); err != nil {
 		return fmt.Errorf("announce job %s: %w", rec.ID, err)

@@ -73,9 +73,10 @@ type Record struct {
 	// Webhook is a URL called with the record and result when the job
 	// finishes.
 	Webhook string `json:"webhook,omitempty"`
-	// Batch and Line place a job made from a line of a batch file.
+	// Batch is the batch file a job was made from, and Lines how many of
+	// its lines the job packs.
 	Batch string `json:"batch_id,omitempty"`
-	Line  int64  `json:"line,omitempty"`
+	Lines int    `json:"lines,omitempty"`
 	// Result is where the result of a succeeded job is stored. It is kept
 	// in the bucket and not shown to clients, who read the result through
 	// ResultURL.

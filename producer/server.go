@@ -66,6 +66,13 @@ type Options struct {
 	Records Records
 	Results Results
 	Watcher Watcher
+	// Batches and Objects keep batch files' records and indexes; without
+	// them batch files are not served.
+	Batches BatchStore
+	Objects ObjectWriter
+	// MaxBatchBytes bounds a batch file, which is read as it arrives, not
+	// held in memory. Default 16 GiB.
+	MaxBatchBytes int64
 	// Stream follows models' finished jobs, for GET
 	// /v1/models/{model}/results; *jobs.Queue is one.
 	Stream ResultStream
@@ -114,6 +121,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 20
 	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = 16 << 30
+	}
 	if opts.MaxWait <= 0 {
 		opts.MaxWait = 60 * time.Second
 	}
@@ -142,6 +152,10 @@ func (s *Server) routes() {
 	handle("DELETE /v1/jobs/{id}", s.cancel)
 	handle("GET /v1/jobs/{id}/events", s.jobEvents)
 	handle("GET /v1/models/{model}/results", s.modelResults)
+	handle("POST /v1/models/{model}/batches", s.createBatch)
+	handle("GET /v1/batches/{id}", s.getBatch)
+	handle("GET /v1/batches/{id}/output", s.batchOutput)
+	handle("DELETE /v1/batches/{id}", s.cancelBatch)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
 	handle("GET /v1/models", s.listModels)
 	handle("GET /v2/models/{model}", s.modelMetadata)

@@ -56,6 +56,9 @@ type Request struct {
 	Inputs     []Tensor
 	// Outputs names the outputs wanted; empty means all of them.
 	Outputs []string
+	// CustomID is the "custom_id" of a line of a batch file, as JSON, kept
+	// to be echoed in the batch's output.
+	CustomID json.RawMessage
 }
 
 // Input returns the input named name, or nil.
@@ -94,6 +97,7 @@ type wireRequest struct {
 	Parameters json.RawMessage `json:"parameters,omitempty"`
 	Inputs     []wireTensor    `json:"inputs"`
 	Outputs    []wireOutput    `json:"outputs,omitempty"`
+	CustomID   json.RawMessage `json:"custom_id,omitempty"`
 }
 
 type wireResponse struct {
@@ -129,7 +133,7 @@ func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 	if len(w.Inputs) == 0 {
 		return nil, invalidf("request has no inputs")
 	}
-	r := &Request{ID: w.ID, Parameters: w.Parameters, Inputs: make([]Tensor, len(w.Inputs))}
+	r := &Request{ID: w.ID, Parameters: w.Parameters, CustomID: w.CustomID, Inputs: make([]Tensor, len(w.Inputs))}
 	var total int64
 	for i := range w.Inputs {
 		t, rest, err := w.Inputs[i].decode(binaryData, lim, lim.MaxElements-total)

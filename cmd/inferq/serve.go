@@ -52,6 +52,7 @@ type serveFlags struct {
 	modelPoll             time.Duration
 	recordRetention       time.Duration
 	webhookSecret         string
+	maxBatchBytes         int64
 	webhookAttempts       int
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
@@ -76,7 +77,8 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
-		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes")
+		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes (and largest line of a batch file)")
+		fs.Int64Var(&f.maxBatchBytes, "max-batch-bytes", 16<<30, "largest batch file accepted, in bytes; it is read as it arrives, not held in memory")
 		fs.StringVar(&f.webhookSecret, "webhook-secret", "", "secret that signs webhook calls (HMAC-SHA256 in the Inferq-Signature header); empty sends them unsigned")
 		fs.IntVar(&f.webhookAttempts, "webhook-attempts", 10, "calls made to a job's webhook before giving up")
 		fs.DurationVar(&f.webhookBackoff, "webhook-backoff", 2*time.Second, "wait after a failed webhook call; doubles each time, up to 10m")
@@ -222,6 +224,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q,
+			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
@@ -246,6 +249,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 		g.Go(func() error { return hooks.Run(gctx) })
+		g.Go(func() error { return q.TrackBatches(gctx, log) })
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 		srv.RegisterOnShutdown(api.Shutdown)
 		log.Info("HTTP API listening", "addr", ln.Addr().String())

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/tensor"
+)
+
+// postBatch uploads a JSON Lines body and returns the batch record.
+func postBatch(t *testing.T, s *server, model string, body io.Reader) jobs.BatchRecord {
+	t.Helper()
+	res, err := http.Post(s.url+"/v1/models/"+model+"/batches", "application/jsonl", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusAccepted || res.Header.Get("Location") == "" {
+		t.Fatalf("POST batches: %d %s", res.StatusCode, b)
+	}
+	var rec jobs.BatchRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// awaitBatch polls a batch until it is final.
+func awaitBatch(t *testing.T, s *server, id string, within time.Duration) jobs.BatchRecord {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		var rec jobs.BatchRecord
+		do(t, "GET", s.url+"/v1/batches/"+id, nil).json(t, &rec)
+		if rec.Final() {
+			return rec
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("batch %s not finished within %v: %+v", id, within, rec)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type batchOut struct {
+	CustomID json.RawMessage `json:"custom_id"`
+	Response json.RawMessage `json:"response"`
+	Error    string          `json:"error"`
+}
+
+// A batch file with good and bad lines: every line gets an output line, in
+// input order, with its custom_id, and the good ones equal what ONNX
+// Runtime gives for the line alone.
+func TestBatchFile(t *testing.T) {
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}))
+	d := openDirect(t, irisPath(t))
+	rng := rand.New(rand.NewPCG(2, 9))
+	const n = 1000
+	var body strings.Builder
+	inputs := make([][]tensor.Tensor, n)
+	bad := map[int]string{17: `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]`, 500: `not json`, 999: `{"inputs":[{"name":"y","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`}
+	for i := range n {
+		if l, ok := bad[i]; ok {
+			body.WriteString(strings.Replace(l, "{", fmt.Sprintf(`{"custom_id":"row-%d",`, i), 1) + "\n")
+			continue
+		}
+		inputs[i] = randomInputs(rng, d.sig.Inputs, 1+i%3)
+		line := string(requestJSON(inputs[i]))
+		body.WriteString(`{"custom_id":"row-` + fmt.Sprint(i) + `",` + line[1:] + "\n")
+		if i%100 == 0 {
+			body.WriteString("\n") // blank lines are skipped
+		}
+	}
+	rec := postBatch(t, s, "iris", strings.NewReader(body.String()))
+	if rec.Jobs >= n/2 {
+		t.Errorf("%d lines made %d jobs: lines were not packed", n, rec.Jobs)
+	}
+	rec = awaitBatch(t, s, rec.ID, time.Minute)
+	if rec.Status != jobs.BatchSucceeded || rec.Counts.Total != n || rec.Counts.Failed != int64(len(bad)) || rec.Counts.Succeeded != n-int64(len(bad)) {
+		t.Fatalf("batch %+v", rec)
+	}
+	res, err := http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(nil, 1<<20)
+	i := 0
+	for ; sc.Scan(); i++ {
+		var o batchOut
+		if err := json.Unmarshal(sc.Bytes(), &o); err != nil {
+			t.Fatalf("output line %d: %v", i, err)
+		}
+		want := fmt.Sprintf(`"row-%d"`, i)
+		if i == 500 {
+			want = "null" // a line that is not JSON has no custom_id to echo
+		}
+		if string(o.CustomID) != want {
+			t.Fatalf("output line %d has custom_id %s, want %s", i, o.CustomID, want)
+		}
+		if _, isBad := bad[i]; isBad {
+			if o.Error == "" || o.Response != nil {
+				t.Fatalf("bad line %d: %s", i, sc.Bytes())
+			}
+			continue
+		}
+		resp, err := tensor.DecodeResponse(o.Response)
+		if err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, sc.Bytes())
+		}
+		assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, d.run(t, inputs[i]))
+	}
+	if i != n {
+		t.Fatalf("%d output lines, want %d", i, n)
+	}
+	if r := do(t, "DELETE", s.url+"/v1/batches/"+rec.ID, nil); r.code != http.StatusConflict {
+		t.Fatalf("cancelling a finished batch: %d %s", r.code, r.body)
+	}
+}
+
+// A large batch file is read as it arrives: the server's heap stays far
+// below the file's size, and the output comes back complete and in order.
+func TestBatchFileStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("uploads 100,000 lines (about 250 MB); skipped with -short")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "wide.onnx")
+	writeFile(t, path, onnxbuild.Dense(256, 1, 3))
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{"wide/1/model.onnx": "@" + path}))
+	const n = 100_000
+	// One line, repeated with its custom_id: 256 floats, about 2.5 KB.
+	row := make([]string, 256)
+	for i := range row {
+		row[i] = fmt.Sprintf("%.6f", float64(i)/300)
+	}
+	tail := `"inputs":[{"name":"x","shape":[1,256],"datatype":"FP32","data":[` + strings.Join(row, ",") + `]}]}` + "\n"
+	var sent atomic.Int64
+	pr, pw := io.Pipe()
+	go func() {
+		w := bufio.NewWriterSize(pw, 1<<20)
+		for i := range n {
+			m, _ := fmt.Fprintf(w, `{"custom_id":%d,`, i)
+			k, _ := w.WriteString(tail)
+			sent.Add(int64(m + k))
+		}
+		w.Flush()
+		pw.Close()
+	}()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	go func() {
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+		}
+	}()
+	rec := postBatch(t, s, "wide", pr)
+	rec = awaitBatch(t, s, rec.ID, 5*time.Minute)
+	close(stop)
+	if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != n {
+		t.Fatalf("batch %+v", rec)
+	}
+	t.Logf("%d lines, %d MB uploaded in %d jobs; heap peaked at %d MB", n, sent.Load()>>20, rec.Jobs, peak.Load()>>20)
+	if peak.Load() > uint64(sent.Load())/2 {
+		t.Errorf("heap peaked at %d MB for a %d MB file: the upload is not streamed", peak.Load()>>20, sent.Load()>>20)
+	}
+	res, err := http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(nil, 1<<20)
+	i := 0
+	for ; sc.Scan(); i++ {
+		var o batchOut
+		if err := json.Unmarshal(sc.Bytes(), &o); err != nil || string(o.CustomID) != fmt.Sprint(i) || len(o.Response) == 0 {
+			t.Fatalf("output line %d: %.200s (%v)", i, sc.Bytes(), err)
+		}
+	}
+	if i != n {
+		t.Fatalf("%d output lines, want %d", i, n)
+	}
+}
+
+// Cancelling a batch cancels its queued jobs: workers that come later skip
+// them, and the output says so line by line.
+func TestBatchCancel(t *testing.T) {
+	repo := testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)})
+	data := t.TempDir()
+	s := startServe(t, repo, "--data", data, "--only", "none")
+	var body strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&body, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`+"\n", i)
+	}
+	rec := postBatch(t, s, "iris", strings.NewReader(body.String()))
+	if rec.Status != jobs.BatchRunning || rec.Counts.Total != 200 {
+		t.Fatalf("batch %+v", rec)
+	}
+	if r := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output", nil); r.code != http.StatusConflict {
+		t.Fatalf("output of a running batch: %d %s", r.code, r.body)
+	}
+	r := do(t, "DELETE", s.url+"/v1/batches/"+rec.ID, nil)
+	r.json(t, &rec)
+	if r.code != http.StatusOK || rec.Status != jobs.BatchCancelled {
+		t.Fatalf("cancel: %d %s", r.code, r.body)
+	}
+	s.stop()
+	s = startServe(t, repo, "--data", data)
+	deadline := time.Now().Add(30 * time.Second)
+	for rec.Counts.Cancelled < 200 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		do(t, "GET", s.url+"/v1/batches/"+rec.ID, nil).json(t, &rec)
+	}
+	if rec.Status != jobs.BatchCancelled || rec.Counts.Cancelled != 200 || rec.Counts.Succeeded != 0 {
+		t.Fatalf("batch after cancel: %+v", rec)
+	}
+	r = do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output", nil)
+	lines := strings.Split(strings.TrimSpace(string(r.body)), "\n")
+	if r.code != http.StatusOK || len(lines) != 200 || !strings.Contains(lines[0], "cancelled") {
+		t.Fatalf("output: %d, %d lines, first %s", r.code, len(lines), lines[0])
+	}
+}

@@ -1,0 +1,228 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// BatchBucket holds batch records by batch id.
+const BatchBucket = "INFERQ_BATCHES"
+
+// HeaderBatch, on an announcement, is the batch its job belongs to.
+const HeaderBatch = "Inferq-Batch-Id"
+
+// Batch states. Succeeded, Failed and Cancelled are final.
+const (
+	BatchQueued    = "queued"    // the file is still being read
+	BatchRunning   = "running"   // every line is queued or done
+	BatchSucceeded = "succeeded" // every line has an outcome (some may be errors)
+	BatchFailed    = "failed"    // the file could not be read to the end
+	BatchCancelled = "cancelled"
+)
+
+// BatchCounts counts a batch's lines.
+type BatchCounts struct {
+	Total     int64 `json:"total"`
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled,omitempty"`
+}
+
+// Done is the lines with an outcome.
+func (c BatchCounts) Done() int64 { return c.Succeeded + c.Failed + c.Cancelled }
+
+// BatchRecord is a batch file's record, as the API serves it.
+type BatchRecord struct {
+	ID         string      `json:"id"`
+	Model      string      `json:"model"`
+	Status     string      `json:"status"`
+	Counts     BatchCounts `json:"counts"`
+	CreatedAt  time.Time   `json:"created_at"`
+	QueuedAt   *time.Time  `json:"queued_at,omitempty"`
+	FinishedAt *time.Time  `json:"finished_at,omitempty"`
+	Error      string      `json:"error,omitempty"`
+	// Jobs is the number of jobs the lines were packed into.
+	Jobs int64 `json:"jobs"`
+	// Index is the storage key of the batch's index: a JSON line per
+	// input line, naming its job (and rows in it) or its error.
+	Index string `json:"-"`
+}
+
+// Final reports whether the batch will change no more.
+func (b *BatchRecord) Final() bool {
+	return b.Status == BatchSucceeded || b.Status == BatchFailed || b.Status == BatchCancelled
+}
+
+// settle marks a running batch succeeded once every line has an outcome.
+func (b *BatchRecord) settle(now time.Time) {
+	if b.Status == BatchRunning && b.Counts.Done() >= b.Counts.Total {
+		b.Status, b.FinishedAt = BatchSucceeded, &now
+	}
+}
+
+// Batches keeps batch records in a key-value bucket.
+type Batches struct {
+	kv jetstream.KeyValue
+}
+
+// ErrBatchNotFound is returned for an id that has no batch record.
+var ErrBatchNotFound = errors.New("batch not found")
+
+// Create stores a new batch record.
+func (b *Batches) Create(ctx context.Context, rec *BatchRecord) error {
+	v, err := json.Marshal(batchStored(rec))
+	if err != nil {
+		return err
+	}
+	if _, err := b.kv.Create(ctx, rec.ID, v); err != nil {
+		return fmt.Errorf("store batch %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// batchStored is how a record is stored: with its index key.
+func batchStored(rec *BatchRecord) any {
+	type stored BatchRecord
+	return struct {
+		*stored
+		Index string `json:"index_key"`
+	}{(*stored)(rec), rec.Index}
+}
+
+// Get returns the record of batch id.
+func (b *Batches) Get(ctx context.Context, id string) (*BatchRecord, error) {
+	rec, _, err := b.get(ctx, id)
+	return rec, err
+}
+
+func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, error) {
+	e, err := b.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrBatchNotFound, id)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read batch %s: %w", id, err)
+	}
+	var s struct {
+		BatchRecord
+		Index string `json:"index_key"`
+	}
+	if err := json.Unmarshal(e.Value(), &s); err != nil {
+		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
+	}
+	s.BatchRecord.Index = s.Index
+	return &s.BatchRecord, e.Revision(), nil
+}
+
+// Update applies fn to batch id's record and stores it, retrying when
+// another writer got there first. If fn returns an error the record is
+// left alone. A running batch whose lines all have an outcome is marked
+// succeeded.
+func (b *Batches) Update(ctx context.Context, id string, fn func(*BatchRecord) error) (*BatchRecord, error) {
+	for {
+		rec, rev, err := b.get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(rec); err != nil {
+			return rec, err
+		}
+		rec.settle(time.Now().UTC())
+		v, err := json.Marshal(batchStored(rec))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := b.kv.Update(ctx, id, v, rev); errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("update batch %s: %w", id, err)
+		}
+		return rec, nil
+	}
+}
+
+// TrackBatches counts the outcomes of batch jobs into their batch
+// records, from the results stream, until ctx ends. Every API process runs
+// it; they share one durable consumer, so each announcement is counted
+// once. Announcements are taken in groups and counted with one update per
+// batch.
+func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
+	c, err := q.js.CreateOrUpdateConsumer(ctx, ResultStream, jetstream.ConsumerConfig{
+		Durable:       "inferq-batches",
+		Description:   "inferq batch progress",
+		FilterSubject: resultPrefix + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("set up batch tracking: %w", err)
+	}
+	for ctx.Err() == nil {
+		msgs, err := c.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("tracking batches", "err", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		counts := map[string]*BatchCounts{}
+		var taken []jetstream.Msg
+		for m := range msgs.Messages() {
+			taken = append(taken, m)
+			id := m.Headers().Get(HeaderBatch)
+			if id == "" {
+				continue
+			}
+			var rec Record
+			if json.Unmarshal(m.Data(), &rec) != nil {
+				continue
+			}
+			n := int64(max(rec.Lines, 1))
+			c := counts[id]
+			if c == nil {
+				c = &BatchCounts{}
+				counts[id] = c
+			}
+			switch rec.Status {
+			case Succeeded:
+				c.Succeeded += n
+			case Cancelled:
+				c.Cancelled += n
+			default:
+				c.Failed += n
+			}
+		}
+		ok := true
+		for id, c := range counts {
+			_, err := q.Batches.Update(context.WithoutCancel(ctx), id, func(b *BatchRecord) error {
+				b.Counts.Succeeded += c.Succeeded
+				b.Counts.Failed += c.Failed
+				b.Counts.Cancelled += c.Cancelled
+				return nil
+			})
+			if err != nil && !errors.Is(err, ErrBatchNotFound) {
+				log.Warn("counting batch progress", "batch", id, "err", err)
+				ok = false
+			}
+		}
+		for _, m := range taken {
+			if ok {
+				_ = m.Ack()
+			} else {
+				_ = m.Nak()
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,555 @@
+package producer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/tensor"
+)
+
+// BatchStore keeps batch records; *jobs.Batches is one.
+type BatchStore interface {
+	Create(ctx context.Context, rec *jobs.BatchRecord) error
+	Get(ctx context.Context, id string) (*jobs.BatchRecord, error)
+	Update(ctx context.Context, id string, fn func(*jobs.BatchRecord) error) (*jobs.BatchRecord, error)
+}
+
+// ObjectWriter writes batch indexes; the storage package's stores are.
+type ObjectWriter interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+}
+
+// indexLine is one line of a batch's index: where the output of an input
+// line comes from.
+type indexLine struct {
+	Line     int64           `json:"line"`
+	CustomID json.RawMessage `json:"custom_id,omitempty"`
+	Job      string          `json:"job,omitempty"`
+	Row      int             `json:"row,omitempty"`
+	Rows     int             `json:"rows,omitempty"`
+	Error    string          `json:"error,omitempty"`
+}
+
+// outputLine is one line of a batch's output.
+type outputLine struct {
+	CustomID json.RawMessage `json:"custom_id"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Error    string          `json:"error,omitempty"`
+}
+
+func batchIndexKey(id string) string { return "batches/" + id + "/index.jsonl" }
+
+// chunk is consecutive lines of a batch file packed into one job: same
+// shapes, same shared inputs, same outputs wanted, at most a model's max
+// batch size rows.
+type chunk struct {
+	key   string
+	lines []indexLine
+	reqs  [][]tensor.Tensor
+	rows  int
+	outs  []string
+}
+
+// createBatch reads a JSON Lines body, one V2 request per line, as it
+// arrives: each valid line joins a job (consecutive lines that can share
+// a run are packed into one), each invalid one becomes an error line of
+// the output. Memory stays bounded by one job, whatever the file's size.
+func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
+	if s.opts.Batches == nil || s.opts.Objects == nil {
+		return errorf(http.StatusNotFound, "batch files are not served here")
+	}
+	m, err := s.lookup(r)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	rec := &jobs.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: jobs.BatchQueued, CreatedAt: now}
+	rec.Index = batchIndexKey(rec.ID)
+	if err := s.opts.Batches.Create(r.Context(), rec); err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
+	}
+	ctx := context.WithoutCancel(r.Context())
+
+	// The index streams to storage as the file is read.
+	pr, pw := io.Pipe()
+	stored := make(chan error, 1)
+	go func() { stored <- s.opts.Objects.Put(ctx, rec.Index, pr) }()
+	index := bufio.NewWriterSize(pw, 64<<10)
+	enc := json.NewEncoder(index)
+
+	var (
+		n, invalid, jobCount int64
+		ids                  []string
+		cur                  chunk
+	)
+	flush := func() error {
+		if len(cur.lines) == 0 {
+			return nil
+		}
+		id, err := s.submitChunk(r, m, rec.ID, &cur)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
+		jobCount++
+		for _, l := range cur.lines {
+			l.Job = id
+			if err := enc.Encode(l); err != nil {
+				return err
+			}
+		}
+		cur = chunk{}
+		return nil
+	}
+	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
+	var readErr error
+	for {
+		line, err := readLine(body, s.opts.MaxBodyBytes)
+		if len(bytes.TrimSpace(line)) > 0 {
+			n++
+			il := indexLine{Line: n}
+			req, rows, key, perr := s.parseLine(m, line)
+			if req != nil {
+				il.CustomID = req.CustomID
+			} else {
+				il.CustomID = peekCustomID(line)
+			}
+			if perr != nil {
+				invalid++
+				il.Error = fmt.Sprintf("line %d: %v", n, perr)
+				// The lines before it go first, to keep the index in order.
+				if readErr = flush(); readErr != nil {
+					break
+				}
+				if readErr = enc.Encode(il); readErr != nil {
+					break
+				}
+			} else {
+				if len(cur.lines) > 0 && (cur.key != key || cur.rows+rows > m.Config.MaxBatchSize || !slices.Equal(cur.outs, req.Outputs)) {
+					if readErr = flush(); readErr != nil {
+						break
+					}
+				}
+				il.Rows = rows
+				il.Row = cur.rows
+				cur.key, cur.outs = key, req.Outputs
+				cur.lines = append(cur.lines, il)
+				cur.reqs = append(cur.reqs, orderedInputs(m, req))
+				cur.rows += rows
+			}
+			if n%4096 == 0 && s.batchCancelled(ctx, rec.ID) {
+				readErr = errors.New("the batch was cancelled while it was being read")
+				break
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	if readErr == nil {
+		readErr = flush()
+	}
+	if err := index.Flush(); err != nil && readErr == nil {
+		readErr = err
+	}
+	pw.CloseWithError(readErr)
+	if err := <-stored; err != nil && readErr == nil {
+		readErr = fmt.Errorf("store the batch index: %w", err)
+	}
+
+	done := time.Now().UTC()
+	if readErr != nil {
+		// What was queued of a batch that failed does not run.
+		s.cancelJobs(ctx, ids)
+		var tooBig *http.MaxBytesError
+		msg := readErr.Error()
+		code := http.StatusBadRequest
+		if errors.As(readErr, &tooBig) {
+			msg, code = fmt.Sprintf("the batch file exceeds the limit of %d bytes", s.opts.MaxBatchBytes), http.StatusRequestEntityTooLarge
+		}
+		rec, _ = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
+			if b.Status != jobs.BatchCancelled {
+				b.Status, b.Error, b.FinishedAt = jobs.BatchFailed, msg, &done
+			}
+			b.Counts.Total, b.Jobs = n, jobCount
+			return nil
+		})
+		return errorf(code, "batch %s failed at line %d: %s", rec.ID, n, msg)
+	}
+	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
+		b.Counts.Total = n
+		b.Counts.Failed += invalid
+		b.Jobs = jobCount
+		b.QueuedAt = &done
+		if b.Status == jobs.BatchQueued {
+			b.Status = jobs.BatchRunning
+		}
+		return nil
+	})
+	if err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
+	}
+	w.Header().Set("Location", "/v1/batches/"+rec.ID)
+	writeJSON(w, http.StatusAccepted, rec)
+	return nil
+}
+
+// readLine reads one line, refusing lines longer than max.
+func readLine(r *bufio.Reader, max int64) ([]byte, error) {
+	var line []byte
+	for {
+		part, err := r.ReadSlice('\n')
+		line = append(line, part...)
+		if int64(len(line)) > max {
+			return nil, fmt.Errorf("a line is longer than %d bytes", max)
+		}
+		if err != bufio.ErrBufferFull {
+			return line, err
+		}
+	}
+}
+
+// peekCustomID finds the custom_id of a line that is not a valid request,
+// when it comes before what is wrong, so that its error line can still be
+// matched to it.
+func peekCustomID(line []byte) json.RawMessage {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil
+		}
+		if t == "custom_id" {
+			return v
+		}
+	}
+	return nil
+}
+
+// parseLine decodes and checks one line, and returns its request, rows,
+// and the key of the requests it can share a run with.
+func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, string, error) {
+	req, err := tensor.DecodeRequest(line, s.opts.Limits)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	rows, err := m.Check(req)
+	if err != nil {
+		return req, 0, "", err
+	}
+	if !m.Batchable {
+		return req, rows, ulid.Make().String(), nil // never shares a job
+	}
+	return req, rows, batching.Key(orderedInputs(m, req), m.Batched), nil
+}
+
+func orderedInputs(m *model.Model, req *tensor.Request) []tensor.Tensor {
+	in := make([]tensor.Tensor, len(m.Inputs))
+	for i, spec := range m.Inputs {
+		in[i] = *req.Input(spec.Name)
+	}
+	return in
+}
+
+// submitChunk queues a chunk's lines as one job.
+func (s *Server) submitChunk(r *http.Request, m *model.Model, batch string, c *chunk) (string, error) {
+	inputs, err := batching.Stack(c.reqs, m.Batched)
+	if err != nil {
+		return "", err
+	}
+	id := ulid.Make().String()
+	job := &jobs.Job{ID: id, Model: m.Name, Request: &tensor.Request{Inputs: inputs, Outputs: c.outs}}
+	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}
+	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
+		return "", fmt.Errorf("the queue is unavailable: %w", err)
+	}
+	s.metrics.accepted.WithLabelValues(m.Name).Inc()
+	return id, nil
+}
+
+func (s *Server) batchCancelled(ctx context.Context, id string) bool {
+	b, err := s.opts.Batches.Get(ctx, id)
+	return err == nil && b.Status == jobs.BatchCancelled
+}
+
+// cancelJobs cancels those of ids still queued, a few at a time.
+func (s *Server) cancelJobs(ctx context.Context, ids []string) {
+	now := time.Now().UTC()
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 32)
+	for _, id := range ids {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			rec, err := s.opts.Records.Update(ctx, id, func(rec *jobs.Record) error {
+				if rec.Status != jobs.Queued {
+					return jobs.ErrConflict
+				}
+				rec.Status, rec.FinishedAt, rec.Error = jobs.Cancelled, &now, "the batch was cancelled"
+				return nil
+			})
+			if err == nil {
+				_ = s.opts.Queue.Announce(rec, nil)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (s *Server) batchRecord(ctx context.Context, id string) (*jobs.BatchRecord, error) {
+	if s.opts.Batches == nil {
+		return nil, errorf(http.StatusNotFound, "batch files are not served here")
+	}
+	if _, err := ulid.ParseStrict(id); err != nil {
+		return nil, errorf(http.StatusNotFound, "batch %q not found: batch ids are 26-character ULIDs", id)
+	}
+	rec, err := s.opts.Batches.Get(ctx, id)
+	if errors.Is(err, jobs.ErrBatchNotFound) {
+		return nil, errorf(http.StatusNotFound, "batch %s not found", id)
+	}
+	if err != nil {
+		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
+	}
+	return rec, nil
+}
+
+func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+// cancelBatch cancels the jobs of a batch that have not started; those
+// running finish.
+func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if rec.Final() {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": fmt.Sprintf("batch %s is %s", rec.ID, rec.Status), "batch": rec})
+		return nil
+	}
+	ctx := context.WithoutCancel(r.Context())
+	now := time.Now().UTC()
+	if _, err := s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
+		b.Status, b.FinishedAt = jobs.BatchCancelled, &now
+		return nil
+	}); err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
+	}
+	if rec.Status == jobs.BatchRunning {
+		var ids []string
+		err := s.eachIndexGroup(ctx, rec, func(job string, _ []indexLine) error {
+			if job != "" {
+				ids = append(ids, job)
+			}
+			return nil
+		})
+		if err != nil {
+			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "batch index is unavailable: " + err.Error()}
+		}
+		s.cancelJobs(ctx, ids)
+	}
+	rec, err = s.batchRecord(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+// eachIndexGroup calls fn with each run of consecutive index lines that
+// share a job (job empty for an error line, alone), in order.
+func (s *Server) eachIndexGroup(ctx context.Context, rec *jobs.BatchRecord, fn func(job string, lines []indexLine) error) error {
+	rc, err := s.opts.Objects.Get(ctx, rec.Index)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	dec := json.NewDecoder(bufio.NewReaderSize(rc, 256<<10))
+	var group []indexLine
+	for {
+		var l indexLine
+		err := dec.Decode(&l)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read batch index: %w", err)
+		}
+		if len(group) > 0 && (l.Job == "" || l.Job != group[0].Job) {
+			if err := fn(group[0].Job, group); err != nil {
+				return err
+			}
+			group = group[:0]
+		}
+		group = append(group, l)
+	}
+	if len(group) > 0 {
+		return fn(group[0].Job, group)
+	}
+	return nil
+}
+
+// batchOutput streams a finished batch's output: a JSON line per input
+// line, in input order, with its custom_id and either the V2 response of
+// its rows or an error. Jobs are read ahead a few at a time.
+func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if !rec.Final() {
+		writeJSON(w, http.StatusConflict, map[string]any{
+			"error": fmt.Sprintf("batch %s is %s: %d of %d lines done; its output is ready when it has finished", rec.ID, rec.Status, rec.Counts.Done(), rec.Counts.Total),
+			"batch": rec,
+		})
+		return nil
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	type group struct {
+		job   string
+		lines []indexLine
+		out   chan [][]byte
+	}
+	groups := make(chan *group, 64)
+	ahead := make(chan struct{}, 16)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(groups)
+		readErr <- s.eachIndexGroup(ctx, rec, func(job string, lines []indexLine) error {
+			g := &group{job: job, lines: slices.Clone(lines), out: make(chan [][]byte, 1)}
+			select {
+			case ahead <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			go func() {
+				defer func() { <-ahead }()
+				g.out <- s.outputLines(ctx, g.job, g.lines)
+			}()
+			select {
+			case groups <- g:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.WriteHeader(http.StatusOK)
+	out := bufio.NewWriterSize(w, 256<<10)
+	for g := range groups {
+		for _, l := range <-g.out {
+			if _, err := out.Write(l); err != nil {
+				return nil // the client left
+			}
+		}
+	}
+	if err := <-readErr; err != nil && ctx.Err() == nil {
+		s.log.Warn("batch output cut short", "batch", rec.ID, "err", err)
+		fmt.Fprintf(out, "{\"error\":%q}\n", "the output could not be read to the end: "+err.Error())
+	}
+	return out.Flush()
+}
+
+// outputLines makes the output lines of one job's lines.
+func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine) [][]byte {
+	fail := func(msg string) [][]byte {
+		out := make([][]byte, len(lines))
+		for i, l := range lines {
+			if l.Error != "" {
+				msg = l.Error
+			}
+			out[i] = jsonLine(outputLine{CustomID: customID(l), Error: msg})
+		}
+		return out
+	}
+	if job == "" {
+		return fail("")
+	}
+	rec, err := s.opts.Records.Get(ctx, job)
+	if err != nil {
+		return fail("the job's record is unavailable: " + err.Error())
+	}
+	rec = s.expire(rec)
+	if rec.Status != jobs.Succeeded || rec.Result == nil {
+		msg := rec.Error
+		if msg == "" {
+			msg = "job " + rec.ID + " is " + string(rec.Status)
+		}
+		return fail(msg)
+	}
+	rc, err := s.opts.Results.GetRange(ctx, rec.Result.Key, rec.Result.Offset, rec.Result.Length)
+	if err != nil {
+		return fail("the result is unavailable: " + err.Error())
+	}
+	b, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return fail("the result is unavailable: " + err.Error())
+	}
+	resp, err := tensor.DecodeResponse(b)
+	if err != nil {
+		return fail(err.Error())
+	}
+	rows := make([]int, len(lines))
+	for i, l := range lines {
+		rows[i] = l.Rows
+	}
+	parts := [][]tensor.Tensor{resp.Outputs}
+	if len(lines) > 1 {
+		if parts, err = batching.Split(resp.Outputs, rows); err != nil {
+			return fail(err.Error())
+		}
+	}
+	out := make([][]byte, len(lines))
+	for i, l := range lines {
+		r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
+		out[i] = jsonLine(outputLine{CustomID: customID(l), Response: r.AppendJSON(nil)})
+	}
+	return out
+}
+
+func customID(l indexLine) json.RawMessage {
+	if len(l.CustomID) == 0 {
+		return json.RawMessage("null")
+	}
+	return l.CustomID
+}
+
+func jsonLine(v any) []byte {
+	b, _ := json.Marshal(v)
+	return append(b, '\n')
+}
