@@ -499,3 +499,17 @@ func (q *Queue) WebhookConsumer(ctx context.Context, maxDeliver int) (jetstream.
 	}
 	return c, nil
 }
+
+// ResultsPosition is the sequence of the last announcement in the results
+// stream: following from it gets only what is announced after this call.
+func (q *Queue) ResultsPosition(ctx context.Context) (uint64, error) {
+	s, err := q.js.Stream(ctx, ResultStream)
+	if err != nil {
+		return 0, fmt.Errorf("results stream: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("results stream: %w", err)
+	}
+	return info.State.LastSeq, nil
+}

@@ -16,6 +16,7 @@ import (
 // ResultStream follows a model's finished jobs; *jobs.Queue is one.
 type ResultStream interface {
 	FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error
+	ResultsPosition(ctx context.Context) (uint64, error)
 }
 
 // keepAlive is how often an idle event stream sends a comment, so that
@@ -179,6 +180,18 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	}
 	if s.opts.Stream == nil {
 		return errorf(http.StatusNotFound, "result streams are not served here")
+	}
+	if after == 0 && !fromStart {
+		// "From now" is fixed before the client is told the stream is
+		// open, so that nothing announced after that is missed.
+		pos, err := s.opts.Stream.ResultsPosition(r.Context())
+		if err != nil {
+			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: err.Error()}
+		}
+		after = pos
+		if after == 0 {
+			fromStart = true // an empty stream: from its start is from now
+		}
 	}
 	out, err := startSSE(w)
 	if err != nil {
