@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -103,6 +104,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	// patterns are the routes served, "METHOD /path/{param}".
+	patterns []string
 	// closing is closed by Shutdown, to end long-lived streams.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -143,6 +146,7 @@ func New(opts Options) (*Server, error) {
 func (s *Server) routes() {
 	handle := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
 		s.mux.Handle(pattern, s.wrap(pattern, h))
+		s.patterns = append(s.patterns, pattern)
 	}
 	handle("POST /v1/models/{model}/jobs", s.submit)
 	handle("POST /v1/models/{model}/versions/{version}/jobs", s.submit)
@@ -162,15 +166,20 @@ func (s *Server) routes() {
 	handle("GET /v2/models/{model}/versions/{version}", s.modelMetadata)
 	handle("GET /v2/models/{model}/ready", s.modelReady)
 	handle("GET /v2/models/{model}/versions/{version}/ready", s.modelReady)
+	handle("GET /openapi.json", s.openapi)
 	handle("GET /v2/health/live", s.live)
 	handle("GET /v2/health/ready", s.ready)
 	if s.opts.Gatherer != nil {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+		s.patterns = append(s.patterns, "GET /metrics")
 	}
 	s.mux.Handle("/", s.wrap("other", func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no route for %s %s; see /openapi.json", r.Method, r.URL.Path)
 	}))
 }
+
+// Routes returns the routes served, as "METHOD /path/{param}".
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
 // ServeHTTP serves the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
