@@ -32,6 +32,12 @@ Usage:
   inferq worker [flags]   model workers, against external NATS (--nats)
   inferq version
 
+Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
+  inferq submit --model M [--wait] [FILE]   submit a V2 request as a job
+  inferq get [--result] JOB_ID             a job's record or result
+  inferq watch MODEL                       print a model's results as they finish
+  inferq batch --model M FILE.jsonl        run a batch file, with progress
+
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
 environment variable (--max-body -> INFERQ_MAX_BODY).
 `
@@ -55,6 +61,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serveCmd(ctx, args[1:], stderr, modeAPI, nil)
 	case "worker":
 		err = serveCmd(ctx, args[1:], stderr, modeWorker, nil)
+	case "submit":
+		err = submitCmd(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "get":
+		err = getCmd(ctx, args[1:], stdout, stderr)
+	case "watch":
+		err = watchCmd(ctx, args[1:], stdout, stderr)
+	case "batch":
+		err = batchCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "inferq", version())
 		return 0
@@ -67,6 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, errJobFailed) {
+		return 1 // the record says why
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "inferq %s: %v\n", args[0], err)

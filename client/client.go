@@ -1,0 +1,304 @@
+// Package client is a Go client of inferq's HTTP API: submit jobs, poll and
+// read their results, follow a model's results as they finish, and run
+// batch files. The inferq command's client subcommands use it.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/inferq/inferq/jobs"
+)
+
+// Client talks to one inferq API. The zero value is not usable; use New.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client of the API at baseURL (such as
+// http://localhost:8080). token, when not empty, is sent as a bearer
+// token.
+func New(baseURL, token string) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("inferq URL %q: want http(s)://host:port", baseURL)
+	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &http.Client{}}, nil
+}
+
+// Error is an answer of the API other than success.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("inferq: %d %s", e.Status, e.Message) }
+
+// JobOptions are a job's optional settings.
+type JobOptions struct {
+	// Version pins a model version; 0 is the default version.
+	Version int64
+	// Priority is "high" or "" (normal).
+	Priority string
+	// Timeout expires the job if it has not started within it.
+	Timeout time.Duration
+	// IdempotencyKey makes a repeated submission answer the first job.
+	IdempotencyKey string
+	// Webhook is called when the job finishes.
+	Webhook string
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("inferq: %w", err)
+	}
+	return res, nil
+}
+
+// decode reads a JSON answer into v, or the error the API sent.
+func decode(res *http.Response, v any, ok ...int) error {
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return fmt.Errorf("inferq: read answer: %w", err)
+	}
+	good := res.StatusCode/100 == 2
+	for _, code := range ok {
+		good = good || res.StatusCode == code
+	}
+	if !good {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return &Error{Status: res.StatusCode, Message: e.Error}
+	}
+	if v == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("inferq: decode answer: %w", err)
+	}
+	return nil
+}
+
+// Submit submits a V2 request (JSON) to model and returns the job's
+// record.
+func (c *Client) Submit(ctx context.Context, model string, request []byte, opts JobOptions) (*jobs.Record, error) {
+	path := "/v1/models/" + url.PathEscape(model) + "/jobs"
+	if opts.Version > 0 {
+		path = fmt.Sprintf("/v1/models/%s/versions/%d/jobs", url.PathEscape(model), opts.Version)
+	}
+	h := http.Header{"Content-Type": {"application/json"}}
+	if opts.Priority != "" {
+		h.Set("Inferq-Priority", opts.Priority)
+	}
+	if opts.Timeout > 0 {
+		h.Set("Inferq-Timeout", opts.Timeout.String())
+	}
+	if opts.IdempotencyKey != "" {
+		h.Set("Idempotency-Key", opts.IdempotencyKey)
+	}
+	if opts.Webhook != "" {
+		h.Set("Inferq-Webhook", opts.Webhook)
+	}
+	res, err := c.do(ctx, "POST", path, bytes.NewReader(request), h)
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.Record
+	return &rec, decode(res, &rec)
+}
+
+// Job returns a job's record, waiting up to wait for it to be final.
+func (c *Client) Job(ctx context.Context, id string, wait time.Duration) (*jobs.Record, error) {
+	path := "/v1/jobs/" + url.PathEscape(id)
+	if wait > 0 {
+		path += "?wait=" + wait.String()
+	}
+	res, err := c.do(ctx, "GET", path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.Record
+	return &rec, decode(res, &rec)
+}
+
+// Await polls a job until it is final or ctx ends.
+func (c *Client) Await(ctx context.Context, id string) (*jobs.Record, error) {
+	for {
+		rec, err := c.Job(ctx, id, 30*time.Second)
+		if err != nil || rec.Status.Final() {
+			return rec, err
+		}
+		if err := ctx.Err(); err != nil {
+			return rec, err
+		}
+	}
+}
+
+// Result returns a succeeded job's V2 response, as JSON.
+func (c *Client) Result(ctx context.Context, id string) ([]byte, error) {
+	res, err := c.do(ctx, "GET", "/v1/jobs/"+url.PathEscape(id)+"/result", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var raw json.RawMessage
+	return raw, decode(res, &raw)
+}
+
+// Cancel cancels a queued job.
+func (c *Client) Cancel(ctx context.Context, id string) (*jobs.Record, error) {
+	res, err := c.do(ctx, "DELETE", "/v1/jobs/"+url.PathEscape(id), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.Record
+	return &rec, decode(res, &rec)
+}
+
+// Event is one event of a stream.
+type Event struct {
+	ID, Name string
+	Data     []byte
+}
+
+// Watch follows a model's finished jobs (GET /v1/models/{model}/results)
+// and calls fn with each, until ctx ends or fn returns an error. When the
+// connection drops it reconnects and resumes after the last event seen,
+// so fn sees every result once. after resumes after an event id; "start"
+// replays what the server retains; "" starts from now.
+func (c *Client) Watch(ctx context.Context, model, after string, fn func(Event) error) error {
+	last := after
+	for {
+		err := c.watchOnce(ctx, model, &last, fn)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var apiErr *Error
+		if errors.As(err, &apiErr) && apiErr.Status/100 == 4 {
+			return err
+		}
+		var fnErr fnError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		select { // reconnect after a pause
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
+
+func (c *Client) watchOnce(ctx context.Context, model string, last *string, fn func(Event) error) error {
+	path := "/v1/models/" + url.PathEscape(model) + "/results"
+	h := http.Header{"Accept": {"text/event-stream"}}
+	switch *last {
+	case "":
+	case "start":
+		path += "?from=start"
+	default:
+		h.Set("Last-Event-ID", *last)
+	}
+	res, err := c.do(ctx, "GET", path, nil, h)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return decode(res, nil)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(nil, 16<<20)
+	var ev Event
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if ev.Data != nil {
+				if err := fn(ev); err != nil {
+					return fnError{err}
+				}
+				if ev.ID != "" {
+					*last = ev.ID
+				}
+			}
+			ev = Event{}
+		case strings.HasPrefix(line, "id: "):
+			ev.ID = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			ev.Name = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			ev.Data = []byte(line[6:])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return io.ErrUnexpectedEOF
+}
+
+// CreateBatch uploads a JSON Lines batch file to model, streaming it.
+func (c *Client) CreateBatch(ctx context.Context, model string, body io.Reader) (*jobs.BatchRecord, error) {
+	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/batches", body, http.Header{"Content-Type": {"application/jsonl"}})
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.BatchRecord
+	return &rec, decode(res, &rec)
+}
+
+// Batch returns a batch's record.
+func (c *Client) Batch(ctx context.Context, id string) (*jobs.BatchRecord, error) {
+	res, err := c.do(ctx, "GET", "/v1/batches/"+url.PathEscape(id), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.BatchRecord
+	return &rec, decode(res, &rec)
+}
+
+// BatchOutput copies a finished batch's output (JSON Lines) to w.
+func (c *Client) BatchOutput(ctx context.Context, id string, w io.Writer) error {
+	res, err := c.do(ctx, "GET", "/v1/batches/"+url.PathEscape(id)+"/output", nil, nil)
+	if err != nil {
+		return err
+	}
+	if res.StatusCode != http.StatusOK {
+		return decode(res, nil)
+	}
+	defer res.Body.Close()
+	if _, err := io.Copy(w, res.Body); err != nil {
+		return fmt.Errorf("inferq: read batch output: %w", err)
+	}
+	return nil
+}

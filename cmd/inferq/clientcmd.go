@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/inferq/inferq/client"
+	"github.com/inferq/inferq/jobs"
+)
+
+// clientFlags are the flags every client command takes.
+type clientFlags struct {
+	url, token string
+}
+
+func (f *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.url, "url", "http://localhost:8080", "inferq API URL")
+	fs.StringVar(&f.token, "token", "", "API token, sent as a bearer token")
+}
+
+func (f *clientFlags) client() (*client.Client, error) { return client.New(f.url, f.token) }
+
+// errJobFailed makes a client command exit 1 after printing the record.
+var errJobFailed = errors.New("the job did not succeed")
+
+func printJSON(w io.Writer, v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintf(w, "%s\n", b)
+}
+
+// submitCmd: inferq submit --model M [--wait] [FILE]. The request is a
+// V2 request in FILE, or on standard input.
+func submitCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inferq submit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs)
+	model := fs.String("model", "", "model to run the request on (required)")
+	version := fs.Int64("version", 0, "model version; 0 for the default")
+	wait := fs.Bool("wait", false, "wait for the job and print its result (or its record, if it did not succeed)")
+	priority := fs.String("priority", "", "high or normal")
+	timeout := fs.Duration("timeout", 0, "expire the job if it has not started within this")
+	key := fs.String("idempotency-key", "", "a repeat with the same key answers the same job")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: inferq submit --model M [flags] [FILE]\n\nSubmits the V2 request in FILE (or standard input) as a job and prints its record.")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *model == "" || fs.NArg() > 1 {
+		fs.Usage()
+		return errors.New("--model is required, and at most one FILE")
+	}
+	in := stdin
+	if fs.NArg() == 1 && fs.Arg(0) != "-" {
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	body, err := io.ReadAll(in)
+	if err != nil {
+		return fmt.Errorf("read the request: %w", err)
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	rec, err := c.Submit(ctx, *model, body, client.JobOptions{Version: *version, Priority: *priority, Timeout: *timeout, IdempotencyKey: *key})
+	if err != nil {
+		return err
+	}
+	if !*wait {
+		printJSON(stdout, rec)
+		return nil
+	}
+	return printOutcome(ctx, c, rec.ID, stdout)
+}
+
+// printOutcome waits for a job and prints its result, or its record when
+// it did not succeed.
+func printOutcome(ctx context.Context, c *client.Client, id string, stdout io.Writer) error {
+	rec, err := c.Await(ctx, id)
+	if err != nil {
+		return err
+	}
+	if rec.Status != jobs.Succeeded {
+		printJSON(stdout, rec)
+		return errJobFailed
+	}
+	res, err := c.Result(ctx, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s\n", res)
+	return nil
+}
+
+// getCmd: inferq get [--wait D] [--result] ID.
+func getCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inferq get", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs)
+	wait := fs.Duration("wait", 0, "wait up to this long for the job to finish")
+	result := fs.Bool("result", false, "print the job's result instead of its record, waiting for it")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: inferq get [flags] JOB_ID\n\nPrints a job's record, or with --result its result.")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("one JOB_ID is required")
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	if *result {
+		return printOutcome(ctx, c, fs.Arg(0), stdout)
+	}
+	rec, err := c.Job(ctx, fs.Arg(0), *wait)
+	if err != nil {
+		return err
+	}
+	printJSON(stdout, rec)
+	return nil
+}
+
+// watchCmd: inferq watch [--from start|ID] MODEL. Prints each finished
+// job of the model, one JSON line each, until interrupted.
+func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inferq watch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs)
+	from := fs.String("from", "", `"start" to replay what the server keeps, an event id to resume after it; empty for from now`)
+	count := fs.Int("n", 0, "stop after this many results; 0 for never")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: inferq watch [flags] MODEL\n\nPrints each finished job of MODEL as it finishes, a JSON line each (the record, with the response).")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("one MODEL is required")
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	out := bufio.NewWriter(stdout)
+	defer out.Flush()
+	seen := 0
+	errEnough := errors.New("enough")
+	err = c.Watch(ctx, fs.Arg(0), *from, func(ev client.Event) error {
+		out.Write(ev.Data)
+		out.WriteByte('\n')
+		seen++
+		if *count > 0 && seen >= *count {
+			return errEnough
+		}
+		return out.Flush()
+	})
+	if errors.Is(err, errEnough) {
+		return nil
+	}
+	return err
+}
+
+// batchCmd: inferq batch --model M [--output OUT] FILE. Uploads a JSON
+// Lines file, shows progress while it runs, and writes its output.
+func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inferq batch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs)
+	model := fs.String("model", "", "model to run the file on (required)")
+	output := fs.String("output", "", "where to write the output (JSON Lines); default standard output")
+	quiet := fs.Bool("quiet", false, "no progress bars")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: inferq batch --model M [flags] FILE.jsonl\n\nRuns a batch file: one V2 request per line, with an optional custom_id.")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *model == "" || fs.NArg() != 1 {
+		fs.Usage()
+		return errors.New("--model and one FILE are required")
+	}
+	f, err := os.Open(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	progress := io.Discard
+	if !*quiet {
+		progress = stderr
+	}
+	upload := progressbar.NewOptions64(st.Size(), progressbar.OptionSetWriter(progress), progressbar.OptionShowBytes(true),
+		progressbar.OptionSetDescription("uploading"), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
+	body := progressbar.NewReader(f, upload)
+	rec, err := c.CreateBatch(ctx, *model, &body)
+	if err != nil {
+		return err
+	}
+	upload.Finish()
+	fmt.Fprintf(progress, "batch %s: %d lines in %d jobs\n", rec.ID, rec.Counts.Total, rec.Jobs)
+	bar := progressbar.NewOptions64(rec.Counts.Total, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("running"),
+		progressbar.OptionShowCount(), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
+	for !rec.Final() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("interrupted; batch %s goes on, and its output will be at /v1/batches/%s/output", rec.ID, rec.ID)
+		case <-time.After(500 * time.Millisecond):
+		}
+		if rec, err = c.Batch(ctx, rec.ID); err != nil {
+			return err
+		}
+		bar.Set64(rec.Counts.Done())
+	}
+	bar.Finish()
+	fmt.Fprintf(progress, "batch %s %s: %d succeeded, %d failed, %d cancelled\n", rec.ID, rec.Status, rec.Counts.Succeeded, rec.Counts.Failed, rec.Counts.Cancelled)
+	if rec.Status == jobs.BatchFailed {
+		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
+	}
+	out := stdout
+	if *output != "" {
+		o, err := os.Create(*output)
+		if err != nil {
+			return err
+		}
+		defer o.Close()
+		out = o
+	}
+	return c.BatchOutput(ctx, rec.ID, out)
+}
