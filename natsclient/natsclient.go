@@ -1,0 +1,123 @@
+// Package natsclient submits jobs to inferq and follows their results
+// straight over NATS JetStream, for services already on NATS that should
+// not need the HTTP hop. Jobs submitted this way get records and results
+// like HTTP ones; the worker checks them against the model, and one that
+// does not fit ends failed with the reason (the HTTP API refuses such a
+// request before queueing it instead).
+//
+// The subjects and message format are documented in docs/nats.md.
+package natsclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/tensor"
+)
+
+// Client submits and follows jobs through JetStream. It is safe for
+// concurrent use.
+type Client struct {
+	q *jobs.Queue
+}
+
+// New sets up (or finds) inferq's streams and buckets on js.
+func New(ctx context.Context, js jetstream.JetStream) (*Client, error) {
+	q, err := jobs.Setup(ctx, js, jobs.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return &Client{q: q}, nil
+}
+
+// Options are a job's optional settings.
+type Options struct {
+	// Version pins a model version; 0 is the default version.
+	Version int64
+	// Priority is jobs.High or jobs.Normal.
+	Priority jobs.Priority
+	// Deadline expires the job if it has not started by then.
+	Deadline time.Time
+	// Webhook is called when the job finishes.
+	Webhook string
+}
+
+// Submit queues req for model and returns the job's record once JetStream
+// has stored it.
+func (c *Client) Submit(ctx context.Context, model string, req *tensor.Request, opts Options) (*jobs.Record, error) {
+	if len(req.Inputs) == 0 {
+		return nil, errors.New("natsclient: the request has no inputs")
+	}
+	id := ulid.Make().String()
+	rec := &jobs.Record{ID: id, Model: model, Status: jobs.Queued, CreatedAt: time.Now().UTC(), ClientID: req.ID,
+		Priority: opts.Priority, Webhook: opts.Webhook}
+	if len(req.Inputs[0].Shape) > 0 {
+		rec.Rows = int(req.Inputs[0].Shape[0])
+	}
+	if !opts.Deadline.IsZero() {
+		d := opts.Deadline.UTC()
+		rec.Deadline = &d
+	}
+	job := &jobs.Job{ID: id, Model: model, Version: opts.Version, Request: req, Priority: opts.Priority}
+	if opts.Version > 0 {
+		rec.ModelVersion = fmt.Sprint(opts.Version)
+	}
+	if err := c.q.Submit(ctx, job, rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// Job returns a job's record.
+func (c *Client) Job(ctx context.Context, id string) (*jobs.Record, error) {
+	rec, err := c.q.Records.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return rec.Public(), nil
+}
+
+// Result is one finished job, as the results stream carries it.
+type Result struct {
+	// Seq is its position in the results stream: pass it to Follow to
+	// resume after it.
+	Seq uint64
+	jobs.Announcement
+}
+
+// Response decodes the V2 response carried inline, when there is one
+// (results larger than jobs.MaxInlineResponse are read over HTTP from the
+// record's result_url).
+func (r *Result) Response() (*tensor.Response, error) {
+	if len(r.Announcement.Response) == 0 {
+		return nil, fmt.Errorf("job %s (%s) has no inline response", r.ID, r.Status)
+	}
+	return tensor.DecodeResponse(r.Announcement.Response)
+}
+
+// Follow calls fn with each finished job of model, in order, until ctx
+// ends or fn returns an error. after resumes after a Result's Seq; 0
+// starts from now (fromStart: from the oldest result retained).
+func (c *Client) Follow(ctx context.Context, model string, after uint64, fromStart bool, fn func(Result) error) error {
+	if after == 0 && !fromStart {
+		pos, err := c.q.ResultsPosition(ctx)
+		if err != nil {
+			return err
+		}
+		after, fromStart = pos, pos == 0
+	}
+	return c.q.FollowResults(ctx, model, after, fromStart, func(seq uint64, data []byte) error {
+		r := Result{Seq: seq}
+		if err := json.Unmarshal(data, &r.Announcement); err != nil {
+			return fmt.Errorf("natsclient: decode result %d: %w", seq, err)
+		}
+		return fn(r)
+	})
+}
