@@ -174,12 +174,14 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	batcher, _ := batching.New[*item](w.policy, nil)
 	// Three overlapping stages keep the model busy: while one batch runs,
-	// the next is being marked running and the last one's results stored.
+	// the next is being marked running and the results of those before
+	// stored. Results that finish while a write is under way wait for the
+	// next one and are written together, so that under load a storage
+	// write carries several batches.
 	work := make(chan batching.Batch[*item])
 	prepared := make(chan []*item, w.instances)
-	var preparers, executors, completions sync.WaitGroup
-	// completing bounds the batches whose results are still being stored.
-	completing := make(chan struct{}, 2*w.instances)
+	ran := make(chan *ranBatch, 8*w.instances)
+	var preparers, executors, writers sync.WaitGroup
 	// Work started is finished even while shutting down.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -193,12 +195,27 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 		executors.Go(func() {
 			for items := range prepared {
-				completing <- struct{}{}
-				complete := w.runBatch(items)
-				completions.Go(func() {
-					defer func() { <-completing }()
-					complete(workCtx)
-				})
+				ran <- w.runBatch(items)
+			}
+		})
+	}
+	for range 1 {
+		writers.Go(func() {
+			for r := range ran {
+				group := []*ranBatch{r}
+			more:
+				for len(group) < 64 {
+					select {
+					case r, ok := <-ran:
+						if !ok {
+							break more
+						}
+						group = append(group, r)
+					default:
+						break more
+					}
+				}
+				w.finishBatches(workCtx, group)
 			}
 		})
 	}
@@ -270,7 +287,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	preparers.Wait()
 	close(prepared)
 	executors.Wait()
-	completions.Wait()
+	close(ran)
+	writers.Wait()
 	returned := 0
 	for _, b := range batcher.Flush() {
 		for _, it := range b.Items {
@@ -432,42 +450,62 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstr
 	b.Add(key, it, it.rows)
 }
 
-// runBatch runs a prepared batch in ONNX Runtime and returns what stores
-// its results (or retries its jobs), to be run while the next batch runs.
-// A batch that fails is split and its halves run again, down to single
-// jobs, so that one bad request fails alone and the rest of its batch
-// succeeds.
-func (w *Worker) runBatch(items []*item) (complete func(context.Context)) {
-	stop := w.heartbeat(items)
-	outputs := make([][]tensor.Tensor, len(items))
-	errs := make([]error, len(items))
-	w.runIsolating(items, outputs, errs)
-	return func(ctx context.Context) {
-		defer stop()
-		refs, bodies := w.storeResults(ctx, items, outputs, errs)
-		var g errgroup.Group
-		g.SetLimit(32)
-		for i, it := range items {
-			g.Go(func() error {
-				switch {
-				case errs[i] != nil:
-					w.retryOrFail(ctx, it, errs[i])
-				case refs[i] != nil:
-					body := bodies[i]
-					if it.job.Record != nil && it.job.Record.Batch != "" {
-						body = nil // batch output is read from storage, not streamed
-					}
-					w.complete(ctx, it, jobs.Succeeded, "", refs[i], body)
-				}
-				return nil
-			})
-		}
-		g.Wait()
-	}
+// ranBatch is a batch that has run, waiting for its results to be stored.
+type ranBatch struct {
+	items   []*item
+	outputs [][]tensor.Tensor
+	errs    []error
+	stop    func() // ends the batch's heartbeat
 }
 
-// storeResults writes the results of a batch's succeeded jobs as one
-// object, a JSON line per job, and returns where each job's result is. If
+// runBatch runs a prepared batch in ONNX Runtime. A batch that fails is
+// split and its halves run again, down to single jobs, so that one bad
+// request fails alone and the rest of its batch succeeds.
+func (w *Worker) runBatch(items []*item) *ranBatch {
+	r := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items)), stop: w.heartbeat(items)}
+	w.runIsolating(items, r.outputs, r.errs)
+	return r
+}
+
+// finishBatches stores the results of batches that have run, as one
+// object, then records each job's outcome and acknowledges it.
+func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
+	var items []*item
+	var outputs [][]tensor.Tensor
+	var errs []error
+	for _, r := range group {
+		items = append(items, r.items...)
+		outputs = append(outputs, r.outputs...)
+		errs = append(errs, r.errs...)
+	}
+	defer func() {
+		for _, r := range group {
+			r.stop()
+		}
+	}()
+	refs, bodies := w.storeResults(ctx, items, outputs, errs)
+	var g errgroup.Group
+	g.SetLimit(32)
+	for i, it := range items {
+		g.Go(func() error {
+			switch {
+			case errs[i] != nil:
+				w.retryOrFail(ctx, it, errs[i])
+			case refs[i] != nil:
+				body := bodies[i]
+				if it.job.Record != nil && it.job.Record.Batch != "" {
+					body = nil // batch output is read from storage, not streamed
+				}
+				w.complete(ctx, it, jobs.Succeeded, "", refs[i], body)
+			}
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// storeResults writes the results of the succeeded jobs among items as
+// one object, a JSON line per job, and returns where each job's result is. If
 // storage fails the jobs go back to the queue (their refs stay nil): a
 // result is never lost to a passing outage.
 func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) ([]*jobs.ResultRef, [][]byte) {

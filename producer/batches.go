@@ -97,14 +97,41 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		ids                  []string
 		cur                  chunk
 	)
+	// Jobs are submitted a few at a time, concurrently: each waits for
+	// JetStream's acknowledgements, and one after the other they would cap
+	// a batch at a job per round trip. The index names each job as soon as
+	// its id is drawn, so it stays in input order.
+	var (
+		submitting sync.WaitGroup
+		slots      = make(chan struct{}, 16)
+		submitErr  error
+		submitMu   sync.Mutex
+	)
+	failed := func() error {
+		submitMu.Lock()
+		defer submitMu.Unlock()
+		return submitErr
+	}
 	flush := func() error {
 		if len(cur.lines) == 0 {
 			return nil
 		}
-		id, err := s.submitChunk(r, m, rec.ID, &cur)
-		if err != nil {
+		if err := failed(); err != nil {
 			return err
 		}
+		c := cur
+		id := ulid.Make().String()
+		slots <- struct{}{}
+		submitting.Go(func() {
+			defer func() { <-slots }()
+			if err := s.submitChunk(r, m, rec.ID, id, &c); err != nil {
+				submitMu.Lock()
+				if submitErr == nil {
+					submitErr = err
+				}
+				submitMu.Unlock()
+			}
+		})
 		ids = append(ids, id)
 		jobCount++
 		for _, l := range cur.lines {
@@ -167,6 +194,10 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	if readErr == nil {
 		readErr = flush()
+	}
+	submitting.Wait()
+	if err := failed(); err != nil && readErr == nil {
+		readErr = err
 	}
 	if err := index.Flush(); err != nil && readErr == nil {
 		readErr = err
@@ -278,19 +309,18 @@ func orderedInputs(m *model.Model, req *tensor.Request) []tensor.Tensor {
 }
 
 // submitChunk queues a chunk's lines as one job.
-func (s *Server) submitChunk(r *http.Request, m *model.Model, batch string, c *chunk) (string, error) {
+func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *chunk) error {
 	inputs, err := batching.Stack(c.reqs, m.Batched)
 	if err != nil {
-		return "", err
+		return err
 	}
-	id := ulid.Make().String()
 	job := &jobs.Job{ID: id, Model: m.Name, Request: &tensor.Request{Inputs: inputs, Outputs: c.outs}}
 	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
-		return "", fmt.Errorf("the queue is unavailable: %w", err)
+		return fmt.Errorf("the queue is unavailable: %w", err)
 	}
 	s.metrics.accepted.WithLabelValues(m.Name).Inc()
-	return id, nil
+	return nil
 }
 
 func (s *Server) batchCancelled(ctx context.Context, id string) bool {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
@@ -17,10 +20,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/tensor"
 )
 
 // benchServer starts serve for a benchmark with its embedded NATS on a
@@ -282,4 +287,104 @@ func BenchmarkBatchingGain(b *testing.B) {
 	b.ReportMetric(rate[1], "unbatched_jobs/s")
 	b.ReportMetric(rate[32], "batched_jobs/s")
 	b.ReportMetric(rate[32]/rate[1], "gain")
+}
+
+// BenchmarkBatchFile: rows per second of a JSON Lines batch file through
+// the bundled iris model, from upload to the batch finishing (and with its
+// output read back), as a fraction of a plain in-process loop that reads
+// the same file, decodes each line, and runs ONNX Runtime on batches of 32
+// rows, side by side in one run.
+func BenchmarkBatchFile(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	const n = 200_000
+	var file bytes.Buffer
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range n {
+		fmt.Fprintf(&file, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%.2f,%.2f,%.2f,%.2f]}]}`+"\n",
+			i, 4+rng.Float64()*4, 2+rng.Float64()*2, 1+rng.Float64()*6, rng.Float64()*2.5)
+	}
+	data := file.Bytes()
+
+	// The plain loop.
+	rt := testenv.Runtime(b)
+	sig, err := rt.Inspect(iris)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sess, err := rt.NewSession(iris, sig, onnx.SessionOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sess.Close()
+	start := time.Now()
+	var reqs [][]tensor.Tensor
+	var rows []int
+	runBatch := func() {
+		in, err := batching.Stack(reqs, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, err := sess.Run(in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := batching.Split(out, rows); err != nil {
+			b.Fatal(err)
+		}
+		reqs, rows = reqs[:0], rows[:0]
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		req, err := tensor.DecodeRequest(sc.Bytes(), tensor.Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs, rows = append(reqs, req.Inputs), append(rows, 1)
+		if len(reqs) == 32 {
+			runBatch()
+		}
+	}
+	if len(reqs) > 0 {
+		runBatch()
+	}
+	direct := n / time.Since(start).Seconds()
+
+	// Through inferq.
+	s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris}))
+	var queued, withOutput float64
+	for range b.N {
+		start := time.Now()
+		res, err := http.Post(s.url+"/v1/models/iris/batches", "application/jsonl", bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var rec jobs.BatchRecord
+		json.NewDecoder(res.Body).Decode(&rec)
+		res.Body.Close()
+		for !rec.Final() {
+			time.Sleep(20 * time.Millisecond)
+			res, err := http.Get(s.url + "/v1/batches/" + rec.ID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			json.NewDecoder(res.Body).Decode(&rec)
+			res.Body.Close()
+		}
+		if rec.Counts.Succeeded != n {
+			b.Fatalf("batch %+v", rec)
+		}
+		queued = n / time.Since(start).Seconds()
+		res, err = http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
+		if err != nil {
+			b.Fatal(err)
+		}
+		lines, _ := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		withOutput = n / time.Since(start).Seconds()
+		b.Logf("%d lines in %d jobs; %d bytes of output", n, rec.Jobs, lines)
+	}
+	b.ReportMetric(direct, "loop_rows/s")
+	b.ReportMetric(queued, "batch_rows/s")
+	b.ReportMetric(queued/direct, "batch/loop")
+	b.ReportMetric(withOutput/direct, "with_output/loop")
 }
