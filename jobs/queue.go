@@ -11,12 +11,14 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -43,6 +45,9 @@ const (
 	HeaderJobID   = "Inferq-Job-Id"
 	HeaderModel   = "Inferq-Model"
 	HeaderVersion = "Inferq-Model-Version"
+	// HeaderPayload names the storage object holding the body of a job too
+	// large to travel in its message (a claim check).
+	HeaderPayload = "Inferq-Payload"
 	// HeaderWebhook, on an announcement, is the webhook its job names.
 	HeaderWebhook = "Inferq-Webhook"
 	// HeaderRecord and HeaderRecordRevision carry the job's record as it
@@ -106,6 +111,60 @@ type Queue struct {
 	keys    jetstream.KeyValue
 	Records *Records
 	Batches *Batches
+
+	// payloads keeps request bodies too large for a message (see
+	// StorePayloads).
+	payloads     PayloadStore
+	maxInMessage int
+}
+
+// PayloadStore keeps request bodies too large to travel in a message; the
+// storage package's stores are.
+type PayloadStore interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// StorePayloads makes Submit put request bodies larger than maxInMessage
+// bytes in store, and send the message with a reference to them (a claim
+// check) instead. Workers fetch them with LoadPayload.
+func (q *Queue) StorePayloads(store PayloadStore, maxInMessage int) {
+	q.payloads, q.maxInMessage = store, maxInMessage
+}
+
+// PayloadKey is where the body of a job too large for a message is kept.
+func PayloadKey(id string) string { return "payloads/" + id + ".bin" }
+
+// LoadPayload returns the body of a job message: its data, or the object
+// its HeaderPayload names.
+func (q *Queue) LoadPayload(ctx context.Context, header nats.Header, data []byte) ([]byte, error) {
+	key := header.Get(HeaderPayload)
+	if key == "" {
+		return data, nil
+	}
+	if q.payloads == nil {
+		return nil, fmt.Errorf("job payload %s is in storage, and this worker has none configured", key)
+	}
+	rc, err := q.payloads.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("fetch job payload: %w", err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("fetch job payload %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// DropPayload deletes the stored body of a finished job, if it has one.
+func (q *Queue) DropPayload(ctx context.Context, header nats.Header) error {
+	key := header.Get(HeaderPayload)
+	if key == "" || q.payloads == nil {
+		return nil
+	}
+	return q.payloads.Delete(ctx, key)
 }
 
 // Setup creates or updates the streams and the bucket and returns the
@@ -211,6 +270,14 @@ func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
 	msg, err := EncodeJob(job)
 	if err != nil {
 		return err
+	}
+	if q.payloads != nil && q.maxInMessage > 0 && len(msg.Data) > q.maxInMessage {
+		key := PayloadKey(job.ID)
+		if err := q.payloads.Put(ctx, key, bytes.NewReader(msg.Data)); err != nil {
+			return fmt.Errorf("store the payload of job %s: %w", job.ID, err)
+		}
+		msg.Data = nil
+		msg.Header.Set(HeaderPayload, key)
 	}
 	b, rev, err := q.Records.create(ctx, rec)
 	if err != nil {

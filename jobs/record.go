@@ -92,6 +92,9 @@ type ResultRef struct {
 	Key    string `json:"key"`
 	Offset int64  `json:"offset"`
 	Length int64  `json:"length"`
+	// Whole says the object holds this result alone (the job layout), so
+	// a client may be sent to it directly.
+	Whole bool `json:"whole,omitempty"`
 }
 
 // Public returns a copy of the record as clients see it: with the URL of
@@ -110,6 +113,10 @@ func (r *Record) Public() *Record {
 func BatchResultKey(model, batchID string) string {
 	return ResultPrefix(model) + batchID + ".jsonl"
 }
+
+// JobResultKey is where a job's result is stored in the job layout: an
+// object per job, keyed by its id, so that a rerun overwrites it.
+func JobResultKey(model, id string) string { return ResultPrefix(model) + id + ".json" }
 
 // ResultPrefix is the folder of a model's result objects.
 func ResultPrefix(model string) string { return "results/" + model + "/" }

@@ -74,6 +74,9 @@ type Options struct {
 	// MaxBatchBytes bounds a batch file, which is read as it arrives, not
 	// held in memory. Default 16 GiB.
 	MaxBatchBytes int64
+	// Presign, when set, turns the key of a result stored alone (the job
+	// layout) into a URL clients can GET directly: a presigned S3 URL.
+	Presign func(ctx context.Context, key string) (string, error)
 	// Stream follows models' finished jobs, for GET
 	// /v1/models/{model}/results; *jobs.Queue is one.
 	Stream ResultStream
@@ -453,6 +456,20 @@ func jobOptions(h http.Header, rec *jobs.Record) error {
 	return nil
 }
 
+// public is the record as a client sees it. Where results are an object
+// per job in S3 (the job layout), result_url is a presigned URL of it.
+func (s *Server) public(ctx context.Context, rec *jobs.Record) *jobs.Record {
+	p := rec.Public()
+	if s.opts.Presign != nil && rec.Status == jobs.Succeeded && rec.Result != nil && rec.Result.Whole {
+		if u, err := s.opts.Presign(ctx, rec.Result.Key); err == nil {
+			p.ResultURL = u
+		} else {
+			s.log.Warn("presigning a result URL", "job", rec.ID, "err", err)
+		}
+	}
+	return p
+}
+
 // expire shows a succeeded job whose result is past its model's
 // result_retention as expired: its result has been, or is about to be,
 // deleted.
@@ -534,7 +551,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, rec.Public())
+	writeJSON(w, http.StatusOK, s.public(r.Context(), rec))
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/inferq/inferq/internal/testenv"
 )
 
 // store is what every backend provides; the contract below runs against
@@ -96,4 +98,31 @@ func TestDirContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	testContract(t, d)
+}
+
+func TestS3Contract(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	s, err := NewS3(context.Background(), S3Options{Endpoint: m.Endpoint, Bucket: "contract", AccessKey: m.AccessKey, SecretKey: m.SecretKey, CreateBucket: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testContract(t, s)
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Expire(context.Background(), "results/m/", 2); err != nil {
+		t.Fatalf("lifecycle rule: %v", err)
+	}
+	m.Stop()
+	if err := s.Check(context.Background()); err == nil {
+		t.Fatal("a stopped MinIO checks healthy")
+	}
+}
+
+func TestS3RefusesMissingBucket(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	_, err := NewS3(context.Background(), S3Options{Endpoint: m.Endpoint, Bucket: "absent", AccessKey: m.AccessKey, SecretKey: m.SecretKey})
+	if err == nil || !strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), m.SecretKey) {
+		t.Fatalf("got %v; want a missing-bucket error that does not show the secret", err)
+	}
 }

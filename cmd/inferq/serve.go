@@ -52,6 +52,10 @@ type serveFlags struct {
 	modelPoll             time.Duration
 	recordRetention       time.Duration
 	webhookSecret         string
+	s3                    storage.S3Options
+	resultLayout          string
+	resultURLExpiry       time.Duration
+	maxMessageBytes       int
 	maxBatchBytes         int64
 	webhookAttempts       int
 	webhookBackoff        time.Duration
@@ -68,7 +72,17 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	var f serveFlags
 	fs.StringVar(&f.models, "models", "models", "model repository: DIR/{model}/{version}/model.onnx")
 	fs.StringVar(&f.data, "data", "data", "data folder: JetStream's store (serve) and results")
-	fs.StringVar(&f.storage, "storage", "", "folder for results and payloads (default DATA/objects)")
+	fs.StringVar(&f.storage, "storage", "", "folder for results and payloads (default DATA/objects); see --s3-* for S3 or MinIO")
+	fs.StringVar(&f.s3.Endpoint, "s3-endpoint", "", "S3 API host:port (such as s3.amazonaws.com or minio:9000); set to store results in S3 instead of files")
+	fs.StringVar(&f.s3.Bucket, "s3-bucket", "inferq", "S3 bucket")
+	fs.StringVar(&f.s3.Region, "s3-region", "", "S3 region")
+	fs.StringVar(&f.s3.AccessKey, "s3-access-key", "", "S3 access key; empty uses the environment's AWS credentials")
+	fs.StringVar(&f.s3.SecretKey, "s3-secret-key", "", "S3 secret key")
+	fs.BoolVar(&f.s3.Secure, "s3-secure", true, "use https for S3")
+	fs.BoolVar(&f.s3.CreateBucket, "s3-create-bucket", true, "create the S3 bucket if it is missing")
+	fs.StringVar(&f.resultLayout, "result-layout", "batch", "batch: a batch's results in one object (fast); job: an object per job, keyed by job id, with presigned result_url on S3")
+	fs.DurationVar(&f.resultURLExpiry, "result-url-expiry", time.Hour, "how long a presigned result_url stays valid (S3, job layout)")
+	fs.IntVar(&f.maxMessageBytes, "max-message-bytes", 1<<20, "a job whose request is larger is stored in object storage and the queue carries a reference")
 	fs.StringVar(&f.natsURL, "nats", "", "external NATS server URL; empty runs an embedded server (serve only)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -171,14 +185,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		return err
 	}
 
-	objects := f.storage
-	if objects == "" {
-		objects = filepath.Join(f.data, "objects")
-	}
-	store, err := storage.NewDir(objects)
+	store, presign, err := openStore(ctx, &f, log)
 	if err != nil {
 		return err
 	}
+	q.StorePayloads(store, f.maxMessageBytes)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -192,7 +203,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 		fleet = consumer.NewFleet(consumer.Options{
-			Runtime: rt, Queue: q, Results: store, Metrics: metrics,
+			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout,
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
 		}, splitList(f.only))
 		if err := fleet.Apply(catalog.Repository()); err != nil {
@@ -224,7 +235,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q,
-			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes,
+			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
@@ -366,4 +377,41 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// openStore opens the object store the flags name: S3 (or MinIO) when
+// --s3-endpoint is set, else a folder. With S3 and the job layout, results
+// can be presigned for clients.
+func openStore(ctx context.Context, f *serveFlags, log *slog.Logger) (objectStore, func(context.Context, string) (string, error), error) {
+	switch f.resultLayout {
+	case consumer.LayoutBatch, consumer.LayoutJob:
+	default:
+		return nil, nil, fmt.Errorf("--result-layout %q: want batch or job", f.resultLayout)
+	}
+	if f.s3.Endpoint == "" {
+		dir := f.storage
+		if dir == "" {
+			dir = filepath.Join(f.data, "objects")
+		}
+		store, err := storage.NewDir(dir)
+		return store, nil, err
+	}
+	s3, err := storage.NewS3(ctx, f.s3)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("results in S3", "store", f.s3.String(), "layout", f.resultLayout)
+	presign := func(ctx context.Context, key string) (string, error) { return s3.URL(ctx, key, f.resultURLExpiry) }
+	return s3, presign, nil
+}
+
+// objectStore is what inferq keeps in object storage: results, batch
+// indexes and large payloads.
+type objectStore interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, prefix string) ([]string, error)
+	Check(ctx context.Context) error
 }
