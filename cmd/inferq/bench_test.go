@@ -388,3 +388,34 @@ func BenchmarkBatchFile(b *testing.B) {
 	b.ReportMetric(queued/direct, "batch/loop")
 	b.ReportMetric(withOutput/direct, "with_output/loop")
 }
+
+// BenchmarkStorage: the bundled iris classifier end to end with results in
+// MinIO against results in files, side by side in one run.
+func BenchmarkStorage(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
+	const jobsN = 3000
+	bodies := make([][]byte, jobsN)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	m := testenv.StartMinIO(b)
+	rate := map[string]float64{}
+	for _, c := range []struct {
+		name  string
+		flags []string
+	}{
+		{"files", nil},
+		{"minio", []string{"--s3-endpoint", m.Endpoint, "--s3-bucket", "bench", "--s3-access-key", m.AccessKey, "--s3-secret-key", m.SecretKey, "--s3-secure=false"}},
+		{"minio_job_layout", []string{"--s3-endpoint", m.Endpoint, "--s3-bucket", "bench2", "--s3-access-key", m.AccessKey, "--s3-secret-key", m.SecretKey, "--s3-secure=false", "--result-layout", "job"}},
+	} {
+		s, nc := benchServer(b, testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris}), c.flags...)
+		for range b.N {
+			elapsed, _ := load(b, s, nc, "iris", bodies, 32)
+			rate[c.name] = jobsN / elapsed.Seconds()
+		}
+		b.ReportMetric(rate[c.name], c.name+"_jobs/s")
+	}
+	b.ReportMetric(rate["minio"]/rate["files"], "minio/files")
+	b.ReportMetric(rate["minio_job_layout"]/rate["files"], "minio_job/files")
+}

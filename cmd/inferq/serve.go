@@ -190,6 +190,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		return err
 	}
 	q.StorePayloads(store, f.maxMessageBytes)
+	if m != modeWorker {
+		expireInStore(ctx, store, catalog.Repository(), log)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -414,4 +417,26 @@ type objectStore interface {
 	Delete(ctx context.Context, key string) error
 	List(ctx context.Context, prefix string) ([]string, error)
 	Check(ctx context.Context) error
+}
+
+// expireInStore sets a lifecycle rule per model with result_retention, in
+// stores that have them (S3: whole days, rounded up). The workers' sweeps
+// still run: they work everywhere, and to the hour.
+func expireInStore(ctx context.Context, store objectStore, repo *model.Repository, log *slog.Logger) {
+	lc, ok := store.(interface {
+		Expire(ctx context.Context, prefix string, days int) error
+	})
+	if !ok {
+		return
+	}
+	for _, fam := range repo.Families() {
+		m := fam.Default()
+		if m == nil || m.Config.ResultRetention <= 0 {
+			continue
+		}
+		days := int((m.Config.ResultRetention + 24*time.Hour - 1) / (24 * time.Hour))
+		if err := lc.Expire(ctx, jobs.ResultPrefix(fam.Name), days); err != nil {
+			log.Warn("could not set the bucket's lifecycle rule; the workers' sweep still expires results", "model", fam.Name, "err", err)
+		}
+	}
 }
