@@ -17,6 +17,8 @@ type Metrics struct {
 	// failedRuns counts ONNX Runtime runs that failed, including the runs
 	// of halves while a failed batch is split to find its bad job.
 	failedRuns *prometheus.CounterVec
+	replicas   *prometheus.GaugeVec
+	coldStart  *prometheus.HistogramVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -50,9 +52,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "inferq_failed_runs_total",
 			Help: "ONNX Runtime runs that failed, by model; a failed batch is split and rerun to isolate the jobs at fault.",
 		}, []string{"model"}),
+		replicas: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "inferq_replicas",
+			Help: "Worker replicas of a model running in this process.",
+		}, []string{"model"}),
+		coldStart: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_replica_start_seconds",
+			Help:    "Time to start a replica of a model: sessions loaded, ready to pull (the cold start of scaling up, from zero included).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

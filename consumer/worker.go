@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,6 +60,9 @@ type Options struct {
 	// Backoff is the delay before the first retry of a failed run; each
 	// further retry doubles it, up to 30s. Default 1s.
 	Backoff time.Duration
+	// finished, when set, counts the jobs this worker finishes (the
+	// Fleet's throughput measure).
+	finished *atomic.Uint64
 	// ResultLayout is LayoutBatch (default: a batch's results in one
 	// object) or LayoutJob (an object per job, keyed by job id, for
 	// readers of the bucket).
@@ -898,6 +902,9 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 		w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
 	}
 	w.opts.Metrics.finished.WithLabelValues(w.name, string(status)).Inc()
+	if w.opts.finished != nil {
+		w.opts.finished.Add(1)
+	}
 	w.opts.Metrics.latency.WithLabelValues(w.name, string(status)).Observe(now.Sub(rec.CreatedAt).Seconds())
 }
 

@@ -443,10 +443,10 @@ const MaxInlineResponse = 256 << 10
 // Announce publishes a finished job's record on its model's results
 // subject, with its V2 response inline as "response" when it is given and
 // no larger than MaxInlineResponse. The job id is the message id, so a
-// repeat is dropped. It does not wait for JetStream's acknowledgement:
-// announcements are notifications, the record is the truth, and a job
-// finishes faster without a round trip here. Failures reach the JetStream
-// context's async error handler.
+// repeat is dropped. It waits for JetStream to have stored it, so that a
+// worker that then acknowledges the job (and dies) cannot leave it
+// unannounced: an announcement published without waiting was lost, now
+// and then, to a kill.
 func (q *Queue) Announce(rec *Record, response []byte) error {
 	b, err := json.Marshal(rec.Public())
 	if err != nil {
@@ -465,7 +465,9 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 	if rec.Batch != "" {
 		msg.Header.Set(HeaderBatch, rec.Batch)
 	}
-	if _, err := q.js.PublishMsgAsync(msg, jetstream.WithMsgID(rec.ID)); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID)); err != nil {
 		return fmt.Errorf("announce job %s: %w", rec.ID, err)
 	}
 	return nil
@@ -579,4 +581,10 @@ func (q *Queue) ResultsPosition(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("results stream: %w", err)
 	}
 	return info.State.LastSeq, nil
+}
+
+// Backlog is a model's jobs waiting and in flight, for scaling.
+func (q *Queue) Backlog(ctx context.Context, model string) (pending, inFlight int64, err error) {
+	d, err := q.Depth(ctx, model)
+	return int64(d.Pending), int64(d.InFlight), err
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/producer"
+	"github.com/inferq/inferq/scaling"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/webhook"
 )
@@ -56,6 +57,11 @@ type serveFlags struct {
 	resultLayout          string
 	resultURLExpiry       time.Duration
 	maxMessageBytes       int
+	minReplicas           int
+	maxReplicas           int
+	targetBacklog         int64
+	scaleInterval         time.Duration
+	scaleDownWindow       time.Duration
 	maxBatchBytes         int64
 	webhookAttempts       int
 	webhookBackoff        time.Duration
@@ -105,6 +111,11 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
+		fs.IntVar(&f.minReplicas, "min-replicas", 1, "fewest worker replicas per model in this process; 0 lets an idle model scale to zero")
+		fs.IntVar(&f.maxReplicas, "max-replicas", 0, "most worker replicas per model in this process; 0 means --min-replicas (no autoscaling)")
+		fs.Int64Var(&f.targetBacklog, "target-backlog", 64, "jobs (waiting and in flight) one replica should carry; more adds replicas")
+		fs.DurationVar(&f.scaleInterval, "scale-interval", 2*time.Second, "how often the autoscaler reads the queue")
+		fs.DurationVar(&f.scaleDownWindow, "scale-down-window", 30*time.Second, "scale down only to the highest replica count asked for within this")
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -208,7 +219,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout,
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
-		}, splitList(f.only))
+		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
 			return err
@@ -223,6 +234,17 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				return err
 			}
 		})
+	}
+	if fleet != nil && f.maxReplicas > f.minReplicas {
+		as, err := scaling.NewAutoscaler(scaling.AutoscalerOptions{
+			Queue: q, Pool: fleet, Interval: f.scaleInterval, Registerer: reg, Logger: log,
+			Policy: scaling.Policy{Min: f.minReplicas, Max: f.maxReplicas, TargetBacklog: f.targetBacklog, DownWindow: f.scaleDownWindow},
+		})
+		if err != nil {
+			return err
+		}
+		log.Info("autoscaling workers", "min", f.minReplicas, "max", f.maxReplicas, "target_backlog", f.targetBacklog)
+		g.Go(func() error { return as.Run(gctx) })
 	}
 	if f.modelPoll > 0 {
 		g.Go(func() error {
