@@ -60,6 +60,9 @@ type Options struct {
 	// Backoff is the delay before the first retry of a failed run; each
 	// further retry doubles it, up to 30s. Default 1s.
 	Backoff time.Duration
+	// Name identifies this process in the records of the jobs it runs,
+	// such as host:pid.
+	Name string
 	// finished, when set, counts the jobs this worker finishes (the
 	// Fleet's throughput measure).
 	finished *atomic.Uint64
@@ -718,6 +721,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 				}
 				r.Status = jobs.Running
 				r.StartedAt = &now
+				r.Worker = w.opts.Name
 				r.Attempts = it.attempt
 				r.ModelVersion = it.model.VersionString()
 				return nil

@@ -19,7 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -587,4 +590,24 @@ func (q *Queue) ResultsPosition(ctx context.Context) (uint64, error) {
 func (q *Queue) Backlog(ctx context.Context, model string) (pending, inFlight int64, err error) {
 	d, err := q.Depth(ctx, model)
 	return int64(d.Pending), int64(d.InFlight), err
+}
+
+// Models lists the models with a durable consumer in the request stream:
+// those whose workers have run at least once.
+func (q *Queue) Models(ctx context.Context) ([]string, error) {
+	seen := map[string]bool{}
+	stream, err := q.js.Stream(ctx, RequestStream)
+	if err != nil {
+		return nil, fmt.Errorf("list models: %w", err)
+	}
+	names := stream.ConsumerNames(ctx)
+	for n := range names.Name() {
+		if m, ok := strings.CutPrefix(n, "inferq-"); ok {
+			seen[strings.TrimSuffix(m, "-high")] = true
+		}
+	}
+	if err := names.Err(); err != nil {
+		return nil, fmt.Errorf("list models: %w", err)
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
 }

@@ -59,6 +59,8 @@ type Record struct {
 	StartedAt    *time.Time `json:"started_at,omitempty"`
 	FinishedAt   *time.Time `json:"finished_at,omitempty"`
 	Attempts     int        `json:"attempts"`
+	// Worker names the process that ran (or runs) the job: host and pid.
+	Worker string `json:"worker,omitempty"`
 	Error        string     `json:"error,omitempty"`
 	ResultURL    string     `json:"result_url,omitempty"`
 	// ClientID is the request's own "id", kept for correlation.

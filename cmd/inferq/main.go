@@ -30,6 +30,7 @@ Usage:
   inferq serve  [flags]   API, workers, embedded NATS and storage in one process
   inferq api    [flags]   the HTTP API, against external NATS (--nats)
   inferq worker [flags]   model workers, against external NATS (--nats)
+  inferq scaler [flags]   desired worker replicas per model, for KEDA and Prometheus
   inferq version
 
 Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
@@ -61,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serveCmd(ctx, args[1:], stderr, modeAPI, nil)
 	case "worker":
 		err = serveCmd(ctx, args[1:], stderr, modeWorker, nil)
+	case "scaler":
+		err = scalerCmd(ctx, args[1:], stderr, nil)
 	case "submit":
 		err = submitCmd(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "get":

@@ -1,14 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/scaling"
 )
 
 // A burst of jobs makes the in-process pool grow, the pool drains the
@@ -69,3 +77,96 @@ func TestAutoscaleToZeroAndBack(t *testing.T) {
 }
 
 func randSource(i int) *rand.Rand { return rand.New(rand.NewPCG(uint64(i), 17)) }
+
+// Two `inferq worker` processes and an `inferq api` share one external
+// NATS and one storage folder: both workers take part of one backlog, no
+// job runs twice, and `inferq scaler` asks for more replicas while the
+// backlog lasts.
+func TestWorkersInSeparateProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	url := ns.ClientURL()
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(512, 100, 3)) // ~25 ms a row on one thread
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_batch_size: 4\nintra_op_threads: 1\n"})
+	objects := t.TempDir()
+	common := []string{"--nats", url, "--models", repo, "--storage", objects, "--log-level", "warn"}
+
+	var workers []*exec.Cmd
+	for range 2 {
+		cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
+		cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		workers = append(workers, cmd)
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("worker output:\n%s", out.String())
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
+	apiAddr, scalerAddr := make(chan string, 1), make(chan string, 1)
+	failed := make(chan error, 2)
+	var running sync.WaitGroup
+	defer running.Wait()
+	defer cancel()
+	running.Go(func() {
+		failed <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common...), testWriter{t}, modeAPI, func(a string) { apiAddr <- a })
+	})
+	running.Go(func() {
+		failed <- scalerCmd(ctx, []string{"--nats", url, "--http", "127.0.0.1:0", "--interval", "100ms", "--models", "slow", "--target-backlog", "10"}, testWriter{t}, func(a string) { scalerAddr <- a })
+	})
+	addr := func(ch chan string) string {
+		select {
+		case a := <-ch:
+			return "http://" + a
+		case err := <-failed:
+			t.Fatalf("api or scaler stopped: %v", err)
+		case <-time.After(60 * time.Second):
+			t.Fatal("api or scaler did not start")
+		}
+		return ""
+	}
+	s := &server{url: addr(apiAddr)}
+	scaler := addr(scalerAddr)
+	d := openDirect(t, path)
+
+	var ids []string
+	for i := range 120 {
+		ids = append(ids, s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(randSource(i), d.sig.Inputs, 1))))
+	}
+	var scale scaling.ModelScale
+	deadline := time.Now().Add(30 * time.Second)
+	for scale.Desired < 2 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		r := do(t, "GET", scaler+"/v1/scaling/slow", nil)
+		if r.code == http.StatusOK {
+			r.json(t, &scale)
+		}
+	}
+	if scale.Desired < 2 {
+		t.Errorf("the scaler asked for %d replicas with a backlog of 120 at 10 each", scale.Desired)
+	}
+	byWorker := map[string]int{}
+	for _, id := range ids {
+		rec := s.await(t, id, 2*time.Minute)
+		if rec.Status != jobs.Succeeded || rec.Attempts != 1 || rec.Worker == "" {
+			t.Fatalf("job %s: %+v", id, rec)
+		}
+		byWorker[rec.Worker]++
+	}
+	if len(byWorker) != 2 {
+		t.Fatalf("jobs ran on %v, want both worker processes", byWorker)
+	}
+	t.Logf("jobs by worker: %v; the scaler asked for %d replicas (%s)", byWorker, scale.Desired, scale.Reason)
+}

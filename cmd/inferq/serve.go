@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -217,7 +218,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 		fleet = consumer.NewFleet(consumer.Options{
-			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout,
+			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
@@ -461,4 +462,13 @@ func expireInStore(ctx context.Context, store objectStore, repo *model.Repositor
 			log.Warn("could not set the bucket's lifecycle rule; the workers' sweep still expires results", "model", fam.Name, "err", err)
 		}
 	}
+}
+
+// processName identifies this process in job records: host:pid.
+func processName() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }
