@@ -60,9 +60,9 @@ type Record struct {
 	FinishedAt   *time.Time `json:"finished_at,omitempty"`
 	Attempts     int        `json:"attempts"`
 	// Worker names the process that ran (or runs) the job: host and pid.
-	Worker string `json:"worker,omitempty"`
-	Error        string     `json:"error,omitempty"`
-	ResultURL    string     `json:"result_url,omitempty"`
+	Worker    string `json:"worker,omitempty"`
+	Error     string `json:"error,omitempty"`
+	ResultURL string `json:"result_url,omitempty"`
 	// ClientID is the request's own "id", kept for correlation.
 	ClientID string `json:"client_id,omitempty"`
 	// Rows is the request's batch dimension.
