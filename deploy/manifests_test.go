@@ -1,0 +1,191 @@
+// Package deploy holds inferq's container image and Kubernetes manifests;
+// its test validates every manifest the kustomizations yield, offline.
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// kustomization is the part of a kustomization.yaml these manifests use:
+// resources only (files, or folders holding a kustomization).
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+}
+
+// render returns the documents a kustomization yields, with the file each
+// came from.
+func render(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k kustomization
+	if err := yaml.UnmarshalStrict(b, &k); err != nil {
+		t.Fatalf("%s/kustomization.yaml uses more than resources (this test renders resources only): %v", dir, err)
+	}
+	out := map[string][]byte{}
+	for _, r := range k.Resources {
+		p := filepath.Join(dir, r)
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			for name, doc := range render(t, p) {
+				out[name] = doc
+			}
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("%s: resource %s: %v", dir, r, err)
+		}
+		for i, doc := range bytes.Split(b, []byte("\n---\n")) {
+			if len(bytes.TrimSpace(doc)) > 0 {
+				out[fmt.Sprintf("%s#%d", p, i)] = doc
+			}
+		}
+	}
+	return out
+}
+
+// TestManifests decodes every Kubernetes object strictly into its Go type
+// from k8s.io/api (an unknown or misspelt field is an error), and checks
+// KEDA ScaledObjects against KEDA's own CRD schema.
+func TestManifests(t *testing.T) {
+	scaledObject := keda(t)
+	for _, overlay := range []string{"kubernetes/base", "kubernetes/gpu"} {
+		docs := render(t, overlay)
+		kinds := map[string]int{}
+		for name, doc := range docs {
+			var head struct{ APIVersion, Kind string }
+			if err := yaml.Unmarshal(doc, &head); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			kinds[head.Kind]++
+			var obj any
+			switch head.APIVersion + " " + head.Kind {
+			case "apps/v1 Deployment":
+				obj = &appsv1.Deployment{}
+			case "apps/v1 StatefulSet":
+				obj = &appsv1.StatefulSet{}
+			case "v1 Service":
+				obj = &corev1.Service{}
+			case "v1 ConfigMap":
+				obj = &corev1.ConfigMap{}
+			case "v1 Secret":
+				obj = &corev1.Secret{}
+			case "v1 PersistentVolumeClaim":
+				obj = &corev1.PersistentVolumeClaim{}
+			case "keda.sh/v1alpha1 ScaledObject":
+				var v any
+				if err := yaml.Unmarshal(doc, &v); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if err := scaledObject.VisitJSON(v); err != nil {
+					t.Errorf("%s: not a valid ScaledObject: %v", name, err)
+				}
+				continue
+			default:
+				t.Errorf("%s: %s %s has no validation here; add its Go type", name, head.APIVersion, head.Kind)
+				continue
+			}
+			if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			if d, ok := obj.(*appsv1.Deployment); ok {
+				checkDeployment(t, name, d)
+			}
+		}
+		if kinds["Deployment"] == 0 || kinds["ScaledObject"] == 0 {
+			t.Errorf("%s yields %v", overlay, kinds)
+		}
+	}
+}
+
+// checkDeployment holds the rules a Deployment must follow beyond its
+// schema: selectors match labels, and workers drain within their grace.
+func checkDeployment(t *testing.T, name string, d *appsv1.Deployment) {
+	for k, v := range d.Spec.Selector.MatchLabels {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("%s: selector %s=%s does not match the pod labels", name, k, v)
+		}
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if len(c.Args) > 0 && c.Args[0] == "worker" {
+			grace := d.Spec.Template.Spec.TerminationGracePeriodSeconds
+			if grace == nil || *grace < 70 || !strings.Contains(strings.Join(c.Args, " "), "--drain-timeout 60s") {
+				t.Errorf("%s: a worker needs --drain-timeout well inside terminationGracePeriodSeconds", name)
+			}
+		}
+	}
+}
+
+// keda returns the ScaledObject schema from KEDA's CRD (vendored in
+// schemas/), made strict: objects with declared properties take no others.
+func keda(t *testing.T) *openapi3.Schema {
+	t.Helper()
+	b, err := os.ReadFile("schemas/keda.sh_scaledobjects.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Name   string
+				Schema struct {
+					OpenAPIV3Schema json.RawMessage `json:"openAPIV3Schema"`
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Name != "v1alpha1" {
+			continue
+		}
+		var s openapi3.Schema
+		if err := json.Unmarshal(v.Schema.OpenAPIV3Schema, &s); err != nil {
+			t.Fatal(err)
+		}
+		strict(&s)
+		if err := s.Validate(context.Background()); err != nil {
+			t.Fatalf("KEDA schema: %v", err)
+		}
+		return &s
+	}
+	t.Fatal("no v1alpha1 in the KEDA CRD")
+	return nil
+}
+
+func strict(s *openapi3.Schema) {
+	if s == nil {
+		return
+	}
+	if len(s.Properties) > 0 && s.AdditionalProperties.Has == nil && s.AdditionalProperties.Schema == nil && s.Extensions["x-kubernetes-preserve-unknown-fields"] == nil {
+		no := false
+		s.AdditionalProperties.Has = &no
+	}
+	for _, p := range s.Properties {
+		strict(p.Value)
+	}
+	if s.Items != nil {
+		strict(s.Items.Value)
+	}
+	if s.AdditionalProperties.Schema != nil {
+		strict(s.AdditionalProperties.Schema.Value)
+	}
+}
