@@ -419,3 +419,57 @@ func BenchmarkStorage(b *testing.B) {
 	b.ReportMetric(rate["minio"]/rate["files"], "minio/files")
 	b.ReportMetric(rate["minio_job_layout"]/rate["files"], "minio_job/files")
 }
+
+// BenchmarkReplicas: a compute-bound model with one intra-op thread per
+// replica, one replica against two, side by side in one run.
+func BenchmarkReplicas(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "model.onnx")
+	writeFile(b, path, onnxbuild.Repeat(1024, 400, 1))
+	rt := testenv.Runtime(b)
+	sig, err := rt.Inspect(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	bodies := make([][]byte, 300)
+	for i := range bodies {
+		bodies[i] = requestJSON(randomInputs(rng, sig.Inputs, 1))
+	}
+	rate := map[string]float64{}
+	for _, n := range []string{"1", "2"} {
+		repo := testenv.ModelRepo(b, map[string]string{"m/1/model.onnx": "@" + path, "m/config.yaml": "max_batch_size: 8\nintra_op_threads: 1\n"})
+		s, nc := benchServer(b, repo, "--min-replicas", n)
+		for range b.N {
+			elapsed, _ := load(b, s, nc, "m", bodies, 32)
+			rate[n] = float64(len(bodies)) / elapsed.Seconds()
+		}
+	}
+	b.ReportMetric(rate["1"], "one_replica_jobs/s")
+	b.ReportMetric(rate["2"], "two_replicas_jobs/s")
+	b.ReportMetric(rate["2"]/rate["1"], "two/one")
+}
+
+// BenchmarkScaleUpReaction: from the first job of a burst at zero
+// replicas to a replica running, under two autoscaler polling intervals.
+func BenchmarkScaleUpReaction(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
+	for _, interval := range []string{"250ms", "2s"} {
+		s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris}),
+			"--min-replicas", "0", "--max-replicas", "2", "--scale-interval", interval)
+		var total time.Duration
+		for range b.N {
+			start := time.Now()
+			res, err := http.Post(s.url+"/v1/models/iris/jobs", "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			res.Body.Close()
+			for s.metricsB(b)["inferq_replicas,model=iris"] < 1 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			total += time.Since(start)
+		}
+		b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "scale_up_ms_at_"+interval)
+	}
+}

@@ -59,6 +59,7 @@ type serveFlags struct {
 	resultURLExpiry       time.Duration
 	maxMessageBytes       int
 	minReplicas           int
+	streamReplicas        int
 	maxReplicas           int
 	targetBacklog         int64
 	scaleInterval         time.Duration
@@ -94,6 +95,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
+	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
 	if m != modeWorker {
@@ -192,7 +194,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention})
+	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, Replicas: f.streamReplicas})
 	if err != nil {
 		return err
 	}
