@@ -102,6 +102,9 @@ type Options struct {
 	// KeyRetention is how long an idempotency key is remembered. Default
 	// 24h.
 	KeyRetention time.Duration
+	// MaxQueued bounds the jobs waiting per model and priority; a job
+	// past it is refused (ErrQueueFull, HTTP 429). Default 1,000,000.
+	MaxQueued int64
 	// ResultStreamBytes bounds the results stream, which carries small
 	// responses inline; the oldest announcements go first. Default 1 GiB.
 	ResultStreamBytes int64
@@ -179,6 +182,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if opts.ResultRetention <= 0 {
 		opts.ResultRetention = 24 * time.Hour
 	}
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = 1_000_000
+	}
 	if opts.ResultStreamBytes <= 0 {
 		opts.ResultStreamBytes = 1 << 30
 	}
@@ -197,6 +203,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Replicas:    opts.Replicas,
 		Duplicates:  opts.DuplicateWindow,
 		Discard:     jetstream.DiscardNew,
+		// A bound per model: a flood of one model cannot fill the stream
+		// for the others.
+		MaxMsgsPerSubject: opts.MaxQueued,
+		// Past the bound new jobs are refused; old ones are never dropped.
+		DiscardNewPerSubject: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("set up stream %s: %w", RequestStream, err)
@@ -296,9 +307,22 @@ func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
 			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
 			return nil
 		})
+		if isFull(err) {
+			return fmt.Errorf("publish job %s: %w", job.ID, ErrQueueFull)
+		}
 		return fmt.Errorf("publish job %s: %w", job.ID, err)
 	}
 	return nil
+}
+
+// ErrQueueFull is returned by Submit when the model's queue holds as many
+// jobs as it may.
+var ErrQueueFull = errors.New("queue full")
+
+// isFull reports JetStream refusing a publish for a full stream.
+func isFull(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "maximum messages") || strings.Contains(msg, "maximum bytes")
 }
 
 // EncodeJob encodes a job as a NATS message on its model's subject.

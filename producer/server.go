@@ -6,6 +6,7 @@ package producer
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,6 +76,9 @@ type Options struct {
 	// MaxBatchBytes bounds a batch file, which is read as it arrives, not
 	// held in memory. Default 16 GiB.
 	MaxBatchBytes int64
+	// Tokens, when not empty, are the API tokens: every request but health
+	// and metrics must carry one as Authorization: Bearer <token>.
+	Tokens []string
 	// Presign, when set, turns the key of a result stored alone (the job
 	// layout) into a URL clients can GET directly: a presigned S3 URL.
 	Presign func(ctx context.Context, key string) (string, error)
@@ -184,8 +189,34 @@ func (s *Server) routes() {
 // Routes returns the routes served, as "METHOD /path/{param}".
 func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
-// ServeHTTP serves the API.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP serves the API. With tokens configured, every path but health
+// and metrics needs one.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(s.opts.Tokens) > 0 && !open(r.URL.Path) && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="inferq"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API token: send Authorization: Bearer <token>"})
+		s.metrics.observeRequest("unauthorized", http.StatusUnauthorized, 0)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// open reports the paths served without a token: health and metrics.
+func open(path string) bool {
+	return strings.HasPrefix(path, "/v2/health/") || path == "/metrics"
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || got == "" {
+		return false
+	}
+	match := 0
+	for _, t := range s.opts.Tokens {
+		match |= subtle.ConstantTimeCompare([]byte(got), []byte(t))
+	}
+	return match == 1
+}
 
 // httpError is an error with the status code it answers with.
 type httpError struct {
@@ -401,6 +432,14 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		f(id)
 	}
 	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
+		if errors.Is(err, jobs.ErrQueueFull) {
+			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()
+			if key := r.Header.Get("Idempotency-Key"); key != "" {
+				_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
+			}
+			return nil, &httpError{code: http.StatusTooManyRequests, retryAfter: 5,
+				msg: fmt.Sprintf("the queue of model %s is full; the job was not accepted, retry later", m.Name)}
+		}
 		s.log.Warn("could not queue job", "model", m.Name, "err", err)
 		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
 		if key := r.Header.Get("Idempotency-Key"); key != "" {

@@ -328,3 +328,53 @@ func TestWebhook(t *testing.T) {
 		t.Errorf("%v deliveries counted", got)
 	}
 }
+
+// With API tokens, every path but health and metrics needs one; a model's
+// queue at --max-queued refuses more jobs with 429 and Retry-After, and
+// keeps the ones it holds.
+func TestTokensAndFullQueue(t *testing.T) {
+	repo, _ := fixtures(t, nil)
+	s := startServe(t, repo, "--api-tokens", "t1,t2", "--max-queued", "5", "--only", "none")
+	call := func(method, path, token, body string) response {
+		t.Helper()
+		req, _ := http.NewRequest(method, s.url+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return response{code: res.StatusCode, header: res.Header, body: mustRead(t, res)}
+	}
+	for _, c := range []struct {
+		path, token string
+		code        int
+	}{
+		{"/v1/models", "", 401}, {"/v1/models", "wrong", 401}, {"/v1/models", "t2", 200},
+		{"/v2/health/live", "", 200}, {"/metrics", "", 200}, {"/openapi.json", "", 401},
+	} {
+		if r := call("GET", c.path, c.token, ""); r.code != c.code {
+			t.Errorf("GET %s with token %q: %d %s, want %d", c.path, c.token, r.code, r.body, c.code)
+		}
+	}
+	if r := call("GET", "/v1/models", "", ""); !strings.Contains(r.errorMessage(t), "Bearer") {
+		t.Errorf("401 says %s", r.body)
+	}
+	for i := range 5 {
+		if r := call("POST", "/v1/models/lookup/jobs", "t1", string(lookupRequest(int64(i)))); r.code != http.StatusAccepted {
+			t.Fatalf("job %d: %d %s", i, r.code, r.body)
+		}
+	}
+	r := call("POST", "/v1/models/lookup/jobs", "t1", string(lookupRequest(1)))
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.Contains(r.errorMessage(t), "full") {
+		t.Fatalf("sixth job: %d %v %s", r.code, r.header, r.body)
+	}
+	if m := s.metrics(t); m["inferq_queue_pending_jobs,model=lookup"] != 5 {
+		t.Errorf("pending %v, want the 5 accepted jobs kept", m["inferq_queue_pending_jobs,model=lookup"])
+	}
+	// Another model's queue is not affected.
+	if r := call("POST", "/v1/models/total/jobs", "t1", `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`); r.code != http.StatusAccepted {
+		t.Fatalf("another model: %d %s", r.code, r.body)
+	}
+}

@@ -60,6 +60,8 @@ type serveFlags struct {
 	maxMessageBytes       int
 	minReplicas           int
 	streamReplicas        int
+	maxQueued             int64
+	apiTokens             string
 	maxReplicas           int
 	targetBacklog         int64
 	scaleInterval         time.Duration
@@ -95,6 +97,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
+	fs.Int64Var(&f.maxQueued, "max-queued", 1_000_000, "most jobs waiting per model (and priority); past it submissions get 429")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
@@ -102,6 +105,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes (and largest line of a batch file)")
 		fs.Int64Var(&f.maxBatchBytes, "max-batch-bytes", 16<<30, "largest batch file accepted, in bytes; it is read as it arrives, not held in memory")
+		fs.StringVar(&f.apiTokens, "api-tokens", "", "comma-separated API tokens; when set, every path but health and metrics needs Authorization: Bearer <token> (prefer INFERQ_API_TOKENS)")
 		fs.StringVar(&f.webhookSecret, "webhook-secret", "", "secret that signs webhook calls (HMAC-SHA256 in the Inferq-Signature header); empty sends them unsigned")
 		fs.IntVar(&f.webhookAttempts, "webhook-attempts", 10, "calls made to a job's webhook before giving up")
 		fs.DurationVar(&f.webhookBackoff, "webhook-backoff", 2*time.Second, "wait after a failed webhook call; doubles each time, up to 10m")
@@ -194,7 +198,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, Replicas: f.streamReplicas})
+	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued})
 	if err != nil {
 		return err
 	}
@@ -270,7 +274,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				}
 				return store.Check(ctx)
 			},
-			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention,
+			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: splitList(f.apiTokens),
 			Registerer: reg, Gatherer: reg, Logger: log,
 		})
 		if err != nil {
