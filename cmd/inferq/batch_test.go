@@ -56,6 +56,28 @@ func awaitBatch(t *testing.T, s *server, id string, within time.Duration) jobs.B
 	}
 }
 
+// eachOutputLine streams a batch's output and calls fn with each line,
+// numbered from 0, and returns how many there were.
+func eachOutputLine(t *testing.T, s *server, id string, fn func(i int, o batchOut, raw []byte)) int {
+	t.Helper()
+	res, err := http.Get(s.url + "/v1/batches/" + id + "/output")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(nil, 1<<20)
+	i := 0
+	for ; sc.Scan(); i++ {
+		var o batchOut
+		if err := json.Unmarshal(sc.Bytes(), &o); err != nil {
+			t.Fatalf("output line %d: %.200s: %v", i, sc.Bytes(), err)
+		}
+		fn(i, o, sc.Bytes())
+	}
+	return i
+}
+
 type batchOut struct {
 	CustomID json.RawMessage `json:"custom_id"`
 	Response json.RawMessage `json:"response"`
@@ -93,19 +115,7 @@ func TestBatchFile(t *testing.T) {
 	if rec.Status != jobs.BatchSucceeded || rec.Counts.Total != n || rec.Counts.Failed != int64(len(bad)) || rec.Counts.Succeeded != n-int64(len(bad)) {
 		t.Fatalf("batch %+v", rec)
 	}
-	res, err := http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(nil, 1<<20)
-	i := 0
-	for ; sc.Scan(); i++ {
-		var o batchOut
-		if err := json.Unmarshal(sc.Bytes(), &o); err != nil {
-			t.Fatalf("output line %d: %v", i, err)
-		}
+	i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
 		want := fmt.Sprintf(`"row-%d"`, i)
 		if i == 500 {
 			want = "null" // a line that is not JSON has no custom_id to echo
@@ -115,16 +125,16 @@ func TestBatchFile(t *testing.T) {
 		}
 		if _, isBad := bad[i]; isBad {
 			if o.Error == "" || o.Response != nil {
-				t.Fatalf("bad line %d: %s", i, sc.Bytes())
+				t.Fatalf("bad line %d: %s", i, raw)
 			}
-			continue
+			return
 		}
 		resp, err := tensor.DecodeResponse(o.Response)
 		if err != nil {
-			t.Fatalf("line %d: %v: %s", i, err, sc.Bytes())
+			t.Fatalf("line %d: %v: %s", i, err, raw)
 		}
 		assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, d.run(t, inputs[i]))
-	}
+	})
 	if i != n {
 		t.Fatalf("%d output lines, want %d", i, n)
 	}
@@ -188,20 +198,11 @@ func TestBatchFileStreams(t *testing.T) {
 	if peak.Load() > uint64(sent.Load())/2 {
 		t.Errorf("heap peaked at %d MB for a %d MB file: the upload is not streamed", peak.Load()>>20, sent.Load()>>20)
 	}
-	res, err := http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(nil, 1<<20)
-	i := 0
-	for ; sc.Scan(); i++ {
-		var o batchOut
-		if err := json.Unmarshal(sc.Bytes(), &o); err != nil || string(o.CustomID) != fmt.Sprint(i) || len(o.Response) == 0 {
-			t.Fatalf("output line %d: %.200s (%v)", i, sc.Bytes(), err)
+	i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
+		if string(o.CustomID) != fmt.Sprint(i) || len(o.Response) == 0 {
+			t.Fatalf("output line %d: %.200s", i, raw)
 		}
-	}
+	})
 	if i != n {
 		t.Fatalf("%d output lines, want %d", i, n)
 	}
