@@ -34,6 +34,7 @@ import (
 // expire; the storage package's stores are.
 type resultWriter interface {
 	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	List(ctx context.Context, prefix string) ([]string, error)
 	Delete(ctx context.Context, key string) error
 }
@@ -331,6 +332,10 @@ func (w *Worker) Run(ctx context.Context) error {
 type fetched struct {
 	msg  jetstream.Msg
 	body []byte
+	// job, when set, is the message decoded already, with the inputs it
+	// gave by reference read from storage (or err saying why not).
+	job *jobs.Job
+	err error
 }
 
 // pump moves fetched messages into ch until the iterator is closed. It
@@ -357,7 +362,19 @@ func (w *Worker) pump(ctx context.Context, it jetstream.MessagesContext, ch chan
 			body = nil // the job fails in admit, with the reason
 			w.log.Warn("a job's payload is missing", "err", err)
 		}
-		ch <- &fetched{msg: m, body: body}
+		f := &fetched{msg: m, body: body}
+		if body != nil && bytes.Contains(body, []byte(`"`+tensor.ObjectParameter+`"`)) {
+			f.job, f.err = jobs.DecodeJob(m.Headers(), body, w.opts.Limits)
+			if f.err == nil {
+				f.err = w.readInputs(ctx, f.job)
+				if f.err != nil && !errors.Is(f.err, storage.ErrNotFound) && !errors.Is(f.err, errBadObject) {
+					w.log.Warn("could not read a job's inputs from storage; it returns to the queue", "job", f.job.ID, "err", f.err)
+					_ = m.NakWithDelay(w.opts.Backoff)
+					continue
+				}
+			}
+		}
+		ch <- f
 	}
 }
 
@@ -455,7 +472,10 @@ func (w *Worker) unload() {
 func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetched) {
 	m := f.msg
 	it := &item{msg: m}
-	job, err := jobs.DecodeJob(m.Headers(), f.body, w.opts.Limits)
+	job, err := f.job, f.err
+	if job == nil {
+		job, err = jobs.DecodeJob(m.Headers(), f.body, w.opts.Limits)
+	}
 	if job == nil {
 		w.log.Error("undecodable job message", "err", err)
 		_ = m.TermWithReason("undecodable")
@@ -1010,4 +1030,32 @@ func (w *Worker) sweep(ctx context.Context, keep time.Duration) {
 			w.log.Info("expired results deleted", "objects", deleted, "older_than", keep)
 		}
 	}
+}
+
+// errBadObject is an input object that cannot be the input it stands for.
+var errBadObject = errors.New("bad input object")
+
+// readInputs reads the inputs a job gives by reference from storage. A
+// missing object, or one whose size does not fit the input's shape, is an
+// error the job fails with; others are storage trouble, to retry.
+func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
+	for i := range job.Request.Inputs {
+		t := &job.Request.Inputs[i]
+		if t.Object == "" {
+			continue
+		}
+		rc, err := w.opts.Results.Get(ctx, t.Object)
+		if err != nil {
+			return fmt.Errorf("input %q: object %s: %w", t.Name, t.Object, err)
+		}
+		t.Data, err = io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("input %q: read object %s: %w", t.Name, t.Object, err)
+		}
+		if err := t.CheckData(); err != nil {
+			return fmt.Errorf("%w: input %q: object %s holds %d bytes, which do not fit %s %s: %v", errBadObject, t.Name, t.Object, len(t.Data), t.Datatype, tensor.FormatShape(t.Shape), err)
+		}
+	}
+	return nil
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -399,6 +400,16 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
 	rows, err := m.Check(req)
+	if err == nil {
+		for _, in := range req.Inputs {
+			if in.Object != "" {
+				if kerr := storage.CheckKey(in.Object); kerr != nil {
+					err = fmt.Errorf("input %q: %s: %v", in.Name, tensor.ObjectParameter, kerr)
+					break
+				}
+			}
+		}
+	}
 	if err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)

@@ -200,8 +200,19 @@ func (w *wireTensor) decode(binaryData []byte, lim Limits, budget int64) (Tensor
 		}
 		return t, binaryData[size:], nil
 	}
+	if raw, ok := w.Parameters[ObjectParameter]; ok {
+		if len(w.Data) > 0 {
+			return Tensor{}, nil, invalidf("input %q has both data and %s; give one", w.Name, ObjectParameter)
+		}
+		var key string
+		if err := json.Unmarshal(raw, &key); err != nil || key == "" {
+			return Tensor{}, nil, invalidf("input %q: %s must be a string naming a stored object", w.Name, ObjectParameter)
+		}
+		t.Object = key
+		return t, binaryData, nil
+	}
 	if len(w.Data) == 0 {
-		return Tensor{}, nil, invalidf("input %q has no data", w.Name)
+		return Tensor{}, nil, invalidf("input %q has no data (give data, or %s naming a stored object)", w.Name, ObjectParameter)
 	}
 	t.Data, err = decodeData(w.Data, dt, n, lim)
 	if err != nil {
@@ -541,10 +552,13 @@ func (r *Request) MarshalBinary() (data []byte, headerLen int, err error) {
 	size := 0
 	for i := range r.Inputs {
 		t := &r.Inputs[i]
-		w.Inputs[i] = wireTensor{
-			Name: t.Name, Shape: t.Shape, Datatype: t.Datatype.String(),
-			Parameters: map[string]json.RawMessage{"binary_data_size": json.RawMessage(strconv.Itoa(len(t.Data)))},
+		w.Inputs[i] = wireTensor{Name: t.Name, Shape: t.Shape, Datatype: t.Datatype.String()}
+		if t.Object != "" && len(t.Data) == 0 {
+			key, _ := json.Marshal(t.Object)
+			w.Inputs[i].Parameters = map[string]json.RawMessage{ObjectParameter: key}
+			continue
 		}
+		w.Inputs[i].Parameters = map[string]json.RawMessage{"binary_data_size": json.RawMessage(strconv.Itoa(len(t.Data)))}
 		size += len(t.Data)
 	}
 	for _, o := range r.Outputs {

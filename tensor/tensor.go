@@ -18,7 +18,16 @@ type Tensor struct {
 	Datatype Datatype
 	Shape    []int64
 	Data     []byte
+	// Object, on an input given by reference, names the stored object
+	// that holds its data (raw little-endian elements, as in the binary
+	// extension); Data is empty until the object is read.
+	Object string
 }
+
+// ObjectParameter is the input parameter that gives an input by
+// reference: {"parameters": {"inferq_object": "tensors/x.raw"}} in place
+// of "data".
+const ObjectParameter = "inferq_object"
 
 // NumElements is the product of the shape's dimensions (1 for a scalar).
 func NumElements(shape []int64) int64 {

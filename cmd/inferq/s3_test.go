@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -152,5 +153,44 @@ func TestStorageOutage(t *testing.T) {
 	}
 	if f := s.metrics(t)["inferq_jobs_finished_total,model=lookup,status=failed"]; f != 0 {
 		t.Errorf("%v jobs failed during a storage outage", f)
+	}
+}
+
+// An input may name a stored object instead of carrying its data: the
+// worker reads it before the run. A missing object, or one that does not
+// fit the input's shape, fails the job with the reason; a bad key is
+// refused at submit.
+func TestInputsByReference(t *testing.T) {
+	data := t.TempDir()
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}), "--data", data)
+	d := openDirect(t, irisPath(t))
+	x := tensor.Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{2, 4}, Data: f32(5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3)}
+	store, err := storage.NewDir(filepath.Join(data, "objects"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(context.Background(), "tensors/two-flowers.raw", bytes.NewReader(x.Data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(context.Background(), "tensors/short.raw", bytes.NewReader(x.Data[:12])); err != nil {
+		t.Fatal(err)
+	}
+	ref := func(key string) []byte {
+		return []byte(`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"inferq_object":"` + key + `"}}]}`)
+	}
+	id := s.submit(t, "/v1/models/iris/jobs", ref("tensors/two-flowers.raw"))
+	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+		t.Fatalf("job by reference: %+v", rec)
+	}
+	assertClose(t, "by reference", s.result(t, id).Outputs, d.run(t, []tensor.Tensor{x}))
+
+	for key, want := range map[string]string{"tensors/missing.raw": "not found", "tensors/short.raw": "do not fit"} {
+		id := s.submit(t, "/v1/models/iris/jobs", ref(key))
+		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, key) || !strings.Contains(rec.Error, want) {
+			t.Errorf("%s: %+v, want failed saying %q", key, rec, want)
+		}
+	}
+	if r := do(t, "POST", s.url+"/v1/models/iris/jobs", ref("../etc/passwd")); r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "inferq_object") {
+		t.Errorf("bad key: %d %s", r.code, r.body)
 	}
 }
