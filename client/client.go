@@ -302,3 +302,31 @@ func (c *Client) BatchOutput(ctx context.Context, id string, w io.Writer) error 
 	}
 	return nil
 }
+
+// DeadLetters returns a page of a model's failed jobs, oldest first,
+// after the dead letter with seq after (0 for the first page).
+func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]jobs.DeadLetter, error) {
+	path := fmt.Sprintf("/v1/models/%s/dead-letters?after=%d", url.PathEscape(model), after)
+	if limit > 0 {
+		path += fmt.Sprintf("&limit=%d", limit)
+	}
+	res, err := c.do(ctx, "GET", path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var page struct {
+		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+	}
+	return page.DeadLetters, decode(res, &page)
+}
+
+// Replay queues a failed job's request again as a new job and returns the
+// new job's record.
+func (c *Client) Replay(ctx context.Context, model, id string) (*jobs.Record, error) {
+	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/dead-letters/"+url.PathEscape(id)+"/replay", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var rec jobs.Record
+	return &rec, decode(res, &rec)
+}

@@ -890,6 +890,15 @@ func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 // its message. If the record cannot be written the message is left to be
 // redelivered, so the job is not lost.
 func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
+	if status == jobs.Failed && (it.rec == nil || !it.rec.Status.Final()) {
+		// The letter goes first: a job whose letter cannot be written is
+		// left to come back, rather than failed without one.
+		if err := w.opts.Queue.DeadLetter(ctx, it.msg, reason, it.attempt); err != nil {
+			w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
+			_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+			return
+		}
+	}
 	now := time.Now().UTC()
 	rec, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
 		if r.Status.Final() {
@@ -917,8 +926,11 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 	if err := w.opts.Queue.Announce(rec, response); err != nil {
 		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
 	}
-	if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
-		w.log.Warn("could not delete a finished job's payload", "job", it.job.ID, "err", err)
+	// A failed job's stored body stays for its dead letter's replay.
+	if status != jobs.Failed {
+		if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
+			w.log.Warn("could not delete a finished job's payload", "job", it.job.ID, "err", err)
+		}
 	}
 	// A plain ack: if it is lost the job is delivered again, finds its
 	// record final, and is acknowledged then without running.

@@ -7,6 +7,7 @@
 //
 //	inferq.requests.<model>   one message per job, V2 binary request
 //	inferq.results.<model>    one message per finished job, its record JSON
+//	inferq.dead.<model>.<id>  a copy of each failed job, for replay
 //	$KV.INFERQ_JOBS.<job id>  every change of a job's record
 package jobs
 
@@ -105,6 +106,9 @@ type Options struct {
 	// MaxQueued bounds the jobs waiting per model and priority; a job
 	// past it is refused (ErrQueueFull, HTTP 429). Default 1,000,000.
 	MaxQueued int64
+	// DeadLetterRetention is how long a failed job's dead letter is kept
+	// for replay. Default 14 days.
+	DeadLetterRetention time.Duration
 	// ResultStreamBytes bounds the results stream, which carries small
 	// responses inline; the oldest announcements go first. Default 1 GiB.
 	ResultStreamBytes int64
@@ -194,6 +198,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if opts.DuplicateWindow <= 0 {
 		opts.DuplicateWindow = 2 * time.Minute
 	}
+	if opts.DeadLetterRetention <= 0 {
+		opts.DeadLetterRetention = 14 * 24 * time.Hour
+	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        RequestStream,
 		Description: "inferq jobs waiting to run, one subject per model",
@@ -225,6 +232,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	})
 	if err != nil {
 		return nil, fmt.Errorf("set up stream %s: %w", ResultStream, err)
+	}
+	if err := setupDeadLetters(ctx, js, opts); err != nil {
+		return nil, err
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      RecordBucket,

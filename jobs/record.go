@@ -79,6 +79,8 @@ type Record struct {
 	// its lines the job packs.
 	Batch string `json:"batch_id,omitempty"`
 	Lines int    `json:"lines,omitempty"`
+	// ReplayOf is the failed job this one replays from the dead letters.
+	ReplayOf string `json:"replay_of,omitempty"`
 	// Result is where the result of a succeeded job is stored. It is kept
 	// in the bucket and not shown to clients, who read the result through
 	// ResultURL.

@@ -83,6 +83,9 @@ type Options struct {
 	// Presign, when set, turns the key of a result stored alone (the job
 	// layout) into a URL clients can GET directly: a presigned S3 URL.
 	Presign func(ctx context.Context, key string) (string, error)
+	// DeadLetters keeps failed jobs for inspection and replay; without it
+	// the dead-letter routes answer 404.
+	DeadLetters DeadLetters
 	// Stream follows models' finished jobs, for GET
 	// /v1/models/{model}/results; *jobs.Queue is one.
 	Stream ResultStream
@@ -170,6 +173,8 @@ func (s *Server) routes() {
 	handle("GET /v1/batches/{id}/output", s.batchOutput)
 	handle("DELETE /v1/batches/{id}", s.cancelBatch)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
+	handle("GET /v1/models/{model}/dead-letters", s.listDeadLetters)
+	handle("POST /v1/models/{model}/dead-letters/{id}/replay", s.replayDeadLetter)
 	handle("GET /v1/models", s.listModels)
 	handle("GET /v2/models/{model}", s.modelMetadata)
 	handle("GET /v2/models/{model}/versions/{version}", s.modelMetadata)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -243,4 +244,23 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	if len(seen) != n {
 		t.Errorf("%d jobs announced, want %d", len(seen), n)
 	}
+}
+
+// runCLI runs the inferq binary as a client of the API at url and returns
+// its standard output, standard error and exit code.
+func runCLI(t *testing.T, url, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(inferqBinary(t), args...)
+	cmd.Env = append(os.Environ(), "INFERQ_URL="+url)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
 }

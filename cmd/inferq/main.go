@@ -38,6 +38,8 @@ Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
   inferq get [--result] JOB_ID             a job's record or result
   inferq watch MODEL                       print a model's results as they finish
   inferq batch --model M FILE.jsonl        run a batch file, with progress
+  inferq dlq list --model M                a model's failed jobs, with why
+  inferq dlq replay --model M ID...|--all  queue failed jobs again, as new jobs
 
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
 environment variable (--max-body -> INFERQ_MAX_BODY).
@@ -72,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = watchCmd(ctx, args[1:], stdout, stderr)
 	case "batch":
 		err = batchCmd(ctx, args[1:], stdout, stderr)
+	case "dlq":
+		err = dlqCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "inferq", version())
 		return 0

@@ -53,6 +53,7 @@ type serveFlags struct {
 	maxWait               time.Duration
 	modelPoll             time.Duration
 	recordRetention       time.Duration
+	deadLetterRetention   time.Duration
 	webhookSecret         string
 	s3                    storage.S3Options
 	resultLayout          string
@@ -100,6 +101,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.Int64Var(&f.maxQueued, "max-queued", 1_000_000, "most jobs waiting per model (and priority); past it submissions get 429")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
+	fs.DurationVar(&f.deadLetterRetention, "dead-letter-retention", 14*24*time.Hour, "how long a failed job is kept in its model's dead letters for replay")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
@@ -198,7 +200,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued})
+	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued})
 	if err != nil {
 		return err
 	}
@@ -266,7 +268,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
-			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q,
+			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {

@@ -77,15 +77,19 @@ func Recurrent() []byte {
 // Lookup gathers rows of a fixed 10x3 table by index: idx INT64 [batch]
 // to y [batch, 3]. An index outside 0..9 makes ONNX Runtime fail the run,
 // which is how tests put one bad request into a batch.
-func Lookup() []byte {
+func Lookup() []byte { return LookupRows(10) }
+
+// LookupRows is Lookup with a table of n rows, row i holding 3i, 3i+1
+// and 3i+2.
+func LookupRows(n int) []byte {
 	m := New("lookup")
 	m.Input("idx", Int64, -1)
 	m.Output("y", Float, -1, 3)
-	table := make([]float32, 30)
+	table := make([]float32, 3*n)
 	for i := range table {
 		table[i] = float32(i)
 	}
-	m.Floats("table", []int64{10, 3}, table)
+	m.Floats("table", []int64{int64(n), 3}, table)
 	m.Node("Gather", []string{"table", "idx"}, []string{"y"}, Int("axis", 0))
 	return m.Bytes()
 }

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
+)
+
+// TestPoisonJobsDeadLettered: a job that fails every attempt ends failed
+// after max_attempts, with ONNX Runtime's reason, and lands in the
+// model's dead letters, the good jobs around it untouched. An operator
+// lists it with `inferq dlq list`, fixes the model (a new version with a
+// bigger table) and replays it with `inferq dlq replay --all`: the replay
+// is a new job that names the failed one, runs on the new version and
+// succeeds, and the dead letter is gone.
+func TestPoisonJobsDeadLettered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the CLI as a subprocess; skipped with -short")
+	}
+	dir := t.TempDir()
+	v1 := filepath.Join(dir, "v1.onnx")
+	writeFile(t, v1, onnxbuild.LookupRows(10))
+	repo := testenv.ModelRepo(t, map[string]string{
+		"lookup/1/model.onnx": "@" + v1,
+		"lookup/config.yaml":  "max_attempts: 3\nmax_queue_delay: 20ms\n",
+	})
+	s := startServe(t, repo, "--model-poll", "50ms")
+	lookup := func(idx int) []byte {
+		return fmt.Appendf(nil, `{"inputs":[{"name":"idx","shape":[1],"datatype":"INT64","data":[%d]}]}`, idx)
+	}
+	var good []string
+	for i := range 5 {
+		good = append(good, s.submit(t, "/v1/models/lookup/jobs", lookup(i)))
+	}
+	poison := s.submit(t, "/v1/models/lookup/jobs", lookup(42))
+	for _, id := range good {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+			t.Fatalf("good job beside the poison one: %+v", rec)
+		}
+	}
+	rec := s.await(t, poison, 60*time.Second)
+	if rec.Status != jobs.Failed || rec.Attempts != 3 || !strings.Contains(rec.Error, "idx=42") || !strings.Contains(rec.Error, "attempt 3 of 3") {
+		t.Fatalf("poison job: %+v, want failed after 3 attempts with ONNX Runtime's reason", rec)
+	}
+
+	// The dead letters hold it, and only it.
+	r := do(t, "GET", s.url+"/v1/models/lookup/dead-letters", nil)
+	var page struct {
+		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+	}
+	r.json(t, &page)
+	if r.code != http.StatusOK || len(page.DeadLetters) != 1 {
+		t.Fatalf("dead letters: %d %s, want the poison job alone", r.code, r.body)
+	}
+	if d := page.DeadLetters[0]; d.JobID != poison || d.Attempts != 3 || !strings.Contains(d.Error, "idx=42") || d.FailedAt.IsZero() {
+		t.Fatalf("dead letter %+v, want job %s after 3 attempts with the reason", d, poison)
+	}
+	out, errOut, code := runCLI(t, s.url, "", "dlq", "list", "--model", "lookup")
+	if code != 0 || !strings.Contains(out, poison) || !strings.Contains(out, "ONNX Runtime") || strings.Count(out, "\n") != 2 {
+		t.Fatalf("dlq list: %d\n%s%s", code, out, errOut)
+	}
+
+	// Replaying before the fix fails the same way, and the new failure is
+	// dead-lettered in its turn, naming the job it replayed.
+	out, errOut, code = runCLI(t, s.url, "", "dlq", "replay", "--model", "lookup", poison)
+	f := strings.Fields(out)
+	if code != 0 || len(f) != 2 || f[0] != poison {
+		t.Fatalf("dlq replay: %d\n%s%s", code, out, errOut)
+	}
+	again := s.await(t, f[1], 60*time.Second)
+	if again.Status != jobs.Failed || again.ReplayOf != poison {
+		t.Fatalf("replay before the fix: %+v, want failed, replay_of %s", again, poison)
+	}
+	if got := deadLetterIDs(t, s); !slices.Equal(got, []string{again.ID}) {
+		t.Fatalf("dead letters %v, want the replay %s alone", got, again.ID)
+	}
+
+	// The fix: version 2, with a table of 100 rows, moved into place.
+	staged := filepath.Join(dir, "2")
+	if err := os.Mkdir(staged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(staged, "model.onnx"), onnxbuild.LookupRows(100))
+	if err := os.Rename(staged, filepath.Join(repo, "lookup", "2")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(string(do(t, "GET", s.url+"/v2/models/lookup", nil).body), `"2"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("version 2 was not loaded within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, errOut, code = runCLI(t, s.url, "", "dlq", "replay", "--model", "lookup", "--all")
+	f = strings.Fields(out)
+	if code != 0 || len(f) != 2 || f[0] != again.ID {
+		t.Fatalf("dlq replay --all: %d\n%s%s", code, out, errOut)
+	}
+	fixed := s.await(t, f[1], 30*time.Second)
+	if fixed.Status != jobs.Succeeded || fixed.ReplayOf != again.ID || fixed.ModelVersion != "2" {
+		t.Fatalf("replay after the fix: %+v, want succeeded on version 2", fixed)
+	}
+	res := s.result(t, fixed.ID)
+	if got := res.Outputs[0].Data; !bytes.Equal(got, f32(126, 127, 128)) {
+		t.Errorf("replayed job's output %v, want row 42 of the new table", res.Outputs[0])
+	}
+	if got := deadLetterIDs(t, s); len(got) != 0 {
+		t.Errorf("dead letters %v after a successful replay, want none", got)
+	}
+	// A second replay of a job already replayed finds no letter.
+	if r := do(t, "POST", s.url+"/v1/models/lookup/dead-letters/"+again.ID+"/replay", nil); r.code != http.StatusNotFound {
+		t.Errorf("replaying twice: %d %s, want 404", r.code, r.body)
+	}
+	m := s.metrics(t)
+	if got := m["inferq_jobs_finished_total,model=lookup,status=failed"]; got != 2 {
+		t.Errorf("%v jobs failed, want 2 (the poison job and its first replay)", got)
+	}
+}
+
+func deadLetterIDs(t *testing.T, s *server) []string {
+	t.Helper()
+	r := do(t, "GET", s.url+"/v1/models/lookup/dead-letters", nil)
+	if r.code != http.StatusOK {
+		t.Fatalf("dead letters: %d %s", r.code, r.body)
+	}
+	var page struct {
+		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+	}
+	r.json(t, &page)
+	var ids []string
+	for _, d := range page.DeadLetters {
+		ids = append(ids, d.JobID)
+	}
+	return ids
+}

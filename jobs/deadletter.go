@@ -1,0 +1,241 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DeadLetterStream keeps a copy of every job that ended failed: its
+// request as it was queued and why it failed, for an operator to inspect
+// and replay (see Queue.DeadLetters and Queue.Replay).
+const DeadLetterStream = "INFERQ_DEAD_LETTERS"
+
+const deadPrefix = "inferq.dead."
+
+// Headers a dead letter adds to the job message it copies.
+const (
+	HeaderError    = "Inferq-Error"
+	HeaderAttempts = "Inferq-Attempts"
+	HeaderFailedAt = "Inferq-Failed-At"
+	// HeaderSubject is the subject the job was queued on, which says its
+	// priority.
+	HeaderSubject = "Inferq-Subject"
+)
+
+// DeadLetterSubject is the subject of a model's dead letter for a job.
+func DeadLetterSubject(model, id string) string { return deadPrefix + model + "." + id }
+
+func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "inferq jobs that failed, with why, for inspection and replay",
+		Subjects:    []string{deadPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		Duplicates:  opts.DuplicateWindow,
+		MaxAge:      opts.DeadLetterRetention,
+		// One letter per job: a job failed twice (its record write lost
+		// after the first) keeps the latest.
+		MaxMsgsPerSubject: 1,
+	})
+	if err != nil {
+		return fmt.Errorf("set up stream %s: %w", DeadLetterStream, err)
+	}
+	return nil
+}
+
+// DeadLetter copies a failed job's message, with the reason it failed, to
+// the dead-letter stream. Call it before the job's record is marked
+// failed: if it errs, leave the job to be redelivered, so that no failed
+// job goes without its letter.
+func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
+	h := msg.Headers()
+	id, model := h.Get(HeaderJobID), h.Get(HeaderModel)
+	if !subjectToken(model) || !subjectToken(id) {
+		// Not a job inferq can replay (a hand-made message); its record,
+		// if it has one, says why it failed.
+		return nil
+	}
+	out := nats.NewMsg(DeadLetterSubject(model, id))
+	out.Data = msg.Data()
+	for k, v := range h {
+		if k == HeaderRecordRevision || strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		out.Header[k] = v
+	}
+	out.Header.Set(HeaderError, headerValue(reason))
+	out.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
+	out.Header.Set(HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	out.Header.Set(HeaderSubject, msg.Subject())
+	_, err := q.js.PublishMsg(ctx, out, jetstream.WithMsgID("dead-"+id), jetstream.WithExpectStream(DeadLetterStream))
+	if err != nil {
+		return fmt.Errorf("dead-letter job %s: %w", id, err)
+	}
+	return nil
+}
+
+// subjectToken reports whether s can be one token of a subject.
+func subjectToken(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".*> \t\r\n")
+}
+
+// headerValue makes s safe as a header value: one line, of bounded length.
+func headerValue(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	const max = 2048
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return s
+}
+
+// DeadLetter is a failed job kept for inspection and replay.
+type DeadLetter struct {
+	// Seq is the letter's place in the dead-letter stream.
+	Seq      uint64    `json:"seq"`
+	JobID    string    `json:"job_id"`
+	Model    string    `json:"model"`
+	Error    string    `json:"error"`
+	Attempts int       `json:"attempts"`
+	FailedAt time.Time `json:"failed_at"`
+	Priority Priority  `json:"priority,omitempty"`
+	// Bytes is the size of the request as queued (0 for one whose body is
+	// kept in storage).
+	Bytes int `json:"bytes"`
+	// Batch is the batch file the job came from, if any.
+	Batch string `json:"batch_id,omitempty"`
+}
+
+func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+	h := m.Header
+	d := DeadLetter{
+		Seq: m.Sequence, JobID: h.Get(HeaderJobID), Model: h.Get(HeaderModel),
+		Error: h.Get(HeaderError), Bytes: len(m.Data),
+	}
+	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	d.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
+	if strings.HasSuffix(h.Get(HeaderSubject), ".high") {
+		d.Priority = High
+	}
+	if rec := recordOf(h); rec != nil {
+		d.Batch = rec.Batch
+	}
+	return d
+}
+
+// recordOf is the record a job message carries, if it carries one.
+func recordOf(h nats.Header) *Record {
+	v := h.Get(HeaderRecord)
+	if v == "" {
+		return nil
+	}
+	var rec Record
+	if json.Unmarshal([]byte(v), &rec) != nil {
+		return nil
+	}
+	return &rec
+}
+
+// DeadLetters returns up to limit of a model's dead letters, oldest
+// first, from those after stream sequence after (0 for the start).
+func (q *Queue) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]DeadLetter, error) {
+	s, err := q.js.Stream(ctx, DeadLetterStream)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", DeadLetterStream, err)
+	}
+	var out []DeadLetter
+	seq := after + 1
+	for len(out) < limit {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(deadPrefix+model+".*"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read dead letters of %s: %w", model, err)
+		}
+		out = append(out, deadLetterOf(m))
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+// ErrNoDeadLetter is returned for a job that has no dead letter.
+var ErrNoDeadLetter = errors.New("no dead letter for this job")
+
+// Replay queues a dead letter's request again as a new job with id newID,
+// whose record names the failed job in ReplayOf, and removes the letter.
+// The new job keeps the old one's priority, webhook and request; not its
+// deadline (long passed, most likely) nor its batch (which has ended).
+func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, error) {
+	s, err := q.js.Stream(ctx, DeadLetterStream)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", DeadLetterStream, err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, DeadLetterSubject(model, id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("%w: %s of model %s", ErrNoDeadLetter, id, model)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read dead letter of job %s: %w", id, err)
+	}
+	h := m.Header
+	subject := h.Get(HeaderSubject)
+	if subject != RequestSubject(model, Normal) && subject != RequestSubject(model, High) {
+		subject = RequestSubject(model, Normal)
+	}
+	rec := recordOf(h)
+	if rec == nil {
+		rec = &Record{Model: model}
+	}
+	*rec = Record{
+		ID: newID, Model: model, Status: Queued, CreatedAt: time.Now().UTC(),
+		ClientID: rec.ClientID, Rows: rec.Rows, Priority: rec.Priority, Webhook: rec.Webhook,
+		ReplayOf: id,
+	}
+	out := nats.NewMsg(subject)
+	out.Data = m.Data
+	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength} {
+		if v := h.Get(k); v != "" {
+			out.Header.Set(k, v)
+		}
+	}
+	out.Header.Set(HeaderJobID, newID)
+	b, rev, err := q.Records.create(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	out.Header.Set(HeaderRecord, string(b))
+	out.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
+	if _, err := q.js.PublishMsg(ctx, out, jetstream.WithMsgID(newID), jetstream.WithExpectStream(RequestStream)); err != nil {
+		_, _ = q.Records.Update(context.WithoutCancel(ctx), newID, func(r *Record) error {
+			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
+			return nil
+		})
+		if isFull(err) {
+			return nil, fmt.Errorf("replay job %s: %w", id, ErrQueueFull)
+		}
+		return nil, fmt.Errorf("replay job %s: %w", id, err)
+	}
+	// The replay is queued; the letter has done its work. Should this
+	// delete fail, a second replay would queue the request once more,
+	// which an operator can see in the listing.
+	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return rec, fmt.Errorf("job %s replayed as %s, but its dead letter could not be removed: %w", id, newID, err)
+	}
+	return rec, nil
+}
