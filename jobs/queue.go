@@ -272,6 +272,22 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	return &Queue{js: js, keys: keys, Records: &Records{kv: kv}, Batches: &Batches{kv: batches}}, nil
 }
 
+// Open returns the queue as the streams and buckets already are, changing
+// none of their settings: for processes such as the scaler that read the
+// queue and must not undo the settings the API and workers were given.
+// It fails if the queue has not been set up.
+func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
+	kvs := make([]jetstream.KeyValue, 3)
+	for i, name := range []string{RecordBucket, KeyBucket, BatchBucket} {
+		kv, err := js.KeyValue(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("open bucket %s (start the API or a worker first, which set the queue up): %w", name, err)
+		}
+		kvs[i] = kv
+	}
+	return &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0]}, Batches: &Batches{kv: kvs[2]}}, nil
+}
+
 // Job is a request on its way to a model.
 type Job struct {
 	ID    string

@@ -369,8 +369,21 @@ func (s *Server) batchRecord(ctx context.Context, id string) (*jobs.BatchRecord,
 	return rec, nil
 }
 
-func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) error {
+// batchFor reads the record of the batch the request names, for a request
+// whose token may use the batch's model.
+func (s *Server) batchFor(r *http.Request) (*jobs.BatchRecord, error) {
 	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	if err := allow(r, rec.Model); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.batchFor(r)
 	if err != nil {
 		return err
 	}
@@ -381,7 +394,7 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) error {
 // cancelBatch cancels the jobs of a batch that have not started; those
 // running finish.
 func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
-	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	rec, err := s.batchFor(r)
 	if err != nil {
 		return err
 	}
@@ -455,7 +468,7 @@ func (s *Server) eachIndexGroup(ctx context.Context, rec *jobs.BatchRecord, fn f
 // line, in input order, with its custom_id and either the V2 response of
 // its rows or an error. Jobs are read ahead a few at a time.
 func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
-	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
+	rec, err := s.batchFor(r)
 	if err != nil {
 		return err
 	}

@@ -96,5 +96,8 @@ func (s *Server) deadLetterModel(r *http.Request) (string, error) {
 	if !model.ValidName(name) {
 		return "", errorf(http.StatusBadRequest, "%q is not a model name", name)
 	}
+	if err := allow(r, name); err != nil {
+		return "", err
+	}
 	return name, nil
 }

@@ -73,6 +73,9 @@ func describe(f *model.Family) modelJSON {
 func (s *Server) listModels(w http.ResponseWriter, r *http.Request) error {
 	out := []modelJSON{}
 	for _, f := range s.opts.Catalog.Families() {
+		if !mayUse(r.Context(), f.Name) {
+			continue
+		}
 		out = append(out, describe(f))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"models": out})

@@ -6,7 +6,6 @@ package producer
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -78,8 +78,9 @@ type Options struct {
 	// held in memory. Default 16 GiB.
 	MaxBatchBytes int64
 	// Tokens, when not empty, are the API tokens: every request but health
-	// and metrics must carry one as Authorization: Bearer <token>.
-	Tokens []string
+	// and metrics must carry one as Authorization: Bearer <token>, and
+	// may use only the models its token grants. SetTokens replaces them.
+	Tokens []Token
 	// Presign, when set, turns the key of a result stored alone (the job
 	// layout) into a URL clients can GET directly: a presigned S3 URL.
 	Presign func(ctx context.Context, key string) (string, error)
@@ -121,6 +122,7 @@ type Server struct {
 	// closing is closed by Shutdown, to end long-lived streams.
 	closing   chan struct{}
 	closeOnce sync.Once
+	tokens    atomic.Pointer[[]Token]
 }
 
 // Shutdown ends the event streams being served, so that an http.Server
@@ -151,6 +153,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.SetTokens(opts.Tokens)
 	s.routes()
 	return s, nil
 }
@@ -198,11 +201,15 @@ func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 // ServeHTTP serves the API. With tokens configured, every path but health
 // and metrics needs one.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if len(s.opts.Tokens) > 0 && !open(r.URL.Path) && !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="inferq"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API token: send Authorization: Bearer <token>"})
-		s.metrics.observeRequest("unauthorized", http.StatusUnauthorized, 0)
-		return
+	if !open(r.URL.Path) {
+		t, ok := s.authenticate(r)
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="inferq"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API token: send Authorization: Bearer <token>"})
+			s.metrics.observeRequest("unauthorized", http.StatusUnauthorized, 0)
+			return
+		}
+		r = withGrant(r, t)
 	}
 	s.mux.ServeHTTP(w, r)
 }
@@ -210,18 +217,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // open reports the paths served without a token: health and metrics.
 func open(path string) bool {
 	return strings.HasPrefix(path, "/v2/health/") || path == "/metrics"
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || got == "" {
-		return false
-	}
-	match := 0
-	for _, t := range s.opts.Tokens {
-		match |= subtle.ConstantTimeCompare([]byte(got), []byte(t))
-	}
-	return match == 1
 }
 
 // httpError is an error with the status code it answers with.
@@ -307,6 +302,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // lookup resolves the {model} and optional {version} of a path.
 func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 	name := r.PathValue("model")
+	if err := allow(r, name); err != nil {
+		return nil, err
+	}
 	var version int64
 	if v := r.PathValue("version"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -441,7 +439,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		}
 		if existing != "" {
 			w.Header().Set("Idempotent-Replayed", "true")
-			return s.record(r.Context(), existing)
+			return s.record(r, existing)
 		}
 	}
 	for _, f := range before {
@@ -552,8 +550,10 @@ func checkID(id string) error {
 	return nil
 }
 
-func (s *Server) record(ctx context.Context, id string) (*jobs.Record, error) {
-	rec, err := s.opts.Records.Get(ctx, id)
+// record reads job id's record, for a request whose token may use the
+// job's model.
+func (s *Server) record(r *http.Request, id string) (*jobs.Record, error) {
+	rec, err := s.opts.Records.Get(r.Context(), id)
 	if errors.Is(err, jobs.ErrJobNotFound) {
 		if s.opts.RecordRetention > 0 {
 			return nil, errorf(http.StatusNotFound, "job %s not found (records are kept for %s)", id, s.opts.RecordRetention)
@@ -562,6 +562,9 @@ func (s *Server) record(ctx context.Context, id string) (*jobs.Record, error) {
 	}
 	if err != nil {
 		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
+	}
+	if err := allow(r, rec.Model); err != nil {
+		return nil, err
 	}
 	return s.expire(rec), nil
 }
@@ -585,7 +588,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 		defer stop()
 		changed = ch
 	}
-	rec, err := s.record(r.Context(), id)
+	rec, err := s.record(r, id)
 	if err != nil {
 		return err
 	}
@@ -633,7 +636,7 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	rec, err := s.record(r.Context(), id)
+	rec, err := s.record(r, id)
 	if err != nil {
 		return err
 	}

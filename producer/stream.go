@@ -75,7 +75,7 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	if _, err := s.record(r.Context(), id); err != nil {
+	if _, err := s.record(r, id); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -110,7 +110,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 	}
 	changed, stop := s.opts.Watcher.Wait(id)
 	defer stop()
-	rec, err := s.record(r.Context(), id)
+	rec, err := s.record(r, id)
 	if err != nil {
 		return err
 	}
@@ -159,6 +159,9 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 // replays what the stream retains.
 func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("model")
+	if err := allow(r, name); err != nil {
+		return err
+	}
 	if _, err := s.opts.Catalog.Family(name); err != nil {
 		return errorf(http.StatusNotFound, "%v", err)
 	}

@@ -25,6 +25,8 @@ func scalerCmd(ctx context.Context, args []string, stderr io.Writer, onListen fu
 	fs := flag.NewFlagSet("inferq scaler", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsURL := fs.String("nats", "", "NATS server URL (required)")
+	var natsSec natsSecurity
+	natsSec.register(fs)
 	addr := fs.String("http", ":8081", "HTTP listen address: /v1/scaling, /v1/scaling/{model}, /metrics")
 	models := fs.String("models", "", "comma-separated models to decide for; default every model whose workers have run")
 	interval := fs.Duration("interval", 5*time.Second, "how often to read the queue")
@@ -46,7 +48,11 @@ func scalerCmd(ctx context.Context, args []string, stderr io.Writer, onListen fu
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("inferq-scaler"), nats.MaxReconnects(-1))
+	secure, err := natsSec.options()
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*natsURL, append(secure, nats.Name("inferq-scaler"), nats.MaxReconnects(-1))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
@@ -55,9 +61,17 @@ func scalerCmd(ctx context.Context, args []string, stderr io.Writer, onListen fu
 	if err != nil {
 		return err
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{})
-	if err != nil {
-		return err
+	// The scaler reads the queue as the API and workers set it up; it
+	// waits for them rather than set it up with settings of its own.
+	q, err := jobs.Open(ctx, js)
+	for err != nil {
+		log.Warn("waiting for the queue to be set up", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		q, err = jobs.Open(ctx, js)
 	}
 	list := q.Models
 	if only := splitList(*models); len(only) > 0 {

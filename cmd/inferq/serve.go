@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -63,6 +64,9 @@ type serveFlags struct {
 	streamReplicas        int
 	maxQueued             int64
 	apiTokens             string
+	tokensFile            string
+	tlsCert, tlsKey       string
+	natsSec               natsSecurity
 	maxReplicas           int
 	targetBacklog         int64
 	scaleInterval         time.Duration
@@ -95,6 +99,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.DurationVar(&f.resultURLExpiry, "result-url-expiry", time.Hour, "how long a presigned result_url stays valid (S3, job layout)")
 	fs.IntVar(&f.maxMessageBytes, "max-message-bytes", 1<<20, "a job whose request is larger is stored in object storage and the queue carries a reference")
 	fs.StringVar(&f.natsURL, "nats", "", "external NATS server URL; empty runs an embedded server (serve only)")
+	f.natsSec.register(fs)
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
@@ -108,6 +113,9 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes (and largest line of a batch file)")
 		fs.Int64Var(&f.maxBatchBytes, "max-batch-bytes", 16<<30, "largest batch file accepted, in bytes; it is read as it arrives, not held in memory")
 		fs.StringVar(&f.apiTokens, "api-tokens", "", "comma-separated API tokens; when set, every path but health and metrics needs Authorization: Bearer <token> (prefer INFERQ_API_TOKENS)")
+		fs.StringVar(&f.tokensFile, "tokens-file", "", "file of API tokens, one per line, each optionally followed by the models it may use; reloaded when it changes")
+		fs.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM; reloaded when it changes)")
+		fs.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
 		fs.StringVar(&f.webhookSecret, "webhook-secret", "", "secret that signs webhook calls (HMAC-SHA256 in the Inferq-Signature header); empty sends them unsigned")
 		fs.IntVar(&f.webhookAttempts, "webhook-attempts", 10, "calls made to a job's webhook before giving up")
 		fs.DurationVar(&f.webhookBackoff, "webhook-backoff", 2*time.Second, "wait after a failed webhook call; doubles each time, up to 10m")
@@ -143,6 +151,19 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 }
 
 func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen func(string)) error {
+	// What can be checked before starting anything is.
+	tokens, tokensRaw, err := loadTokens(f.apiTokens, f.tokensFile)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := tlsConfig(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return err
+	}
+	natsSec, err := f.natsSec.options()
+	if err != nil {
+		return err
+	}
 	lib, err := findORT()
 	if err != nil {
 		return err
@@ -188,7 +209,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		nc, err = embedded.Connect(natsOpts...)
 	} else {
-		nc, err = nats.Connect(f.natsURL, natsOpts...)
+		nc, err = nats.Connect(f.natsURL, append(natsOpts, natsSec...)...)
 	}
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
@@ -276,7 +297,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				}
 				return store.Check(ctx)
 			},
-			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: splitList(f.apiTokens),
+			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
 			Registerer: reg, Gatherer: reg, Logger: log,
 		})
 		if err != nil {
@@ -295,9 +316,19 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		g.Go(func() error { return hooks.Run(gctx) })
 		g.Go(func() error { return q.TrackBatches(gctx, log) })
+		if f.tokensFile != "" {
+			g.Go(func() error {
+				watchTokens(gctx, log, api, f.apiTokens, f.tokensFile, tokensRaw, 5*time.Second)
+				return nil
+			})
+		}
 		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 		srv.RegisterOnShutdown(api.Shutdown)
-		log.Info("HTTP API listening", "addr", ln.Addr().String())
+		scheme := "http"
+		if tlsConf != nil {
+			ln, scheme = tls.NewListener(ln, tlsConf), "https"
+		}
+		log.Info("HTTP API listening", "addr", ln.Addr().String(), "scheme", scheme, "tokens", len(tokens))
 		if onListen != nil {
 			onListen(ln.Addr().String())
 		}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/jobs"
+)
+
+// TestTokensFileAndTLS: the API served over HTTPS with a tokens file. A
+// request without a token gets 401; a token limited to some models gets
+// 403 for the others, for their jobs and their dead letters, and sees only
+// its models listed; editing the file revokes a token without a restart.
+func TestTokensFileAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := selfSigned(t, dir)
+	const ops, team = "0ps0ps0ps0ps0ps0ps0ps0ps0ps0ps00", "teamteamteamteamteamteamteamteam"
+	tokens := filepath.Join(dir, "tokens")
+	writeFile(t, tokens, []byte("# every model\n"+ops+"\n# lookup only\n"+team+" lookup\n"))
+	repo, _ := fixtures(t, nil)
+	s := startServe(t, repo, "--tokens-file", tokens, "--tls-cert", certFile, "--tls-key", keyFile, "--only", "none")
+	base := strings.Replace(s.url, "http://", "https://", 1)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 30 * time.Second}
+	call := func(method, path, token, body string) response {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		return response{code: res.StatusCode, header: res.Header, body: mustRead(t, res)}
+	}
+	accepted := func(r response) string {
+		t.Helper()
+		var rec jobs.Record
+		if r.code != http.StatusAccepted || json.Unmarshal(r.body, &rec) != nil {
+			t.Fatalf("submit: %d %s", r.code, r.body)
+		}
+		return rec.ID
+	}
+	total := `{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}`
+	totalJob := accepted(call("POST", "/v1/models/total/jobs", ops, total))
+	lookupJob := accepted(call("POST", "/v1/models/lookup/jobs", team, string(lookupRequest(1))))
+
+	for _, c := range []struct {
+		method, path, token, body string
+		code                      int
+	}{
+		{"GET", "/v1/models", "", "", 401},
+		{"GET", "/v1/models", "wrongwrongwrongwrongwrongwrongwr", "", 401},
+		{"GET", "/v2/health/ready", "", "", 200},
+		{"POST", "/v1/models/total/jobs", team, total, 403},
+		{"GET", "/v2/models/total", team, "", 403},
+		{"GET", "/v1/jobs/" + totalJob, team, "", 403},
+		{"DELETE", "/v1/jobs/" + totalJob, team, "", 403},
+		{"GET", "/v1/jobs/" + totalJob + "/result", team, "", 403},
+		{"GET", "/v1/jobs/" + totalJob + "/events", team, "", 403},
+		{"GET", "/v1/models/total/results", team, "", 403},
+		{"GET", "/v1/models/total/dead-letters", team, "", 403},
+		{"POST", "/v1/models/total/batches", team, total + "\n", 403},
+		{"GET", "/v1/jobs/" + lookupJob, team, "", 200},
+		{"GET", "/v1/jobs/" + lookupJob, ops, "", 200},
+		{"GET", "/v1/jobs/" + totalJob, ops, "", 200},
+		{"GET", "/v1/models/lookup/dead-letters", team, "", 200},
+	} {
+		r := call(c.method, c.path, c.token, c.body)
+		if r.code != c.code {
+			t.Errorf("%s %s with token %.4s: %d %s, want %d", c.method, c.path, c.token, r.code, r.body, c.code)
+		}
+		if r.code == 403 && !strings.Contains(r.errorMessage(t), "may not use model total") {
+			t.Errorf("%s %s: 403 says %s", c.method, c.path, r.body)
+		}
+	}
+	var list struct{ Models []struct{ Name string } }
+	r := call("GET", "/v1/models", team, "")
+	r.json(t, &list)
+	var names []string
+	for _, m := range list.Models {
+		names = append(names, m.Name)
+	}
+	if !slices.Equal(names, []string{"lookup"}) {
+		t.Errorf("the lookup-only token is shown models %v", names)
+	}
+
+	// Plain HTTP to the HTTPS port is refused.
+	if res, err := http.Get(s.url + "/v2/health/live"); err == nil {
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("plain HTTP to the TLS port: %d", res.StatusCode)
+		}
+	}
+
+	// Revoking the team's token in the file takes effect without a restart.
+	writeFile(t, tokens, []byte(ops+"\n"))
+	deadline := time.Now().Add(20 * time.Second)
+	for call("GET", "/v1/jobs/"+lookupJob, team, "").code != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("a token removed from the tokens file still works after 20s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := call("GET", "/v1/jobs/"+lookupJob, ops, ""); r.code != http.StatusOK {
+		t.Errorf("the token kept: %d %s", r.code, r.body)
+	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key, and returns
+// a pool that trusts it.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "inferq test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}

@@ -1,0 +1,112 @@
+package producer
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/inferq/inferq/model"
+)
+
+// Token is an API token and the models it may use.
+type Token struct {
+	Secret string
+	// Models are the models the token may use; empty for every model.
+	Models []string
+}
+
+// MinTokenLength is the shortest token ParseTokens accepts: 128 bits as
+// hex, so that a token cannot be guessed.
+const MinTokenLength = 32
+
+// ParseTokens reads a tokens file: one token per line, optionally
+// followed by the models it may use, separated by spaces or commas.
+// Blank lines and lines starting with # are skipped.
+//
+//	# ops: every model
+//	3f0c9c1e6a2b4d5f8e7a9b0c1d2e3f40
+//	# the fraud team
+//	a1b2c3d4e5f60718293a4b5c6d7e8f90 fraud-v2, fraud-shadow
+func ParseTokens(r io.Reader) ([]Token, error) {
+	var out []Token
+	seen := map[string]int{}
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' || r == ',' })
+		tok := Token{Secret: f[0], Models: f[1:]}
+		if len(tok.Secret) < MinTokenLength {
+			return nil, fmt.Errorf("line %d: a token of %d characters is too short to be secret; use at least %d (openssl rand -hex 16)", n, len(tok.Secret), MinTokenLength)
+		}
+		for _, m := range tok.Models {
+			if !model.ValidName(m) {
+				return nil, fmt.Errorf("line %d: %q is not a model name", n, m)
+			}
+		}
+		if prev, ok := seen[tok.Secret]; ok {
+			return nil, fmt.Errorf("line %d: the token of line %d again", n, prev)
+		}
+		seen[tok.Secret] = n
+		out = append(out, tok)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read tokens: %w", err)
+	}
+	return out, nil
+}
+
+// SetTokens replaces the API tokens, such as when their file changes. An
+// empty list turns access control off.
+func (s *Server) SetTokens(tokens []Token) {
+	s.tokens.Store(&tokens)
+}
+
+type grantKey struct{}
+
+// authenticate finds the token a request carries, comparing it in
+// constant time with every token known. With no tokens configured every
+// request is let in with every model.
+func (s *Server) authenticate(r *http.Request) (*Token, bool) {
+	tokens := *s.tokens.Load()
+	if len(tokens) == 0 {
+		return &Token{}, true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || got == "" {
+		return nil, false
+	}
+	var found *Token
+	for i := range tokens {
+		if subtle.ConstantTimeCompare([]byte(got), []byte(tokens[i].Secret)) == 1 {
+			found = &tokens[i]
+		}
+	}
+	return found, found != nil
+}
+
+// withGrant notes the request's token in its context.
+func withGrant(r *http.Request, t *Token) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), grantKey{}, t))
+}
+
+// mayUse reports whether the request's token may use model m.
+func mayUse(ctx context.Context, m string) bool {
+	t, _ := ctx.Value(grantKey{}).(*Token)
+	return t == nil || len(t.Models) == 0 || slices.Contains(t.Models, m)
+}
+
+// allow answers 403 unless the request's token may use model m.
+func allow(r *http.Request, m string) error {
+	if mayUse(r.Context(), m) {
+		return nil
+	}
+	return errorf(http.StatusForbidden, "this API token may not use model %s", m)
+}
