@@ -162,30 +162,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.unload()
 
 	// Two durable consumers, one per priority, pumped into one channel
-	// that prefers high-priority jobs.
-	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
-	var iters []jetstream.MessagesContext
-	var pumped []chan *fetched
-	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
-		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
-		if err == nil {
-			var it jetstream.MessagesContext
-			it, err = cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
-			if err == nil {
-				iters = append(iters, it)
-				ch := make(chan *fetched, w.policy.MaxBatchSize)
-				pumped = append(pumped, ch)
-				go w.pump(ctx, it, ch)
-				continue
-			}
-		}
-		for _, it := range iters {
-			it.Stop()
-		}
+	// that prefers high-priority jobs. While NATS is away they cannot be
+	// set up: wait for it, as the connection reconnects by itself.
+	iters, pumped, err := w.subscribe(ctx)
+	for wait := w.opts.Backoff; err != nil; wait = min(2*wait, 30*time.Second) {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return fmt.Errorf("model %s: pull jobs: %w", w.name, err)
+		w.log.Warn("cannot pull jobs yet; retrying", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		iters, pumped, err = w.subscribe(ctx)
 	}
 	msgs := make(chan *fetched)
 	pumpDone := make(chan struct{})
@@ -336,6 +326,32 @@ type fetched struct {
 	// gave by reference read from storage (or err saying why not).
 	job *jobs.Job
 	err error
+}
+
+// subscribe opens the model's consumers, one per priority, and starts a
+// pump for each.
+func (w *Worker) subscribe(ctx context.Context) ([]jetstream.MessagesContext, []chan *fetched, error) {
+	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
+	var iters []jetstream.MessagesContext
+	var pumped []chan *fetched
+	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
+		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+		var it jetstream.MessagesContext
+		if err == nil {
+			it, err = cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
+		}
+		if err != nil {
+			for _, it := range iters {
+				it.Stop()
+			}
+			return nil, nil, fmt.Errorf("model %s: pull jobs: %w", w.name, err)
+		}
+		iters = append(iters, it)
+		ch := make(chan *fetched, w.policy.MaxBatchSize)
+		pumped = append(pumped, ch)
+		go w.pump(ctx, it, ch)
+	}
+	return iters, pumped, nil
 }
 
 // pump moves fetched messages into ch until the iterator is closed. It
@@ -760,7 +776,9 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 				// the repeat if the first one made it.
 				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
 				if err := w.opts.Queue.Announce(rec, nil); err != nil {
-					w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
+					w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
+					_ = it.msg.NakWithDelay(w.opts.Backoff)
+					return nil
 				}
 				_ = it.msg.Ack()
 			case errors.Is(err, jobs.ErrJobNotFound):
@@ -923,8 +941,19 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
 		return
 	}
+	// The job is final from here, whatever becomes of its message.
+	w.opts.Metrics.finished.WithLabelValues(w.name, string(status)).Inc()
+	if w.opts.finished != nil {
+		w.opts.finished.Add(1)
+	}
+	w.opts.Metrics.latency.WithLabelValues(w.name, string(status)).Observe(now.Sub(rec.CreatedAt).Seconds())
 	if err := w.opts.Queue.Announce(rec, response); err != nil {
-		w.log.Warn("could not announce job", "job", it.job.ID, "err", err)
+		// The record is final; the message is not acknowledged, so that
+		// its redelivery finds the record final and announces it again
+		// (the results stream drops a repeat within its duplicate window).
+		w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
+		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		return
 	}
 	// A failed job's stored body stays for its dead letter's replay.
 	if status != jobs.Failed {
@@ -937,11 +966,6 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 	if err := it.msg.Ack(); err != nil {
 		w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
 	}
-	w.opts.Metrics.finished.WithLabelValues(w.name, string(status)).Inc()
-	if w.opts.finished != nil {
-		w.opts.finished.Add(1)
-	}
-	w.opts.Metrics.latency.WithLabelValues(w.name, string(status)).Observe(now.Sub(rec.CreatedAt).Seconds())
 }
 
 func (w *Worker) backoff(attempt int) time.Duration {

@@ -77,6 +77,9 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := s.queueReachable(); err != nil {
+		return err
+	}
 	now := time.Now().UTC()
 	rec := &jobs.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: jobs.BatchQueued, CreatedAt: now}
 	rec.Index = batchIndexKey(rec.ID)

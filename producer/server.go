@@ -90,6 +90,10 @@ type Options struct {
 	// Stream follows models' finished jobs, for GET
 	// /v1/models/{model}/results; *jobs.Queue is one.
 	Stream ResultStream
+	// Connected reports whether the queue (NATS) is reachable now; while
+	// it is not, submissions are refused at once with 503 rather than
+	// wait for a store that cannot answer. Nil means always.
+	Connected func() bool
 	// Ready reports whether the API can take jobs (NATS and storage
 	// reachable); nil means always.
 	Ready func(ctx context.Context) error
@@ -299,6 +303,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// queueReachable answers 503 while the queue is known to be unreachable.
+func (s *Server) queueReachable() error {
+	if s.opts.Connected == nil || s.opts.Connected() {
+		return nil
+	}
+	return &httpError{code: http.StatusServiceUnavailable, retryAfter: 2, msg: "the queue (NATS) is unreachable; nothing was accepted, retry later"}
+}
+
 // lookup resolves the {model} and optional {version} of a path.
 func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 	name := r.PathValue("model")
@@ -377,6 +389,9 @@ const jobIDHeader = "Inferq-Job-Id"
 func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (*jobs.Record, error) {
 	m, err := s.lookup(r)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.queueReachable(); err != nil {
 		return nil, err
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))

@@ -2,18 +2,25 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/tensor"
 )
 
 // TestPoisonJobsDeadLettered: a job that fails every attempt ends failed
@@ -142,4 +149,119 @@ func deadLetterIDs(t *testing.T, s *server) []string {
 		ids = append(ids, d.JobID)
 	}
 	return ids
+}
+
+// TestNATSRestart: the external NATS server stops while jobs are queued
+// and running. While it is away the API answers 503 with Retry-After and
+// accepts nothing; when it is back on the same store, the API and the
+// workers reconnect by themselves, every job accepted before the outage
+// succeeds exactly once, and new jobs are accepted and run.
+func TestNATSRestart(t *testing.T) {
+	store, port := t.TempDir(), freePort(t)
+	startNATS := func() *embednats.Server {
+		t.Helper()
+		ns, err := embednats.Start(embednats.Options{StoreDir: store, Host: "127.0.0.1", Port: port})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	ns := startNATS()
+	defer func() { ns.Shutdown() }()
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(512, 100, 3)) // ~25 ms a row on one thread
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_batch_size: 4\nintra_op_threads: 1\n"})
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", t.TempDir(), "--log-level", "warn", "--ack-wait", "3s"}
+	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	var running sync.WaitGroup
+	defer running.Wait()
+	defer cancel()
+	apiAddr := make(chan string, 1)
+	running.Go(func() {
+		if err := serveCmd(ctx, common, testWriter{t}, modeWorker, nil); err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+	running.Go(func() {
+		if err := serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common[:len(common)-2]...), testWriter{t}, modeAPI, func(a string) { apiAddr <- a }); err != nil {
+			t.Errorf("api: %v", err)
+		}
+	})
+	var s *server
+	select {
+	case a := <-apiAddr:
+		s = &server{url: "http://" + a}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the API did not start")
+	}
+	req := requestJSON([]tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}})
+	var accepted []string
+	for range 80 {
+		accepted = append(accepted, s.submit(t, "/v1/models/slow/jobs", req))
+	}
+
+	// NATS goes while the worker is mid-backlog.
+	s.await(t, accepted[0], 30*time.Second)
+	ns.Shutdown()
+	deadline := time.Now().Add(30 * time.Second)
+	for do(t, "GET", s.url+"/v2/health/ready", nil).code != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("ready still answers 200 with NATS down")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	r := do(t, "POST", s.url+"/v1/models/slow/jobs", req)
+	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("submit with NATS down: %d %v %s, want 503 with Retry-After", r.code, r.header, r.body)
+	}
+	t.Logf("with NATS down, a submission is refused in %v: %s", time.Since(start).Round(time.Millisecond), r.errorMessage(t))
+
+	ns = startNATS()
+	deadline = time.Now().Add(60 * time.Second)
+	for do(t, "GET", s.url+"/v2/health/ready", nil).code != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("the API did not reconnect within 60s of NATS coming back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for range 8 {
+		accepted = append(accepted, s.submit(t, "/v1/models/slow/jobs", req))
+	}
+	for _, id := range accepted {
+		if rec := s.await(t, id, 90*time.Second); rec.Status != jobs.Succeeded {
+			t.Fatalf("job %s after the restart: %+v", id, rec)
+		}
+	}
+	// Exactly once: one announcement per accepted job in the results
+	// stream, which survived the restart.
+	nc := testenv.Connect(t, ns)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	cons, err := js.OrderedConsumer(context.Background(), jobs.ResultStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			break
+		}
+		var rec jobs.Record
+		if json.Unmarshal(m.Data(), &rec) == nil {
+			seen[rec.ID]++
+		}
+	}
+	for _, id := range accepted {
+		if seen[id] != 1 {
+			t.Errorf("job %s announced %d times, want once", id, seen[id])
+		}
+	}
+	if len(seen) != len(accepted) {
+		t.Errorf("%d jobs announced, %d accepted: the refused job must not run", len(seen), len(accepted))
+	}
 }
