@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench vet fmt onnxruntime testmodels minio models clean
+.PHONY: all build run test test-short bench soak vet fmt onnxruntime testmodels minio models clean
 
 all: build
 
@@ -77,6 +77,14 @@ test-short: onnxruntime testmodels minio
 
 bench: onnxruntime minio
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+# 50,000 jobs with a worker killed and MinIO restarted along the way;
+# prints accepted, succeeded, failed, lost and duplicated (both must be 0).
+# Not part of make test. SOAK_JOBS changes the count.
+SOAK_JOBS ?= 50000
+soak: onnxruntime minio
+	INFERQ_SOAK_JOBS=$(SOAK_JOBS) INFERQ_SOAK_REPORT=$(BUILD)/soak-report.txt \
+		$(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 15m -v ./cmd/inferq
 
 # Regenerates the bundled example model from its generator.
 models:

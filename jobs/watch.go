@@ -58,7 +58,7 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 		return
 	}
 	for ch := range chans {
-		// Each waiter holds only the newest record: replace an unread one.
+		// A waiter that is full loses its oldest record for the newest.
 		select {
 		case ch <- &rec:
 		default:
@@ -75,11 +75,13 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 }
 
 // Wait returns a channel that receives job id's record after each change
-// from now on (only the newest, if the reader falls behind), and a
+// from now on (the newest 8, if the reader falls behind), and a
 // function that stops the watch. Register before reading the record, so
 // no change falls between the two.
 func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
-	ch := make(chan *Record, 1)
+	// Room for every state of a job, so that an event stream sees each;
+	// a reader that falls further behind loses the oldest.
+	ch := make(chan *Record, 8)
 	w.mu.Lock()
 	if w.waiters[id] == nil {
 		w.waiters[id] = map[chan *Record]struct{}{}

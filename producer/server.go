@@ -256,6 +256,13 @@ func (s *Server) wrap(route string, h func(http.ResponseWriter, *http.Request) e
 		if err == nil {
 			return
 		}
+		if rw.status != 0 {
+			// The answer has begun (a result or an output streaming when
+			// storage failed): too late for an error status; the client
+			// sees the body cut short.
+			s.log.Warn("request failed after its answer began", "route", route, "err", err)
+			return
+		}
 		var he *httpError
 		if !errors.As(err, &he) {
 			s.log.Error("request failed", "route", route, "err", err)

@@ -44,32 +44,25 @@ func loadTokens(list, file string) ([]producer.Token, []byte, error) {
 // watchTokens reloads the tokens file when it changes, so that tokens are
 // added and revoked without a restart. A file that no longer parses is
 // logged and the tokens in force are kept.
-func watchTokens(ctx context.Context, log *slog.Logger, api *producer.Server, list, file string, last []byte, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+func watchTokens(ctx context.Context, log *slog.Logger, api *producer.Server, list, file string, last []byte, interval time.Duration) {
+	every(ctx, interval, func() {
 		b, err := os.ReadFile(file)
-		if err != nil || bytes.Equal(b, last) {
-			if err != nil {
-				log.Error("cannot read the tokens file; keeping the tokens in force", "file", file, "err", err)
-			}
-			continue
+		if err != nil {
+			log.Error("cannot read the tokens file; keeping the tokens in force", "file", file, "err", err)
+			return
 		}
+		if bytes.Equal(b, last) {
+			return
+		}
+		last = b
 		tokens, _, err := loadTokens(list, file)
 		if err != nil {
 			log.Error("tokens file changed but cannot be used; keeping the tokens in force", "err", err)
-			last = b
-			continue
+			return
 		}
 		api.SetTokens(tokens)
-		last = b
 		log.Info("API tokens reloaded", "file", file, "tokens", len(tokens))
-	}
+	})
 }
 
 // certificate serves a TLS key pair from files, read again when they

@@ -359,21 +359,14 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 // does the API see the change, so that a new version is never offered
 // before a worker can run it.
 func watchModels(ctx context.Context, log *slog.Logger, catalog *model.Catalog, fleet *consumer.Fleet, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		repo, changed, err := catalog.Scan()
 		if err != nil {
 			log.Warn("rescanning models", "err", err)
-			continue
+			return
 		}
 		if len(changed) == 0 {
-			continue
+			return
 		}
 		log.Info("model repository changed", "models", changed)
 		logRepository(log, repo, changed)
@@ -383,6 +376,20 @@ func watchModels(ctx context.Context, log *slog.Logger, catalog *model.Catalog, 
 			}
 		}
 		catalog.Publish(repo)
+	})
+}
+
+// every calls fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
 	}
 }
 

@@ -73,12 +73,11 @@ func (m *MinIO) Start() {
 	m.cmd = cmd
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		res, err := http.Get("http://" + m.Endpoint + "/minio/health/ready")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return
-			}
+		// Ready, and past initialising its object layer: an unsigned
+		// request is refused (403) rather than put off (503 "Server not
+		// initialized yet"), which health/ready alone does not promise.
+		if status(m.Endpoint, "/minio/health/ready") == http.StatusOK && status(m.Endpoint, "/") == http.StatusForbidden {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -94,4 +93,14 @@ func (m *MinIO) Stop() {
 	m.cmd.Process.Kill()
 	m.cmd.Wait()
 	m.cmd = nil
+}
+
+// status is the status code of a GET of path, 0 when there is none.
+func status(endpoint, path string) int {
+	res, err := http.Get("http://" + endpoint + path)
+	if err != nil {
+		return 0
+	}
+	res.Body.Close()
+	return res.StatusCode
 }
