@@ -35,6 +35,7 @@ import (
 type resultWriter interface {
 	Put(ctx context.Context, key string, r io.Reader) error
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 	List(ctx context.Context, prefix string) ([]string, error)
 	Delete(ctx context.Context, key string) error
 }
@@ -775,7 +776,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 				// have died too: announce again; the results stream drops
 				// the repeat if the first one made it.
 				w.log.Debug("skipping finished job", "job", it.job.ID, "status", rec.Status)
-				if err := w.opts.Queue.Announce(rec, nil); err != nil {
+				if err := w.opts.Queue.Announce(rec, w.storedResponse(ctx, rec)); err != nil {
 					w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
 					_ = it.msg.NakWithDelay(w.opts.Backoff)
 					return nil
@@ -802,6 +803,29 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 		}
 	}
 	return out
+}
+
+// storedResponse reads back the response of a succeeded job small enough
+// to travel inline in its announcement, so that an announcement made again
+// carries it as the first would have; nil for any other job, or when it
+// cannot be read (the announcement then points at result_url alone).
+func (w *Worker) storedResponse(ctx context.Context, rec *jobs.Record) []byte {
+	r := rec.Result
+	if rec.Status != jobs.Succeeded || r == nil || r.Length > jobs.MaxInlineResponse {
+		return nil
+	}
+	rc, err := w.opts.Results.GetRange(ctx, r.Key, r.Offset, r.Length)
+	if err != nil {
+		w.log.Warn("could not read a finished job's result to announce it again", "job", rec.ID, "err", err)
+		return nil
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil || int64(len(b)) != r.Length {
+		w.log.Warn("could not read a finished job's result to announce it again", "job", rec.ID, "err", err)
+		return nil
+	}
+	return b
 }
 
 // heartbeat tells JetStream the batch's jobs are still being worked on, so

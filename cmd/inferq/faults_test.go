@@ -251,9 +251,12 @@ func TestNATSRestart(t *testing.T) {
 		if err != nil {
 			break
 		}
-		var rec jobs.Record
-		if json.Unmarshal(m.Data(), &rec) == nil {
-			seen[rec.ID]++
+		var a jobs.Announcement
+		if json.Unmarshal(m.Data(), &a) == nil {
+			seen[a.ID]++
+			if a.Status == jobs.Succeeded && len(a.Response) == 0 {
+				t.Errorf("job %s announced without its response", a.ID)
+			}
 		}
 	}
 	for _, id := range accepted {

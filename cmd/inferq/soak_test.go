@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -28,7 +29,8 @@ import (
 
 // TestSoak (make soak): 50,000 jobs through `inferq api` and two
 // `inferq worker` processes on one NATS and one MinIO, with a worker
-// killed (SIGKILL) and MinIO stopped and started again along the way.
+// killed (SIGKILL), NATS stopped for three seconds and started again on
+// its store, and MinIO stopped for five seconds, along the way.
 // It reports accepted, succeeded, failed, lost and duplicated jobs and
 // fails unless none is lost, none duplicated and every result is right.
 // INFERQ_SOAK_JOBS changes the count.
@@ -41,7 +43,16 @@ func TestSoak(t *testing.T) {
 		}
 		total = n
 	}
-	ns := testenv.JetStream(t)
+	natsStore, natsPort := t.TempDir(), freePort(t)
+	startNATS := func() *embednats.Server {
+		ns, err := embednats.Start(embednats.Options{StoreDir: natsStore, Host: "127.0.0.1", Port: natsPort})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	ns := startNATS()
+	defer func() { ns.Shutdown() }()
 	m := testenv.StartMinIO(t)
 	path := filepath.Join(t.TempDir(), "lookup.onnx")
 	writeFile(t, path, onnxbuild.Lookup())
@@ -180,6 +191,12 @@ func TestSoak(t *testing.T) {
 	workers[0].Wait()
 	t.Logf("%v: killed worker 0 (SIGKILL) at %d accepted", time.Since(start).Round(time.Millisecond), accepted.Load())
 	startWorker(0)
+	waitFor(int64(total) / 2)
+	ns.Shutdown()
+	t.Logf("%v: stopped NATS at %d accepted", time.Since(start).Round(time.Millisecond), accepted.Load())
+	time.Sleep(3 * time.Second)
+	ns = startNATS()
+	t.Logf("%v: NATS back", time.Since(start).Round(time.Millisecond))
 	waitFor(2 * int64(total) / 3)
 	m.Stop()
 	t.Logf("%v: stopped MinIO at %d accepted", time.Since(start).Round(time.Millisecond), accepted.Load())
@@ -241,7 +258,7 @@ func TestSoak(t *testing.T) {
 			other++
 		}
 	}
-	report := fmt.Sprintf(`inferq soak: %d jobs, 2 workers (one killed), MinIO stopped for 5 s
+	report := fmt.Sprintf(`inferq soak: %d jobs, 2 workers (one killed), NATS stopped for 3 s, MinIO for 5 s
   accepted     %d (refused and retried: %d)
   succeeded    %d
   failed       %d
