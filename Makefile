@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak vet fmt onnxruntime testmodels minio models clean
+.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime testmodels minio models clean
 
 all: build
 
@@ -85,6 +85,12 @@ SOAK_JOBS ?= 50000
 soak: onnxruntime minio
 	INFERQ_SOAK_JOBS=$(SOAK_JOBS) INFERQ_SOAK_REPORT=$(BUILD)/soak-report.txt \
 		$(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 15m -v ./cmd/inferq
+
+# A million jobs waiting with no worker: the API's and a worker's memory.
+BACKLOG_JOBS ?= 1000000
+soak-backlog: onnxruntime
+	INFERQ_SOAK_JOBS=$(BACKLOG_JOBS) INFERQ_SOAK_REPORT=$(BUILD)/soak-backlog-report.txt \
+		$(GO) test -tags soak -run '^TestSoakBacklog$$' -count=1 -timeout 15m -v ./cmd/inferq
 
 # Regenerates the bundled example model from its generator.
 models:

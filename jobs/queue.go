@@ -106,6 +106,11 @@ type Options struct {
 	// MaxQueued bounds the jobs waiting per model and priority; a job
 	// past it is refused (ErrQueueFull, HTTP 429). Default 1,000,000.
 	MaxQueued int64
+	// MaxQueuedBytes bounds the bytes of all waiting jobs together (the
+	// requests stream); past it jobs are refused (ErrQueueFull). Bodies
+	// larger than a message travel by reference, so this counts what the
+	// queue itself holds. Default 10 GiB.
+	MaxQueuedBytes int64
 	// DeadLetterRetention is how long a failed job's dead letter is kept
 	// for replay. Default 14 days.
 	DeadLetterRetention time.Duration
@@ -189,6 +194,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if opts.MaxQueued <= 0 {
 		opts.MaxQueued = 1_000_000
 	}
+	if opts.MaxQueuedBytes <= 0 {
+		opts.MaxQueuedBytes = 10 << 30
+	}
 	if opts.ResultStreamBytes <= 0 {
 		opts.ResultStreamBytes = 1 << 30
 	}
@@ -215,6 +223,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		MaxMsgsPerSubject: opts.MaxQueued,
 		// Past the bound new jobs are refused; old ones are never dropped.
 		DiscardNewPerSubject: true,
+		MaxBytes:             opts.MaxQueuedBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("set up stream %s: %w", RequestStream, err)

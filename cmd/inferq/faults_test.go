@@ -268,3 +268,35 @@ func TestNATSRestart(t *testing.T) {
 		t.Errorf("%d jobs announced, %d accepted: the refused job must not run", len(seen), len(accepted))
 	}
 }
+
+// TestSlowBatchNotRedelivered: a run that lasts several times the ack
+// wait is not delivered again while it runs, because the worker tells
+// JetStream it is still at work: each job runs once, on its first
+// attempt.
+func TestSlowBatchNotRedelivered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(512, 600, 5))
+	d := openDirect(t, path)
+	in := []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}}
+	start := time.Now()
+	d.run(t, in)
+	run := time.Since(start)
+	// The ack wait is a third of one run (measured here, on this machine).
+	ackWait := max(run/3, 50*time.Millisecond)
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_batch_size: 1\nintra_op_threads: 1\n"})
+	s := startServe(t, repo, "--ack-wait", ackWait.String())
+	var ids []string
+	for range 3 {
+		ids = append(ids, s.submit(t, "/v1/models/slow/jobs", requestJSON(in)))
+	}
+	for _, id := range ids {
+		rec := s.await(t, id, 60*time.Second)
+		if rec.Status != jobs.Succeeded || rec.Attempts != 1 {
+			t.Errorf("job %s: %+v, want succeeded on its first attempt", id, rec)
+		}
+	}
+	m := s.metrics(t)
+	if runs := m["inferq_batch_size,model=slow,stat=count"]; runs != 3 {
+		t.Errorf("%v runs for 3 jobs of one row, each run %v against an ack wait of %v: jobs were delivered again while running", runs, run.Round(time.Millisecond), ackWait)
+	}
+}

@@ -378,3 +378,28 @@ func TestTokensAndFullQueue(t *testing.T) {
 		t.Fatalf("another model: %d %s", r.code, r.body)
 	}
 }
+
+// --max-queued-bytes bounds the bytes waiting: past it, submissions get
+// 429 and what was accepted stays queued.
+func TestQueueBytesBound(t *testing.T) {
+	repo, _ := fixtures(t, nil)
+	s := startServe(t, repo, "--max-queued-bytes", "4096", "--only", "none")
+	accepted := 0
+	var r response
+	for range 100 {
+		r = do(t, "POST", s.url+"/v1/models/lookup/jobs", lookupRequest(3))
+		if r.code != http.StatusAccepted {
+			break
+		}
+		accepted++
+	}
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.Contains(r.errorMessage(t), "full") {
+		t.Fatalf("after %d jobs: %d %v %s, want 429 with Retry-After", accepted, r.code, r.header, r.body)
+	}
+	if accepted == 0 || accepted >= 100 {
+		t.Fatalf("%d jobs accepted under a 4 KiB bound", accepted)
+	}
+	if m := s.metrics(t); m["inferq_queue_pending_jobs,model=lookup"] != float64(accepted) {
+		t.Errorf("pending %v, want the %d accepted jobs kept", m["inferq_queue_pending_jobs,model=lookup"], accepted)
+	}
+}

@@ -63,6 +63,7 @@ type serveFlags struct {
 	minReplicas           int
 	streamReplicas        int
 	maxQueued             int64
+	maxQueuedBytes        int64
 	apiTokens             string
 	tokensFile            string
 	tlsCert, tlsKey       string
@@ -104,6 +105,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
 	fs.Int64Var(&f.maxQueued, "max-queued", 1_000_000, "most jobs waiting per model (and priority); past it submissions get 429")
+	fs.Int64Var(&f.maxQueuedBytes, "max-queued-bytes", 10<<30, "most bytes of waiting jobs, all models together; past it submissions get 429 (bodies over --max-message-bytes are in storage and count only their reference)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
 	fs.DurationVar(&f.deadLetterRetention, "dead-letter-retention", 14*24*time.Hour, "how long a failed job is kept in its model's dead letters for replay")
@@ -221,7 +223,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued})
+	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes})
 	if err != nil {
 		return err
 	}

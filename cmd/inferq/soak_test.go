@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/inferq/inferq/internal/embednats"
@@ -283,17 +285,130 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// peakRSS is the peak resident memory of a process, from /proc.
-func peakRSS(pid int) string {
+// peakRSS is the peak resident memory of a process.
+func peakRSS(pid int) string { return memory(pid, "VmHWM:") }
+
+// memory reads a memory figure of a process (VmRSS:, VmHWM:) from /proc.
+func memory(pid int, field string) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "?"
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return fmt.Sprintf("%d MiB", kb/1024)
 		}
 	}
 	return "?"
+}
+
+// TestSoakBacklog (make soak-backlog): a million jobs wait with no worker
+// running; the API's memory stays flat while they pile up, and a worker
+// started on the backlog holds only its bounded window of it.
+// INFERQ_SOAK_JOBS changes the count.
+func TestSoakBacklog(t *testing.T) {
+	total := 1_000_000
+	if v := os.Getenv("INFERQ_SOAK_JOBS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 100 {
+			t.Fatalf("INFERQ_SOAK_JOBS=%q: want a number of at least 100", v)
+		}
+		total = n
+	}
+	ns := testenv.JetStream(t)
+	path := filepath.Join(t.TempDir(), "lookup.onnx")
+	writeFile(t, path, onnxbuild.Lookup())
+	repo := testenv.ModelRepo(t, map[string]string{"lookup/1/model.onnx": "@" + path, "lookup/config.yaml": "max_batch_size: 64\n"})
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", t.TempDir(), "--log-level", "warn"}
+	api := startProcess(t, append([]string{"api"}, common...)...)
+
+	var next, accepted atomic.Int64
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	start := time.Now()
+	var rssMu sync.Mutex
+	var rss []string // the API's resident memory at each tenth
+	var clients sync.WaitGroup
+	for range 32 {
+		clients.Go(func() {
+			for {
+				n := next.Add(1)
+				if n > int64(total) {
+					return
+				}
+				res, err := hc.Post(api.url+"/v1/models/lookup/jobs", "application/json", bytes.NewReader(lookupRequest(n%10)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusAccepted {
+					t.Errorf("job %d: %d", n, res.StatusCode)
+					return
+				}
+				if a := accepted.Add(1); a%int64(total/10) == 0 {
+					rssMu.Lock()
+					rss = append(rss, fmt.Sprintf("%dk: %s", a/1000, memory(api.cmd.Process.Pid, "VmRSS:")))
+					rssMu.Unlock()
+				}
+			}
+		})
+	}
+	clients.Wait()
+	if t.Failed() {
+		return
+	}
+	queued := time.Since(start)
+	apiPeak := memory(api.cmd.Process.Pid, "VmHWM:")
+	natsPeak := memory(os.Getpid(), "VmHWM:")
+
+	cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
+	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(30 * time.Second)
+	workerPeak := memory(cmd.Process.Pid, "VmHWM:")
+	done := finishedJobs(t, ns.ClientURL())
+
+	report := fmt.Sprintf(`inferq backlog soak: %d jobs queued with no worker, then one worker for 30 s
+  queued in     %v (%.0f jobs/s through the API)
+  API memory    %s at each tenth; peak %s
+  NATS server   peak %s (in the test process, with its clients)
+  worker        peak %s on a backlog of %d; %d jobs done in 30 s
+`, total, queued.Round(time.Millisecond), float64(total)/queued.Seconds(), strings.Join(rss, ", "), apiPeak, natsPeak, workerPeak, total, done)
+	fmt.Print(report)
+	if f := os.Getenv("INFERQ_SOAK_REPORT"); f != "" {
+		writeFile(t, f, []byte(report))
+	}
+	for name, v := range map[string]string{"API": apiPeak, "worker": workerPeak} {
+		if mib, _ := strconv.Atoi(strings.TrimSuffix(v, " MiB")); mib == 0 || mib > 512 {
+			t.Errorf("%s peak memory %s with a backlog of %d: want it bounded, under 512 MiB", name, v, total)
+		}
+	}
+}
+
+// finishedJobs counts the announcements in the results stream.
+func finishedJobs(t *testing.T, url string) uint64 {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), jobs.ResultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
 }
