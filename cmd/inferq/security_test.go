@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 )
 
@@ -153,4 +157,64 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	pool = x509.NewCertPool()
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
+}
+
+// TestNATSOverTLS: against a NATS server that requires TLS, the API
+// connects with --nats-ca naming the CA of the server's certificate, and
+// refuses to start without it, saying why.
+func TestNATSOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, _ := selfSigned(t, dir)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+		TLS: true, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS did not start")
+	}
+	url := strings.Replace(ns.ClientURL(), "nats://", "tls://", 1)
+	repo, _ := fixtures(t, nil)
+	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
+	args := []string{"--nats", url, "--models", repo, "--storage", t.TempDir(), "--http", "127.0.0.1:0", "--log-level", "warn"}
+
+	// Without the CA the server's certificate is not trusted.
+	err = serveCmd(context.Background(), args, testWriter{t}, modeAPI, nil)
+	if err == nil || !strings.Contains(err.Error(), "connect to NATS") || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("without --nats-ca: %v, want a refusal that names the certificate", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	addr := make(chan string, 1)
+	go func() {
+		done <- serveCmd(ctx, append(args, "--nats-ca", certFile), testWriter{t}, modeAPI, func(a string) { addr <- a })
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("api: %v", err)
+		}
+	}()
+	var s *server
+	select {
+	case a := <-addr:
+		s = &server{url: "http://" + a}
+	case err := <-done:
+		t.Fatalf("api with --nats-ca: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the API did not start")
+	}
+	if r := do(t, "GET", s.url+"/v2/health/ready", nil); r.code != http.StatusOK {
+		t.Fatalf("ready over TLS: %d %s", r.code, r.body)
+	}
+	s.submit(t, "/v1/models/lookup/jobs", lookupRequest(1))
 }
