@@ -79,8 +79,11 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 // function that stops the watch. Register before reading the record, so
 // no change falls between the two.
 func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
-	// Room for every state of a job, so that an event stream sees each;
-	// a reader that falls further behind loses the oldest.
+	// Room for the few states of a job, so that a reader slower than the
+	// changes still sees each that the watch delivered; one further
+	// behind loses the oldest. (The bucket keeps a job's newest state
+	// alone, so a state replaced within milliseconds may not be
+	// delivered at all.)
 	ch := make(chan *Record, 8)
 	w.mu.Lock()
 	if w.waiters[id] == nil {

@@ -9,12 +9,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/webhook"
@@ -139,11 +142,16 @@ func TestResultStreamResumes(t *testing.T) {
 }
 
 // GET /v1/jobs/{id}/events sends the record at each change of state and
-// ends after the final one.
+// ends after the final one. The job runs for a while, as the record
+// bucket keeps only each job's newest state: a state that lasts a
+// millisecond may be gone before the stream reads it.
 func TestJobEvents(t *testing.T) {
-	repo, _ := fixtures(t, map[string]string{"lookup": "max_queue_delay: 300ms\n"})
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(512, 3000, 5))
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_queue_delay: 300ms\n"})
 	s := startServe(t, repo)
-	id := s.submit(t, "/v1/models/lookup/jobs", lookupRequest(2))
+	in := []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}}
+	id := s.submit(t, "/v1/models/slow/jobs", requestJSON(in))
 	events, drop := openSSE(t, s.url+"/v1/jobs/"+id+"/events", "")
 	defer drop()
 	var states []string

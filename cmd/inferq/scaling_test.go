@@ -124,7 +124,7 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 		failed <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common...), testWriter{t}, modeAPI, func(a string) { apiAddr <- a })
 	})
 	running.Go(func() {
-		failed <- scalerCmd(ctx, []string{"--nats", url, "--http", "127.0.0.1:0", "--interval", "100ms", "--models", "slow", "--target-backlog", "10"}, testWriter{t}, func(a string) { scalerAddr <- a })
+		failed <- scalerCmd(ctx, []string{"--nats", url, "--http", "127.0.0.1:0", "--interval", "100ms", "--models", "slow", "--target-backlog", "5"}, testWriter{t}, func(a string) { scalerAddr <- a })
 	})
 	addr := func(ch chan string) string {
 		select {
@@ -141,10 +141,22 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	scaler := addr(scalerAddr)
 	d := openDirect(t, path)
 
-	var ids []string
-	for i := range 120 {
-		ids = append(ids, s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(randSource(i), d.sig.Inputs, 1))))
+	// Submitted at once, faster than two workers drain them, so that a
+	// backlog builds.
+	ids := make([]string, 120)
+	bodies := make([][]byte, len(ids))
+	for i := range bodies {
+		bodies[i] = requestJSON(randomInputs(randSource(i), d.sig.Inputs, 1))
 	}
+	var submitters sync.WaitGroup
+	for w := range 8 {
+		submitters.Go(func() {
+			for i := w; i < len(ids); i += 8 {
+				ids[i] = s.submit(t, "/v1/models/slow/jobs", bodies[i])
+			}
+		})
+	}
+	submitters.Wait()
 	var scale scaling.ModelScale
 	deadline := time.Now().Add(30 * time.Second)
 	for scale.Desired < 2 && time.Now().Before(deadline) {
@@ -155,7 +167,7 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 		}
 	}
 	if scale.Desired < 2 {
-		t.Errorf("the scaler asked for %d replicas with a backlog of 120 at 10 each", scale.Desired)
+		t.Errorf("the scaler asked for %d replicas with a backlog of 120 at 5 each", scale.Desired)
 	}
 	byWorker := map[string]int{}
 	for _, id := range ids {
