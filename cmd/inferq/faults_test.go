@@ -157,15 +157,7 @@ func deadLetterIDs(t *testing.T, s *server) []string {
 // workers reconnect by themselves, every job accepted before the outage
 // succeeds exactly once, and new jobs are accepted and run.
 func TestNATSRestart(t *testing.T) {
-	store, port := t.TempDir(), freePort(t)
-	startNATS := func() *embednats.Server {
-		t.Helper()
-		ns, err := embednats.Start(embednats.Options{StoreDir: store, Host: "127.0.0.1", Port: port})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ns
-	}
+	startNATS := restartableNATS(t)
 	ns := startNATS()
 	defer func() { ns.Shutdown() }()
 	path := filepath.Join(t.TempDir(), "slow.onnx")
@@ -298,5 +290,20 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	m := s.metrics(t)
 	if runs := m["inferq_batch_size,model=slow,stat=count"]; runs != 3 {
 		t.Errorf("%v runs for 3 jobs of one row, each run %v against an ack wait of %v: jobs were delivered again while running", runs, run.Round(time.Millisecond), ackWait)
+	}
+}
+
+// restartableNATS returns a function that starts a NATS server, on the
+// same port and store each time, so that a test can stop it and start it
+// again.
+func restartableNATS(t *testing.T) func() *embednats.Server {
+	store, port := t.TempDir(), freePort(t)
+	return func() *embednats.Server {
+		t.Helper()
+		ns, err := embednats.Start(embednats.Options{StoreDir: store, Host: "127.0.0.1", Port: port})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
 	}
 }

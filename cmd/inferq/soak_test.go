@@ -22,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -37,22 +36,8 @@ import (
 // fails unless none is lost, none duplicated and every result is right.
 // INFERQ_SOAK_JOBS changes the count.
 func TestSoak(t *testing.T) {
-	total := 50_000
-	if v := os.Getenv("INFERQ_SOAK_JOBS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 100 {
-			t.Fatalf("INFERQ_SOAK_JOBS=%q: want a number of at least 100", v)
-		}
-		total = n
-	}
-	natsStore, natsPort := t.TempDir(), freePort(t)
-	startNATS := func() *embednats.Server {
-		ns, err := embednats.Start(embednats.Options{StoreDir: natsStore, Host: "127.0.0.1", Port: natsPort})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ns
-	}
+	total := soakJobs(t, 50_000)
+	startNATS := restartableNATS(t)
 	ns := startNATS()
 	defer func() { ns.Shutdown() }()
 	m := testenv.StartMinIO(t)
@@ -308,14 +293,7 @@ func memory(pid int, field string) string {
 // started on the backlog holds only its bounded window of it.
 // INFERQ_SOAK_JOBS changes the count.
 func TestSoakBacklog(t *testing.T) {
-	total := 1_000_000
-	if v := os.Getenv("INFERQ_SOAK_JOBS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 100 {
-			t.Fatalf("INFERQ_SOAK_JOBS=%q: want a number of at least 100", v)
-		}
-		total = n
-	}
+	total := soakJobs(t, 1_000_000)
 	ns := testenv.JetStream(t)
 	path := filepath.Join(t.TempDir(), "lookup.onnx")
 	writeFile(t, path, onnxbuild.Lookup())
@@ -411,4 +389,17 @@ func finishedJobs(t *testing.T, url string) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.Msgs
+}
+
+// soakJobs is INFERQ_SOAK_JOBS, or def.
+func soakJobs(t *testing.T, def int) int {
+	v := os.Getenv("INFERQ_SOAK_JOBS")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 100 {
+		t.Fatalf("INFERQ_SOAK_JOBS=%q: want a number of at least 100", v)
+	}
+	return n
 }
