@@ -192,7 +192,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				log.Warn("NATS disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
 	}
 	if f.natsURL == "" {
 		host, port, err := listenAddr(f.natsListen)
