@@ -40,7 +40,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model", "reason"}),
 		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "inferq_batch_size",
-			Help:    "Rows per batch run, by model.",
+			Help:    "Rows per batch, by model. A job of more rows than max_batch_size (packed from a batch file) is one batch, run in slices of max_batch_size.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
 		}, []string{"model"}),
 		inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{

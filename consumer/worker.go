@@ -509,7 +509,9 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 	}
 	it.model, err = w.opts.Family.Lookup(job.Version)
 	if err == nil {
-		it.rows, err = it.model.Check(job.Request)
+		// Batch files pack lines into jobs larger than a run (see
+		// runWhole); the API holds its requests to the max batch size.
+		it.rows, err = it.model.CheckRows(job.Request, it.model.MaxJobRows())
 	}
 	if err != nil {
 		w.finishFailed(ctx, it, err)
@@ -860,7 +862,7 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	}
 	if len(items) == 1 {
 		start := time.Now()
-		out, err := s.Run(items[0].inputs)
+		out, err := w.runWhole(s, m, items[0].inputs, items[0].rows)
 		return [][]tensor.Tensor{out}, time.Since(start), err
 	}
 	reqs := make([][]tensor.Tensor, len(items))
@@ -889,6 +891,43 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 		return nil, dur, fmt.Errorf("%w: %v", errUnsplittable, err)
 	}
 	return split, dur, nil
+}
+
+// runWhole runs one job. A job of more rows than the max batch size (a
+// large request, or a batch file's lines packed together) runs in slices
+// of at most that many rows, whose outputs are joined: max_batch_size is
+// what a run may hold, whoever filled the job.
+func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, rows int) ([]tensor.Tensor, error) {
+	size := w.policy.MaxBatchSize
+	if rows <= size || !m.Sliceable() || w.unbatched(m) {
+		return s.Run(in)
+	}
+	var cuts []int
+	for left := rows; left > 0; left -= size {
+		cuts = append(cuts, min(left, size))
+	}
+	parts, err := batching.Split(in, cuts)
+	if err != nil {
+		return s.Run(in)
+	}
+	outs := make([][]tensor.Tensor, len(parts))
+	for i, part := range parts {
+		if outs[i], err = s.Run(part); err != nil {
+			return nil, err
+		}
+	}
+	joined, err := batching.Stack(outs, nil)
+	for _, t := range joined {
+		if len(t.Shape) == 0 || t.Shape[0] != int64(rows) {
+			err = fmt.Errorf("output %s has shape %s for %d rows", t.Name, tensor.FormatShape(t.Shape), rows)
+		}
+	}
+	if err != nil {
+		// Outputs that do not follow the batch dimension (one map per
+		// run, say) cannot be joined back: the job runs whole instead.
+		return s.Run(in)
+	}
+	return joined, nil
 }
 
 // unbatched reports whether batching was switched off for m at run time.

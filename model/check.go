@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/inferq/inferq/onnx"
@@ -10,8 +11,36 @@ import (
 
 // Check validates a request against the model's inputs and outputs and
 // returns the number of rows it carries along the batch dimension (1 for a
-// model that is not batched). Every error is the client's to fix.
+// model that is not batched), at most the max batch size. Every error is
+// the client's to fix.
 func (m *Model) Check(req *tensor.Request) (rows int, err error) {
+	return m.CheckRows(req, m.Config.MaxBatchSize)
+}
+
+// PackedRows is the most rows a job packed from a batch file's lines may
+// carry, for a model whose workers can run a job in slices.
+const PackedRows = 256
+
+// Sliceable reports whether a job of more rows than the max batch size
+// can run in slices of at most that many: every input is stacked along
+// the batch dimension, none is shared.
+func (m *Model) Sliceable() bool {
+	return m.Batchable && !slices.Contains(m.Batched, false)
+}
+
+// MaxJobRows is the most rows a job of m may carry: the max batch size, or
+// for a sliceable model PackedRows when that is more. Requests over HTTP
+// are held to the max batch size; jobs packed from a batch file's lines
+// may reach MaxJobRows.
+func (m *Model) MaxJobRows() int {
+	if !m.Sliceable() {
+		return m.Config.MaxBatchSize
+	}
+	return max(m.Config.MaxBatchSize, PackedRows)
+}
+
+// CheckRows is Check with maxRows in place of the max batch size.
+func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error) {
 	for i := range req.Inputs {
 		if m.input(req.Inputs[i].Name) == nil {
 			return 0, fmt.Errorf("input %q is not an input of model %q (inputs: %s)", req.Inputs[i].Name, m.Name, ioNames(m.Inputs))
@@ -41,8 +70,8 @@ func (m *Model) Check(req *tensor.Request) (rows int, err error) {
 		if rows == 0 {
 			return 0, fmt.Errorf("batch dimension is 0; send at least one row")
 		}
-		if rows > m.Config.MaxBatchSize {
-			return 0, fmt.Errorf("batch dimension %d exceeds the model's max batch size %d; split the request", rows, m.Config.MaxBatchSize)
+		if rows > maxRows {
+			return 0, fmt.Errorf("batch dimension %d exceeds the model's max batch size %d; split the request", rows, maxRows)
 		}
 	}
 	for _, name := range req.Outputs {

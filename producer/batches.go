@@ -62,8 +62,16 @@ type chunk struct {
 	lines []indexLine
 	reqs  [][]tensor.Tensor
 	rows  int
+	bytes int
 	outs  []string
 }
+
+// packBytes bounds the request bytes of a job packed from a batch file's
+// lines, as model.MaxJobRows bounds its rows: the costs paid per job (a
+// record, an acknowledgement, an announcement) are shared by many small
+// lines, and a worker runs the job in slices of at most max_batch_size
+// rows.
+const packBytes = 256 << 10
 
 // createBatch reads a JSON Lines body, one V2 request per line, as it
 // arrives: each valid line joins a job (consecutive lines that can share
@@ -146,6 +154,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		cur = chunk{}
 		return nil
 	}
+	limit := m.MaxJobRows()
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	var readErr error
 	for {
@@ -170,7 +179,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 					break
 				}
 			} else {
-				if len(cur.lines) > 0 && (cur.key != key || cur.rows+rows > m.Config.MaxBatchSize || !slices.Equal(cur.outs, req.Outputs)) {
+				if len(cur.lines) > 0 && (cur.key != key || cur.rows+rows > limit || cur.bytes+len(line) > packBytes || !slices.Equal(cur.outs, req.Outputs)) {
 					if readErr = flush(); readErr != nil {
 						break
 					}
@@ -181,6 +190,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 				cur.lines = append(cur.lines, il)
 				cur.reqs = append(cur.reqs, orderedInputs(m, req))
 				cur.rows += rows
+				cur.bytes += len(line)
 			}
 			if n%4096 == 0 && s.batchCancelled(ctx, rec.ID) {
 				readErr = errors.New("the batch was cancelled while it was being read")
@@ -293,7 +303,7 @@ func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, s
 	if err != nil {
 		return nil, 0, "", err
 	}
-	rows, err := m.Check(req)
+	rows, err := m.Check(req) // a line is held to what a request is
 	if err != nil {
 		return req, 0, "", err
 	}
