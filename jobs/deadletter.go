@@ -46,6 +46,11 @@ func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options)
 		// One letter per job: a job failed twice (its record write lost
 		// after the first) keeps the latest.
 		MaxMsgsPerSubject: 1,
+		// A flood of failures (a broken model version) is bounded like
+		// the queue; the oldest letters go first, and a letter is never
+		// refused, since a refusal would hold its job back.
+		MaxBytes: opts.MaxQueuedBytes,
+		Discard:  jetstream.DiscardOld,
 	})
 	if err != nil {
 		return fmt.Errorf("set up stream %s: %w", DeadLetterStream, err)
