@@ -16,6 +16,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/inferq/inferq/producer"
 )
 
 // kustomization is the part of a kustomization.yaml these manifests use:
@@ -68,6 +70,8 @@ func TestManifests(t *testing.T) {
 	for _, overlay := range []string{"kubernetes/base", "kubernetes/gpu"} {
 		docs := render(t, overlay)
 		kinds := map[string]int{}
+		defined := map[string]bool{} // "Secret/name", "ConfigMap/name"
+		var refs []string            // what the pods use, the same way
 		for name, doc := range docs {
 			var head struct{ APIVersion, Kind string }
 			if err := yaml.Unmarshal(doc, &head); err != nil {
@@ -104,8 +108,30 @@ func TestManifests(t *testing.T) {
 			if err := yaml.UnmarshalStrict(doc, obj); err != nil {
 				t.Errorf("%s: %v", name, err)
 			}
-			if d, ok := obj.(*appsv1.Deployment); ok {
-				checkDeployment(t, name, d)
+			switch o := obj.(type) {
+			case *appsv1.Deployment:
+				checkDeployment(t, name, o)
+				refs = append(refs, podRefs(&o.Spec.Template.Spec)...)
+			case *appsv1.StatefulSet:
+				var claims []string
+				for _, c := range o.Spec.VolumeClaimTemplates {
+					claims = append(claims, c.Name)
+				}
+				refs = append(refs, podRefs(&o.Spec.Template.Spec, claims...)...)
+			case *corev1.Secret:
+				defined["Secret/"+o.Name] = true
+				if o.Name == "inferq-tokens" {
+					if _, err := producer.ParseTokens(strings.NewReader(o.StringData["tokens"])); err != nil {
+						t.Errorf("%s: the API would refuse its tokens file: %v", name, err)
+					}
+				}
+			case *corev1.ConfigMap:
+				defined["ConfigMap/"+o.Name] = true
+			}
+		}
+		for _, r := range refs {
+			if !defined[r] {
+				t.Errorf("%s: a pod uses %s, which the manifests do not define", overlay, r)
 			}
 		}
 		if kinds["Deployment"] == 0 || kinds["ScaledObject"] == 0 {
@@ -130,6 +156,47 @@ func checkDeployment(t *testing.T, name string, d *appsv1.Deployment) {
 			}
 		}
 	}
+}
+
+// podRefs lists the Secrets and ConfigMaps a pod uses, as "Kind/name",
+// and a "volume/name" for each volume mount that names neither a volume of
+// the pod nor one of claims (a StatefulSet's volume claim templates).
+func podRefs(p *corev1.PodSpec, claims ...string) []string {
+	var out []string
+	volumes := map[string]bool{}
+	for _, c := range claims {
+		volumes[c] = true
+	}
+	for _, v := range p.Volumes {
+		volumes[v.Name] = true
+		if v.Secret != nil {
+			out = append(out, "Secret/"+v.Secret.SecretName)
+		}
+		if v.ConfigMap != nil {
+			out = append(out, "ConfigMap/"+v.ConfigMap.Name)
+		}
+	}
+	for _, c := range p.Containers {
+		for _, e := range c.EnvFrom {
+			if e.SecretRef != nil {
+				out = append(out, "Secret/"+e.SecretRef.Name)
+			}
+			if e.ConfigMapRef != nil {
+				out = append(out, "ConfigMap/"+e.ConfigMapRef.Name)
+			}
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				out = append(out, "Secret/"+e.ValueFrom.SecretKeyRef.Name)
+			}
+		}
+		for _, m := range c.VolumeMounts {
+			if !volumes[m.Name] {
+				out = append(out, "volume/"+m.Name)
+			}
+		}
+	}
+	return out
 }
 
 // keda returns the ScaledObject schema from KEDA's CRD (vendored in
