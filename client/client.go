@@ -330,3 +330,24 @@ func (c *Client) Replay(ctx context.Context, model, id string) (*jobs.Record, er
 	var rec jobs.Record
 	return &rec, decode(res, &rec)
 }
+
+// Models returns the names of the models served.
+func (c *Client) Models(ctx context.Context) ([]string, error) {
+	res, err := c.do(ctx, "GET", "/v1/models", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var list struct {
+		Models []struct {
+			Name string `json:"name"`
+		} `json:"models"`
+	}
+	if err := decode(res, &list); err != nil {
+		return nil, err
+	}
+	names := make([]string, len(list.Models))
+	for i, m := range list.Models {
+		names[i] = m.Name
+	}
+	return names, nil
+}

@@ -14,11 +14,12 @@ import (
 	"github.com/inferq/inferq/jobs"
 )
 
-const dlqUsage = `usage: inferq dlq list   --model M [--json]
+const dlqUsage = `usage: inferq dlq list   [--model M] [--json]
        inferq dlq replay --model M (--all | JOB_ID...)
 
 Every job that ends failed is kept, with why, in the model's dead letters
-for 14 days. list prints them, oldest first; replay queues their requests
+for 14 days. list prints them, oldest first (every model's, without
+--model; those the token may use); replay queues their requests
 again, each as a new job whose record names the failed one in replay_of,
 and prints "FAILED_ID NEW_ID" per job.
 `
@@ -37,7 +38,7 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs)
-	model := fs.String("model", "", "the model whose dead letters to use (required)")
+	model := fs.String("model", "", "the model whose dead letters to use (required for replay)")
 	asJSON := fs.Bool("json", false, "list: print each dead letter as a JSON line")
 	all := fs.Bool("all", false, "replay: every dead letter of the model")
 	fs.Usage = func() {
@@ -47,10 +48,6 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	if *model == "" {
-		fs.Usage()
-		return errors.New("--model is required")
-	}
 	c, err := cf.client()
 	if err != nil {
 		return err
@@ -59,7 +56,17 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if fs.NArg() > 0 {
 			return errors.New("list takes no arguments")
 		}
-		return listDeadLetters(ctx, c, *model, *asJSON, stdout)
+		models := []string{*model}
+		if *model == "" {
+			if models, err = c.Models(ctx); err != nil {
+				return err
+			}
+		}
+		return listDeadLetters(ctx, c, models, *asJSON, stdout)
+	}
+	if *model == "" {
+		fs.Usage()
+		return errors.New("replay needs --model")
 	}
 	ids := fs.Args()
 	switch {
@@ -89,19 +96,30 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
-func listDeadLetters(ctx context.Context, c *client.Client, model string, asJSON bool, stdout io.Writer) error {
+func listDeadLetters(ctx context.Context, c *client.Client, models []string, asJSON bool, stdout io.Writer) error {
 	if asJSON {
-		return eachDeadLetter(ctx, c, model, func(d jobs.DeadLetter) { printJSON(stdout, d) })
+		for _, m := range models {
+			if err := eachDeadLetter(ctx, c, m, func(d jobs.DeadLetter) { printJSON(stdout, d) }); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB_ID\tFAILED_AT\tATTEMPTS\tERROR")
-	err := eachDeadLetter(ctx, c, model, func(d jobs.DeadLetter) {
-		msg := d.Error
-		if len(msg) > 100 {
-			msg = msg[:100] + "…"
+	fmt.Fprintln(tw, "MODEL\tJOB_ID\tFAILED_AT\tATTEMPTS\tERROR")
+	var err error
+	for _, m := range models {
+		err = eachDeadLetter(ctx, c, m, func(d jobs.DeadLetter) {
+			msg := d.Error
+			if len(msg) > 100 {
+				msg = msg[:100] + "…"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", d.Model, d.JobID, d.FailedAt.Format(time.RFC3339), d.Attempts, strings.ReplaceAll(msg, "\t", " "))
+		})
+		if err != nil {
+			break
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", d.JobID, d.FailedAt.Format(time.RFC3339), d.Attempts, strings.ReplaceAll(msg, "\t", " "))
-	})
+	}
 	if ferr := tw.Flush(); err == nil {
 		err = ferr
 	}

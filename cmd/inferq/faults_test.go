@@ -72,14 +72,16 @@ func TestPoisonJobsDeadLettered(t *testing.T) {
 	if d := page.DeadLetters[0]; d.JobID != poison || d.Attempts != 3 || !strings.Contains(d.Error, "idx=42") || d.FailedAt.IsZero() {
 		t.Fatalf("dead letter %+v, want job %s after 3 attempts with the reason", d, poison)
 	}
-	out, errOut, code := runCLI(t, s.url, "", "dlq", "list", "--model", "lookup")
-	if code != 0 || !strings.Contains(out, poison) || !strings.Contains(out, "ONNX Runtime") || strings.Count(out, "\n") != 2 {
-		t.Fatalf("dlq list: %d\n%s%s", code, out, errOut)
+	for _, args := range [][]string{{"dlq", "list", "--model", "lookup"}, {"dlq", "list"}} {
+		out, errOut, code := runCLI(t, s.url, "", args...)
+		if code != 0 || !strings.Contains(out, "lookup  "+poison) || !strings.Contains(out, "ONNX Runtime") || strings.Count(out, "\n") != 2 {
+			t.Fatalf("%v: %d\n%s%s", args, code, out, errOut)
+		}
 	}
 
 	// Replaying before the fix fails the same way, and the new failure is
 	// dead-lettered in its turn, naming the job it replayed.
-	out, errOut, code = runCLI(t, s.url, "", "dlq", "replay", "--model", "lookup", poison)
+	out, errOut, code := runCLI(t, s.url, "", "dlq", "replay", "--model", "lookup", poison)
 	f := strings.Fields(out)
 	if code != 0 || len(f) != 2 || f[0] != poison {
 		t.Fatalf("dlq replay: %d\n%s%s", code, out, errOut)

@@ -38,7 +38,7 @@ Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
   inferq get [--result] JOB_ID             a job's record or result
   inferq watch MODEL                       print a model's results as they finish
   inferq batch --model M FILE.jsonl        run a batch file, with progress
-  inferq dlq list --model M                a model's failed jobs, with why
+  inferq dlq list [--model M]              failed jobs, with why
   inferq dlq replay --model M ID...|--all  queue failed jobs again, as new jobs
 
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
