@@ -95,6 +95,8 @@ type Worker struct {
 	// noBatch holds the versions (int64) found at run time to give
 	// outputs that do not split back per request.
 	noBatch sync.Map
+	// held are the job messages fetched and not yet settled.
+	held *held
 }
 
 // NewWorker checks opts and returns a Worker; sessions load in Run.
@@ -122,7 +124,7 @@ func NewWorker(opts Options) (*Worker, error) {
 	// config; versions share one queue.
 	cfg := def.Config
 	w := &Worker{
-		opts: opts, name: opts.Family.Name, log: opts.Logger.With("model", opts.Family.Name),
+		opts: opts, name: opts.Family.Name, held: newHeld(), log: opts.Logger.With("model", opts.Family.Name),
 		policy: batching.Policy{
 			MaxBatchSize:        cfg.MaxBatchSize,
 			MaxQueueDelay:       cfg.MaxQueueDelay,
@@ -161,6 +163,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	defer w.unload()
+
+	// Every message fetched is kept alive until it is settled, wherever
+	// it waits (see held).
+	beat := make(chan struct{})
+	beating := make(chan struct{})
+	go func() {
+		defer close(beating)
+		// An hour, or a hundred ack waits: far past any batch's run.
+		w.held.heartbeat(w.opts.AckWait/3, max(time.Hour, 100*w.opts.AckWait), beat)
+	}()
+	defer func() { close(beat); <-beating }()
 
 	// Two durable consumers, one per priority, pumped into one channel
 	// that prefers high-priority jobs. While NATS is away they cannot be
@@ -369,6 +382,7 @@ func (w *Worker) pump(ctx context.Context, it jetstream.MessagesContext, ch chan
 			w.log.Warn("pulling jobs", "err", err)
 			continue
 		}
+		m = w.held.hold(m)
 		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			w.log.Warn("could not fetch a job's payload; it returns to the queue", "err", err)
@@ -539,14 +553,13 @@ type ranBatch struct {
 	items   []*item
 	outputs [][]tensor.Tensor
 	errs    []error
-	stop    func() // ends the batch's heartbeat
 }
 
 // runBatch runs a prepared batch in ONNX Runtime. A batch that fails is
 // split and its halves run again, down to single jobs, so that one bad
 // request fails alone and the rest of its batch succeeds.
 func (w *Worker) runBatch(items []*item) *ranBatch {
-	r := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items)), stop: w.heartbeat(items)}
+	r := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items))}
 	w.runIsolating(items, r.outputs, r.errs)
 	return r
 }
@@ -562,11 +575,6 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 		outputs = append(outputs, r.outputs...)
 		errs = append(errs, r.errs...)
 	}
-	defer func() {
-		for _, r := range group {
-			r.stop()
-		}
-	}()
 	refs, bodies := w.storeResults(ctx, items, outputs, errs)
 	if w.storagePause > 0 {
 		// Storage is away: hold the pipeline (and so the fetching) back.
@@ -828,30 +836,6 @@ func (w *Worker) storedResponse(ctx context.Context, rec *jobs.Record) []byte {
 		return nil
 	}
 	return b
-}
-
-// heartbeat tells JetStream the batch's jobs are still being worked on, so
-// that a slow run is not redelivered to another worker.
-func (w *Worker) heartbeat(items []*item) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(w.opts.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				for _, it := range items {
-					_ = it.msg.InProgress()
-				}
-			case <-done:
-				return
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
 }
 
 // infer runs the batch's stacked inputs and returns each job's outputs.

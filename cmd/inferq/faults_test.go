@@ -271,13 +271,25 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "slow.onnx")
 	writeFile(t, path, onnxbuild.Repeat(512, 600, 5))
 	d := openDirect(t, path)
-	in := []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}}
-	start := time.Now()
-	d.run(t, in)
-	run := time.Since(start)
-	// The ack wait is a third of one run (measured here, on this machine).
-	ackWait := max(run/3, 50*time.Millisecond)
-	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_batch_size: 1\nintra_op_threads: 1\n"})
+	// Rows enough for one run to take a third of a second here, measured
+	// on this machine; the ack wait is a third of that.
+	var in []tensor.Tensor
+	var run time.Duration
+	rows := 1
+	for {
+		in = []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{int64(rows), 512}, Data: make([]byte, 4*512*rows)}}
+		start := time.Now()
+		d.run(t, in)
+		if run = time.Since(start); run >= 300*time.Millisecond || rows >= 4096 {
+			break
+		}
+		rows *= 2
+	}
+	if run < 150*time.Millisecond {
+		t.Fatalf("%d rows run in %v: too fast to outlast an ack wait worth testing", rows, run)
+	}
+	ackWait := run / 3
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": fmt.Sprintf("max_batch_size: %d\nintra_op_threads: 1\n", rows)})
 	s := startServe(t, repo, "--ack-wait", ackWait.String())
 	var ids []string
 	for range 3 {
@@ -291,7 +303,7 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	}
 	m := s.metrics(t)
 	if runs := m["inferq_batch_size,model=slow,stat=count"]; runs != 3 {
-		t.Errorf("%v runs for 3 jobs of one row, each run %v against an ack wait of %v: jobs were delivered again while running", runs, run.Round(time.Millisecond), ackWait)
+		t.Errorf("%v runs for 3 jobs of %d rows, each run %v against an ack wait of %v: jobs were delivered again while running", runs, rows, run.Round(time.Millisecond), ackWait)
 	}
 }
 
