@@ -17,9 +17,11 @@ import (
 type held struct {
 	mu   sync.Mutex
 	msgs map[*heldMsg]struct{}
+	// freed signals that a message left the set.
+	freed chan struct{}
 }
 
-func newHeld() *held { return &held{msgs: map[*heldMsg]struct{}{}} }
+func newHeld() *held { return &held{msgs: map[*heldMsg]struct{}{}, freed: make(chan struct{}, 1)} }
 
 // hold adds m to the set; the message returned leaves it when it is
 // acknowledged, handed back or terminated.
@@ -35,6 +37,10 @@ func (h *held) drop(m *heldMsg) {
 	h.mu.Lock()
 	delete(h.msgs, m)
 	h.mu.Unlock()
+	select {
+	case h.freed <- struct{}{}:
+	default:
+	}
 }
 
 // Len is how many messages are held.

@@ -178,7 +178,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Two durable consumers, one per priority, pumped into one channel
 	// that prefers high-priority jobs. While NATS is away they cannot be
 	// set up: wait for it, as the connection reconnects by itself.
-	iters, pumped, err := w.subscribe(ctx)
+	sources, pumped, err := w.subscribe(ctx)
 	for wait := w.opts.Backoff; err != nil; wait = min(2*wait, 30*time.Second) {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
@@ -189,7 +189,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		iters, pumped, err = w.subscribe(ctx)
+		sources, pumped, err = w.subscribe(ctx)
 	}
 	msgs := make(chan *fetched)
 	pumpDone := make(chan struct{})
@@ -306,8 +306,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Drain: stop fetching; what was fetched and not started goes back to
 	// the queue at once, for this or another worker; batches running
 	// finish.
-	for _, it := range iters {
-		it.Drain()
+	for _, src := range sources {
+		src.Drain()
 	}
 	close(work)
 	preparers.Wait()
@@ -344,45 +344,38 @@ type fetched struct {
 
 // subscribe opens the model's consumers, one per priority, and starts a
 // pump for each.
-func (w *Worker) subscribe(ctx context.Context) ([]jetstream.MessagesContext, []chan *fetched, error) {
+func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, error) {
 	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
-	var iters []jetstream.MessagesContext
-	var pumped []chan *fetched
+	// What this worker holds at most: two batches per instance, and no
+	// fewer than 16 jobs, so that small models are not starved by pull
+	// round trips.
+	limit := max(2*w.policy.MaxBatchSize*w.instances, 16)
+	var conss []jetstream.Consumer
 	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
 		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
-		var it jetstream.MessagesContext
-		if err == nil {
-			it, err = cons.Messages(jetstream.PullMaxMessages(max(2*w.policy.MaxBatchSize*w.instances, 64)))
-		}
 		if err != nil {
-			for _, it := range iters {
-				it.Stop()
-			}
 			return nil, nil, fmt.Errorf("model %s: pull jobs: %w", w.name, err)
 		}
-		iters = append(iters, it)
+		conss = append(conss, cons)
+	}
+	var fetchers []*fetcher
+	var pumped []chan *fetched
+	for _, cons := range conss {
+		f := newFetcher(cons, w.held, limit, w.log)
+		fetchers = append(fetchers, f)
 		ch := make(chan *fetched, w.policy.MaxBatchSize)
 		pumped = append(pumped, ch)
-		go w.pump(ctx, it, ch)
+		go w.pump(ctx, f, ch)
 	}
-	return iters, pumped, nil
+	return fetchers, pumped, nil
 }
 
-// pump moves fetched messages into ch until the iterator is closed. It
+// pump moves fetched messages into ch until the fetcher is drained. It
 // fetches the stored payloads of large jobs, off the batching loop; while
 // storage is unreachable it backs off and hands those jobs back.
-func (w *Worker) pump(ctx context.Context, it jetstream.MessagesContext, ch chan<- *fetched) {
+func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 	defer close(ch)
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			w.log.Warn("pulling jobs", "err", err)
-			continue
-		}
-		m = w.held.hold(m)
+	for m := range src.Messages() {
 		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			w.log.Warn("could not fetch a job's payload; it returns to the queue", "err", err)

@@ -289,7 +289,10 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 		t.Fatalf("%d rows run in %v: too fast to outlast an ack wait worth testing", rows, run)
 	}
 	ackWait := run / 3
-	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": fmt.Sprintf("max_batch_size: %d\nintra_op_threads: 1\n", rows)})
+	repo := testenv.ModelRepo(t, map[string]string{
+		"slow/1/model.onnx": "@" + path, "slow/config.yaml": fmt.Sprintf("max_batch_size: %d\nintra_op_threads: 1\n", rows),
+		"one/1/model.onnx": "@" + path, "one/config.yaml": "max_batch_size: 1\nintra_op_threads: 1\n",
+	})
 	s := startServe(t, repo, "--ack-wait", ackWait.String())
 	var ids []string
 	for range 3 {
@@ -304,6 +307,23 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	m := s.metrics(t)
 	if runs := m["inferq_batch_size,model=slow,stat=count"]; runs != 3 {
 		t.Errorf("%v runs for 3 jobs of %d rows, each run %v against an ack wait of %v: jobs were delivered again while running", runs, rows, run.Round(time.Millisecond), ackWait)
+	}
+
+	// A model that runs one job at a time, with a queue of them: the
+	// last waits many ack waits for its turn, and none may be delivered
+	// twice meanwhile.
+	one := []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}}
+	var more []string
+	for range 100 {
+		more = append(more, s.submit(t, "/v1/models/one/jobs", requestJSON(one)))
+	}
+	for _, id := range more {
+		if rec := s.await(t, id, 60*time.Second); rec.Status != jobs.Succeeded || rec.Attempts != 1 {
+			t.Errorf("queued job %s: %+v, want succeeded on its first attempt", id, rec)
+		}
+	}
+	if runs := s.metrics(t)["inferq_batch_size,model=one,stat=count"]; runs != 100 {
+		t.Errorf("%v runs for 100 jobs of one row, one at a time: jobs were delivered again while they waited", runs)
 	}
 }
 
