@@ -468,19 +468,17 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		f(id)
 	}
 	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
+		// Not accepted: a retry with the same key must be free to try.
+		if key := r.Header.Get("Idempotency-Key"); key != "" {
+			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
+		}
 		if errors.Is(err, jobs.ErrQueueFull) {
 			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()
-			if key := r.Header.Get("Idempotency-Key"); key != "" {
-				_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
-			}
 			return nil, &httpError{code: http.StatusTooManyRequests, retryAfter: 5,
 				msg: fmt.Sprintf("the queue of model %s is full; the job was not accepted, retry later", m.Name)}
 		}
 		s.log.Warn("could not queue job", "model", m.Name, "err", err)
 		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
-		if key := r.Header.Get("Idempotency-Key"); key != "" {
-			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
-		}
 		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
 			msg: "the queue is unavailable, the job was not accepted; retry later"}
 	}
