@@ -203,13 +203,13 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, e
 	if subject != RequestSubject(model, Normal) && subject != RequestSubject(model, High) {
 		subject = RequestSubject(model, Normal)
 	}
-	rec := recordOf(h)
-	if rec == nil {
-		rec = &Record{Model: model}
+	old := recordOf(h)
+	if old == nil {
+		old = &Record{}
 	}
-	*rec = Record{
+	rec := &Record{
 		ID: newID, Model: model, Status: Queued, CreatedAt: time.Now().UTC(),
-		ClientID: rec.ClientID, Rows: rec.Rows, Priority: rec.Priority, Webhook: rec.Webhook,
+		ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook,
 		ReplayOf: id,
 	}
 	out := nats.NewMsg(subject)
@@ -220,20 +220,7 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, e
 		}
 	}
 	out.Header.Set(HeaderJobID, newID)
-	b, rev, err := q.Records.create(ctx, rec)
-	if err != nil {
-		return nil, err
-	}
-	out.Header.Set(HeaderRecord, string(b))
-	out.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	if _, err := q.js.PublishMsg(ctx, out, jetstream.WithMsgID(newID), jetstream.WithExpectStream(RequestStream)); err != nil {
-		_, _ = q.Records.Update(context.WithoutCancel(ctx), newID, func(r *Record) error {
-			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
-			return nil
-		})
-		if isFull(err) {
-			return nil, fmt.Errorf("replay job %s: %w", id, ErrQueueFull)
-		}
+	if err := q.enqueue(ctx, out, rec); err != nil {
 		return nil, fmt.Errorf("replay job %s: %w", id, err)
 	}
 	// The replay is queued; the letter has done its work. Should this

@@ -328,6 +328,13 @@ func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
 		msg.Data = nil
 		msg.Header.Set(HeaderPayload, key)
 	}
+	return q.enqueue(ctx, msg, rec)
+}
+
+// enqueue stores the record of a new job and publishes its message, with
+// the record's id as the message id, returning once JetStream has
+// acknowledged both. A job it could not publish has its record failed.
+func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
 	b, rev, err := q.Records.create(ctx, rec)
 	if err != nil {
 		return err
@@ -336,16 +343,16 @@ func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
 	// running with one compare-and-set instead of a read and a write.
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.ID), jetstream.WithExpectStream(RequestStream)); err != nil {
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream)); err != nil {
 		// The record would otherwise stay queued for ever.
-		_, _ = q.Records.Update(context.WithoutCancel(ctx), job.ID, func(r *Record) error {
+		_, _ = q.Records.Update(context.WithoutCancel(ctx), rec.ID, func(r *Record) error {
 			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
 			return nil
 		})
 		if isFull(err) {
-			return fmt.Errorf("publish job %s: %w", job.ID, ErrQueueFull)
+			return fmt.Errorf("publish job %s: %w", rec.ID, ErrQueueFull)
 		}
-		return fmt.Errorf("publish job %s: %w", job.ID, err)
+		return fmt.Errorf("publish job %s: %w", rec.ID, err)
 	}
 	return nil
 }
