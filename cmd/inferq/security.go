@@ -18,27 +18,38 @@ import (
 )
 
 // loadTokens reads the API tokens: those of --api-tokens, which may use
-// every model, then those of --tokens-file.
+// every model, then those of --tokens-file. It returns the file's bytes
+// too, for watchTokens to tell when it changes.
 func loadTokens(list, file string) ([]producer.Token, []byte, error) {
-	var out []producer.Token
-	for _, t := range splitList(list) {
-		out = append(out, producer.Token{Secret: t})
-	}
 	if file == "" {
-		return out, nil, nil
+		tokens, err := parseTokens(list, "", nil)
+		return tokens, nil, err
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read --tokens-file: %w", err)
 	}
+	tokens, err := parseTokens(list, file, b)
+	return tokens, b, err
+}
+
+// parseTokens is the tokens of list and of the tokens file's content b.
+func parseTokens(list, file string, b []byte) ([]producer.Token, error) {
+	var out []producer.Token
+	for _, t := range splitList(list) {
+		out = append(out, producer.Token{Secret: t})
+	}
+	if file == "" {
+		return out, nil
+	}
 	fromFile, err := producer.ParseTokens(bytes.NewReader(b))
 	if err != nil {
-		return nil, nil, fmt.Errorf("--tokens-file %s: %w", file, err)
+		return nil, fmt.Errorf("--tokens-file %s: %w", file, err)
 	}
 	if len(fromFile) == 0 {
-		return nil, nil, fmt.Errorf("--tokens-file %s holds no token; with none, the API would be open to all", file)
+		return nil, fmt.Errorf("--tokens-file %s holds no token; with none, the API would be open to all", file)
 	}
-	return append(out, fromFile...), b, nil
+	return append(out, fromFile...), nil
 }
 
 // watchTokens reloads the tokens file when it changes, so that tokens are
@@ -55,7 +66,7 @@ func watchTokens(ctx context.Context, log *slog.Logger, api *producer.Server, li
 			return
 		}
 		last = b
-		tokens, _, err := loadTokens(list, file)
+		tokens, err := parseTokens(list, file, b)
 		if err != nil {
 			log.Error("tokens file changed but cannot be used; keeping the tokens in force", "err", err)
 			return
