@@ -110,16 +110,8 @@ func NewAutoscaler(opts AutoscalerOptions) (*Autoscaler, error) {
 
 // Run scales until ctx ends.
 func (a *Autoscaler) Run(ctx context.Context) error {
-	t := time.NewTicker(a.opts.Interval)
-	defer t.Stop()
-	for {
-		a.Tick(ctx, time.Now())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	tickEvery(ctx, a.opts.Interval, a.Tick)
+	return nil
 }
 
 // Tick reads every model's queue once and acts on the decisions.

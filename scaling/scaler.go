@@ -64,13 +64,19 @@ func NewScaler(opts ScalerOptions) (*Scaler, error) {
 
 // Run decides every Interval until ctx ends.
 func (s *Scaler) Run(ctx context.Context) error {
-	t := time.NewTicker(s.opts.Interval)
+	tickEvery(ctx, s.opts.Interval, s.Tick)
+	return nil
+}
+
+// tickEvery calls tick at once and then every interval, until ctx ends.
+func tickEvery(ctx context.Context, interval time.Duration, tick func(context.Context, time.Time)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		s.Tick(ctx, time.Now())
+		tick(ctx, time.Now())
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
 	}
