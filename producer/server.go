@@ -213,7 +213,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.metrics.observeRequest("unauthorized", http.StatusUnauthorized, 0)
 			return
 		}
-		r = withGrant(r, t)
+		if t != nil {
+			r = withGrant(r, t)
+		}
 	}
 	s.mux.ServeHTTP(w, r)
 }
