@@ -102,9 +102,18 @@ func (r *Result) Response() (*tensor.Response, error) {
 	return tensor.DecodeResponse(r.Announcement.Response)
 }
 
+// Position is the results stream's position now. Taken before
+// submitting and passed to Follow with fromStart set, it lets a follower
+// started afterwards (in another goroutine, say) miss none of the results
+// of those jobs, however fast they finish.
+func (c *Client) Position(ctx context.Context) (uint64, error) {
+	return c.q.ResultsPosition(ctx)
+}
+
 // Follow calls fn with each finished job of model, in order, until ctx
-// ends or fn returns an error. after resumes after a Result's Seq; 0
-// starts from now (fromStart: from the oldest result retained).
+// ends or fn returns an error. after resumes after a Result's Seq (or a
+// Position). With after 0 it starts from the oldest result retained when
+// fromStart is set, and otherwise from the moment it begins following.
 func (c *Client) Follow(ctx context.Context, model string, after uint64, fromStart bool, fn func(Result) error) error {
 	if after == 0 && !fromStart {
 		pos, err := c.q.ResultsPosition(ctx)

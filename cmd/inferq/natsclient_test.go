@@ -43,10 +43,16 @@ func TestNATSClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The position is taken before submitting: the invalid job fails at
+	// once, and a follower that started from "now" could begin after it.
+	pos, err := c.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	results := make(chan natsclient.Result, 16)
 	followed := make(chan error, 1)
 	go func() {
-		followed <- c.Follow(ctx, "iris", 0, false, func(r natsclient.Result) error { results <- r; return nil })
+		followed <- c.Follow(ctx, "iris", pos, true, func(r natsclient.Result) error { results <- r; return nil })
 	}()
 	d := openDirect(t, irisPath(t))
 	want := map[string][]tensor.Tensor{}

@@ -47,15 +47,23 @@ func run(ctx context.Context, url, model string, n int) error {
 	if err != nil {
 		return err
 	}
-	// Follow first, so that no result is missed.
+	// Take the results position before submitting, so that the follower
+	// misses none of these jobs, however fast they finish.
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	pos, err := c.Position(ctx)
+	if err != nil {
+		return err
+	}
 	results := make(chan natsclient.Result)
-	go c.Follow(ctx, model, 0, false, func(r natsclient.Result) error {
-		results <- r
-		return nil
+	go c.Follow(ctx, model, pos, true, func(r natsclient.Result) error {
+		select {
+		case results <- r:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	})
-	time.Sleep(100 * time.Millisecond)
 	mine := map[string]bool{}
 	for i := range n {
 		req, err := tensor.DecodeRequest([]byte(fmt.Sprintf(
