@@ -19,6 +19,10 @@ type Metrics struct {
 	failedRuns *prometheus.CounterVec
 	replicas   *prometheus.GaugeVec
 	coldStart  *prometheus.HistogramVec
+	// writes and writeJobs time the result store's writes and count the
+	// jobs each carries: what tells a slow store from a slow model.
+	writes    *prometheus.HistogramVec
+	writeJobs *prometheus.HistogramVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -61,9 +65,19 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time to start a replica of a model: sessions loaded, ready to pull (the cold start of scaling up, from zero included).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
 		}, []string{"model"}),
+		writes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_result_write_seconds",
+			Help:    "Time to write one result object to storage, by model and outcome (ok, error). In the batch layout one write holds the results of every batch that finished while the previous write ran.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2.5, 14),
+		}, []string{"model", "outcome"}),
+		writeJobs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_result_write_jobs",
+			Help:    "Jobs whose results one storage write carries, by model (always 1 in the job layout).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048},
+		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart, m.writes, m.writeJobs} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

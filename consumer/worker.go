@@ -633,7 +633,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 			}
 			g.Go(func() error {
 				key := jobs.JobResultKey(w.name, it.job.ID)
-				if err := w.opts.Results.Put(ctx, key, bytes.NewReader(bodies[i])); err != nil {
+				if err := w.put(ctx, key, bodies[i], 1); err != nil {
 					failed[i] = true
 					return err
 				}
@@ -644,7 +644,13 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		lastErr = g.Wait()
 	} else {
 		key := jobs.BatchResultKey(w.name, ulid.Make().String())
-		if err := w.opts.Results.Put(ctx, key, bytes.NewReader(buf)); err != nil {
+		n := 0
+		for _, r := range refs {
+			if r != nil {
+				n++
+			}
+		}
+		if err := w.put(ctx, key, buf, n); err != nil {
 			lastErr = err
 			for i := range failed {
 				failed[i] = refs[i] != nil
@@ -669,6 +675,20 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		}
 	}
 	return refs, bodies
+}
+
+// put writes one result object holding the results of n jobs, and
+// measures the write.
+func (w *Worker) put(ctx context.Context, key string, data []byte, n int) error {
+	start := time.Now()
+	err := w.opts.Results.Put(ctx, key, bytes.NewReader(data))
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	w.opts.Metrics.writes.WithLabelValues(w.name, outcome).Observe(time.Since(start).Seconds())
+	w.opts.Metrics.writeJobs.WithLabelValues(w.name).Observe(float64(n))
+	return err
 }
 
 // requeue hands a job back to the queue without counting its attempt:

@@ -419,6 +419,10 @@ func BenchmarkStorage(b *testing.B) {
 			rate[c.name] = jobsN / elapsed.Seconds()
 		}
 		b.ReportMetric(rate[c.name], c.name+"_jobs/s")
+		m := s.metricsB(b)
+		writes := m["inferq_result_write_seconds,model=iris,outcome=ok,stat=count"]
+		b.Logf("%s: %.0f jobs/s; %.0f writes, %.1f ms and %.1f jobs each on average", c.name, rate[c.name], writes,
+			1000*m["inferq_result_write_seconds,model=iris,outcome=ok,stat=sum"]/writes, m["inferq_result_write_jobs,model=iris,stat=sum"]/writes)
 	}
 	b.ReportMetric(rate["minio"]/rate["files"], "minio/files")
 	b.ReportMetric(rate["minio_job_layout"]/rate["files"], "minio_job/files")
