@@ -16,7 +16,7 @@ import (
 type fetcher struct {
 	cons  jetstream.Consumer
 	held  *held
-	limit int           // most messages the worker holds
+	limit int           // most messages the worker holds waiting for the model
 	wait  time.Duration // longest a pull stays open
 	log   *slog.Logger
 
@@ -48,7 +48,9 @@ func (f *fetcher) run() {
 			return
 		default:
 		}
-		n := f.limit - f.held.Len()
+		// Jobs that have run wait only for their results to be stored:
+		// a slow store must not hold the next jobs back.
+		n := f.limit - f.held.Waiting()
 		if n <= 0 {
 			select {
 			case <-f.stop:

@@ -17,7 +17,10 @@ import (
 type held struct {
 	mu   sync.Mutex
 	msgs map[*heldMsg]struct{}
-	// freed signals that a message left the set.
+	// ran counts the messages among msgs whose jobs have run: they wait
+	// only for their results to be stored and recorded.
+	ran int
+	// freed signals that a message left the set, or that its job ran.
 	freed chan struct{}
 }
 
@@ -35,19 +38,45 @@ func (h *held) hold(m jetstream.Msg) jetstream.Msg {
 
 func (h *held) drop(m *heldMsg) {
 	h.mu.Lock()
-	delete(h.msgs, m)
+	if _, ok := h.msgs[m]; ok {
+		delete(h.msgs, m)
+		if m.ran {
+			h.ran--
+		}
+	}
 	h.mu.Unlock()
+	h.signal()
+}
+
+// markRan notes that the job of m, a message of the set, has run. It
+// stays held until settled, but no longer waits for the model.
+func (h *held) markRan(m jetstream.Msg) {
+	hm, ok := m.(*heldMsg)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	if _, ok := h.msgs[hm]; ok && !hm.ran {
+		hm.ran = true
+		h.ran++
+	}
+	h.mu.Unlock()
+	h.signal()
+}
+
+func (h *held) signal() {
 	select {
 	case h.freed <- struct{}{}:
 	default:
 	}
 }
 
-// Len is how many messages are held.
-func (h *held) Len() int {
+// Waiting is how many held messages wait for the model, to be batched or
+// run: the ones that count against how many a worker may take.
+func (h *held) Waiting() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.msgs)
+	return len(h.msgs) - h.ran
 }
 
 // heartbeat marks every held message in progress each interval until done
@@ -83,6 +112,7 @@ type heldMsg struct {
 	jetstream.Msg
 	set   *held
 	since time.Time
+	ran   bool // guarded by set.mu
 }
 
 func (m *heldMsg) Ack() error {

@@ -221,7 +221,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 		executors.Go(func() {
 			for items := range prepared {
-				ran <- w.runBatch(items)
+				r := w.runBatch(items)
+				for _, it := range items {
+					w.held.markRan(it.msg)
+				}
+				ran <- r
 			}
 		})
 	}
@@ -346,9 +350,11 @@ type fetched struct {
 // pump for each.
 func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, error) {
 	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
-	// What this worker holds at most: two batches per instance, and no
-	// fewer than 16 jobs, so that small models are not starved by pull
-	// round trips.
+	// What this worker holds at most waiting for the model (to be
+	// batched or run): two batches per instance, and no fewer than 16
+	// jobs, so that small models are not starved by pull round trips.
+	// Jobs that have run and wait for their results to be stored do not
+	// count: a slow store must not starve the model.
 	limit := max(2*w.policy.MaxBatchSize*w.instances, 16)
 	var conss []jetstream.Consumer
 	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
