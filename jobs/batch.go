@@ -167,62 +167,93 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 		}
 		return fmt.Errorf("set up batch tracking: %w", err)
 	}
-	for ctx.Err() == nil {
-		msgs, err := c.Fetch(256, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn("tracking batches", "err", err)
-				time.Sleep(time.Second)
+	// Announcements are counted as soon as they arrive, a group at a
+	// time: whatever has arrived while the previous group was counted.
+	// (A Fetch of a fixed size would hold the last few of a batch back
+	// until its wait ran out, and the batch would look unfinished.)
+	arrived := make(chan jetstream.Msg, 512)
+	cc, err := c.Consume(func(m jetstream.Msg) {
+		select {
+		case arrived <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(512), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil {
+			log.Warn("tracking batches", "err", err)
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("set up batch tracking: %w", err)
+	}
+	defer cc.Stop()
+	for {
+		var taken []jetstream.Msg
+		select {
+		case m := <-arrived:
+			taken = append(taken, m)
+		case <-ctx.Done():
+			return nil
+		}
+	more:
+		for len(taken) < 512 {
+			select {
+			case m := <-arrived:
+				taken = append(taken, m)
+			default:
+				break more
 			}
+		}
+		q.countBatches(ctx, log, taken)
+	}
+}
+
+// countBatches adds the outcomes that announcements report to their
+// batches' counts, one update per batch, and acknowledges them; if an
+// update fails they are handed back, to be counted again.
+func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jetstream.Msg) {
+	counts := map[string]*BatchCounts{}
+	for _, m := range taken {
+		id := m.Headers().Get(HeaderBatch)
+		if id == "" {
 			continue
 		}
-		counts := map[string]*BatchCounts{}
-		var taken []jetstream.Msg
-		for m := range msgs.Messages() {
-			taken = append(taken, m)
-			id := m.Headers().Get(HeaderBatch)
-			if id == "" {
-				continue
-			}
-			var rec Record
-			if json.Unmarshal(m.Data(), &rec) != nil {
-				continue
-			}
-			n := int64(max(rec.Lines, 1))
-			c := counts[id]
-			if c == nil {
-				c = &BatchCounts{}
-				counts[id] = c
-			}
-			switch rec.Status {
-			case Succeeded:
-				c.Succeeded += n
-			case Cancelled:
-				c.Cancelled += n
-			default:
-				c.Failed += n
-			}
+		var rec Record
+		if json.Unmarshal(m.Data(), &rec) != nil {
+			continue
 		}
-		ok := true
-		for id, c := range counts {
-			_, err := q.Batches.Update(context.WithoutCancel(ctx), id, func(b *BatchRecord) error {
-				b.Counts.Succeeded += c.Succeeded
-				b.Counts.Failed += c.Failed
-				b.Counts.Cancelled += c.Cancelled
-				return nil
-			})
-			if err != nil && !errors.Is(err, ErrBatchNotFound) {
-				log.Warn("counting batch progress", "batch", id, "err", err)
-				ok = false
-			}
+		n := int64(max(rec.Lines, 1))
+		c := counts[id]
+		if c == nil {
+			c = &BatchCounts{}
+			counts[id] = c
 		}
-		for _, m := range taken {
-			if ok {
-				_ = m.Ack()
-			} else {
-				_ = m.Nak()
-			}
+		switch rec.Status {
+		case Succeeded:
+			c.Succeeded += n
+		case Cancelled:
+			c.Cancelled += n
+		default:
+			c.Failed += n
 		}
 	}
-	return nil
+	ok := true
+	for id, c := range counts {
+		_, err := q.Batches.Update(context.WithoutCancel(ctx), id, func(b *BatchRecord) error {
+			b.Counts.Succeeded += c.Succeeded
+			b.Counts.Failed += c.Failed
+			b.Counts.Cancelled += c.Cancelled
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrBatchNotFound) {
+			log.Warn("counting batch progress", "batch", id, "err", err)
+			ok = false
+		}
+	}
+	for _, m := range taken {
+		if ok {
+			_ = m.Ack()
+		} else {
+			_ = m.Nak()
+		}
+	}
 }

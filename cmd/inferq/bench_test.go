@@ -365,6 +365,7 @@ func BenchmarkBatchFile(b *testing.B) {
 		var rec jobs.BatchRecord
 		json.NewDecoder(res.Body).Decode(&rec)
 		res.Body.Close()
+		uploaded := time.Since(start)
 		for !rec.Final() {
 			time.Sleep(20 * time.Millisecond)
 			res, err := http.Get(s.url + "/v1/batches/" + rec.ID)
@@ -385,7 +386,8 @@ func BenchmarkBatchFile(b *testing.B) {
 		lines, _ := io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 		withOutput = n / time.Since(start).Seconds()
-		b.Logf("%d lines in %d jobs; %d bytes of output", n, rec.Jobs, lines)
+		b.Logf("%d lines in %d jobs, uploaded and queued in %v, finished after %v; %d bytes of output",
+			n, rec.Jobs, uploaded.Round(time.Millisecond), time.Duration(float64(time.Second)*n/queued).Round(time.Millisecond), lines)
 	}
 	b.ReportMetric(direct, "loop_rows/s")
 	b.ReportMetric(queued, "batch_rows/s")
