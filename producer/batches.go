@@ -548,7 +548,8 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 			if l.Error != "" {
 				msg = l.Error
 			}
-			out[i] = jsonLine(outputLine{CustomID: customID(l), Error: msg})
+			ol := outputLine{CustomID: l.CustomID, Error: msg}
+			out[i] = ol.appendLine(nil)
 		}
 		return out
 	}
@@ -593,19 +594,39 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 	out := make([][]byte, len(lines))
 	for i, l := range lines {
 		r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
-		out[i] = jsonLine(outputLine{CustomID: customID(l), Response: r.AppendJSON(nil)})
+		ol := outputLine{CustomID: l.CustomID, Response: r.AppendJSON(nil)}
+		out[i] = ol.appendLine(nil)
 	}
 	return out
 }
 
-func customID(l indexLine) json.RawMessage {
+// appendLine appends l as one line of JSON. It writes the fields itself:
+// json.Marshal would check and compact the response, which AppendJSON has
+// just written compact, and that was most of the output's cost.
+func (l *outputLine) appendLine(b []byte) []byte {
+	b = append(b, `{"custom_id":`...)
 	if len(l.CustomID) == 0 {
-		return json.RawMessage("null")
+		b = append(b, "null"...)
+	} else if c, err := compactJSON(b, l.CustomID); err == nil {
+		b = c
+	} else {
+		b = append(b, "null"...) // not JSON: the index is damaged
 	}
-	return l.CustomID
+	if len(l.Response) > 0 {
+		b = append(append(b, `,"response":`...), l.Response...)
+	}
+	if l.Error != "" {
+		msg, _ := json.Marshal(l.Error)
+		b = append(append(b, `,"error":`...), msg...)
+	}
+	return append(b, "}\n"...)
 }
 
-func jsonLine(v any) []byte {
-	b, _ := json.Marshal(v)
-	return append(b, '\n')
+// compactJSON appends raw to b without insignificant space.
+func compactJSON(b []byte, raw []byte) ([]byte, error) {
+	buf := bytes.NewBuffer(b)
+	if err := json.Compact(buf, raw); err != nil {
+		return b, err
+	}
+	return buf.Bytes(), nil
 }
