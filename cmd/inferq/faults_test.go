@@ -194,6 +194,19 @@ func TestNATSRestart(t *testing.T) {
 	for range 80 {
 		accepted = append(accepted, s.submit(t, "/v1/models/slow/jobs", req))
 	}
+	// A batch file too, whose progress is counted from the results
+	// stream across the outage.
+	var file bytes.Buffer
+	for range 12 {
+		file.Write(req)
+		file.WriteByte('\n')
+	}
+	var batch jobs.BatchRecord
+	if r := do(t, "POST", s.url+"/v1/models/slow/batches", file.Bytes()); r.code != http.StatusAccepted {
+		t.Fatalf("batch file: %d %s", r.code, r.body)
+	} else {
+		r.json(t, &batch)
+	}
 
 	// NATS goes while the worker is mid-backlog.
 	s.await(t, accepted[0], 30*time.Second)
@@ -228,6 +241,16 @@ func TestNATSRestart(t *testing.T) {
 			t.Fatalf("job %s after the restart: %+v", id, rec)
 		}
 	}
+	deadline = time.Now().Add(60 * time.Second)
+	batchWait := time.Now()
+	for !batch.Final() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		do(t, "GET", s.url+"/v1/batches/"+batch.ID, nil).json(t, &batch)
+	}
+	t.Logf("batch final %v after the jobs", time.Since(batchWait))
+	if batch.Status != jobs.BatchSucceeded || batch.Counts.Total != 12 || batch.Counts.Succeeded != 12 || batch.Counts.Failed != 0 {
+		t.Fatalf("batch file after the restart: %+v", batch)
+	}
 	// Exactly once: one announcement per accepted job in the results
 	// stream, which survived the restart.
 	nc := testenv.Connect(t, ns)
@@ -247,6 +270,9 @@ func TestNATSRestart(t *testing.T) {
 		}
 		var a jobs.Announcement
 		if json.Unmarshal(m.Data(), &a) == nil {
+			if a.Batch != "" {
+				continue // the batch file's job: its output is read from storage
+			}
 			seen[a.ID]++
 			if a.Status == jobs.Succeeded && len(a.Response) == 0 {
 				t.Errorf("job %s announced without its response", a.ID)
