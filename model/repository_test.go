@@ -29,6 +29,7 @@ func TestBatchingFromMetadata(t *testing.T) {
 		{"scalar and fixed inputs are shared", onnxbuild.Conditioned(), "", true, []bool{true, false, false}, "", 32},
 		{"scalar output", onnxbuild.Total(), "", false, []bool{true}, `output "sum" is a scalar`, 1},
 		{"state with batch on axis 1", onnxbuild.Recurrent(), "", false, []bool{true, false}, `output "h_next" has a fixed first dimension`, 1},
+		{"state input with batch on axis 1", onnxbuild.StateOnAxis1(), "", false, []bool{true, false}, `input "h" ([1 -1 4]) has a fixed first dimension and a dynamic one after it`, 1},
 		{"variable width", onnxbuild.RowSum(), "max_batch_size: 8\n", true, []bool{true}, "", 8},
 		{"batching switched off", onnxbuild.Dense(4, 1, 1), "max_batch_size: 1\n", false, []bool{true}, "max_batch_size is 1", 1},
 	}

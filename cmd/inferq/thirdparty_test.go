@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,4 +125,100 @@ func TestScikitLearnSequenceOfMaps(t *testing.T) {
 	if runs := s.metrics(t)["inferq_batch_size,model=forest,stat=count"]; runs >= float64(len(ids)) {
 		t.Errorf("%d jobs in %v runs: not batched", len(ids), runs)
 	}
+}
+
+// Silero VAD, versions 4 and 5: recurrent voice-activity detectors with a
+// scalar sample rate and a state laid out [2, batch, hidden], so batch on
+// the second axis. Neither may be batched (v5's metadata says so only
+// through its state input: its state output's shape is unknown), and
+// every job, each with its own state, returns what ONNX Runtime gives for
+// it alone, with no batched run tried and failed on the way.
+func TestRecurrentStateModels(t *testing.T) {
+	models := []struct {
+		name, file string
+		state      map[string][]int64 // state inputs and their shapes
+		reason     string             // part of why it is not batched
+	}{
+		{"vad5", "silero/silero_vad_v5.onnx", map[string][]int64{"state": {2, 1, 128}}, `input "state"`},
+		{"vad4", "silero/silero_vad_legacy.onnx", map[string][]int64{"h": {2, 1, 64}, "c": {2, 1, 64}}, `output "hn"`},
+	}
+	files := map[string]string{}
+	for _, m := range models {
+		files[m.name+"/1/model.onnx"] = "@" + testenv.ThirdParty(t, m.file)
+	}
+	s := startServe(t, testenv.ModelRepo(t, files))
+	var listed struct {
+		Models []struct {
+			Name     string
+			Versions []struct {
+				Batchable bool
+				Batching  string
+			}
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &listed)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, m := range models {
+		t.Run(m.name, func(t *testing.T) {
+			for _, l := range listed.Models {
+				if l.Name == m.name && (l.Versions[0].Batchable || !strings.Contains(l.Versions[0].Batching, m.reason)) {
+					t.Errorf("listed as batchable %v (%q), want not batchable, saying %s", l.Versions[0].Batchable, l.Versions[0].Batching, m.reason)
+				}
+			}
+			ref := openDirect(t, testenv.ThirdParty(t, m.file))
+			const n = 6
+			inputs := make([][]tensor.Tensor, n)
+			for i := range inputs {
+				for _, io := range ref.sig.Inputs {
+					switch {
+					case io.Name == "sr":
+						inputs[i] = append(inputs[i], tensor.Tensor{Name: "sr", Datatype: tensor.Int64, Shape: io.Shape, Data: i64(16000)})
+					case io.Name == "input":
+						inputs[i] = append(inputs[i], tensor.Tensor{Name: "input", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: f32(uniform(rng, 512, 0.5)...)})
+					default:
+						shape := m.state[io.Name]
+						// Half the jobs start from silence, half carry on
+						// from a state of their own.
+						scale := float32(0)
+						if i%2 == 1 {
+							scale = 0.3
+						}
+						inputs[i] = append(inputs[i], tensor.Tensor{Name: io.Name, Datatype: tensor.FP32, Shape: shape, Data: f32(uniform(rng, int(shape[0]*shape[1]*shape[2]), scale)...)})
+					}
+				}
+			}
+			ids := make([]string, n)
+			var wg sync.WaitGroup
+			for i := range inputs {
+				wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+m.name+"/jobs", requestJSON(inputs[i])) })
+			}
+			wg.Wait()
+			for i, id := range ids {
+				if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
+					t.Fatalf("job %d: %+v", i, rec)
+				}
+				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
+			}
+			if f := s.metrics(t)["inferq_failed_runs_total,model="+m.name]; f != 0 {
+				t.Errorf("%v failed runs: a batched run was tried", f)
+			}
+		})
+	}
+}
+
+// uniform is n values drawn from [-scale, scale).
+func uniform(rng *rand.Rand, n int, scale float32) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = scale * (2*rng.Float32() - 1)
+	}
+	return v
+}
+
+func i64(vs ...int64) []byte {
+	b := make([]byte, 8*len(vs))
+	for i, v := range vs {
+		binary.LittleEndian.PutUint64(b[8*i:], uint64(v))
+	}
+	return b
 }

@@ -74,6 +74,23 @@ func Recurrent() []byte {
 	return m.Bytes()
 }
 
+// StateOnAxis1 takes a state laid out [1, batch, 4] and returns only
+// y = tanh(h + x)[0], whose first dimension is the batch. Stacking x while
+// sharing one request's h would broadcast that state over every row and
+// return wrong answers without an error, so the model must not be
+// batched: its metadata says so only through the input.
+func StateOnAxis1() []byte {
+	m := New("state_on_axis_1")
+	m.Input("x", Float, -1, 4)
+	m.Input("h", Float, 1, -1, 4)
+	m.Output("y", Float, -1, 4)
+	m.Node("Add", []string{"h", "x"}, []string{"sum"})
+	m.Node("Tanh", []string{"sum"}, []string{"h_next"})
+	m.Int64s("zero", []int64{1}, []int64{0})
+	m.Node("Squeeze", []string{"h_next", "zero"}, []string{"y"})
+	return m.Bytes()
+}
+
 // Lookup gathers rows of a fixed 10x3 table by index: idx INT64 [batch]
 // to y [batch, 3]. An index outside 0..9 makes ONNX Runtime fail the run,
 // which is how tests put one bad request into a batch.
