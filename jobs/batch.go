@@ -171,13 +171,17 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 	// time: whatever has arrived while the previous group was counted.
 	// (A Fetch of a fixed size would hold the last few of a batch back
 	// until its wait ran out, and the batch would look unfinished.)
-	arrived := make(chan jetstream.Msg, 512)
+	// What is held unacknowledged stays small (at most three groups:
+	// pulled, waiting, being counted), far from the minute after which
+	// JetStream would deliver an announcement again.
+	const group = 256
+	arrived := make(chan jetstream.Msg, group)
 	cc, err := c.Consume(func(m jetstream.Msg) {
 		select {
 		case arrived <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.PullMaxMessages(512), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, jetstream.PullMaxMessages(group), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil {
 			log.Warn("tracking batches", "err", err)
 		}
@@ -195,7 +199,7 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 			return nil
 		}
 	more:
-		for len(taken) < 512 {
+		for len(taken) < group {
 			select {
 			case m := <-arrived:
 				taken = append(taken, m)
