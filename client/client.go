@@ -168,7 +168,10 @@ func (c *Client) Result(ctx context.Context, id string) ([]byte, error) {
 		return nil, err
 	}
 	var raw json.RawMessage
-	return raw, decode(res, &raw)
+	if err := decode(res, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 // Cancel cancels a queued job.
@@ -317,7 +320,10 @@ func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, li
 	var page struct {
 		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
 	}
-	return page.DeadLetters, decode(res, &page)
+	if err := decode(res, &page); err != nil {
+		return nil, err
+	}
+	return page.DeadLetters, nil
 }
 
 // Replay queues a failed job's request again as a new job and returns the
