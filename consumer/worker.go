@@ -843,18 +843,26 @@ func (w *Worker) storedResponse(ctx context.Context, rec *jobs.Record) []byte {
 	if rec.Status != jobs.Succeeded || r == nil || r.Length > jobs.MaxInlineResponse {
 		return nil
 	}
-	rc, err := w.opts.Results.GetRange(ctx, r.Key, r.Offset, r.Length)
+	b, err := w.readRange(ctx, r)
 	if err != nil {
 		w.log.Warn("could not read a finished job's result to announce it again", "job", rec.ID, "err", err)
 		return nil
 	}
+	return b
+}
+
+// readRange reads a stored result whole.
+func (w *Worker) readRange(ctx context.Context, r *jobs.ResultRef) ([]byte, error) {
+	rc, err := w.opts.Results.GetRange(ctx, r.Key, r.Offset, r.Length)
+	if err != nil {
+		return nil, err
+	}
 	defer rc.Close()
 	b, err := io.ReadAll(rc)
-	if err != nil || int64(len(b)) != r.Length {
-		w.log.Warn("could not read a finished job's result to announce it again", "job", rec.ID, "err", err)
-		return nil
+	if err == nil && int64(len(b)) != r.Length {
+		err = fmt.Errorf("read %d of the %d bytes of %s", len(b), r.Length, r.Key)
 	}
-	return b
+	return b, err
 }
 
 // infer runs the batch's stacked inputs and returns each job's outputs.
