@@ -134,7 +134,7 @@ func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 	}
 	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
 	d.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
-	if strings.HasSuffix(h.Get(HeaderSubject), ".high") {
+	if h.Get(HeaderSubject) == RequestSubject(d.Model, High) {
 		d.Priority = High
 	}
 	if rec := recordOf(h); rec != nil {
