@@ -919,7 +919,7 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 	}
 	parts, err := batching.Split(in, cuts)
 	if err != nil {
-		return s.Run(in)
+		return w.runUnsliced(s, m, in, rows, err)
 	}
 	outs := make([][]tensor.Tensor, len(parts))
 	for i, part := range parts {
@@ -934,11 +934,20 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 		}
 	}
 	if err != nil {
-		// Outputs that do not follow the batch dimension (one map per
-		// run, say) cannot be joined back: the job runs whole instead.
-		return s.Run(in)
+		return w.runUnsliced(s, m, in, rows, err)
 	}
 	return joined, nil
+}
+
+// runUnsliced runs a job that could not be cut into slices, or whose
+// slices' outputs could not be joined back (one map per run, say), whole:
+// unless the model's config holds every run to one row, a bound that a
+// whole job would break.
+func (w *Worker) runUnsliced(s *onnx.Session, m *model.Model, in []tensor.Tensor, rows int, why error) ([]tensor.Tensor, error) {
+	if !m.Batchable {
+		return nil, fmt.Errorf("a job of %d rows must run a row at a time (max_batch_size is 1), and it cannot be cut into rows and joined back: %w", rows, why)
+	}
+	return s.Run(in)
 }
 
 // unbatched reports whether batching was switched off for m at run time.

@@ -11,7 +11,7 @@ import (
 
 // Check validates a request against the model's inputs and outputs and
 // returns the number of rows it carries along the batch dimension (1 for a
-// model that is not batched), at most the max batch size. Every error is
+// model that is not stackable), at most the max batch size. Every error is
 // the client's to fix.
 func (m *Model) Check(req *tensor.Request) (rows int, err error) {
 	return m.CheckRows(req, m.Config.MaxBatchSize)
@@ -23,9 +23,10 @@ const PackedRows = 256
 
 // Sliceable reports whether a job of more rows than the max batch size
 // can run in slices of at most that many: every input is stacked along
-// the batch dimension, none is shared.
+// the batch dimension, none is shared. A max batch size of 1 does not
+// stop it: such a job runs a row at a time.
 func (m *Model) Sliceable() bool {
-	return m.Batchable && !slices.Contains(m.Batched, false)
+	return m.Stackable && !slices.Contains(m.Batched, false)
 }
 
 // MaxJobRows is the most rows a job of m may carry: the max batch size, or
@@ -56,7 +57,7 @@ func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error
 		if err := spec.Accepts(t); err != nil {
 			return 0, err
 		}
-		if !m.Batchable || !m.Batched[i] {
+		if !m.Stackable || !m.Batched[i] {
 			continue
 		}
 		n := int(t.Shape[0])
@@ -66,7 +67,7 @@ func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error
 			return 0, fmt.Errorf("input %q has batch dimension %d but input %q has %d; all inputs must agree", spec.Name, n, first, rows)
 		}
 	}
-	if m.Batchable {
+	if m.Stackable {
 		if rows == 0 {
 			return 0, fmt.Errorf("batch dimension is 0; send at least one row")
 		}

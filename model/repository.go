@@ -40,7 +40,12 @@ type Model struct {
 	Path    string
 	Inputs  []onnx.IO
 	Outputs []onnx.IO
-	// Batchable says requests may be stacked along the first dimension.
+	// Stackable says the model's metadata lets rows be stacked along the
+	// first dimension: one job may carry several requests' rows. Batch
+	// files pack their lines into jobs so, whatever the max batch size.
+	Stackable bool
+	// Batchable says a run may hold several requests: the model is
+	// stackable and its max batch size is more than 1.
 	Batchable bool
 	// Batched says, per input in order, whether the input is stacked along
 	// its first dimension when requests are batched. The others (scalars,
@@ -231,6 +236,7 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 		return nil, err
 	}
 	m.Batched, m.Batching = batchPlan(sig)
+	m.Stackable = m.Batching == ""
 	if cfg.MaxBatchSize > 1 && m.Batching != "" {
 		return nil, fmt.Errorf("config sets max_batch_size %d, but the model cannot be batched: %s; remove max_batch_size or set it to 1", cfg.MaxBatchSize, m.Batching)
 	}

@@ -307,7 +307,7 @@ func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, s
 	if err != nil {
 		return req, 0, "", err
 	}
-	if !m.Batchable || slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) {
+	if !m.Stackable || slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) {
 		return req, rows, ulid.Make().String(), nil // never shares a job
 	}
 	return req, rows, batching.Key(orderedInputs(m, req), m.Batched), nil

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -140,6 +141,56 @@ func TestBatchFile(t *testing.T) {
 	}
 	if r := do(t, "DELETE", s.url+"/v1/batches/"+rec.ID, nil); r.code != http.StatusConflict {
 		t.Fatalf("cancelling a finished batch: %d %s", r.code, r.body)
+	}
+}
+
+// A model whose outputs depend on which rows share a run is served with
+// max_batch_size 1. A batch file still packs its lines into jobs, so that
+// they share the costs of a job, and the worker runs such a job a row at a
+// time: every line gets the model's output for that line alone. Requests
+// over HTTP are held to one row.
+func TestBatchFileMaxBatchOne(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "centered.onnx")
+	writeFile(t, path, onnxbuild.BatchCentered())
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{
+		"centered/1/model.onnx": "@" + path,
+		"centered/config.yaml":  "max_batch_size: 1\n",
+	}))
+	d := openDirect(t, path)
+	rng := rand.New(rand.NewPCG(3, 1))
+	// Stacked, two rows change each other's outputs: the test can tell.
+	if two := d.run(t, randomInputs(rng, d.sig.Inputs, 2)); tensor.NumElements(two[0].Shape) != 8 || slices.Equal(two[0].Data, make([]byte, 32)) {
+		t.Fatalf("two rows in one run gave %v; the fixture should mix them", two[0])
+	}
+	const n = 600
+	var body strings.Builder
+	inputs := make([][]tensor.Tensor, n)
+	for i := range n {
+		inputs[i] = randomInputs(rng, d.sig.Inputs, 1)
+		line := string(requestJSON(inputs[i]))
+		body.WriteString(`{"custom_id":` + fmt.Sprint(i) + `,` + line[1:] + "\n")
+	}
+	rec := postBatch(t, s, "centered", strings.NewReader(body.String()))
+	if rec.Jobs > n/100 {
+		t.Errorf("%d lines made %d jobs: lines were not packed", n, rec.Jobs)
+	}
+	rec = awaitBatch(t, s, rec.ID, time.Minute)
+	if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != n {
+		t.Fatalf("batch %+v", rec)
+	}
+	i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
+		resp, err := tensor.DecodeResponse(o.Response)
+		if err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, raw)
+		}
+		assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, d.run(t, inputs[i]))
+	})
+	if i != n {
+		t.Fatalf("%d output lines, want %d", i, n)
+	}
+	r := do(t, "POST", s.url+"/v1/models/centered/jobs", requestJSON(randomInputs(rng, d.sig.Inputs, 2)))
+	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "max batch size 1") {
+		t.Fatalf("a two-row request: %d %s", r.code, r.body)
 	}
 }
 

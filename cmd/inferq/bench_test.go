@@ -263,9 +263,11 @@ func BenchmarkTinyModel(b *testing.B) {
 	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "submit_p99_ms")
 }
 
-// BenchmarkBatchingGain: the bundled iris classifier end to end, single-row
-// jobs from 32 concurrent clients, with dynamic batching (max batch 32)
-// against max_batch_size 1, side by side in one run.
+// BenchmarkBatchingGain: the bundled iris classifier end to end with
+// dynamic batching (max batch 32) against max_batch_size 1, side by side in
+// one run: single-row jobs from 32 concurrent clients, and a 100,000-line
+// batch file (whose lines are packed into jobs either way, so that what is
+// left to batching is the runs).
 func BenchmarkBatchingGain(b *testing.B) {
 	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
 	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
@@ -274,7 +276,8 @@ func BenchmarkBatchingGain(b *testing.B) {
 	for i := range bodies {
 		bodies[i] = body
 	}
-	rate := map[int]float64{}
+	file := irisBatchFile(100_000)
+	rate, fileRate := map[int]float64{}, map[int]float64{}
 	for _, size := range []int{1, 32} {
 		repo := testenv.ModelRepo(b, map[string]string{
 			"iris/1/model.onnx": "@" + iris,
@@ -284,13 +287,56 @@ func BenchmarkBatchingGain(b *testing.B) {
 		for range b.N {
 			elapsed, _ := load(b, s, nc, "iris", bodies, 32)
 			rate[size] = jobsN / elapsed.Seconds()
+			rec, _, elapsed := runBatchFile(b, s, "iris", file)
+			fileRate[size] = float64(rec.Counts.Succeeded) / elapsed.Seconds()
 		}
 		m := s.metricsB(b)
-		b.Logf("max batch %d: %.0f jobs/s, %v runs", size, rate[size], m["inferq_batch_size,model=iris,stat=count"])
+		b.Logf("max batch %d: %.0f jobs/s; batch file %.0f rows/s; %v batches", size, rate[size], fileRate[size], m["inferq_batch_size,model=iris,stat=count"])
 	}
 	b.ReportMetric(rate[1], "unbatched_jobs/s")
 	b.ReportMetric(rate[32], "batched_jobs/s")
 	b.ReportMetric(rate[32]/rate[1], "gain")
+	b.ReportMetric(fileRate[32]/fileRate[1], "file_gain")
+}
+
+// irisBatchFile is n single-row JSON Lines requests for the iris model.
+func irisBatchFile(n int) []byte {
+	var file bytes.Buffer
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range n {
+		fmt.Fprintf(&file, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%.2f,%.2f,%.2f,%.2f]}]}`+"\n",
+			i, 4+rng.Float64()*4, 2+rng.Float64()*2, 1+rng.Float64()*6, rng.Float64()*2.5)
+	}
+	return file.Bytes()
+}
+
+// runBatchFile uploads a batch file and polls it until it ends. It returns
+// its final record, how long the upload took, and how long until the
+// batch ended.
+func runBatchFile(b *testing.B, s *server, model string, data []byte) (jobs.BatchRecord, time.Duration, time.Duration) {
+	b.Helper()
+	start := time.Now()
+	res, err := http.Post(s.url+"/v1/models/"+model+"/batches", "application/jsonl", bytes.NewReader(data))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rec jobs.BatchRecord
+	json.NewDecoder(res.Body).Decode(&rec)
+	res.Body.Close()
+	uploaded := time.Since(start)
+	for !rec.Final() {
+		time.Sleep(20 * time.Millisecond)
+		res, err := http.Get(s.url + "/v1/batches/" + rec.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		json.NewDecoder(res.Body).Decode(&rec)
+		res.Body.Close()
+	}
+	if rec.Counts.Failed > 0 {
+		b.Fatalf("batch %+v", rec)
+	}
+	return rec, uploaded, time.Since(start)
 }
 
 // BenchmarkBatchFile: rows per second of a JSON Lines batch file through
@@ -301,13 +347,7 @@ func BenchmarkBatchingGain(b *testing.B) {
 func BenchmarkBatchFile(b *testing.B) {
 	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
 	const n = 200_000
-	var file bytes.Buffer
-	rng := rand.New(rand.NewPCG(7, 7))
-	for i := range n {
-		fmt.Fprintf(&file, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%.2f,%.2f,%.2f,%.2f]}]}`+"\n",
-			i, 4+rng.Float64()*4, 2+rng.Float64()*2, 1+rng.Float64()*6, rng.Float64()*2.5)
-	}
-	data := file.Bytes()
+	data := irisBatchFile(n)
 
 	// The plain loop.
 	rt := testenv.Runtime(b)
@@ -358,28 +398,12 @@ func BenchmarkBatchFile(b *testing.B) {
 	var queued, withOutput float64
 	for range b.N {
 		start := time.Now()
-		res, err := http.Post(s.url+"/v1/models/iris/batches", "application/jsonl", bytes.NewReader(data))
-		if err != nil {
-			b.Fatal(err)
-		}
-		var rec jobs.BatchRecord
-		json.NewDecoder(res.Body).Decode(&rec)
-		res.Body.Close()
-		uploaded := time.Since(start)
-		for !rec.Final() {
-			time.Sleep(20 * time.Millisecond)
-			res, err := http.Get(s.url + "/v1/batches/" + rec.ID)
-			if err != nil {
-				b.Fatal(err)
-			}
-			json.NewDecoder(res.Body).Decode(&rec)
-			res.Body.Close()
-		}
+		rec, uploaded, elapsed := runBatchFile(b, s, "iris", data)
 		if rec.Counts.Succeeded != n {
 			b.Fatalf("batch %+v", rec)
 		}
-		queued = n / time.Since(start).Seconds()
-		res, err = http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
+		queued = n / elapsed.Seconds()
+		res, err := http.Get(s.url + "/v1/batches/" + rec.ID + "/output")
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -387,7 +411,7 @@ func BenchmarkBatchFile(b *testing.B) {
 		res.Body.Close()
 		withOutput = n / time.Since(start).Seconds()
 		b.Logf("%d lines in %d jobs, uploaded and queued in %v, finished after %v; %d bytes of output",
-			n, rec.Jobs, uploaded.Round(time.Millisecond), time.Duration(float64(time.Second)*n/queued).Round(time.Millisecond), lines)
+			n, rec.Jobs, uploaded.Round(time.Millisecond), elapsed.Round(time.Millisecond), lines)
 	}
 	b.ReportMetric(direct, "loop_rows/s")
 	b.ReportMetric(queued, "batch_rows/s")

@@ -149,3 +149,16 @@ func MaskedSum() []byte {
 	m.Node("ReduceSum", []string{"y", "axes"}, []string{"total"}, Int("keepdims", 0))
 	return m.Bytes()
 }
+
+// BatchCentered subtracts the batch's mean from each row: x [batch, 4]
+// gives y = x - mean(x over the batch). Its outputs depend on which rows
+// share a run, which is why such a model is served with max_batch_size 1:
+// run a row at a time, every y is zero.
+func BatchCentered() []byte {
+	m := New("batchcentered")
+	m.Input("x", Float, -1, 4)
+	m.Output("y", Float, -1, 4)
+	m.Node("ReduceMean", []string{"x"}, []string{"mean"}, Ints("axes", 0), Int("keepdims", 1))
+	m.Node("Sub", []string{"x", "mean"}, []string{"y"})
+	return m.Bytes()
+}
