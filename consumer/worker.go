@@ -8,6 +8,7 @@ package consumer
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -145,6 +146,13 @@ type item struct {
 	model  *model.Model
 	inputs []tensor.Tensor // in the model's input order
 	rows   int
+	// lines, for a job that carries requests laid end to end, are those
+	// requests' inputs, in the model's order; inputs is nil then.
+	lines [][]tensor.Tensor
+	// params are the response's parameters: for lines, their outputs'
+	// shapes, and linesFailed how many of them failed. Set by the run.
+	params      json.RawMessage
+	linesFailed int
 	// length is the request's own length along its padded axis, when its
 	// inputs were padded: outputs are trimmed back to it. 0 when not.
 	length  int64
@@ -522,29 +530,64 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 	}
 	it.model, err = w.opts.Family.Lookup(job.Version)
 	if err == nil {
-		// Batch files pack lines into jobs larger than a run (see
-		// runWhole); the API holds its requests to the max batch size.
-		it.rows, err = it.model.CheckRows(job.Request, it.model.MaxJobRows())
+		err = it.check()
 	}
 	if err != nil {
 		w.finishFailed(ctx, it, err)
 		return
-	}
-	it.inputs = make([]tensor.Tensor, len(it.model.Inputs))
-	for i, in := range it.model.Inputs {
-		it.inputs[i] = *job.Request.Input(in.Name)
 	}
 	if err := pad(it); err != nil {
 		w.finishFailed(ctx, it, err)
 		return
 	}
 	key := it.model.VersionString()
-	if it.model.Batchable && !w.unbatched(it.model) {
+	if it.lines == nil && it.model.Batchable && !w.unbatched(it.model) {
 		key += "|" + batching.Key(it.inputs, it.model.Batched)
 	} else {
 		key += "|" + job.ID // never batched with another
 	}
 	b.Add(key, it, it.rows)
+}
+
+// check checks the job's request against its model and takes its inputs
+// in the model's order. Batch files pack lines into jobs larger than a
+// run (see runWhole), or for a model that cannot stack them, lay them end
+// to end (see runLines); the API holds its requests to the max batch
+// size.
+func (it *item) check() error {
+	m, req := it.model, it.job.Request
+	packed, err := batching.ParseLines(req.Parameters)
+	if err != nil {
+		return err
+	}
+	if packed == nil {
+		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
+			return err
+		}
+		it.inputs = make([]tensor.Tensor, len(m.Inputs))
+		for i, in := range m.Inputs {
+			it.inputs[i] = *req.Input(in.Name)
+		}
+		return nil
+	}
+	ordered := make([]tensor.Tensor, len(m.Inputs))
+	for i, in := range m.Inputs {
+		t := req.Input(in.Name)
+		if t == nil {
+			return fmt.Errorf("input %q is missing (model %q takes %d inputs)", in.Name, m.Name, len(m.Inputs))
+		}
+		ordered[i] = *t
+	}
+	if it.lines, err = batching.Unpack(ordered, packed.Shapes); err != nil {
+		return err
+	}
+	for r, line := range it.lines {
+		if _, err := m.Check(&tensor.Request{Inputs: line, Outputs: req.Outputs}); err != nil {
+			return fmt.Errorf("request %d of the %d packed in this job: %w", r+1, len(it.lines), err)
+		}
+	}
+	it.rows = len(it.lines)
+	return nil
 }
 
 // ranBatch is a batch that has run, waiting for its results to be stored.
@@ -614,7 +657,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		if errs[i] != nil {
 			continue
 		}
-		resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Outputs: selectOutputs(outputs[i], it.job.Request.Outputs)}
+		resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs[i], it.job.Request.Outputs)}
 		start := len(buf)
 		buf = resp.AppendJSON(buf)
 		refs[i] = &jobs.ResultRef{Offset: int64(start), Length: int64(len(buf) - start)}
@@ -873,7 +916,13 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	}
 	if len(items) == 1 {
 		start := time.Now()
-		out, err := w.runWhole(s, m, items[0].inputs, items[0].rows)
+		var out []tensor.Tensor
+		var err error
+		if items[0].lines != nil {
+			out, err = w.runLines(s, items[0])
+		} else {
+			out, err = w.runWhole(s, m, items[0].inputs, items[0].rows)
+		}
 		return [][]tensor.Tensor{out}, time.Since(start), err
 	}
 	reqs := make([][]tensor.Tensor, len(items))
@@ -937,6 +986,43 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 		return w.runUnsliced(s, m, in, rows, err)
 	}
 	return joined, nil
+}
+
+// runLines runs a job of requests laid end to end, one request at a
+// time, and lays their outputs end to end the same way, with their shapes
+// in the response's parameters. A request that fails fails alone: the
+// parameters say why, and its outputs are empty.
+func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
+	outs := make([][]tensor.Tensor, len(it.lines))
+	lines := batching.Lines{Errors: map[int]string{}}
+	var first []tensor.Tensor // a request's outputs, for the names and types
+	for r, line := range it.lines {
+		out, err := s.Run(line)
+		if err != nil {
+			w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+			w.log.Warn("a request of a packed job failed in ONNX Runtime", "job", it.job.ID, "request", r+1, "of", len(it.lines), "err", err)
+			lines.Errors[r] = err.Error()
+			continue
+		}
+		outs[r] = selectOutputs(out, it.job.Request.Outputs)
+		first = outs[r]
+	}
+	if first == nil {
+		return nil, fmt.Errorf("all %d requests packed in this job failed; the first: %s", len(it.lines), lines.Errors[0])
+	}
+	for r := range lines.Errors {
+		outs[r] = make([]tensor.Tensor, len(first))
+		for i, t := range first {
+			outs[r][i] = tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: []int64{0}}
+		}
+	}
+	packed, shapes, err := batching.Pack(outs)
+	if err != nil {
+		return nil, err
+	}
+	lines.Shapes = shapes
+	it.params, it.linesFailed = lines.Parameters(), len(lines.Errors)
+	return packed, nil
 }
 
 // runUnsliced runs a job that could not be cut into slices, or whose
@@ -1007,6 +1093,9 @@ func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, rea
 		}
 		r.Status, r.Error, r.FinishedAt = status, reason, &now
 		r.Result = result
+		if status == jobs.Succeeded {
+			r.LinesFailed = it.linesFailed
+		}
 		if r.Attempts < it.attempt {
 			r.Attempts = it.attempt
 		}
@@ -1066,7 +1155,7 @@ func (w *Worker) backoff(attempt int) time.Duration {
 // of the first padded input's length, and notes that length.
 func pad(it *item) error {
 	p := it.model.Config.Padding
-	if p == nil {
+	if p == nil || it.lines != nil {
 		return nil
 	}
 	var bucket int64

@@ -233,7 +233,9 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		}
 		switch rec.Status {
 		case Succeeded:
-			c.Succeeded += n
+			failed := min(int64(rec.LinesFailed), n)
+			c.Succeeded += n - failed
+			c.Failed += failed
 		case Cancelled:
 			c.Cancelled += n
 		default:

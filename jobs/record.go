@@ -79,6 +79,10 @@ type Record struct {
 	// its lines the job packs.
 	Batch string `json:"batch_id,omitempty"`
 	Lines int    `json:"lines,omitempty"`
+	// LinesFailed is how many of a succeeded job's lines failed on their
+	// own: lines laid end to end run one at a time, and one that ONNX
+	// Runtime fails on does not fail the others.
+	LinesFailed int `json:"lines_failed,omitempty"`
 	// ReplayOf is the failed job this one replays from the dead letters.
 	ReplayOf string `json:"replay_of,omitempty"`
 	// Result is where the result of a succeeded job is stored. It is kept

@@ -29,15 +29,20 @@ func (m *Model) Sliceable() bool {
 	return m.Stackable && !slices.Contains(m.Batched, false)
 }
 
-// MaxJobRows is the most rows a job of m may carry: the max batch size, or
-// for a sliceable model PackedRows when that is more. Requests over HTTP
-// are held to the max batch size; jobs packed from a batch file's lines
-// may reach MaxJobRows.
+// MaxJobRows is the most rows a job of m may carry: for a sliceable model
+// PackedRows, or the max batch size when that is more; for a model that
+// cannot stack rows, PackedRows requests laid end to end (see
+// batching.Pack), each run on its own; else the max batch size. Requests
+// over HTTP are held to the max batch size; jobs packed from a batch
+// file's lines may reach MaxJobRows.
 func (m *Model) MaxJobRows() int {
-	if !m.Sliceable() {
-		return m.Config.MaxBatchSize
+	switch {
+	case m.Sliceable():
+		return max(m.Config.MaxBatchSize, PackedRows)
+	case !m.Stackable:
+		return PackedRows
 	}
-	return max(m.Config.MaxBatchSize, PackedRows)
+	return m.Config.MaxBatchSize
 }
 
 // CheckRows is Check with maxRows in place of the max batch size.

@@ -307,8 +307,13 @@ func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, s
 	if err != nil {
 		return req, 0, "", err
 	}
-	if !m.Stackable || slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) {
+	if slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil {
 		return req, rows, ulid.Make().String(), nil // never shares a job
+	}
+	if !m.Stackable {
+		// Lines that cannot share a run still share a job, laid end to
+		// end whatever their shapes, and run one at a time.
+		return req, rows, endToEnd, nil
 	}
 	return req, rows, batching.Key(orderedInputs(m, req), m.Batched), nil
 }
@@ -321,13 +326,24 @@ func orderedInputs(m *model.Model, req *tensor.Request) []tensor.Tensor {
 	return in
 }
 
-// submitChunk queues a chunk's lines as one job.
+// endToEnd is the key of lines packed end to end (see batching.Pack).
+const endToEnd = "end to end"
+
+// submitChunk queues a chunk's lines as one job: stacked along the batch
+// dimension, or for a model that cannot stack them, end to end.
 func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *chunk) error {
-	inputs, err := batching.Stack(c.reqs, m.Batched)
-	if err != nil {
+	req := &tensor.Request{Outputs: c.outs}
+	var err error
+	if c.key == endToEnd && len(c.reqs) > 1 {
+		var shapes [][][]int64
+		if req.Inputs, shapes, err = batching.Pack(c.reqs); err != nil {
+			return err
+		}
+		req.Parameters = (&batching.Lines{Shapes: shapes}).Parameters()
+	} else if req.Inputs, err = batching.Stack(c.reqs, m.Batched); err != nil {
 		return err
 	}
-	job := &jobs.Job{ID: id, Model: m.Name, Request: &tensor.Request{Inputs: inputs, Outputs: c.outs}}
+	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
 	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		return fmt.Errorf("the queue is unavailable: %w", err)
@@ -586,15 +602,28 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 		rows[i] = l.Rows
 	}
 	parts := [][]tensor.Tensor{resp.Outputs}
-	if len(lines) > 1 {
-		if parts, err = batching.Split(resp.Outputs, rows); err != nil {
-			return fail(err.Error())
-		}
+	packed, err := batching.ParseLines(resp.Parameters)
+	switch {
+	case err != nil:
+	case packed != nil && len(packed.Shapes) != len(lines):
+		err = fmt.Errorf("the result holds %d responses for %d lines", len(packed.Shapes), len(lines))
+	case packed != nil:
+		parts, err = batching.Unpack(resp.Outputs, packed.Shapes)
+	case len(lines) > 1:
+		parts, err = batching.Split(resp.Outputs, rows)
+	}
+	if err != nil {
+		return fail(err.Error())
 	}
 	out := make([][]byte, len(lines))
 	for i, l := range lines {
-		r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
-		ol := outputLine{CustomID: l.CustomID, Response: r.AppendJSON(nil)}
+		ol := outputLine{CustomID: l.CustomID}
+		if msg, failed := packed.Failed(i); failed {
+			ol.Error = msg
+		} else {
+			r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
+			ol.Response = r.AppendJSON(nil)
+		}
 		out[i] = ol.appendLine(nil)
 	}
 	return out

@@ -76,7 +76,10 @@ type Response struct {
 	ModelName    string
 	ModelVersion string
 	ID           string
-	Outputs      []Tensor
+	// Parameters are the response's parameters, as a JSON object; empty
+	// for none.
+	Parameters json.RawMessage
+	Outputs    []Tensor
 }
 
 type wireTensor struct {
@@ -101,10 +104,11 @@ type wireRequest struct {
 }
 
 type wireResponse struct {
-	ModelName    string       `json:"model_name"`
-	ModelVersion string       `json:"model_version"`
-	ID           string       `json:"id"`
-	Outputs      []wireTensor `json:"outputs"`
+	ModelName    string          `json:"model_name"`
+	ModelVersion string          `json:"model_version"`
+	ID           string          `json:"id"`
+	Parameters   json.RawMessage `json:"parameters,omitempty"`
+	Outputs      []wireTensor    `json:"outputs"`
 }
 
 // DecodeRequest decodes a V2 JSON request. Each input's data is checked
@@ -424,6 +428,10 @@ func (r *Response) AppendJSON(buf []byte) []byte {
 	buf = strconv.AppendQuote(buf, r.ModelVersion)
 	buf = append(buf, `,"id":`...)
 	buf = strconv.AppendQuote(buf, r.ID)
+	if len(r.Parameters) > 0 {
+		buf = append(buf, `,"parameters":`...)
+		buf = append(buf, r.Parameters...)
+	}
 	buf = append(buf, `,"outputs":[`...)
 	for i := range r.Outputs {
 		if i > 0 {
@@ -530,7 +538,7 @@ func DecodeResponse(body []byte) (*Response, error) {
 	if err := json.Unmarshal(body, &w); err != nil {
 		return nil, fmt.Errorf("decode V2 response: %w", err)
 	}
-	r := &Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID}
+	r := &Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID, Parameters: w.Parameters}
 	lim := Limits{}.withDefaults()
 	lim.MaxElements = math.MaxInt64
 	for i := range w.Outputs {

@@ -18,6 +18,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -191,6 +192,90 @@ func TestBatchFileMaxBatchOne(t *testing.T) {
 	r := do(t, "POST", s.url+"/v1/models/centered/jobs", requestJSON(randomInputs(rng, d.sig.Inputs, 2)))
 	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "max batch size 1") {
 		t.Fatalf("a two-row request: %d %s", r.code, r.body)
+	}
+}
+
+// Lines for models that run one request at a time (state on the second
+// axis, a scalar output) are packed end to end, whatever their shapes,
+// and each runs alone: every line gets ONNX Runtime's own answer for it,
+// the outputs it asked for, and a line that ONNX Runtime fails on fails
+// alone.
+func TestBatchFileEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for name, b := range map[string][]byte{"recurrent": onnxbuild.Recurrent(), "total": onnxbuild.Total()} {
+		path := filepath.Join(dir, name+".onnx")
+		writeFile(t, path, b)
+		files[name+"/1/model.onnx"] = "@" + path
+	}
+	s := startServe(t, testenv.ModelRepo(t, files))
+	rng := rand.New(rand.NewPCG(4, 2))
+	for _, c := range []struct {
+		model    string
+		n        int
+		line     func(i int, ios []onnx.IO) ([]tensor.Tensor, string) // inputs, outputs asked for
+		bad, ort map[int]bool                                        // refused at upload; failing in ONNX Runtime
+	}{
+		{"recurrent", 300, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
+			in := randomInputs(rng, ios, 1+i%3, int64(1+i%3))
+			switch {
+			case i == 42:
+				in[0].Shape[1] = 5 // x [b, 5]: not what the model takes
+			case i == 17:
+				in[1] = randomInputs(rng, ios, 3, 3)[1] // x [3, 4] against h [1, 3, 4]: fails in the run
+				in[0] = randomInputs(rng, ios, 2, 2)[0]
+			case i >= 100 && i < 150:
+				return in, "h_next"
+			}
+			return in, ""
+		}, map[int]bool{42: true}, map[int]bool{17: true}},
+		{"total", 100, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
+			return randomInputs(rng, ios, 1+i%4), ""
+		}, nil, nil},
+	} {
+		t.Run(c.model, func(t *testing.T) {
+			d := openDirect(t, filepath.Join(dir, c.model+".onnx"))
+			var body strings.Builder
+			inputs := make([][]tensor.Tensor, c.n)
+			wants := make([]string, c.n)
+			for i := range c.n {
+				inputs[i], wants[i] = c.line(i, d.sig.Inputs)
+				line := string(requestJSON(inputs[i]))
+				if wants[i] != "" {
+					line = line[:len(line)-1] + `,"outputs":[{"name":"` + wants[i] + `"}]}`
+				}
+				body.WriteString(`{"custom_id":` + fmt.Sprint(i) + `,` + line[1:] + "\n")
+			}
+			rec := postBatch(t, s, c.model, strings.NewReader(body.String()))
+			if rec.Jobs > 8 {
+				t.Errorf("%d lines made %d jobs: lines were not packed", c.n, rec.Jobs)
+			}
+			rec = awaitBatch(t, s, rec.ID, time.Minute)
+			failed := int64(len(c.bad) + len(c.ort))
+			if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != int64(c.n)-failed || rec.Counts.Failed != failed {
+				t.Fatalf("batch %+v", rec)
+			}
+			i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
+				if c.bad[i] || c.ort[i] {
+					if o.Error == "" || c.ort[i] && !strings.Contains(o.Error, "ONNX Runtime") {
+						t.Fatalf("line %d should have failed: %s", i, raw)
+					}
+					return
+				}
+				resp, err := tensor.DecodeResponse(o.Response)
+				if err != nil || len(resp.Parameters) > 0 {
+					t.Fatalf("line %d: %v: %s", i, err, raw)
+				}
+				want := d.run(t, inputs[i])
+				if wants[i] != "" {
+					want = slices.DeleteFunc(want, func(t tensor.Tensor) bool { return t.Name != wants[i] })
+				}
+				assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, want)
+			})
+			if i != c.n {
+				t.Fatalf("%d output lines, want %d", i, c.n)
+			}
+		})
 	}
 }
 
