@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -417,6 +418,36 @@ func BenchmarkBatchFile(b *testing.B) {
 	b.ReportMetric(queued, "batch_rows/s")
 	b.ReportMetric(queued/direct, "batch/loop")
 	b.ReportMetric(withOutput/direct, "with_output/loop")
+}
+
+// BenchmarkBatchFileUnbatchable: lines per second of a 30,000-line batch
+// file through a model that runs one request at a time (recurrent state
+// on the second axis), from upload to the batch ending.
+func BenchmarkBatchFileUnbatchable(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "recurrent.onnx")
+	writeFile(b, path, onnxbuild.Recurrent())
+	const n = 30_000
+	var file bytes.Buffer
+	rng := rand.New(rand.NewPCG(8, 8))
+	for i := range n {
+		x := make([]string, 8)
+		for j := range x {
+			x[j] = strconv.FormatFloat(rng.Float64()*2-1, 'f', 3, 64)
+		}
+		fmt.Fprintf(&file, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%s]},{"name":"h","shape":[1,1,4],"datatype":"FP32","data":[%s]}]}`+"\n",
+			i, strings.Join(x[:4], ","), strings.Join(x[4:], ","))
+	}
+	s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{"recurrent/1/model.onnx": "@" + path}))
+	var rate float64
+	for range b.N {
+		rec, _, elapsed := runBatchFile(b, s, "recurrent", file.Bytes())
+		if rec.Counts.Succeeded != n {
+			b.Fatalf("batch %+v", rec)
+		}
+		rate = n / elapsed.Seconds()
+		b.Logf("%d lines in %d jobs, %v", n, rec.Jobs, elapsed.Round(time.Millisecond))
+	}
+	b.ReportMetric(rate, "lines/s")
 }
 
 // BenchmarkStorage: the bundled iris classifier end to end with results in
