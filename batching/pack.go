@@ -131,14 +131,19 @@ func dataEnd(dt tensor.Datatype, data []byte, n int64) (int, error) {
 	return at, nil
 }
 
-// Lines is what a request packed by Pack carries in its parameters, and
-// its response in its own: {"inferq_lines": [[shape, ...], ...]}, a list
-// of shapes per request, a shape per tensor; in a response also
-// "inferq_line_errors", the requests that failed, by index, with why (their
-// outputs have no elements).
+// Lines is what a request packed from several carries in its parameters,
+// and its response in its own. For requests laid end to end by Pack:
+// {"inferq_lines": [[shape, ...], ...]}, a list of shapes per request, a
+// shape per tensor; in a response also "inferq_line_errors", the requests
+// that failed, by index, with why (their outputs have no elements). For
+// requests stacked along the batch dimension: "inferq_line_rows".
 type Lines struct {
-	Shapes [][][]int64    `json:"inferq_lines"`
+	Shapes [][][]int64    `json:"inferq_lines,omitempty"`
 	Errors map[int]string `json:"inferq_line_errors,omitempty"`
+	// Rows, in a request stacked from several along the batch dimension,
+	// is each one's rows, so that a run that fails can be retried one
+	// request at a time.
+	Rows []int `json:"inferq_line_rows,omitempty"`
 }
 
 // Failed reports whether request i failed, and why. l may be nil.
@@ -162,18 +167,30 @@ func (l *Lines) Parameters() json.RawMessage {
 // ParseLines reads Lines from a request's or response's parameters: nil
 // when they carry none.
 func ParseLines(params json.RawMessage) (*Lines, error) {
-	if len(params) == 0 || !bytes.Contains(params, []byte(`"`+LinesParameter+`"`)) {
+	if len(params) == 0 || !bytes.Contains(params, []byte(`"inferq_line`)) {
 		return nil, nil
 	}
-	var l Lines
+	var l struct {
+		Shapes *[][][]int64   `json:"inferq_lines"`
+		Errors map[int]string `json:"inferq_line_errors"`
+		Rows   *[]int         `json:"inferq_line_rows"`
+	}
 	if err := json.Unmarshal(params, &l); err != nil {
 		return nil, fmt.Errorf("parameter %s: %w", LinesParameter, err)
 	}
-	if l.Shapes == nil {
+	switch {
+	case l.Shapes == nil && l.Rows == nil:
 		return nil, nil
-	}
-	if len(l.Shapes) == 0 {
+	case l.Shapes != nil && len(*l.Shapes) == 0 || l.Rows != nil && len(*l.Rows) == 0:
 		return nil, fmt.Errorf("parameter %s lists no requests", LinesParameter)
+	case l.Shapes != nil && l.Rows != nil:
+		return nil, fmt.Errorf("parameters %s and %s_rows exclude each other", LinesParameter, LinesParameter)
 	}
-	return &l, nil
+	out := &Lines{Errors: l.Errors}
+	if l.Shapes != nil {
+		out.Shapes = *l.Shapes
+	} else {
+		out.Rows = *l.Rows
+	}
+	return out, nil
 }

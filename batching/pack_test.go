@@ -103,6 +103,8 @@ func TestLinesParameters(t *testing.T) {
 	}{
 		{``, false, false}, {`{"temperature":1}`, false, false}, {`{"inferq_lines":null}`, false, false},
 		{`{"inferq_lines":[]}`, false, true}, {`{"inferq_lines":"x"}`, false, true}, {`{"inferq_lines":[[[1]]]}`, true, false},
+		{`{"inferq_line_rows":[1,3]}`, true, false}, {`{"inferq_line_rows":[]}`, false, true},
+		{`{"inferq_lines":[[[1]]],"inferq_line_rows":[1]}`, false, true},
 	} {
 		l, err := ParseLines([]byte(c.params))
 		if (l != nil) != c.lines || (err != nil) != c.err {

@@ -153,6 +153,9 @@ type item struct {
 	// shapes, and linesFailed how many of them failed. Set by the run.
 	params      json.RawMessage
 	linesFailed int
+	// lineRows, for a job stacked from several requests, is each one's
+	// rows.
+	lineRows []int
 	// length is the request's own length along its padded axis, when its
 	// inputs were padded: outputs are trimmed back to it. 0 when not.
 	length  int64
@@ -560,13 +563,16 @@ func (it *item) check() error {
 	if err != nil {
 		return err
 	}
-	if packed == nil {
+	if packed == nil || packed.Shapes == nil {
 		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
 			return err
 		}
 		it.inputs = make([]tensor.Tensor, len(m.Inputs))
 		for i, in := range m.Inputs {
 			it.inputs[i] = *req.Input(in.Name)
+		}
+		if packed != nil {
+			it.lineRows = packed.Rows // checked when used
 		}
 		return nil
 	}
@@ -918,10 +924,12 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 		start := time.Now()
 		var out []tensor.Tensor
 		var err error
-		if items[0].lines != nil {
-			out, err = w.runLines(s, items[0])
-		} else {
-			out, err = w.runWhole(s, m, items[0].inputs, items[0].rows)
+		it := items[0]
+		if it.lines != nil {
+			out, err = w.runLines(s, it)
+		} else if out, err = w.runWhole(s, m, it.inputs, it.rows); err != nil && w.unstack(it) {
+			w.log.Warn("a job packed from several requests failed in ONNX Runtime; running them one at a time to find those at fault", "job", it.job.ID, "requests", len(it.lines), "err", err)
+			out, err = w.runLines(s, it)
 		}
 		return [][]tensor.Tensor{out}, time.Since(start), err
 	}
@@ -986,6 +994,23 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 		return w.runUnsliced(s, m, in, rows, err)
 	}
 	return joined, nil
+}
+
+// unstack cuts a job stacked from several requests back into them, as
+// lines to run one at a time. It reports false for a job that cannot be:
+// one request, a model with shared inputs, or padded inputs (whose
+// outputs are trimmed as a whole).
+func (w *Worker) unstack(it *item) bool {
+	if len(it.lineRows) < 2 || !it.model.Sliceable() || it.length != 0 {
+		return false
+	}
+	lines, err := batching.Split(it.inputs, it.lineRows)
+	if err != nil {
+		w.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
+		return false
+	}
+	it.lines = lines
+	return true
 }
 
 // runLines runs a job of requests laid end to end, one request at a

@@ -342,6 +342,14 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 		req.Parameters = (&batching.Lines{Shapes: shapes}).Parameters()
 	} else if req.Inputs, err = batching.Stack(c.reqs, m.Batched); err != nil {
 		return err
+	} else if len(c.lines) > 1 {
+		// Each line's rows, so that a run that fails can be retried a
+		// line at a time and fail only the lines at fault.
+		rows := make([]int, len(c.lines))
+		for i, l := range c.lines {
+			rows[i] = l.Rows
+		}
+		req.Parameters = (&batching.Lines{Rows: rows}).Parameters()
 	}
 	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
 	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/storage"
@@ -427,6 +428,11 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
 	rows, err := m.Check(req)
+	if err == nil {
+		if l, perr := batching.ParseLines(req.Parameters); l != nil || perr != nil {
+			err = fmt.Errorf("request parameters named %s... are inferq's own, for the jobs it packs from batch files; remove them", "inferq_line")
+		}
+	}
 	if err == nil {
 		for _, in := range req.Inputs {
 			if in.Object != "" {

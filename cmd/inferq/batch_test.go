@@ -195,15 +195,16 @@ func TestBatchFileMaxBatchOne(t *testing.T) {
 	}
 }
 
-// Lines for models that run one request at a time (state on the second
-// axis, a scalar output) are packed end to end, whatever their shapes,
-// and each runs alone: every line gets ONNX Runtime's own answer for it,
-// the outputs it asked for, and a line that ONNX Runtime fails on fails
-// alone.
-func TestBatchFileEndToEnd(t *testing.T) {
+// Batch-file lines share jobs: stacked along the batch dimension, or for
+// models that run one request at a time (state on the second axis, a
+// scalar output) laid end to end whatever their shapes, each run alone.
+// Every line gets ONNX Runtime's own answer for it, with the outputs it
+// asked for, and a line that ONNX Runtime fails on fails alone, whichever
+// way its job was packed.
+func TestBatchFilePackedLines(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{}
-	for name, b := range map[string][]byte{"recurrent": onnxbuild.Recurrent(), "total": onnxbuild.Total()} {
+	for name, b := range map[string][]byte{"recurrent": onnxbuild.Recurrent(), "total": onnxbuild.Total(), "lookup": onnxbuild.Lookup()} {
 		path := filepath.Join(dir, name+".onnx")
 		writeFile(t, path, b)
 		files[name+"/1/model.onnx"] = "@" + path
@@ -232,6 +233,13 @@ func TestBatchFileEndToEnd(t *testing.T) {
 		{"total", 100, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
 			return randomInputs(rng, ios, 1+i%4), ""
 		}, nil, nil},
+		{"lookup", 600, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
+			in := randomInputs(rng, ios, 1+i%3)
+			if i == 57 || i == 400 {
+				in[0].Data[0] = 42 // no such row in the table: fails in the run
+			}
+			return in, ""
+		}, nil, map[int]bool{57: true, 400: true}},
 	} {
 		t.Run(c.model, func(t *testing.T) {
 			d := openDirect(t, filepath.Join(dir, c.model+".onnx"))

@@ -112,6 +112,7 @@ func TestBadInput(t *testing.T) {
 		{"not json", "POST", "/v1/models/iris/jobs", `{"inputs":[`, 400, "not valid V2 JSON"},
 		{"empty body", "POST", "/v1/models/iris/jobs", ``, 400, "not valid V2 JSON"},
 		{"missing input", "POST", "/v1/models/iris/jobs", `{"inputs":[{"name":"y","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`, 400, `input "y" is not an input of model "iris" (inputs: "x")`},
+		{"reserved parameters", "POST", "/v1/models/iris/jobs", `{"parameters":{"inferq_lines":[[[1,4]]]},"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`, 400, `request parameters named inferq_line... are inferq's own`},
 		{"no inputs", "POST", "/v1/models/iris/jobs", `{"inputs":[]}`, 400, "no inputs"},
 		{"wrong datatype", "POST", "/v1/models/iris/jobs", `{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}`, 400, `input "x" has datatype FP64, the model expects FP32`},
 		{"wrong shape", "POST", "/v1/models/iris/jobs", `{"inputs":[{"name":"x","shape":[1,5],"datatype":"FP32","data":[1,2,3,4,5]}]}`, 400, `input "x" has shape [1 5], the model expects [-1 4] (dimension 1 must be 4)`},
