@@ -153,7 +153,7 @@ type item struct {
 	// shapes, and linesFailed how many of them failed. Set by the run.
 	params      json.RawMessage
 	linesFailed int
-	// lineRows, for a job stacked from several requests, is each one's
+	// lineRows, for a job packed from several requests, is each one's
 	// rows.
 	lineRows []int
 	// length is the request's own length along its padded axis, when its
@@ -587,12 +587,13 @@ func (it *item) check() error {
 	if it.lines, err = batching.Unpack(ordered, packed.Shapes); err != nil {
 		return err
 	}
+	it.lineRows = make([]int, len(it.lines))
 	for r, line := range it.lines {
-		if _, err := m.Check(&tensor.Request{Inputs: line, Outputs: req.Outputs}); err != nil {
+		if it.lineRows[r], err = m.Check(&tensor.Request{Inputs: line, Outputs: req.Outputs}); err != nil {
 			return fmt.Errorf("request %d of the %d packed in this job: %w", r+1, len(it.lines), err)
 		}
+		it.rows += it.lineRows[r]
 	}
-	it.rows = len(it.lines)
 	return nil
 }
 
@@ -1013,24 +1014,38 @@ func (w *Worker) unstack(it *item) bool {
 	return true
 }
 
-// runLines runs a job of requests laid end to end, one request at a
-// time, and lays their outputs end to end the same way, with their shapes
-// in the response's parameters. A request that fails fails alone: the
-// parameters say why, and its outputs are empty.
+// runLines runs a job of requests laid end to end: those that can share
+// a run (same shapes, for a batchable model) in runs of up to the max
+// batch size, the others one at a time. It lays their outputs end to end
+// the same way, with their shapes in the response's parameters. A
+// request that fails fails alone: the parameters say why, and its outputs
+// are empty.
 func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
 	outs := make([][]tensor.Tensor, len(it.lines))
 	lines := batching.Lines{Errors: map[int]string{}}
-	var first []tensor.Tensor // a request's outputs, for the names and types
-	for r, line := range it.lines {
-		out, err := s.Run(line)
+	alone := func(r int) {
+		out, err := s.Run(it.lines[r])
 		if err != nil {
 			w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
 			w.log.Warn("a request of a packed job failed in ONNX Runtime", "job", it.job.ID, "request", r+1, "of", len(it.lines), "err", err)
 			lines.Errors[r] = err.Error()
-			continue
+			return
 		}
 		outs[r] = selectOutputs(out, it.job.Request.Outputs)
-		first = outs[r]
+	}
+	for _, group := range w.lineGroups(it) {
+		if len(group) == 1 || !w.runStacked(s, it, group, outs) {
+			for _, r := range group {
+				alone(r)
+			}
+		}
+	}
+	var first []tensor.Tensor // a request's outputs, for the names and types
+	for _, o := range outs {
+		if o != nil {
+			first = o
+			break
+		}
 	}
 	if first == nil {
 		return nil, fmt.Errorf("all %d requests packed in this job failed; the first: %s", len(it.lines), lines.Errors[0])
@@ -1048,6 +1063,64 @@ func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
 	lines.Shapes = shapes
 	it.params, it.linesFailed = lines.Parameters(), len(lines.Errors)
 	return packed, nil
+}
+
+// lineGroups groups the requests of a job laid end to end into those that
+// may share a run, in order of first appearance: for a batchable model,
+// requests of the same shapes, up to the max batch size in rows; else
+// each request alone.
+func (w *Worker) lineGroups(it *item) [][]int {
+	m := it.model
+	if !m.Batchable || !m.Sliceable() || w.unbatched(m) {
+		groups := make([][]int, len(it.lines))
+		for r := range groups {
+			groups[r] = []int{r}
+		}
+		return groups
+	}
+	var groups [][]int
+	var rows []int
+	open := map[string]int{} // key to the group still open for it
+	for r, line := range it.lines {
+		key := batching.Key(line, m.Batched)
+		g, ok := open[key]
+		if !ok || rows[g]+it.lineRows[r] > w.policy.MaxBatchSize {
+			g = len(groups)
+			open[key] = g
+			groups, rows = append(groups, nil), append(rows, 0)
+		}
+		groups[g] = append(groups[g], r)
+		rows[g] += it.lineRows[r]
+	}
+	return groups
+}
+
+// runStacked runs a group of a job's requests as one run and splits the
+// outputs back. It reports false, having set nothing, when the run fails
+// or its outputs do not split, so that the requests run one at a time.
+func (w *Worker) runStacked(s *onnx.Session, it *item, group []int, outs [][]tensor.Tensor) bool {
+	reqs := make([][]tensor.Tensor, len(group))
+	rows := make([]int, len(group))
+	for i, r := range group {
+		reqs[i], rows[i] = it.lines[r], it.lineRows[r]
+	}
+	in, err := batching.Stack(reqs, it.model.Batched)
+	if err != nil {
+		return false
+	}
+	out, err := s.Run(in)
+	if err != nil {
+		w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+		return false
+	}
+	parts, err := batching.Split(out, rows)
+	if err != nil {
+		return false
+	}
+	for i, r := range group {
+		outs[r] = selectOutputs(parts[i], it.job.Request.Outputs)
+	}
+	return true
 }
 
 // runUnsliced runs a job that could not be cut into slices, or whose

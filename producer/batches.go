@@ -155,6 +155,10 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	limit := m.MaxJobRows()
+	// Lines of a sliceable model whose shapes differ (image sizes, sequence
+	// lengths) still share a job, laid end to end; the worker runs those of
+	// one shape together.
+	mixable := m.Sliceable() && m.Config.Padding == nil
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	var readErr error
 	for {
@@ -179,10 +183,14 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 					break
 				}
 			} else {
-				if len(cur.lines) > 0 && (cur.key != key || cur.rows+rows > limit || cur.bytes+len(line) > packBytes || !slices.Equal(cur.outs, req.Outputs)) {
+				if len(cur.lines) > 0 && !(key != "" && cur.key != "" && (cur.key == key || mixable) &&
+					cur.rows+rows <= limit && cur.bytes+len(line) <= packBytes && slices.Equal(cur.outs, req.Outputs)) {
 					if readErr = flush(); readErr != nil {
 						break
 					}
+				}
+				if len(cur.lines) > 0 && cur.key != key {
+					key = endToEnd // lines of different shapes share the job end to end
 				}
 				il.Rows = rows
 				il.Row = cur.rows
@@ -297,7 +305,8 @@ func peekCustomID(line []byte) json.RawMessage {
 }
 
 // parseLine decodes and checks one line, and returns its request, rows,
-// and the key of the requests it can share a run with.
+// and the key of the requests it can share a run with: "" for a line that
+// shares no job.
 func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, string, error) {
 	req, err := tensor.DecodeRequest(line, s.opts.Limits)
 	if err != nil {
@@ -308,7 +317,7 @@ func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, s
 		return req, 0, "", err
 	}
 	if slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil {
-		return req, rows, ulid.Make().String(), nil // never shares a job
+		return req, rows, "", nil // never shares a job
 	}
 	if !m.Stackable {
 		// Lines that cannot share a run still share a job, laid end to

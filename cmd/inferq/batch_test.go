@@ -195,16 +195,17 @@ func TestBatchFileMaxBatchOne(t *testing.T) {
 	}
 }
 
-// Batch-file lines share jobs: stacked along the batch dimension, or for
-// models that run one request at a time (state on the second axis, a
-// scalar output) laid end to end whatever their shapes, each run alone.
+// Batch-file lines share jobs: stacked along the batch dimension, or laid
+// end to end whatever their shapes, for models that run one request at a
+// time (state on the second axis, a scalar output: each runs alone) and
+// for lines whose shapes differ (those of one shape run together).
 // Every line gets ONNX Runtime's own answer for it, with the outputs it
 // asked for, and a line that ONNX Runtime fails on fails alone, whichever
 // way its job was packed.
 func TestBatchFilePackedLines(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{}
-	for name, b := range map[string][]byte{"recurrent": onnxbuild.Recurrent(), "total": onnxbuild.Total(), "lookup": onnxbuild.Lookup()} {
+	for name, b := range map[string][]byte{"recurrent": onnxbuild.Recurrent(), "total": onnxbuild.Total(), "lookup": onnxbuild.Lookup(), "rowsum": onnxbuild.RowSum()} {
 		path := filepath.Join(dir, name+".onnx")
 		writeFile(t, path, b)
 		files[name+"/1/model.onnx"] = "@" + path
@@ -240,6 +241,9 @@ func TestBatchFilePackedLines(t *testing.T) {
 			}
 			return in, ""
 		}, nil, map[int]bool{57: true, 400: true}},
+		{"rowsum", 500, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
+			return randomInputs(rng, ios, 1+i%2, int64(2+i%3)), "" // widths 2, 3, 4 in turn
+		}, nil, nil},
 	} {
 		t.Run(c.model, func(t *testing.T) {
 			d := openDirect(t, filepath.Join(dir, c.model+".onnx"))

@@ -420,34 +420,56 @@ func BenchmarkBatchFile(b *testing.B) {
 	b.ReportMetric(withOutput/direct, "with_output/loop")
 }
 
-// BenchmarkBatchFileUnbatchable: lines per second of a 30,000-line batch
-// file through a model that runs one request at a time (recurrent state
-// on the second axis), from upload to the batch ending.
-func BenchmarkBatchFileUnbatchable(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "recurrent.onnx")
-	writeFile(b, path, onnxbuild.Recurrent())
+// BenchmarkBatchFileLines: lines per second of a 30,000-line batch file,
+// from upload to the batch ending, for lines that cannot simply be
+// stacked: through a model that runs one request at a time (recurrent
+// state on the second axis), and through a model with a dynamic width,
+// fed lines whose widths change from one line to the next.
+func BenchmarkBatchFileLines(b *testing.B) {
 	const n = 30_000
-	var file bytes.Buffer
 	rng := rand.New(rand.NewPCG(8, 8))
-	for i := range n {
-		x := make([]string, 8)
+	floats := func(k int) string {
+		x := make([]string, k)
 		for j := range x {
 			x[j] = strconv.FormatFloat(rng.Float64()*2-1, 'f', 3, 64)
 		}
-		fmt.Fprintf(&file, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%s]},{"name":"h","shape":[1,1,4],"datatype":"FP32","data":[%s]}]}`+"\n",
-			i, strings.Join(x[:4], ","), strings.Join(x[4:], ","))
+		return strings.Join(x, ",")
 	}
-	s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{"recurrent/1/model.onnx": "@" + path}))
-	var rate float64
-	for range b.N {
-		rec, _, elapsed := runBatchFile(b, s, "recurrent", file.Bytes())
-		if rec.Counts.Succeeded != n {
-			b.Fatalf("batch %+v", rec)
-		}
-		rate = n / elapsed.Seconds()
-		b.Logf("%d lines in %d jobs, %v", n, rec.Jobs, elapsed.Round(time.Millisecond))
+	for _, c := range []struct {
+		name  string
+		model []byte
+		line  func(i int) string
+	}{
+		{"unbatchable", onnxbuild.Recurrent(), func(i int) string {
+			return fmt.Sprintf(`{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[%s]},{"name":"h","shape":[1,1,4],"datatype":"FP32","data":[%s]}]}`,
+				i, floats(4), floats(4))
+		}},
+		{"mixed_shapes", onnxbuild.RowSum(), func(i int) string {
+			w := 2 + i%3
+			return fmt.Sprintf(`{"custom_id":%d,"inputs":[{"name":"x","shape":[1,%d],"datatype":"FP32","data":[%s]}]}`, i, w, floats(w))
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "model.onnx")
+			writeFile(b, path, c.model)
+			var file bytes.Buffer
+			for i := range n {
+				file.WriteString(c.line(i) + "\n")
+			}
+			s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{"m/1/model.onnx": "@" + path}))
+			var rate float64
+			for range b.N {
+				rec, _, elapsed := runBatchFile(b, s, "m", file.Bytes())
+				if rec.Counts.Succeeded != n {
+					b.Fatalf("batch %+v", rec)
+				}
+				rate = n / elapsed.Seconds()
+				m := s.metricsB(b)
+				b.Logf("%d lines in %d jobs, %v; %v failed runs", n, rec.Jobs, elapsed.Round(time.Millisecond), m["inferq_failed_runs_total,model=m"])
+			}
+			b.ReportMetric(rate, "lines/s")
+		})
 	}
-	b.ReportMetric(rate, "lines/s")
 }
 
 // BenchmarkStorage: the bundled iris classifier end to end with results in
