@@ -179,16 +179,7 @@ func TestBatchFileMaxBatchOne(t *testing.T) {
 	if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != n {
 		t.Fatalf("batch %+v", rec)
 	}
-	i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
-		resp, err := tensor.DecodeResponse(o.Response)
-		if err != nil {
-			t.Fatalf("line %d: %v: %s", i, err, raw)
-		}
-		assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, d.run(t, inputs[i]))
-	})
-	if i != n {
-		t.Fatalf("%d output lines, want %d", i, n)
-	}
+	assertOutputLines(t, s, rec.ID, n, func(i int) ([]tensor.Tensor, string) { return d.run(t, inputs[i]), "" })
 	r := do(t, "POST", s.url+"/v1/models/centered/jobs", requestJSON(randomInputs(rng, d.sig.Inputs, 2)))
 	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "max batch size 1") {
 		t.Fatalf("a two-row request: %d %s", r.code, r.body)
@@ -252,6 +243,7 @@ func TestBatchFilePackedLines(t *testing.T) {
 			wants := make([]string, c.n)
 			for i := range c.n {
 				inputs[i], wants[i] = c.line(i, d.sig.Inputs)
+
 				line := string(requestJSON(inputs[i]))
 				if wants[i] != "" {
 					line = line[:len(line)-1] + `,"outputs":[{"name":"` + wants[i] + `"}]}`
@@ -267,27 +259,45 @@ func TestBatchFilePackedLines(t *testing.T) {
 			if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != int64(c.n)-failed || rec.Counts.Failed != failed {
 				t.Fatalf("batch %+v", rec)
 			}
-			i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
-				if c.bad[i] || c.ort[i] {
-					if o.Error == "" || c.ort[i] && !strings.Contains(o.Error, "ONNX Runtime") {
-						t.Fatalf("line %d should have failed: %s", i, raw)
-					}
-					return
-				}
-				resp, err := tensor.DecodeResponse(o.Response)
-				if err != nil || len(resp.Parameters) > 0 {
-					t.Fatalf("line %d: %v: %s", i, err, raw)
+			assertOutputLines(t, s, rec.ID, c.n, func(i int) ([]tensor.Tensor, string) {
+				switch {
+				case c.bad[i]:
+					return nil, fmt.Sprintf("line %d: ", i+1)
+				case c.ort[i]:
+					return nil, "ONNX Runtime"
 				}
 				want := d.run(t, inputs[i])
 				if wants[i] != "" {
 					want = slices.DeleteFunc(want, func(t tensor.Tensor) bool { return t.Name != wants[i] })
 				}
-				assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, want)
+				return want, ""
 			})
-			if i != c.n {
-				t.Fatalf("%d output lines, want %d", i, c.n)
-			}
 		})
+	}
+}
+
+// assertOutputLines reads a finished batch's output and checks its n
+// lines in order: line i's response against want(i)'s outputs, or where
+// those are nil, an error line that says want(i)'s failure, and no
+// response. A line's response stands on its own: no packing parameters.
+func assertOutputLines(t *testing.T, s *server, id string, n int, want func(i int) (outputs []tensor.Tensor, failure string)) {
+	t.Helper()
+	got := eachOutputLine(t, s, id, func(i int, o batchOut, raw []byte) {
+		w, failure := want(i)
+		if w == nil {
+			if o.Error == "" || o.Response != nil || !strings.Contains(o.Error, failure) {
+				t.Fatalf("line %d should have failed (saying %q): %s", i, failure, raw)
+			}
+			return
+		}
+		resp, err := tensor.DecodeResponse(o.Response)
+		if err != nil || len(resp.Parameters) > 0 {
+			t.Fatalf("line %d: %v: %s", i, err, raw)
+		}
+		assertClose(t, fmt.Sprintf("line %d", i), resp.Outputs, w)
+	})
+	if got != n {
+		t.Fatalf("%d output lines, want %d", got, n)
 	}
 }
 
