@@ -67,17 +67,22 @@ func eachOutputLine(t *testing.T, s *server, id string, fn func(i int, o batchOu
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(nil, 1<<20)
+	r := bufio.NewReader(res.Body)
 	i := 0
-	for ; sc.Scan(); i++ {
-		var o batchOut
-		if err := json.Unmarshal(sc.Bytes(), &o); err != nil {
-			t.Fatalf("output line %d: %.200s: %v", i, sc.Bytes(), err)
+	for ; ; i++ {
+		line, err := r.ReadBytes('\n') // lines of any length
+		if err == io.EOF && len(line) == 0 {
+			return i
 		}
-		fn(i, o, sc.Bytes())
+		if err != nil {
+			t.Fatalf("output line %d: %v", i, err)
+		}
+		var o batchOut
+		if err := json.Unmarshal(line, &o); err != nil {
+			t.Fatalf("output line %d: %.200s: %v", i, line, err)
+		}
+		fn(i, o, line)
 	}
-	return i
 }
 
 type batchOut struct {

@@ -69,8 +69,24 @@ func TestThirdPartyModels(t *testing.T) {
 				}
 				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
 			}
+			assertBatchFile(t, s, m.name, inputs, ref)
 		})
 	}
+}
+
+// assertBatchFile sends inputs as the lines of one batch file and checks
+// that each line's output is what ONNX Runtime gives for it alone.
+func assertBatchFile(t *testing.T, s *server, model string, inputs [][]tensor.Tensor, ref *direct) {
+	t.Helper()
+	var file strings.Builder
+	for i := range inputs {
+		file.WriteString(string(requestJSON(inputs[i])) + "\n")
+	}
+	rec := postBatch(t, s, model, strings.NewReader(file.String()))
+	if rec = awaitBatch(t, s, rec.ID, 2*time.Minute); rec.Counts.Succeeded != int64(len(inputs)) {
+		t.Fatalf("batch %+v", rec)
+	}
+	assertOutputLines(t, s, rec.ID, len(inputs), func(i int) ([]tensor.Tensor, string) { return ref.run(t, inputs[i]), "" })
 }
 
 // A scikit-learn random forest (converted by skl2onnx, from onnxruntime_go's
@@ -125,6 +141,7 @@ func TestScikitLearnSequenceOfMaps(t *testing.T) {
 	if runs := s.metrics(t)["inferq_batch_size,model=forest,stat=count"]; runs >= float64(len(ids)) {
 		t.Errorf("%d jobs in %v runs: not batched", len(ids), runs)
 	}
+	assertBatchFile(t, s, "forest", inputs, ref)
 }
 
 // Silero VAD, versions 4 and 5: recurrent voice-activity detectors with a
@@ -199,6 +216,9 @@ func TestRecurrentStateModels(t *testing.T) {
 				}
 				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
 			}
+			// The same requests as a batch file: laid end to end, each line
+			// run on its own.
+			assertBatchFile(t, s, m.name, inputs, ref)
 			if f := s.metrics(t)["inferq_failed_runs_total,model="+m.name]; f != 0 {
 				t.Errorf("%v failed runs: a batched run was tried", f)
 			}
