@@ -49,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 		inference: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "inferq_inference_duration_seconds",
-			Help:    "Time ONNX Runtime took to run one batch, by model.",
+			Help:    "Time ONNX Runtime took to run one batch (all its runs, for a job run in slices or line by line), by model.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 16),
 		}, []string{"model"}),
 		failedRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
