@@ -1034,8 +1034,8 @@ func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
 		outs[r] = selectOutputs(out, it.job.Request.Outputs)
 	}
 	for _, group := range w.lineGroups(it) {
-		if len(group) == 1 || !w.runStacked(s, it, group, outs) {
-			for _, r := range group {
+		if len(group.lines) == 1 || !w.runStacked(s, it, group, outs) {
+			for _, r := range group.lines {
 				alone(r)
 			}
 		}
@@ -1065,46 +1065,57 @@ func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
 	return packed, nil
 }
 
+// lineGroup is requests of a job laid end to end that may share a run:
+// their inputs, padded where the model's config asks, have the same
+// shapes.
+type lineGroup struct {
+	lines   []int
+	inputs  [][]tensor.Tensor // per line, as they run together
+	lengths []int64           // per line, the padded length, or 0
+	rows    int
+}
+
 // lineGroups groups the requests of a job laid end to end into those that
 // may share a run, in order of first appearance: for a batchable model,
-// requests of the same shapes, up to the max batch size in rows; else
-// each request alone.
-func (w *Worker) lineGroups(it *item) [][]int {
+// requests of the same shapes once padded, up to the max batch size in
+// rows; else each request alone.
+func (w *Worker) lineGroups(it *item) []*lineGroup {
 	m := it.model
-	if !m.Batchable || !m.Sliceable() || w.unbatched(m) {
-		groups := make([][]int, len(it.lines))
-		for r := range groups {
-			groups[r] = []int{r}
-		}
-		return groups
-	}
-	var groups [][]int
-	var rows []int
-	open := map[string]int{} // key to the group still open for it
+	batch := m.Batchable && m.Sliceable() && !w.unbatched(m)
+	var groups []*lineGroup
+	open := map[string]*lineGroup{} // key to the group still open for it
 	for r, line := range it.lines {
-		key := batching.Key(line, m.Batched)
-		g, ok := open[key]
-		if !ok || rows[g]+it.lineRows[r] > w.policy.MaxBatchSize {
-			g = len(groups)
-			open[key] = g
-			groups, rows = append(groups, nil), append(rows, 0)
+		if !batch {
+			groups = append(groups, &lineGroup{lines: []int{r}})
+			continue
 		}
-		groups[g] = append(groups[g], r)
-		rows[g] += it.lineRows[r]
+		in, length, err := padInputs(m, line)
+		if err != nil {
+			in, length = line, 0 // runs alone, unpadded, below
+		}
+		key := batching.Key(in, m.Batched)
+		g := open[key]
+		if g == nil || g.rows+it.lineRows[r] > w.policy.MaxBatchSize {
+			g = &lineGroup{}
+			open[key] = g
+			groups = append(groups, g)
+		}
+		g.lines, g.inputs, g.lengths = append(g.lines, r), append(g.inputs, in), append(g.lengths, length)
+		g.rows += it.lineRows[r]
 	}
 	return groups
 }
 
-// runStacked runs a group of a job's requests as one run and splits the
-// outputs back. It reports false, having set nothing, when the run fails
-// or its outputs do not split, so that the requests run one at a time.
-func (w *Worker) runStacked(s *onnx.Session, it *item, group []int, outs [][]tensor.Tensor) bool {
-	reqs := make([][]tensor.Tensor, len(group))
-	rows := make([]int, len(group))
-	for i, r := range group {
-		reqs[i], rows[i] = it.lines[r], it.lineRows[r]
+// runStacked runs a group of a job's requests as one run, splits the
+// outputs back and trims them to each request's own length. It reports
+// false, having set nothing, when the run fails or its outputs do not
+// split, so that the requests run one at a time.
+func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]tensor.Tensor) bool {
+	rows := make([]int, len(g.lines))
+	for i, r := range g.lines {
+		rows[i] = it.lineRows[r]
 	}
-	in, err := batching.Stack(reqs, it.model.Batched)
+	in, err := batching.Stack(g.inputs, it.model.Batched)
 	if err != nil {
 		return false
 	}
@@ -1117,8 +1128,14 @@ func (w *Worker) runStacked(s *onnx.Session, it *item, group []int, outs [][]ten
 	if err != nil {
 		return false
 	}
-	for i, r := range group {
-		outs[r] = selectOutputs(parts[i], it.job.Request.Outputs)
+	got := make([][]tensor.Tensor, len(g.lines))
+	for i := range g.lines {
+		if got[i], err = trimOutputs(it.model, g.lengths[i], parts[i]); err != nil {
+			return false
+		}
+	}
+	for i, r := range g.lines {
+		outs[r] = selectOutputs(got[i], it.job.Request.Outputs)
 	}
 	return true
 }
@@ -1252,43 +1269,62 @@ func (w *Worker) backoff(attempt int) time.Duration {
 // pad pads the item's inputs as its model's config asks, up to the bucket
 // of the first padded input's length, and notes that length.
 func pad(it *item) error {
-	p := it.model.Config.Padding
-	if p == nil || it.lines != nil {
+	if it.lines != nil {
 		return nil
 	}
-	var bucket int64
-	for i, in := range it.model.Inputs {
+	var err error
+	it.inputs, it.length, err = padInputs(it.model, it.inputs)
+	return err
+}
+
+// padInputs pads inputs (in the model's order) as m's config asks, up to
+// the bucket of the first padded input's length, which it returns: 0 when
+// nothing was padded (no padding config, or longer than every bucket).
+func padInputs(m *model.Model, inputs []tensor.Tensor) ([]tensor.Tensor, int64, error) {
+	p := m.Config.Padding
+	if p == nil {
+		return inputs, 0, nil
+	}
+	out := slices.Clone(inputs)
+	var length, bucket int64
+	for i, in := range m.Inputs {
 		spec, ok := p.Inputs[in.Name]
 		if !ok {
 			continue
 		}
-		n := it.inputs[i].Shape[spec.Axis]
-		if it.length == 0 {
+		n := out[i].Shape[spec.Axis]
+		if length == 0 {
 			b, ok := batching.Bucket(p.Buckets, n)
 			if !ok {
-				return nil // longer than every bucket: runs unpadded
+				return inputs, 0, nil // longer than every bucket: runs unpadded
 			}
-			it.length, bucket = n, b
+			length, bucket = n, b
 		}
-		t, err := batching.Pad(it.inputs[i], spec.Axis, bucket, spec.Value)
+		t, err := batching.Pad(out[i], spec.Axis, bucket, spec.Value)
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
-		it.inputs[i] = t
+		out[i] = t
 	}
-	return nil
+	return out, length, nil
 }
 
 // trim cuts the outputs of a padded item back to its own length.
 func trim(it *item, outputs []tensor.Tensor) ([]tensor.Tensor, error) {
-	p := it.model.Config.Padding
-	if it.length == 0 || p == nil {
+	return trimOutputs(it.model, it.length, outputs)
+}
+
+// trimOutputs cuts outputs padded as m's config asks back to length; 0
+// leaves them as they are.
+func trimOutputs(m *model.Model, length int64, outputs []tensor.Tensor) ([]tensor.Tensor, error) {
+	p := m.Config.Padding
+	if length == 0 || p == nil {
 		return outputs, nil
 	}
 	out := slices.Clone(outputs)
 	for i := range out {
 		if axis, ok := p.Outputs[out[i].Name]; ok {
-			t, err := batching.Trim(out[i], axis, it.length)
+			t, err := batching.Trim(out[i], axis, length)
 			if err != nil {
 				return nil, err
 			}

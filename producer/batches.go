@@ -157,8 +157,8 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	limit := m.MaxJobRows()
 	// Lines of a sliceable model whose shapes differ (image sizes, sequence
 	// lengths) still share a job, laid end to end; the worker runs those of
-	// one shape together.
-	mixable := m.Sliceable() && m.Config.Padding == nil
+	// one shape (once padded, where the config asks) together.
+	mixable := m.Sliceable()
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	var readErr error
 	for {

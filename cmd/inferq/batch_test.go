@@ -212,7 +212,7 @@ func TestBatchFilePackedLines(t *testing.T) {
 		model    string
 		n        int
 		line     func(i int, ios []onnx.IO) ([]tensor.Tensor, string) // inputs, outputs asked for
-		bad, ort map[int]bool                                        // refused at upload; failing in ONNX Runtime
+		bad, ort map[int]bool                                         // refused at upload; failing in ONNX Runtime
 	}{
 		{"recurrent", 300, func(i int, ios []onnx.IO) ([]tensor.Tensor, string) {
 			in := randomInputs(rng, ios, 1+i%3, int64(1+i%3))
@@ -304,6 +304,21 @@ func assertOutputLines(t *testing.T, s *server, id string, n int, want func(i in
 	if got != n {
 		t.Fatalf("%d output lines, want %d", got, n)
 	}
+}
+
+// assertBatchFile sends inputs as the lines of one batch file and checks
+// that each line's output is what ONNX Runtime gives for it alone.
+func assertBatchFile(t *testing.T, s *server, model string, inputs [][]tensor.Tensor, ref *direct) {
+	t.Helper()
+	var file strings.Builder
+	for i := range inputs {
+		file.WriteString(string(requestJSON(inputs[i])) + "\n")
+	}
+	rec := postBatch(t, s, model, strings.NewReader(file.String()))
+	if rec = awaitBatch(t, s, rec.ID, 2*time.Minute); rec.Counts.Succeeded != int64(len(inputs)) {
+		t.Fatalf("batch %+v", rec)
+	}
+	assertOutputLines(t, s, rec.ID, len(inputs), func(i int) ([]tensor.Tensor, string) { return ref.run(t, inputs[i]), "" })
 }
 
 // A large batch file is read as it arrives: the server's heap stays far

@@ -163,7 +163,7 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 
 // A sequence model configured with padding batches requests of different
 // lengths together, and each gets back exactly what ONNX Runtime gives for
-// its unpadded input.
+// its unpadded input, as a job or as a line of a batch file.
 func TestPaddingBuckets(t *testing.T) {
 	repo, files := fixtures(t, map[string]string{"maskedsum": `max_queue_delay: 50ms
 padding:
@@ -196,6 +196,9 @@ padding:
 	if runs := m["inferq_batch_size,model=maskedsum,stat=count"]; runs > 5 {
 		t.Errorf("%v runs for 30 jobs in three length groups", runs)
 	}
+	// As a batch file, lines of every length share one job, and the lines
+	// of a bucket run together, padded and trimmed back.
+	assertBatchFile(t, s, "maskedsum", reqs, d)
 }
 
 // A request that makes ONNX Runtime fail inside a batch fails alone, with

@@ -74,21 +74,6 @@ func TestThirdPartyModels(t *testing.T) {
 	}
 }
 
-// assertBatchFile sends inputs as the lines of one batch file and checks
-// that each line's output is what ONNX Runtime gives for it alone.
-func assertBatchFile(t *testing.T, s *server, model string, inputs [][]tensor.Tensor, ref *direct) {
-	t.Helper()
-	var file strings.Builder
-	for i := range inputs {
-		file.WriteString(string(requestJSON(inputs[i])) + "\n")
-	}
-	rec := postBatch(t, s, model, strings.NewReader(file.String()))
-	if rec = awaitBatch(t, s, rec.ID, 2*time.Minute); rec.Counts.Succeeded != int64(len(inputs)) {
-		t.Fatalf("batch %+v", rec)
-	}
-	assertOutputLines(t, s, rec.ID, len(inputs), func(i int) ([]tensor.Tensor, string) { return ref.run(t, inputs[i]), "" })
-}
-
 // A scikit-learn random forest (converted by skl2onnx, from onnxruntime_go's
 // test data) returns its class probabilities as a sequence of maps, not a
 // tensor. inferq serves it, batched, with each row's map as a JSON
