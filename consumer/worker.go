@@ -998,17 +998,32 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 }
 
 // unstack cuts a job stacked from several requests back into them, as
-// lines to run one at a time. It reports false for a job that cannot be:
-// one request, a model with shared inputs, or padded inputs (whose
-// outputs are trimmed as a whole).
+// lines to run one at a time; inputs shared by the job go to each. It
+// reports false for a job that cannot be: one request, or padded inputs
+// (whose outputs are trimmed as a whole).
 func (w *Worker) unstack(it *item) bool {
-	if len(it.lineRows) < 2 || !it.model.Sliceable() || it.length != 0 {
+	if len(it.lineRows) < 2 || it.length != 0 {
 		return false
 	}
-	lines, err := batching.Split(it.inputs, it.lineRows)
-	if err != nil {
-		w.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
-		return false
+	lines := make([][]tensor.Tensor, len(it.lineRows))
+	for r := range lines {
+		lines[r] = make([]tensor.Tensor, len(it.inputs))
+	}
+	for i, in := range it.inputs {
+		if !it.model.Batched[i] {
+			for r := range lines {
+				lines[r][i] = in
+			}
+			continue
+		}
+		parts, err := batching.Split([]tensor.Tensor{in}, it.lineRows)
+		if err != nil {
+			w.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
+			return false
+		}
+		for r := range lines {
+			lines[r][i] = parts[r][0]
+		}
 	}
 	it.lines = lines
 	return true

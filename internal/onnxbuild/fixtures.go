@@ -162,3 +162,15 @@ func BatchCentered() []byte {
 	m.Node("Sub", []string{"x", "mean"}, []string{"y"})
 	return m.Bytes()
 }
+
+// TableLookup gathers rows of a table the request gives: table [10, 3]
+// (fixed: shared by a batch) and idx INT64 [batch] to y [batch, 3]. An
+// index outside 0..9 makes ONNX Runtime fail the run.
+func TableLookup() []byte {
+	m := New("tablelookup")
+	m.Input("table", Float, 10, 3)
+	m.Input("idx", Int64, -1)
+	m.Output("y", Float, -1, 3)
+	m.Node("Gather", []string{"table", "idx"}, []string{"y"}, Int("axis", 0))
+	return m.Bytes()
+}
