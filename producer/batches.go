@@ -339,7 +339,8 @@ func orderedInputs(m *model.Model, req *tensor.Request) []tensor.Tensor {
 const endToEnd = "end to end"
 
 // submitChunk queues a chunk's lines as one job: stacked along the batch
-// dimension, or for a model that cannot stack them, end to end.
+// dimension, or end to end when they cannot be stacked (a model that
+// cannot stack rows, or lines whose shapes differ).
 func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *chunk) error {
 	req := &tensor.Request{Outputs: c.outs}
 	var err error
