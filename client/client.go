@@ -292,7 +292,17 @@ func (c *Client) Batch(ctx context.Context, id string) (*jobs.BatchRecord, error
 
 // BatchOutput copies a finished batch's output (JSON Lines) to w.
 func (c *Client) BatchOutput(ctx context.Context, id string, w io.Writer) error {
-	res, err := c.do(ctx, "GET", "/v1/batches/"+url.PathEscape(id)+"/output", nil, nil)
+	return c.copyOutput(ctx, "/v1/batches/"+url.PathEscape(id)+"/output", w)
+}
+
+// BatchErrors copies the failed lines of a finished batch's output to w,
+// each with its input line number.
+func (c *Client) BatchErrors(ctx context.Context, id string, w io.Writer) error {
+	return c.copyOutput(ctx, "/v1/batches/"+url.PathEscape(id)+"/output?only=errors", w)
+}
+
+func (c *Client) copyOutput(ctx context.Context, path string, w io.Writer) error {
+	res, err := c.do(ctx, "GET", path, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -48,6 +49,9 @@ type indexLine struct {
 // outputLine is one line of a batch's output.
 type outputLine struct {
 	CustomID json.RawMessage `json:"custom_id"`
+	// Line is the input line's number, given only in a list of the
+	// errors alone (where the position no longer says it).
+	Line     int64           `json:"line,omitempty"`
 	Response json.RawMessage `json:"response,omitempty"`
 	Error    string          `json:"error,omitempty"`
 }
@@ -519,6 +523,14 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	errorsOnly := false
+	switch only := r.URL.Query().Get("only"); only {
+	case "":
+	case "errors":
+		errorsOnly = true
+	default:
+		return errorf(http.StatusBadRequest, "only=%q: the one choice is only=errors (the failed lines alone, each with its line number)", only)
+	}
 	if !rec.Final() {
 		writeJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("batch %s is %s: %d of %d lines done; its output is ready when it has finished", rec.ID, rec.Status, rec.Counts.Done(), rec.Counts.Total),
@@ -547,7 +559,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 			}
 			go func() {
 				defer func() { <-ahead }()
-				g.out <- s.outputLines(ctx, g.job, g.lines)
+				g.out <- s.outputLines(ctx, g.job, g.lines, errorsOnly)
 			}()
 			select {
 			case groups <- g:
@@ -575,7 +587,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 }
 
 // outputLines makes the output lines of one job's lines.
-func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine) [][]byte {
+func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine, errorsOnly bool) [][]byte {
 	fail := func(msg string) [][]byte {
 		out := make([][]byte, len(lines))
 		for i, l := range lines {
@@ -583,6 +595,9 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 				msg = l.Error
 			}
 			ol := outputLine{CustomID: l.CustomID, Error: msg}
+			if errorsOnly {
+				ol.Line = l.Line
+			}
 			out[i] = ol.appendLine(nil)
 		}
 		return out
@@ -595,6 +610,9 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 		return fail("the job's record is unavailable: " + err.Error())
 	}
 	rec = s.expire(rec)
+	if errorsOnly && rec.Status == jobs.Succeeded && rec.Result != nil && rec.LinesFailed == 0 {
+		return nil // every line succeeded: no need to read the result
+	}
 	if rec.Status != jobs.Succeeded || rec.Result == nil {
 		msg := rec.Error
 		if msg == "" {
@@ -633,16 +651,22 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine)
 	if err != nil {
 		return fail(err.Error())
 	}
-	out := make([][]byte, len(lines))
+	out := make([][]byte, 0, len(lines))
 	for i, l := range lines {
 		ol := outputLine{CustomID: l.CustomID}
-		if msg, failed := packed.Failed(i); failed {
+		msg, failed := packed.Failed(i)
+		switch {
+		case failed && errorsOnly:
+			ol.Error, ol.Line = msg, l.Line
+		case failed:
 			ol.Error = msg
-		} else {
+		case errorsOnly:
+			continue
+		default:
 			r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
 			ol.Response = r.AppendJSON(nil)
 		}
-		out[i] = ol.appendLine(nil)
+		out = append(out, ol.appendLine(nil))
 	}
 	return out
 }
@@ -658,6 +682,9 @@ func (l *outputLine) appendLine(b []byte) []byte {
 		b = c
 	} else {
 		b = append(b, "null"...) // not JSON: the index is damaged
+	}
+	if l.Line > 0 {
+		b = strconv.AppendInt(append(b, `,"line":`...), l.Line, 10)
 	}
 	if len(l.Response) > 0 {
 		b = append(append(b, `,"response":`...), l.Response...)

@@ -23,6 +23,7 @@ func TestOutputLine(t *testing.T) {
 		{"error with quotes and a newline", outputLine{CustomID: json.RawMessage(`"<id>"`), Error: "line 3: \"x\"\nbroken"},
 			map[string]any{"custom_id": "<id>", "error": "line 3: \"x\"\nbroken"}},
 		{"damaged id", outputLine{CustomID: json.RawMessage(`{"a":`), Error: "x"}, map[string]any{"custom_id": nil, "error": "x"}},
+		{"error with its line", outputLine{CustomID: json.RawMessage(`"r"`), Line: 1234, Error: "x"}, map[string]any{"custom_id": "r", "line": 1234.0, "error": "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -145,6 +145,27 @@ func TestBatchFile(t *testing.T) {
 	if i != n {
 		t.Fatalf("%d output lines, want %d", i, n)
 	}
+	// The failed lines alone, each with its line number.
+	r := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output?only=errors", nil)
+	var got []string
+	for l := range strings.Lines(string(r.body)) {
+		var o struct {
+			CustomID json.RawMessage `json:"custom_id"`
+			Line     int             `json:"line"`
+			Error    string          `json:"error"`
+			Response json.RawMessage `json:"response"`
+		}
+		if err := json.Unmarshal([]byte(l), &o); err != nil || o.Error == "" || o.Response != nil {
+			t.Fatalf("error line %q: %v", l, err)
+		}
+		got = append(got, fmt.Sprintf("%d %s", o.Line, o.CustomID))
+	}
+	if want := []string{`18 "row-17"`, `501 null`, `1000 "row-999"`}; r.code != http.StatusOK || !slices.Equal(got, want) {
+		t.Fatalf("?only=errors: %d, lines %q, want %q", r.code, got, want)
+	}
+	if r := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output?only=responses", nil); r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "only=errors") {
+		t.Fatalf("?only=responses: %d %s", r.code, r.body)
+	}
 	if r := do(t, "DELETE", s.url+"/v1/batches/"+rec.ID, nil); r.code != http.StatusConflict {
 		t.Fatalf("cancelling a finished batch: %d %s", r.code, r.body)
 	}
@@ -277,6 +298,10 @@ func TestBatchFilePackedLines(t *testing.T) {
 			failed := int64(len(c.bad) + len(c.ort))
 			if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != int64(c.n)-failed || rec.Counts.Failed != failed {
 				t.Fatalf("batch %+v", rec)
+			}
+			errs := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output?only=errors", nil)
+			if n := strings.Count(string(errs.body), "\n"); errs.code != http.StatusOK || n != int(failed) {
+				t.Errorf("?only=errors: %d, %d lines, want %d: %s", errs.code, n, failed, errs.body)
 			}
 			assertOutputLines(t, s, rec.ID, c.n, func(i int) ([]tensor.Tensor, string) {
 				switch {

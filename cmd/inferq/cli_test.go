@@ -71,14 +71,18 @@ func TestCLI(t *testing.T) {
 
 	// batch uploads a file and writes the output in order.
 	dir := t.TempDir()
-	in, output := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl")
+	in, output, errsFile := filepath.Join(dir, "in.jsonl"), filepath.Join(dir, "out.jsonl"), filepath.Join(dir, "errors.jsonl")
 	var file strings.Builder
 	for i := range 50 {
 		fmt.Fprintf(&file, `{"custom_id":"c%d",%s`+"\n", i, req[1:])
 	}
+	file.WriteString(`{"custom_id":"bad","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}` + "\n")
 	writeFile(t, in, []byte(file.String()))
-	if _, errOut, code = cli("", "batch", "--model", "iris", "--output", output, in); code != 0 || !strings.Contains(errOut, "50 succeeded") {
+	if _, errOut, code = cli("", "batch", "--model", "iris", "--output", output, "--errors", errsFile, in); code != 0 || !strings.Contains(errOut, "50 succeeded, 1 failed") {
 		t.Fatalf("batch: %d %s", code, errOut)
+	}
+	if b, err := os.ReadFile(errsFile); err != nil || !strings.HasPrefix(string(b), `{"custom_id":"bad","line":51,"error":"line 51: `) || strings.Count(string(b), "\n") != 1 {
+		t.Fatalf("--errors file: %s %v", b, err)
 	}
 	f, err := os.Open(output)
 	if err != nil {
@@ -87,13 +91,13 @@ func TestCLI(t *testing.T) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	i := 0
-	for ; sc.Scan(); i++ {
+	for ; sc.Scan() && i < 50; i++ {
 		var o batchOut
 		if err := json.Unmarshal(sc.Bytes(), &o); err != nil || string(o.CustomID) != fmt.Sprintf(`"c%d"`, i) || len(o.Response) == 0 {
 			t.Fatalf("output line %d: %s", i, sc.Bytes())
 		}
 	}
-	if i != 50 {
-		t.Fatalf("%d output lines", i)
+	if i != 50 || !strings.Contains(sc.Text(), `"error"`) || sc.Scan() {
+		t.Fatalf("%d output lines, then %q: want 50 responses and the bad line's error", i, sc.Text())
 	}
 }

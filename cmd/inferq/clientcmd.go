@@ -194,6 +194,7 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cf.register(fs)
 	model := fs.String("model", "", "model to run the file on (required)")
 	output := fs.String("output", "", "where to write the output (JSON Lines); default standard output")
+	errs := fs.String("errors", "", "also write the failed lines alone to this file, each with its input line number (JSON Lines; empty when none failed)")
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: inferq batch --model M [flags] FILE.jsonl\n\nRuns a batch file: one V2 request per line, with an optional custom_id.")
@@ -250,14 +251,26 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if rec.Status == jobs.BatchFailed {
 		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
 	}
-	out := stdout
-	if *output != "" {
-		o, err := os.Create(*output)
-		if err != nil {
+	if *errs != "" {
+		if err := writeTo(*errs, func(w io.Writer) error { return c.BatchErrors(ctx, rec.ID, w) }); err != nil {
 			return err
 		}
-		defer o.Close()
-		out = o
 	}
-	return c.BatchOutput(ctx, rec.ID, out)
+	if *output == "" {
+		return c.BatchOutput(ctx, rec.ID, stdout)
+	}
+	return writeTo(*output, func(w io.Writer) error { return c.BatchOutput(ctx, rec.ID, w) })
+}
+
+// writeTo creates the file at path and has write fill it.
+func writeTo(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
