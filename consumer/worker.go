@@ -567,22 +567,15 @@ func (it *item) check() error {
 		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
 			return err
 		}
-		it.inputs = make([]tensor.Tensor, len(m.Inputs))
-		for i, in := range m.Inputs {
-			it.inputs[i] = *req.Input(in.Name)
-		}
+		it.inputs, _ = m.OrderedInputs(req) // CheckRows found them all
 		if packed != nil {
 			it.lineRows = packed.Rows // checked when used
 		}
 		return nil
 	}
-	ordered := make([]tensor.Tensor, len(m.Inputs))
-	for i, in := range m.Inputs {
-		t := req.Input(in.Name)
-		if t == nil {
-			return fmt.Errorf("input %q is missing (model %q takes %d inputs)", in.Name, m.Name, len(m.Inputs))
-		}
-		ordered[i] = *t
+	ordered, err := m.OrderedInputs(req)
+	if err != nil {
+		return err
 	}
 	if it.lines, err = batching.Unpack(ordered, packed.Shapes); err != nil {
 		return err
@@ -673,9 +666,11 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	if len(buf) == 0 {
 		return refs, bodies
 	}
+	n := 0 // results to write
 	for i, r := range refs {
 		if r != nil {
 			bodies[i] = buf[r.Offset : r.Offset+r.Length]
+			n++
 		}
 	}
 	failed := make([]bool, len(items))
@@ -700,12 +695,6 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		lastErr = g.Wait()
 	} else {
 		key := jobs.BatchResultKey(w.name, ulid.Make().String())
-		n := 0
-		for _, r := range refs {
-			if r != nil {
-				n++
-			}
-		}
 		if err := w.put(ctx, key, buf, n); err != nil {
 			lastErr = err
 			for i := range failed {

@@ -52,13 +52,14 @@ func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error
 			return 0, fmt.Errorf("input %q is not an input of model %q (inputs: %s)", req.Inputs[i].Name, m.Name, ioNames(m.Inputs))
 		}
 	}
+	in, err := m.OrderedInputs(req)
+	if err != nil {
+		return 0, err
+	}
 	rows = 1
 	first := "" // the first batched input
 	for i, spec := range m.Inputs {
-		t := req.Input(spec.Name)
-		if t == nil {
-			return 0, fmt.Errorf("input %q is missing (model %q takes %s)", spec.Name, m.Name, ioNames(m.Inputs))
-		}
+		t := &in[i]
 		if err := spec.Accepts(t); err != nil {
 			return 0, err
 		}
@@ -86,6 +87,20 @@ func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error
 		}
 	}
 	return rows, nil
+}
+
+// OrderedInputs is req's inputs in the model's input order, or an error
+// naming the first input req lacks.
+func (m *Model) OrderedInputs(req *tensor.Request) ([]tensor.Tensor, error) {
+	in := make([]tensor.Tensor, len(m.Inputs))
+	for i, spec := range m.Inputs {
+		t := req.Input(spec.Name)
+		if t == nil {
+			return nil, fmt.Errorf("input %q is missing (model %q takes %s)", spec.Name, m.Name, ioNames(m.Inputs))
+		}
+		in[i] = *t
+	}
+	return in, nil
 }
 
 func (m *Model) input(name string) *tensor.Spec {

@@ -170,7 +170,8 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		if len(bytes.TrimSpace(line)) > 0 {
 			n++
 			il := indexLine{Line: n}
-			req, rows, key, perr := s.parseLine(m, line)
+			p, perr := s.parseLine(m, line)
+			req, rows, key := p.req, p.rows, p.key
 			if req != nil {
 				il.CustomID = req.CustomID
 			} else {
@@ -200,7 +201,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 				il.Row = cur.rows
 				cur.key, cur.outs = key, req.Outputs
 				cur.lines = append(cur.lines, il)
-				cur.reqs = append(cur.reqs, orderedInputs(m, req))
+				cur.reqs = append(cur.reqs, p.inputs)
 				cur.rows += rows
 				cur.bytes += len(line)
 			}
@@ -308,35 +309,39 @@ func peekCustomID(line []byte) json.RawMessage {
 	return nil
 }
 
-// parseLine decodes and checks one line, and returns its request, rows,
-// and the key of the requests it can share a run with: "" for a line that
-// shares no job.
-func (s *Server) parseLine(m *model.Model, line []byte) (*tensor.Request, int, string, error) {
-	req, err := tensor.DecodeRequest(line, s.opts.Limits)
-	if err != nil {
-		return nil, 0, "", err
-	}
-	rows, err := m.Check(req) // a line is held to what a request is
-	if err != nil {
-		return req, 0, "", err
-	}
-	if slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil {
-		return req, rows, "", nil // never shares a job
-	}
-	if !m.Stackable {
-		// Lines that cannot share a run still share a job, laid end to
-		// end whatever their shapes, and run one at a time.
-		return req, rows, endToEnd, nil
-	}
-	return req, rows, batching.Key(orderedInputs(m, req), m.Batched), nil
+// parsedLine is a line of a batch file, decoded and checked.
+type parsedLine struct {
+	req    *tensor.Request
+	inputs []tensor.Tensor // in the model's input order
+	rows   int
+	// key is that of the lines it can share a job with: "" for a line
+	// that shares none.
+	key string
 }
 
-func orderedInputs(m *model.Model, req *tensor.Request) []tensor.Tensor {
-	in := make([]tensor.Tensor, len(m.Inputs))
-	for i, spec := range m.Inputs {
-		in[i] = *req.Input(spec.Name)
+// parseLine decodes and checks one line. The request is returned with
+// the error when only the check failed, for its custom_id.
+func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
+	req, err := tensor.DecodeRequest(line, s.opts.Limits)
+	if err != nil {
+		return parsedLine{}, err
 	}
-	return in
+	p := parsedLine{req: req}
+	if p.rows, err = m.Check(req); err != nil { // a line is held to what a request is
+		return p, err
+	}
+	p.inputs, _ = m.OrderedInputs(req) // Check found them all
+	switch {
+	case slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil:
+		// never shares a job
+	case !m.Stackable:
+		// Lines that cannot share a run still share a job, laid end to
+		// end whatever their shapes, and run one at a time.
+		p.key = endToEnd
+	default:
+		p.key = batching.Key(p.inputs, m.Batched)
+	}
+	return p, nil
 }
 
 // endToEnd is the key of lines packed end to end (see batching.Pack).
