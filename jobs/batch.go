@@ -147,12 +147,12 @@ func (b *Batches) Update(ctx context.Context, id string, fn func(*BatchRecord) e
 	}
 }
 
-// TrackBatches counts the outcomes of batch jobs into their batch
-// records, from the results stream, until ctx ends. Every API process runs
-// it; they share one durable consumer, so each announcement is counted
-// once. Announcements are taken in groups and counted with one update per
-// batch.
-func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
+// BatchConsumer creates, or finds, the durable consumer that batch
+// trackers share. It delivers only what is announced after it was first
+// created, so an API process creates it before it accepts a batch file:
+// otherwise, on a new system's first start, a batch finished before the
+// tracker got going would never be counted.
+func (q *Queue) BatchConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	c, err := q.js.CreateOrUpdateConsumer(ctx, ResultStream, jetstream.ConsumerConfig{
 		Durable:       "inferq-batches",
 		Description:   "inferq batch progress",
@@ -162,10 +162,23 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
+		return nil, fmt.Errorf("set up batch tracking: %w", err)
+	}
+	return c, nil
+}
+
+// TrackBatches counts the outcomes of batch jobs into their batch
+// records, from the results stream, until ctx ends. Every API process runs
+// it; they share one durable consumer, so each announcement is counted
+// once. Announcements are taken in groups and counted with one update per
+// batch.
+func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
+	c, err := q.BatchConsumer(ctx)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("set up batch tracking: %w", err)
+		return err
 	}
 	// Announcements are counted as soon as they arrive, a group at a
 	// time: whatever has arrived while the previous group was counted.

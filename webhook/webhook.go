@@ -69,6 +69,7 @@ type Options struct {
 type Dispatcher struct {
 	opts       Options
 	deliveries *prometheus.CounterVec
+	cons       jetstream.Consumer // set by Subscribe
 }
 
 // New returns a Dispatcher.
@@ -103,17 +104,32 @@ func New(opts Options) (*Dispatcher, error) {
 	return d, nil
 }
 
+// Subscribe creates, or finds, the durable consumer that dispatchers
+// share. It delivers only what is announced after it was first created,
+// so call it before accepting jobs (Run calls it if it was not): on a new
+// system's first start, a job with a webhook that finished before the
+// dispatcher got going would otherwise never be delivered.
+func (d *Dispatcher) Subscribe(ctx context.Context) error {
+	cons, err := d.opts.Source.WebhookConsumer(ctx, d.opts.MaxAttempts)
+	if err != nil {
+		return err
+	}
+	d.cons = cons
+	return nil
+}
+
 // Run delivers webhooks until ctx ends, then waits for the calls in
 // flight.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	cons, err := d.opts.Source.WebhookConsumer(ctx, d.opts.MaxAttempts)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
+	if d.cons == nil {
+		if err := d.Subscribe(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(d.opts.Concurrency))
+	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.opts.Concurrency))
 	if err != nil {
 		return fmt.Errorf("webhooks: %w", err)
 	}

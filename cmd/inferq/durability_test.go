@@ -264,3 +264,29 @@ func runCLI(t *testing.T, url, stdin string, args ...string) (string, string, in
 	}
 	return out.String(), errOut.String(), code
 }
+
+// The batch tracker's and the webhook dispatchers' durable consumers
+// deliver only what is announced after they are created, so they exist by
+// the time the API accepts anything: on a new system's first start, a
+// batch cancelled (or a webhook job finished) the moment the API was up
+// was otherwise never counted (delivered), when their goroutines were
+// slow to start.
+func TestConsumersExistBeforeTheAPIServes(t *testing.T) {
+	port := freePort(t)
+	startServe(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}),
+		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"inferq-batches", "inferq-webhooks"} {
+		if _, err := js.Consumer(context.Background(), jobs.ResultStream, name); err != nil {
+			t.Errorf("consumer %s, as the API starts serving: %v", name, err)
+		}
+	}
+}

@@ -317,6 +317,14 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err != nil {
 			return err
 		}
+		// Both consumers deliver only what comes after they were created:
+		// they must exist before the first job or batch file is taken.
+		if err := hooks.Subscribe(ctx); err != nil {
+			return err
+		}
+		if _, err := q.BatchConsumer(ctx); err != nil {
+			return err
+		}
 		g.Go(func() error { return hooks.Run(gctx) })
 		g.Go(func() error { return q.TrackBatches(gctx, log) })
 		if f.tokensFile != "" {
