@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -187,13 +188,29 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 	// What is held unacknowledged stays small (at most three groups:
 	// pulled, waiting, being counted), far from the minute after which
 	// JetStream would deliver an announcement again.
+	//
+	// On stopping, what was delivered and not counted yet is counted and
+	// acknowledged before returning. Handing it back (a nak) is not
+	// enough: if the NATS server stops too (the embedded one does), the
+	// nak is forgotten with it, and the announcement waits out the ack
+	// wait (a minute) before anyone counts it, its batch looking stalled.
 	const group = 256
 	arrived := make(chan jetstream.Msg, group)
+	var (
+		mu   sync.Mutex
+		late []jetstream.Msg // delivered while stopping
+	)
 	cc, err := c.Consume(func(m jetstream.Msg) {
-		select {
-		case arrived <- m:
-		case <-ctx.Done():
+		if ctx.Err() == nil {
+			select {
+			case arrived <- m:
+				return
+			case <-ctx.Done():
+			}
 		}
+		mu.Lock()
+		late = append(late, m)
+		mu.Unlock()
 	}, jetstream.PullMaxMessages(group), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil {
 			log.Warn("tracking batches", "err", err)
@@ -202,7 +219,21 @@ func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("set up batch tracking: %w", err)
 	}
-	defer cc.Stop()
+	defer func() {
+		cc.Drain() // what the client has buffered goes to the handler
+		select {
+		case <-cc.Closed():
+		case <-time.After(5 * time.Second):
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for len(arrived) > 0 {
+			late = append(late, <-arrived)
+		}
+		if len(late) > 0 {
+			q.countBatches(ctx, log, late)
+		}
+	}()
 	for {
 		var taken []jetstream.Msg
 		select {
