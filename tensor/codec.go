@@ -130,8 +130,8 @@ func DecodeBinaryRequest(data []byte, headerLen int, lim Limits) (*Request, erro
 
 func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 	lim = lim.withDefaults()
-	var w wireRequest
-	if err := json.Unmarshal(header, &w); err != nil {
+	w, err := readWireRequest(header)
+	if err != nil {
 		return nil, invalidf("request is not valid V2 JSON: %v", err)
 	}
 	if len(w.Inputs) == 0 {

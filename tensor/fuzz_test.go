@@ -1,7 +1,11 @@
 package tensor
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"reflect"
+	"regexp"
 	"testing"
 )
 
@@ -54,4 +58,68 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzReadWireRequest: the jsontext reader accepts nothing that
+// encoding/json rejects, and reads what it accepts as encoding/json does
+// (where the body spells every member name in lower case: encoding/json
+// also matches names whatever their case).
+func FuzzReadWireRequest(f *testing.F) {
+	for _, seed := range []string{
+		`{"id":"a","parameters":{"k":[1,{"x":null}]},"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}],"outputs":[{"name":"y","parameters":{"binary_data":true}}],"custom_id":{"n":1}}`,
+		`{"inputs":[{"name":"x","shape":null,"datatype":"FP32","data":null,"parameters":null}],"outputs":null,"id":null}`,
+		`{"inputs":[{"name":"r","shape":[1],"datatype":"INT8","parameters":{"binary_data_size":1}}],"extra":[true,false]}`,
+		`{"inputs":[{"name":"\u00e9","shape":[-0],"datatype":"BYTES","data":["\n\\"]}]} `,
+		`{"inputs":[{"shape":[1.5]}]}`, `{"inputs":{}}`, `{"id":5}`, `{} {}`, `[]`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	names := regexp.MustCompile(`(?i)"(id|parameters|custom_id|inputs|outputs|name|shape|datatype|data)"`)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := readWireRequest(body)
+		if err != nil {
+			return
+		}
+		for _, m := range names.FindAll(body, -1) {
+			if !bytes.Equal(m, bytes.ToLower(m)) {
+				return
+			}
+		}
+		var want wireRequest
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("read %q, which encoding/json refuses: %v", body, err)
+		}
+		normalize(&want)
+		normalize(&got)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("read %q as\n%+v\nencoding/json reads\n%+v", body, got, want)
+		}
+	})
+}
+
+// normalize makes the two readings comparable: encoding/json keeps a null
+// raw value as "null", and leaves empty slices empty rather than nil.
+func normalize(w *wireRequest) {
+	null := func(r *json.RawMessage) {
+		if string(*r) == "null" || len(*r) == 0 {
+			*r = nil
+		}
+	}
+	null(&w.Parameters)
+	null(&w.CustomID)
+	if len(w.Inputs) == 0 {
+		w.Inputs = nil
+	}
+	if len(w.Outputs) == 0 {
+		w.Outputs = nil
+	}
+	for i := range w.Inputs {
+		null((*json.RawMessage)(&w.Inputs[i].Data))
+		if len(w.Inputs[i].Parameters) == 0 {
+			w.Inputs[i].Parameters = nil
+		}
+	}
+	for i := range w.Outputs {
+		null(&w.Outputs[i].Parameters)
+	}
 }

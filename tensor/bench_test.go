@@ -1,0 +1,50 @@
+package tensor
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// BenchmarkDecodeRequest: a V2 JSON request of n FP32 elements decoded
+// through the jsontext reader, and through encoding/json (the reader
+// before it) as the baseline, side by side.
+func BenchmarkDecodeRequest(b *testing.B) {
+	for _, n := range []int{4, 1024, 3 * 224 * 224} {
+		rng := rand.New(rand.NewPCG(1, 1))
+		data := make([]byte, 4*n)
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		t := Tensor{Name: "x", Datatype: FP32, Shape: []int64{1, int64(n)}, Data: make([]byte, 0, 4*n)}
+		for range n {
+			t.Data = appendFloat(t.Data, FP32, rng.NormFloat64())
+		}
+		body := append([]byte(`{"id":"r1","inputs":[`), t.AppendJSON(nil)...)
+		body = append(body, `],"outputs":[{"name":"y"}]}`...)
+		read := map[string]func([]byte) (wireRequest, error){
+			"jsontext": readWireRequest,
+			"encoding_json": func(body []byte) (w wireRequest, err error) {
+				err = json.Unmarshal(body, &w)
+				return w, err
+			},
+		}
+		for _, name := range []string{"encoding_json", "jsontext"} {
+			b.Run(fmt.Sprintf("%d/%s", n, name), func(b *testing.B) {
+				lim := Limits{}.withDefaults()
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					w, err := read[name](body)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, _, err := w.Inputs[0].decode(nil, lim, lim.MaxElements); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
