@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -76,10 +77,24 @@ func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte,
 	}
 	defer sub.Unsubscribe()
 	nc.Flush()
+	start := time.Now()
+	lat := submitAll(b, s.url, model, bodies, concurrency)
+	select {
+	case <-all:
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("only %d of %d jobs finished", finished.Load(), n)
+	}
+	return time.Since(start), lat
+}
+
+// submitAll posts bodies as jobs from concurrency clients and returns each
+// call's latency; it fails the benchmark if any is refused.
+func submitAll(b *testing.B, url, model string, bodies [][]byte, concurrency int) []time.Duration {
+	b.Helper()
 	lat := make([]time.Duration, len(bodies))
 	var next atomic.Int64
+	n := int64(len(bodies))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency}}
-	start := time.Now()
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for range concurrency {
@@ -90,7 +105,7 @@ func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte,
 					return
 				}
 				t0 := time.Now()
-				res, err := client.Post(s.url+"/v1/models/"+model+"/jobs", "application/json", bytes.NewReader(bodies[i]))
+				res, err := client.Post(url+"/v1/models/"+model+"/jobs", "application/json", bytes.NewReader(bodies[i]))
 				lat[i] = time.Since(t0)
 				if err != nil {
 					failed.Add(1)
@@ -111,12 +126,74 @@ func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte,
 	if failed.Load() > 0 {
 		b.Fatalf("%d submissions failed", failed.Load())
 	}
+	return lat
+}
+
+// drain measures a worker alone, as on a machine of its own: an API
+// process queues bodies while no worker runs, then a worker process starts
+// (both in this process, on one NATS server) and its rate is timed from
+// the first job it finishes to the last, so that loading the model is not
+// counted. It returns jobs per second.
+func drain(b *testing.B, repo, model string, bodies [][]byte) float64 {
+	b.Helper()
+	ns, err := embednats.Start(embednats.Options{StoreDir: b.TempDir(), Host: "127.0.0.1", Port: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Shutdown()
+	b.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(b))
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", b.TempDir(), "--log-level", "error"}
+	ctx, cancel := context.WithCancel(context.Background())
+	var running sync.WaitGroup
+	defer running.Wait()
+	defer cancel()
+	apiAddr := make(chan string, 1)
+	running.Go(func() {
+		if err := serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common...), &bytes.Buffer{}, modeAPI, func(a string) { apiAddr <- a }); err != nil {
+			b.Errorf("api: %v", err)
+		}
+	})
+	var url string
 	select {
-	case <-all:
+	case a := <-apiAddr:
+		url = "http://" + a
+	case <-time.After(time.Minute):
+		b.Fatal("the API did not start")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	n := int64(len(bodies))
+	var finished, first atomic.Int64
+	all := make(chan time.Time, 1)
+	sub, err := nc.Subscribe(jobs.ResultSubject(model), func(*nats.Msg) {
+		switch finished.Add(1) {
+		case 1:
+			first.Store(time.Now().UnixNano())
+		case n:
+			all <- time.Now()
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	nc.Flush()
+	submitAll(b, url, model, bodies, 32)
+	running.Go(func() {
+		if err := serveCmd(ctx, common, &bytes.Buffer{}, modeWorker, nil); err != nil {
+			b.Errorf("worker: %v", err)
+		}
+	})
+	select {
+	case last := <-all:
+		return float64(n-1) / last.Sub(time.Unix(0, first.Load())).Seconds()
 	case <-time.After(5 * time.Minute):
 		b.Fatalf("only %d of %d jobs finished", finished.Load(), n)
 	}
-	return time.Since(start), lat
+	return 0
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {
@@ -174,7 +251,9 @@ func layouts() []layout {
 // Runtime's own best in-process throughput (over batch sizes and the two
 // thread layouts), side by side in one run. The queue runs with each
 // layout. "heavy" is compute-bound (about 0.84 GFLOP a row); "light" (17
-// MFLOP a row) shows where per-job overhead starts to show.
+// MFLOP a row) shows where per-job overhead starts to show. drain_* is a
+// worker alone draining the same jobs queued beforehand, as on a worker
+// machine of its own: without the load client and the API on its cores.
 func BenchmarkQueueVsDirect(b *testing.B) {
 	for _, c := range []struct {
 		name  string
@@ -225,15 +304,17 @@ func BenchmarkQueueVsDirect(b *testing.B) {
 						bestBatch, l.instances, l.intraOp),
 				})
 				s, nc := benchServer(b, repo)
-				var queued float64
+				var queued, drained float64
 				for range b.N {
 					elapsed, _ := load(b, s, nc, "m", bodies, 32)
 					queued = float64(c.jobs) / elapsed.Seconds()
+					drained = drain(b, repo, "m", bodies)
 				}
 				m := s.metricsB(b)
-				b.Logf("queue %s: %.0f rows/s; %v batches, %v rows, %.3fs in ONNX Runtime", l.name, queued,
-					m["inferq_batch_size,model=m,stat=count"], m["inferq_batch_size,model=m,stat=sum"], m["inferq_inference_duration_seconds,model=m,stat=sum"])
+				b.Logf("queue %s: %.0f rows/s; %v batches, %v rows, %.3fs in ONNX Runtime; a worker draining a backlog alone: %.0f rows/s", l.name, queued,
+					m["inferq_batch_size,model=m,stat=count"], m["inferq_batch_size,model=m,stat=sum"], m["inferq_inference_duration_seconds,model=m,stat=sum"], drained)
 				b.ReportMetric(queued/best, "queue_"+l.name+"/direct")
+				b.ReportMetric(drained/best, "drain_"+l.name+"/direct")
 			}
 		})
 	}
@@ -268,7 +349,10 @@ func BenchmarkTinyModel(b *testing.B) {
 // dynamic batching (max batch 32) against max_batch_size 1, side by side in
 // one run: single-row jobs from 32 concurrent clients, and a 100,000-line
 // batch file (whose lines are packed into jobs either way, so that what is
-// left to batching is the runs).
+// left to batching is the runs). drain_gain is the same comparison for a
+// worker alone, draining a backlog of 10,000 single-row jobs: the part of
+// the path that batching can change, without the submissions that it
+// cannot.
 func BenchmarkBatchingGain(b *testing.B) {
 	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
 	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`)
@@ -278,7 +362,11 @@ func BenchmarkBatchingGain(b *testing.B) {
 		bodies[i] = body
 	}
 	file := irisBatchFile(100_000)
-	rate, fileRate := map[int]float64{}, map[int]float64{}
+	backlog := make([][]byte, 10_000)
+	for i := range backlog {
+		backlog[i] = body
+	}
+	rate, fileRate, drainRate := map[int]float64{}, map[int]float64{}, map[int]float64{}
 	for _, size := range []int{1, 32} {
 		repo := testenv.ModelRepo(b, map[string]string{
 			"iris/1/model.onnx": "@" + iris,
@@ -290,14 +378,17 @@ func BenchmarkBatchingGain(b *testing.B) {
 			rate[size] = jobsN / elapsed.Seconds()
 			rec, _, elapsed := runBatchFile(b, s, "iris", file)
 			fileRate[size] = float64(rec.Counts.Succeeded) / elapsed.Seconds()
+			drainRate[size] = drain(b, repo, "iris", backlog)
 		}
 		m := s.metricsB(b)
-		b.Logf("max batch %d: %.0f jobs/s; batch file %.0f rows/s; %v batches", size, rate[size], fileRate[size], m["inferq_batch_size,model=iris,stat=count"])
+		b.Logf("max batch %d: %.0f jobs/s; batch file %.0f rows/s; %v batches; a worker draining %d jobs alone: %.0f jobs/s",
+			size, rate[size], fileRate[size], m["inferq_batch_size,model=iris,stat=count"], len(backlog), drainRate[size])
 	}
 	b.ReportMetric(rate[1], "unbatched_jobs/s")
 	b.ReportMetric(rate[32], "batched_jobs/s")
 	b.ReportMetric(rate[32]/rate[1], "gain")
 	b.ReportMetric(fileRate[32]/fileRate[1], "file_gain")
+	b.ReportMetric(drainRate[32]/drainRate[1], "drain_gain")
 }
 
 // irisBatchFile is n single-row JSON Lines requests for the iris model.
