@@ -83,6 +83,13 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"too big", `{"inputs":[{"name":"x","datatype":"FP32","shape":[100000,100000,100000],"data":[1]}]}`, "exceeds the limit"},
 		{"overflow", `{"inputs":[{"name":"x","datatype":"FP32","shape":[4294967296,4294967296,4294967296],"data":[1]}]}`, "exceeds the limit"},
 		{"deep", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":` + strings.Repeat("[", 40) + "1" + strings.Repeat("]", 40) + `}]}`, "nested deeper"},
+		{"name twice", `{"inputs":[{"name":"x","name":"y","datatype":"FP32","shape":[1],"data":[1]}]}`, `duplicate object member name "name" within "/inputs/0"`},
+		{"invalid utf-8", "{\"inputs\":[{\"name\":\"\xff\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[1]}]}", `invalid UTF-8 within "/inputs/0/name"`},
+		{"trailing data", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]} x`, "after offset"},
+		{"inputs not an array", `{"inputs":{}}`, "inputs must be an array, got an object"},
+		{"fractional dim", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1.5],"data":[1]}]}`, "inputs[0]: shape: 1.5 is not an integer"},
+		{"numeric name", `{"inputs":[{"name":5,"datatype":"FP32","shape":[1],"data":[1]}]}`, "inputs[0]: name must be a string, got a number"},
+		{"null data", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":null}]}`, "has no data"},
 		{"unnamed output", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],"outputs":[{}]}`, "outputs has no name"},
 	}
 	for _, c := range cases {
