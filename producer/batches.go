@@ -164,60 +164,45 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	// one shape (once padded, where the config asks) together.
 	mixable := m.Sliceable()
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
-	var readErr error
-	for {
-		line, err := readLine(body, s.opts.MaxBodyBytes)
-		if len(bytes.TrimSpace(line)) > 0 {
-			n++
-			il := indexLine{Line: n}
-			p, perr := s.parseLine(m, line)
-			req, rows, key := p.req, p.rows, p.key
-			if req != nil {
-				il.CustomID = req.CustomID
-			} else {
-				il.CustomID = peekCustomID(line)
+	readErr := s.parseLines(m, body, func(line int64, text []byte, p parsedLine, perr error) error {
+		n = line
+		il := indexLine{Line: n}
+		req, rows, key := p.req, p.rows, p.key
+		if req != nil {
+			il.CustomID = req.CustomID
+		} else {
+			il.CustomID = peekCustomID(text)
+		}
+		if perr != nil {
+			invalid++
+			il.Error = fmt.Sprintf("line %d: %v", n, perr)
+			// The lines before it go first, to keep the index in order.
+			if err := flush(); err != nil {
+				return err
 			}
-			if perr != nil {
-				invalid++
-				il.Error = fmt.Sprintf("line %d: %v", n, perr)
-				// The lines before it go first, to keep the index in order.
-				if readErr = flush(); readErr != nil {
-					break
-				}
-				if readErr = enc.Encode(il); readErr != nil {
-					break
-				}
-			} else {
-				if len(cur.lines) > 0 && !(key != "" && cur.key != "" && (cur.key == key || mixable) &&
-					cur.rows+rows <= limit && cur.bytes+len(line) <= packBytes && slices.Equal(cur.outs, req.Outputs)) {
-					if readErr = flush(); readErr != nil {
-						break
-					}
-				}
-				if len(cur.lines) > 0 && cur.key != key {
-					key = endToEnd // lines of different shapes share the job end to end
-				}
-				il.Rows = rows
-				il.Row = cur.rows
-				cur.key, cur.outs = key, req.Outputs
-				cur.lines = append(cur.lines, il)
-				cur.reqs = append(cur.reqs, p.inputs)
-				cur.rows += rows
-				cur.bytes += len(line)
-			}
-			if n%4096 == 0 && s.batchCancelled(ctx, rec.ID) {
-				readErr = errors.New("the batch was cancelled while it was being read")
-				break
+			return enc.Encode(il)
+		}
+		if len(cur.lines) > 0 && !(key != "" && cur.key != "" && (cur.key == key || mixable) &&
+			cur.rows+rows <= limit && cur.bytes+len(text) <= packBytes && slices.Equal(cur.outs, req.Outputs)) {
+			if err := flush(); err != nil {
+				return err
 			}
 		}
-		if err == io.EOF {
-			break
+		if len(cur.lines) > 0 && cur.key != key {
+			key = endToEnd // lines of different shapes share the job end to end
 		}
-		if err != nil {
-			readErr = err
-			break
+		il.Rows = rows
+		il.Row = cur.rows
+		cur.key, cur.outs = key, req.Outputs
+		cur.lines = append(cur.lines, il)
+		cur.reqs = append(cur.reqs, p.inputs)
+		cur.rows += rows
+		cur.bytes += len(text)
+		if n%4096 == 0 && s.batchCancelled(ctx, rec.ID) {
+			return errors.New("the batch was cancelled while it was being read")
 		}
-	}
+		return nil
+	})
 	if readErr == nil {
 		readErr = flush()
 	}
@@ -250,7 +235,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			b.Counts.Total, b.Jobs = n, jobCount
 			return nil
 		})
-		return errorf(code, "batch %s failed at line %d: %s", rec.ID, n, msg)
+		return errorf(code, "batch %s failed after %d lines: %s", rec.ID, n, msg)
 	}
 	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
 		b.Counts.Total = n
