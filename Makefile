@@ -88,8 +88,11 @@ test: onnxruntime testmodels minio
 test-short: onnxruntime testmodels minio
 	$(GO) test -short -count=1 ./...
 
+# The end-to-end benchmarks run once each (each does its own repetitions);
+# the micro-benchmarks of package tensor run for Go's usual second.
 bench: onnxruntime minio
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cmd/...
+	$(GO) test -run '^$$' -bench . ./tensor
 
 # 50,000 jobs with a worker killed and MinIO restarted along the way;
 # prints accepted, succeeded, failed, lost and duplicated (both must be 0).
