@@ -52,20 +52,7 @@ func readWireRequest(body []byte) (wireRequest, error) {
 		case "outputs":
 			err = r.array("outputs", func() error {
 				var o wireOutput
-				err := r.object(func(name string) error {
-					var err error
-					switch name {
-					case "name":
-						o.Name, err = r.str("name")
-					case "parameters":
-						o.Parameters, err = r.rawObject("parameters")
-						o.Parameters = bytes.Clone(o.Parameters)
-					default:
-						err = r.dec.SkipValue()
-					}
-					return err
-				})
-				if err != nil {
+				if err := r.output(&o); err != nil {
 					return fmt.Errorf("outputs[%d]: %w", len(w.Outputs), err)
 				}
 				w.Outputs = append(w.Outputs, o)
@@ -193,6 +180,22 @@ func (r *wireReader) rawObject(field string) ([]byte, error) {
 		return nil, fmt.Errorf("%s must be an object, got %s", field, kindName(k))
 	}
 	return r.raw()
+}
+
+func (r *wireReader) output(o *wireOutput) error {
+	return r.object(func(name string) error {
+		var err error
+		switch name {
+		case "name":
+			o.Name, err = r.str("name")
+		case "parameters":
+			o.Parameters, err = r.rawObject("parameters")
+			o.Parameters = bytes.Clone(o.Parameters)
+		default:
+			err = r.dec.SkipValue()
+		}
+		return err
+	})
 }
 
 func (r *wireReader) tensor(t *wireTensor) error {
