@@ -179,11 +179,23 @@ func loadFamily(dir, name string, inspect Inspector, prev *Family) (*Family, err
 			continue
 		}
 		path := filepath.Join(dir, e.Name(), "model.onnx")
-		st, err := os.Stat(path)
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		// Every file of the version counts, not model.onnx alone: a
+		// model's weights may be in files beside it (external data), and
+		// one that arrives after model.onnx must get the version loaded.
+		// Links are followed, so that a file swapped behind a link (as
+		// Kubernetes updates a mounted volume) counts as changed.
+		files, err := os.ReadDir(filepath.Join(dir, e.Name()))
 		if err != nil {
 			continue
 		}
-		fmt.Fprintf(&fp, "%d %d %d\n", v, st.Size(), st.ModTime().UnixNano())
+		for _, file := range files {
+			if st, err := os.Stat(filepath.Join(dir, e.Name(), file.Name())); err == nil && st.Mode().IsRegular() {
+				fmt.Fprintf(&fp, "%d %q %d %d\n", v, file.Name(), st.Size(), st.ModTime().UnixNano())
+			}
+		}
 		versions = append(versions, version{v, path})
 	}
 	if len(versions) == 0 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -158,6 +159,75 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 				t.Errorf("%d jobs ran in %.0f runs: an unbatchable model was batched", tt.n, runs)
 			}
 		})
+	}
+}
+
+// A model whose weights are in a file beside it (ONNX external data, as
+// exporters write models over 2 GB) loads from the repository and serves
+// what ONNX Runtime gives; its weights are not in model.onnx at all, so a
+// model loaded without them could not run. Without its weights file it is
+// refused with the reason, and loaded once the file arrives.
+func TestExternalData(t *testing.T) {
+	model, weights := onnxbuild.DenseExternal(64, 2, 5, "model.onnx_data")
+	if bytes.Count(model, []byte("model.onnx_data")) == 0 || len(model) > len(weights)/4 {
+		t.Fatalf("the model (%d bytes) does not point its weights (%d bytes) at the external file", len(model), len(weights))
+	}
+	repo := testenv.ModelRepo(t, map[string]string{
+		"ext/1/model.onnx":      string(model),
+		"ext/1/model.onnx_data": string(weights),
+		"ext/config.yaml":       "max_queue_delay: 50ms\n",
+		"nodata/1/model.onnx":   string(model), // its weights file is missing
+	})
+	s := startServe(t, repo, "--model-poll", "200ms")
+	d := openDirect(t, filepath.Join(repo, "ext", "1", "model.onnx"))
+	rng := rand.New(rand.NewPCG(8, 8))
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []struct{ State, Reason string }
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	refused := false
+	for _, m := range list.Models {
+		if m.Name == "nodata" {
+			refused = m.Versions[0].State == "unavailable" && strings.Contains(m.Versions[0].Reason, "External data path does not exist")
+		}
+	}
+	if !refused {
+		t.Fatalf("a model whose weights file is missing should be refused with the reason: %+v", list)
+	}
+	// Its weights arriving after it (a copy file by file) get it loaded
+	// at the next scan of the repository.
+	if err := os.WriteFile(filepath.Join(repo, "nodata", "1", "model.onnx_data"), weights, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := do(t, "POST", s.url+"/v1/models/nodata/jobs", requestJSON(randomInputs(rng, d.sig.Inputs, 1)))
+		if r.code == http.StatusAccepted {
+			var rec jobs.Record
+			r.json(t, &rec)
+			if rec = *s.await(t, rec.ID, time.Minute); rec.Status != jobs.Succeeded {
+				t.Fatalf("job on the model once its weights arrived: %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the model was not loaded once its weights arrived: %d %s", r.code, r.body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	reqs := make([][]tensor.Tensor, 12)
+	for i := range reqs {
+		reqs[i] = randomInputs(rng, d.sig.Inputs, 1+i%3)
+	}
+	recs, results := runAll(t, s, "ext", reqs)
+	for i, rec := range recs {
+		if rec.Status != jobs.Succeeded {
+			t.Fatalf("job %d: %+v", i, rec)
+		}
+		assertClose(t, "ext", results[i].Outputs, d.run(t, reqs[i]))
 	}
 }
 

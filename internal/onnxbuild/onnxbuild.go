@@ -31,15 +31,24 @@ const (
 
 // Model is an ONNX model under construction: one graph, opset 17.
 type Model struct {
-	Name     string
-	Doc      string
+	Name string
+	Doc  string
+	// External, when set, is the name of a file beside the model that
+	// holds the initializers' data (ONNX external data, as exporters write
+	// for large models): the model then points into it, and ExternalData
+	// returns what the file must hold.
+	External string
 	nodes    [][]byte
 	inits    [][]byte
 	inputs   [][]byte
 	outputs  [][]byte
 	nodeSeq  int
 	Producer string
+	ext      []byte
 }
+
+// ExternalData is the contents of the file named by External.
+func (m *Model) ExternalData() []byte { return m.ext }
 
 // New starts a model whose graph is called name.
 func New(name string) *Model { return &Model{Name: name, Producer: "inferq onnxbuild"} }
@@ -61,7 +70,7 @@ func (m *Model) Floats(name string, dims []int64, data []float32) {
 	for _, f := range data {
 		raw = binary.LittleEndian.AppendUint32(raw, math.Float32bits(f))
 	}
-	m.inits = append(m.inits, tensorProto(name, Float, dims, raw))
+	m.inits = append(m.inits, m.initializer(name, Float, dims, raw))
 }
 
 // Int64s adds an int64 initializer.
@@ -70,7 +79,7 @@ func (m *Model) Int64s(name string, dims []int64, data []int64) {
 	for _, v := range data {
 		raw = binary.LittleEndian.AppendUint64(raw, uint64(v))
 	}
-	m.inits = append(m.inits, tensorProto(name, Int64, dims, raw))
+	m.inits = append(m.inits, m.initializer(name, Int64, dims, raw))
 }
 
 // Attr is a node attribute.
@@ -211,6 +220,28 @@ func valueInfo(name string, elemType int, dims []int64) []byte {
 	return v
 }
 
+// initializer encodes a constant, with its data inline or, when the model
+// has an External file, at the end of that file.
+func (m *Model) initializer(name string, elemType int, dims []int64, raw []byte) []byte {
+	if m.External == "" {
+		return tensorProto(name, elemType, dims, raw)
+	}
+	t := tensorProto(name, elemType, dims, nil)
+	for _, kv := range [][2]string{{"location", m.External}, {"offset", itoa(len(m.ext))}, {"length", itoa(len(raw))}} {
+		var e []byte
+		e = protowire.AppendTag(e, 1, protowire.BytesType)
+		e = protowire.AppendString(e, kv[0])
+		e = protowire.AppendTag(e, 2, protowire.BytesType)
+		e = protowire.AppendString(e, kv[1])
+		t = protowire.AppendTag(t, 13, protowire.BytesType) // external_data
+		t = protowire.AppendBytes(t, e)
+	}
+	t = protowire.AppendTag(t, 14, protowire.VarintType) // data_location
+	t = protowire.AppendVarint(t, 1)                     // EXTERNAL
+	m.ext = append(m.ext, raw...)
+	return t
+}
+
 func tensorProto(name string, elemType int, dims []int64, raw []byte) []byte {
 	var t []byte
 	for _, d := range dims {
@@ -221,8 +252,10 @@ func tensorProto(name string, elemType int, dims []int64, raw []byte) []byte {
 	t = protowire.AppendVarint(t, uint64(elemType))
 	t = protowire.AppendTag(t, 8, protowire.BytesType)
 	t = protowire.AppendString(t, name)
-	t = protowire.AppendTag(t, 9, protowire.BytesType)
-	t = protowire.AppendBytes(t, raw)
+	if raw != nil {
+		t = protowire.AppendTag(t, 9, protowire.BytesType)
+		t = protowire.AppendBytes(t, raw)
+	}
 	return t
 }
 
@@ -233,18 +266,26 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // output y[batch, width], with weights drawn from a fixed seed so every
 // build is the same. One row costs about 2*depth*width*width flops.
 func Dense(width, depth int, seed uint64) []byte {
-	return dense(width, depth, seed, false)
+	return dense(width, depth, seed, false, "").Bytes()
+}
+
+// DenseExternal is Dense with its weights in a file beside the model,
+// named file: it returns the model and that file's contents.
+func DenseExternal(width, depth int, seed uint64, file string) (model, data []byte) {
+	m := dense(width, depth, seed, false, file)
+	return m.Bytes(), m.ExternalData()
 }
 
 // Repeat is Dense with one layer's weights applied depth times: the
 // compute of a deep model in the file size of one layer, for tests that
 // need a model slow enough to catch mid-run.
 func Repeat(width, depth int, seed uint64) []byte {
-	return dense(width, depth, seed, true)
+	return dense(width, depth, seed, true, "").Bytes()
 }
 
-func dense(width, depth int, seed uint64, shared bool) []byte {
+func dense(width, depth int, seed uint64, shared bool, external string) *Model {
 	m := New("dense")
+	m.External = external
 	m.Input("x", Float, -1, int64(width))
 	m.Output("y", Float, -1, int64(width))
 	rng := seed | 1
@@ -282,5 +323,5 @@ func dense(width, depth int, seed uint64, shared bool) []byte {
 		m.Node("Relu", []string{ln + "_add"}, []string{out})
 		cur = out
 	}
-	return m.Bytes()
+	return m
 }
