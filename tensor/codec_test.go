@@ -89,6 +89,8 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"inputs not an array", `{"inputs":{}}`, "inputs must be an array, got an object"},
 		{"fractional dim", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1.5],"data":[1]}]}`, "inputs[0]: shape: 1.5 is not an integer"},
 		{"numeric name", `{"inputs":[{"name":5,"datatype":"FP32","shape":[1],"data":[1]}]}`, "inputs[0]: name must be a string, got a number"},
+		{"name in other case", `{"Inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}`, `unknown member "Inputs": member names are case-sensitive; did you mean "inputs"?`},
+		{"tensor member in other case", `{"inputs":[{"name":"x","DataType":"FP32","shape":[1],"data":[1]}]}`, `inputs[0]: unknown member "DataType"`},
 		{"null data", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":null}]}`, "has no data"},
 		{"unnamed output", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],"outputs":[{}]}`, "outputs has no name"},
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -20,8 +21,9 @@ import (
 // the other raw values are copies, as callers keep them.
 //
 // It differs from encoding/json in being strict where that read loosely:
-// member names match exactly ("inputs", not "Inputs"), a name may not
-// appear twice in one object, and strings must be valid UTF-8.
+// member names match exactly (and "Inputs" is refused, not ignored), a
+// name may not appear twice in one object, and strings must be valid
+// UTF-8.
 func readWireRequest(body []byte) (wireRequest, error) {
 	r := wireReaders.Get().(*wireReader)
 	defer r.release()
@@ -59,7 +61,7 @@ func readWireRequest(body []byte) (wireRequest, error) {
 				return nil
 			})
 		default:
-			err = r.dec.SkipValue()
+			err = r.skip(name, "id", "parameters", "custom_id", "inputs", "outputs")
 		}
 		return err
 	})
@@ -192,7 +194,7 @@ func (r *wireReader) output(o *wireOutput) error {
 			o.Parameters, err = r.rawObject("parameters")
 			o.Parameters = bytes.Clone(o.Parameters)
 		default:
-			err = r.dec.SkipValue()
+			err = r.skip(name, "name", "parameters")
 		}
 		return err
 	})
@@ -235,10 +237,22 @@ func (r *wireReader) tensor(t *wireTensor) error {
 		case "data":
 			t.Data, err = r.raw()
 		default:
-			err = r.dec.SkipValue()
+			err = r.skip(name, "name", "shape", "datatype", "parameters", "data")
 		}
 		return err
 	})
+}
+
+// skip passes over the value of a member inferq does not know, unless
+// its name is one it knows spelled in other case, which would otherwise
+// be ignored without a word.
+func (r *wireReader) skip(name string, known ...string) error {
+	for _, k := range known {
+		if strings.EqualFold(name, k) {
+			return fmt.Errorf("unknown member %q: member names are case-sensitive; did you mean %q?", name, k)
+		}
+	}
+	return r.dec.SkipValue()
 }
 
 func kindName(k jsontext.Kind) string {
