@@ -31,8 +31,8 @@ const linesPerBlock = 256
 //
 // It returns fn's first error, after which no more lines are read, or
 // else the error that ended reading, naming the line it was reading (nil
-// at the end of body). body is read
-// only by the calling goroutine, and nothing runs on after it returns.
+// at the end of body). body is read only by the calling goroutine, and
+// nothing runs on after it returns.
 func (s *Server) parseLines(m *model.Model, body *bufio.Reader, fn func(n int64, line []byte, p parsedLine, err error) error) error {
 	workers := runtime.GOMAXPROCS(0)
 	toParse := make(chan *lineBlock, workers)
@@ -71,9 +71,17 @@ func (s *Server) parseLines(m *model.Model, body *bufio.Reader, fn func(n int64,
 			}
 		}
 	}()
+	failed := func() bool {
+		select {
+		case <-stopped:
+			return true
+		default:
+			return false
+		}
+	}
 	var readErr error
 	var read int64
-	for readErr == nil {
+	for readErr == nil && !failed() {
 		b := &lineBlock{done: make(chan struct{})}
 		for len(b.lines) < linesPerBlock && readErr == nil {
 			var line []byte
@@ -83,14 +91,8 @@ func (s *Server) parseLines(m *model.Model, body *bufio.Reader, fn func(n int64,
 				read++
 			}
 		}
-		select {
-		case <-stopped:
-		default:
-			toParse <- b
-			ordered <- b
-			continue
-		}
-		break
+		toParse <- b
+		ordered <- b
 	}
 	close(toParse)
 	close(ordered)
