@@ -139,6 +139,10 @@ func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 	}
 	r := &Request{ID: w.ID, Parameters: w.Parameters, CustomID: w.CustomID, Inputs: make([]Tensor, len(w.Inputs))}
 	var total int64
+	// A set of the names seen, not a scan of those before: a request may
+	// hold many inputs, and comparing each with every other took seconds
+	// for a few megabytes of them.
+	seen := make(map[string]struct{}, len(w.Inputs))
 	for i := range w.Inputs {
 		t, rest, err := w.Inputs[i].decode(binaryData, lim, lim.MaxElements-total)
 		if err != nil {
@@ -146,11 +150,10 @@ func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 		}
 		binaryData = rest
 		total += NumElements(t.Shape)
-		for j := range i {
-			if r.Inputs[j].Name == t.Name {
-				return nil, invalidf("input %q appears twice", t.Name)
-			}
+		if _, dup := seen[t.Name]; dup {
+			return nil, invalidf("input %q appears twice", t.Name)
 		}
+		seen[t.Name] = struct{}{}
 		r.Inputs[i] = t
 	}
 	if len(binaryData) > 0 {
