@@ -51,7 +51,23 @@ PPOCR := $(THIRDPARTY)/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx
 VAD_WEB_VERSION := 0.0.24
 SILERO := $(THIRDPARTY)/silero/silero_vad_v5.onnx
 
-testmodels: $(PPOCR) $(SILERO)
+# The en_US.UTF-8 locale, which ONNX Runtime's string operators
+# (StringNormalizer, as scikit-learn text pipelines use) need, compiled into
+# build/locale for the tests (LOCPATH), since a machine may have the
+# locale sources (Debian's locales package) without the locale generated.
+# Optional: without localedef or the sources the tests check that such a
+# model is refused with the reason instead.
+LOCALE := $(BUILD)/locale/en_US.UTF-8/LC_CTYPE
+
+$(LOCALE):
+	@mkdir -p $(BUILD)/locale
+	@if command -v localedef >/dev/null && [ -f /usr/share/i18n/locales/en_US ]; then \
+		localedef -i en_US -f UTF-8 $(BUILD)/locale/en_US.UTF-8 || true; \
+	else \
+		echo "no localedef or en_US locale source here: the string-operator test will check the refusal instead"; \
+	fi
+
+testmodels: $(PPOCR) $(SILERO) $(LOCALE)
 
 $(SILERO):
 	@rm -rf $(THIRDPARTY)/tmp-silero && mkdir -p $(THIRDPARTY)/tmp-silero $(THIRDPARTY)/silero

@@ -227,3 +227,83 @@ func i64(vs ...int64) []byte {
 	}
 	return b
 }
+
+// More of onnxruntime_go's test networks: ONNX Runtime's string operators
+// (StringNormalizer, lower and upper case, as scikit-learn text pipelines
+// use them) on a batch of BYTES rows; an output of more dimensions than
+// its input, with its batch axis no longer first; a fixed-shape model
+// whose output drops the batch axis. Each job returns what ONNX Runtime
+// gives for its inputs alone. A model with a BFLOAT16 input is refused
+// with the reason.
+//
+// The string operators need the en_US.UTF-8 locale. `make testmodels`
+// compiles it into build/locale where the machine has the locale sources;
+// where it could not, the test checks instead that the model is refused
+// with ONNX Runtime's reason, which names the locale.
+func TestMoreThirdPartyModels(t *testing.T) {
+	locale := testenv.LocaleDir(t)
+	if locale != "" {
+		t.Setenv("LOCPATH", locale)
+	} else {
+		t.Log("no en_US.UTF-8 locale compiled here: checking that the string model is refused")
+	}
+	models := []struct {
+		name, file string
+		rows       []int
+	}{
+		{"strings", "onnxruntime_go/example_strings.onnx", []int{3, 1, 2, 4}},
+		{"zerodim", "onnxruntime_go/example_0_dim_output.onnx", []int{2, 2}},
+		{"fanout", "onnxruntime_go/example_big_fanout.onnx", []int{1, 1}},
+	}
+	files := map[string]string{
+		"bf16in/1/model.onnx": "@" + testenv.ThirdParty(t, "onnxruntime_go/example_several_inputs_and_outputs.onnx"),
+	}
+	for _, m := range models {
+		files[m.name+"/1/model.onnx"] = "@" + testenv.ThirdParty(t, m.file)
+		files[m.name+"/config.yaml"] = "max_queue_delay: 50ms\n"
+	}
+	s := startServe(t, testenv.ModelRepo(t, files))
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []struct{ State, Reason string }
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	reason := map[string]string{}
+	for _, m := range list.Models {
+		reason[m.Name] = m.Versions[0].State + ": " + m.Versions[0].Reason
+	}
+	if want := `unavailable: input "input 3" has element type ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, which V2 tensors cannot carry`; reason["bf16in"] != want {
+		t.Errorf("a BFLOAT16 input: %q, want %q", reason["bf16in"], want)
+	}
+	if locale == "" {
+		if !strings.Contains(reason["strings"], "unavailable") || !strings.Contains(reason["strings"], "locale") {
+			t.Errorf("string operators without their locale: %q, want a refusal that names the locale", reason["strings"])
+		}
+		models = models[1:]
+	}
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, m := range models {
+		t.Run(m.name, func(t *testing.T) {
+			ref := openDirect(t, testenv.ThirdParty(t, m.file))
+			inputs := make([][]tensor.Tensor, len(m.rows))
+			ids := make([]string, len(m.rows))
+			for i, rows := range m.rows {
+				inputs[i] = randomInputs(rng, ref.sig.Inputs, rows)
+			}
+			var wg sync.WaitGroup
+			for i := range inputs {
+				wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+m.name+"/jobs", requestJSON(inputs[i])) })
+			}
+			wg.Wait()
+			for i, id := range ids {
+				if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
+					t.Fatalf("job %d: %+v", i, rec)
+				}
+				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
+			}
+			assertBatchFile(t, s, m.name, inputs, ref)
+		})
+	}
+}

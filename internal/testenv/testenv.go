@@ -102,6 +102,17 @@ func ThirdParty(t testing.TB, rel string) string {
 	return ""
 }
 
+// LocaleDir returns the folder where `make testmodels` compiled the
+// en_US.UTF-8 locale, for LOCPATH, or "" where it could not (no localedef,
+// or no locale sources on the machine).
+func LocaleDir(t testing.TB) string {
+	dir := filepath.Join(Root(t), "build", "locale")
+	if _, err := os.Stat(filepath.Join(dir, "en_US.UTF-8", "LC_CTYPE")); err != nil {
+		return ""
+	}
+	return dir
+}
+
 // ModelRepo lays out a model repository in a temporary folder: files maps
 // "{model}/{version}/model.onnx" (or "{model}/config.yaml") to the content
 // to write, or to an existing file's path prefixed with "@" to link.
