@@ -303,6 +303,18 @@ func checkPadding(p *Padding, sig onnx.Signature) error {
 // batched the reason says why.
 func batchPlan(sig onnx.Signature) (batched []bool, reason string) {
 	batched = make([]bool, len(sig.Inputs))
+	// A tensor the model gives no shape may carry the batch on any axis,
+	// or none: nothing can be stacked or split along it.
+	for _, ios := range []struct {
+		what string
+		list []onnx.IO
+	}{{"input", sig.Inputs}, {"output", sig.Outputs}} {
+		for _, io := range ios.list {
+			if io.Kind == onnx.KindTensor && io.Shape == nil {
+				return batched, fmt.Sprintf("%s %q has no shape in the model, so where its batch axis is cannot be known", ios.what, io.Name)
+			}
+		}
+	}
 	some := false
 	for i, in := range sig.Inputs {
 		batched[i] = len(in.Shape) > 0 && in.Shape[0] == -1

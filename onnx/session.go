@@ -101,7 +101,21 @@ func (r *Runtime) Inspect(path string) (Signature, error) {
 	if err != nil {
 		return Signature{}, fmt.Errorf("read model %s: %w", path, err)
 	}
-	return Signature{Inputs: convertIO(in), Outputs: convertIO(out)}, nil
+	sig := Signature{Inputs: convertIO(in), Outputs: convertIO(out)}
+	// A tensor whose shape the model leaves out entirely has no rank:
+	// its Shape is nil, where a scalar's is empty. Where the file cannot
+	// be read this way, each such tensor stays a scalar, as ONNX Runtime
+	// reports it.
+	if none, err := shapeless(path); err == nil {
+		for _, ios := range [][]IO{sig.Inputs, sig.Outputs} {
+			for i := range ios {
+				if ios[i].Kind == KindTensor && len(ios[i].Shape) == 0 && none[ios[i].Name] {
+					ios[i].Shape = nil
+				}
+			}
+		}
+	}
+	return sig, nil
 }
 
 // SessionOptions configure one session. The zero value lets ONNX Runtime

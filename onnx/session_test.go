@@ -192,3 +192,33 @@ func TestScalars(t *testing.T) {
 		t.Errorf("sum = %v %x, want a scalar 21", out[0].Shape, out[0].Data)
 	}
 }
+
+// A tensor whose type gives no shape reads as nil (any rank), told apart
+// from a scalar (empty) by reading the model file; the model runs on
+// inputs of any rank.
+func TestShapeless(t *testing.T) {
+	rt := testenv.Runtime(t)
+	s, sig := load(t, rt, onnxbuild.Shapeless())
+	if sig.Inputs[0].Shape != nil || sig.Outputs[0].Shape != nil {
+		t.Fatalf("shapeless x and y read as %v and %v, want nil", sig.Inputs[0].Shape, sig.Outputs[0].Shape)
+	}
+	if _, sig := load(t, rt, onnxbuild.Conditioned()); sig.Inputs[1].Shape == nil {
+		t.Fatal("the scalar temperature read as shapeless")
+	}
+	for _, shape := range [][]int64{{}, {3}, {1, 2, 2}} {
+		in := make([]float32, tensor.NumElements(shape))
+		for i := range in {
+			in[i] = float32(i)
+		}
+		out, err := s.Run([]tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: shape, Data: floats(in...)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range in {
+			in[i] *= 2
+		}
+		if tensor.FormatShape(out[0].Shape) != tensor.FormatShape(shape) || string(out[0].Data) != string(floats(in...)) {
+			t.Errorf("x of shape %v: y = %v %x", shape, out[0].Shape, out[0].Data)
+		}
+	}
+}

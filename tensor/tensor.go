@@ -138,7 +138,9 @@ func FormatShape(shape []int64) string {
 type Spec struct {
 	Name     string   `json:"name"`
 	Datatype Datatype `json:"datatype"`
-	Shape    []int64  `json:"shape"`
+	// Shape has -1 for a dynamic dimension; it is empty for a scalar, and
+	// nil when the model does not say (any rank).
+	Shape []int64 `json:"shape"`
 }
 
 // Accepts reports why t cannot be given to an input described by s, or nil
@@ -146,6 +148,9 @@ type Spec struct {
 func (s *Spec) Accepts(t *Tensor) error {
 	if t.Datatype != s.Datatype {
 		return fmt.Errorf("input %q has datatype %s, the model expects %s", t.Name, t.Datatype, s.Datatype)
+	}
+	if s.Shape == nil {
+		return nil // the model does not say
 	}
 	if len(t.Shape) != len(s.Shape) {
 		return fmt.Errorf("input %q has shape %s, the model expects %d dimensions %s", t.Name, FormatShape(t.Shape), len(s.Shape), FormatShape(s.Shape))

@@ -34,6 +34,7 @@ func fixtures(t *testing.T, configs map[string]string) (repo string, files map[s
 		"rowsum":      onnxbuild.RowSum(),
 		"flattened":   onnxbuild.Flattened(),
 		"maskedsum":   onnxbuild.MaskedSum(),
+		"shapeless":   onnxbuild.Shapeless(),
 	}
 	dir := t.TempDir()
 	files = map[string]string{}
@@ -160,6 +161,59 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A model whose input and output types give no shape at all takes
+// requests of any rank, runs them one at a time (nothing says where a
+// batch axis would be), and returns what ONNX Runtime gives, as jobs and
+// as batch-file lines. GET /v1/models shows the shape as null and why the
+// model is not batched. (ONNX Runtime reports such an input as it does a
+// scalar; read as one, it refused every request that was not a scalar.)
+func TestShapelessModel(t *testing.T) {
+	repo, files := fixtures(t, map[string]string{"shapeless": "max_queue_delay: 50ms\n"})
+	s := startServe(t, repo)
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []struct {
+				Batchable bool
+				Batching  string
+				Inputs    []struct{ Shape []int64 }
+			}
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	for _, m := range list.Models {
+		if m.Name != "shapeless" {
+			continue
+		}
+		v := m.Versions[0]
+		if v.Batchable || !strings.Contains(v.Batching, `input "x" has no shape in the model`) || v.Inputs[0].Shape != nil {
+			t.Fatalf("shapeless model described as %+v", v)
+		}
+	}
+	d := openDirect(t, files["shapeless"])
+	rng := rand.New(rand.NewPCG(21, 22))
+	reqs := make([][]tensor.Tensor, 8)
+	for i := range reqs {
+		shape := [][]int64{{}, {3}, {2, 2}, {1, 3, 2}}[i%4]
+		x := tensor.Tensor{Name: "x", Datatype: tensor.FP32, Shape: shape}
+		for range tensor.NumElements(shape) {
+			x.Data = binary.LittleEndian.AppendUint32(x.Data, math.Float32bits(rng.Float32()))
+		}
+		reqs[i] = []tensor.Tensor{x}
+	}
+	recs, results := runAll(t, s, "shapeless", reqs)
+	for i, rec := range recs {
+		if rec.Status != jobs.Succeeded {
+			t.Fatalf("job %d (shape %v): %+v", i, reqs[i][0].Shape, rec)
+		}
+		assertClose(t, "shapeless", results[i].Outputs, d.run(t, reqs[i]))
+	}
+	if runs := s.metrics(t)["inferq_batch_size,model=shapeless,stat=count"]; runs != float64(len(reqs)) {
+		t.Errorf("%d jobs in %.0f runs, want one run each", len(reqs), runs)
+	}
+	assertBatchFile(t, s, "shapeless", reqs, d)
 }
 
 // A model whose weights are in a file beside it (ONNX external data, as

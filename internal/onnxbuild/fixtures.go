@@ -174,3 +174,15 @@ func TableLookup() []byte {
 	m.Node("Gather", []string{"table", "idx"}, []string{"y"}, Int("axis", 0))
 	return m.Bytes()
 }
+
+// Shapeless doubles x, whose type gives no shape at all (no rank): a
+// request may send any shape, and nothing tells where a batch axis would
+// be, so it runs one request at a time.
+func Shapeless() []byte {
+	m := New("shapeless")
+	m.InputAnyShape("x", Float)
+	m.OutputAnyShape("y", Float)
+	m.Floats("two", nil, []float32{2})
+	m.Node("Mul", []string{"x", "two"}, []string{"y"})
+	return m.Bytes()
+}

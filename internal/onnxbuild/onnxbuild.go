@@ -64,6 +64,17 @@ func (m *Model) Output(name string, elemType int, dims ...int64) {
 	m.outputs = append(m.outputs, valueInfo(name, elemType, dims))
 }
 
+// InputAnyShape declares a graph input whose type gives no shape at all
+// (no rank), as some exporters and hand-built graphs leave it.
+func (m *Model) InputAnyShape(name string, elemType int) {
+	m.inputs = append(m.inputs, valueInfoNoShape(name, elemType))
+}
+
+// OutputAnyShape declares a graph output with no shape.
+func (m *Model) OutputAnyShape(name string, elemType int) {
+	m.outputs = append(m.outputs, valueInfoNoShape(name, elemType))
+}
+
 // Floats adds a float32 initializer (a constant weight).
 func (m *Model) Floats(name string, dims []int64, data []float32) {
 	raw := make([]byte, 0, 4*len(data))
@@ -186,6 +197,13 @@ func (m *Model) Bytes() []byte {
 	return b
 }
 
+func valueInfoNoShape(name string, elemType int) []byte {
+	var tt []byte
+	tt = protowire.AppendTag(tt, 1, protowire.VarintType)
+	tt = protowire.AppendVarint(tt, uint64(elemType))
+	return wrapValueInfo(name, tt)
+}
+
 func valueInfo(name string, elemType int, dims []int64) []byte {
 	var shape []byte
 	for i, d := range dims {
@@ -209,6 +227,11 @@ func valueInfo(name string, elemType int, dims []int64) []byte {
 	tt = protowire.AppendVarint(tt, uint64(elemType))
 	tt = protowire.AppendTag(tt, 2, protowire.BytesType)
 	tt = protowire.AppendBytes(tt, shape)
+	return wrapValueInfo(name, tt)
+}
+
+// wrapValueInfo makes a ValueInfoProto of a name and a TypeProto.Tensor.
+func wrapValueInfo(name string, tt []byte) []byte {
 	var typ []byte
 	typ = protowire.AppendTag(typ, 1, protowire.BytesType)
 	typ = protowire.AppendBytes(typ, tt)
