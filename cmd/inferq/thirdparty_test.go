@@ -54,21 +54,10 @@ func TestThirdPartyModels(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			ref := openDirect(t, testenv.ThirdParty(t, m.file))
 			inputs := make([][]tensor.Tensor, len(m.jobs))
-			ids := make([]string, len(m.jobs))
 			for i, j := range m.jobs {
 				inputs[i] = randomInputs(rng, ref.sig.Inputs, j.rows, j.dims...)
 			}
-			var wg sync.WaitGroup
-			for i := range m.jobs {
-				wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+m.name+"/jobs", requestJSON(inputs[i])) })
-			}
-			wg.Wait()
-			for i, id := range ids {
-				if rec := s.await(t, id, 2*time.Minute); rec.Status != jobs.Succeeded {
-					t.Fatalf("job %d: %+v", i, rec)
-				}
-				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
-			}
+			assertJobs(t, s, m.name, inputs, ref)
 			assertBatchFile(t, s, m.name, inputs, ref)
 		})
 	}
@@ -189,18 +178,7 @@ func TestRecurrentStateModels(t *testing.T) {
 					}
 				}
 			}
-			ids := make([]string, n)
-			var wg sync.WaitGroup
-			for i := range inputs {
-				wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+m.name+"/jobs", requestJSON(inputs[i])) })
-			}
-			wg.Wait()
-			for i, id := range ids {
-				if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
-					t.Fatalf("job %d: %+v", i, rec)
-				}
-				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
-			}
+			assertJobs(t, s, m.name, inputs, ref)
 			// The same requests as a batch file: laid end to end, each line
 			// run on its own.
 			assertBatchFile(t, s, m.name, inputs, ref)
@@ -288,22 +266,30 @@ func TestMoreThirdPartyModels(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			ref := openDirect(t, testenv.ThirdParty(t, m.file))
 			inputs := make([][]tensor.Tensor, len(m.rows))
-			ids := make([]string, len(m.rows))
 			for i, rows := range m.rows {
 				inputs[i] = randomInputs(rng, ref.sig.Inputs, rows)
 			}
-			var wg sync.WaitGroup
-			for i := range inputs {
-				wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+m.name+"/jobs", requestJSON(inputs[i])) })
-			}
-			wg.Wait()
-			for i, id := range ids {
-				if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
-					t.Fatalf("job %d: %+v", i, rec)
-				}
-				assertClose(t, fmt.Sprintf("%s job %d", m.name, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
-			}
+			assertJobs(t, s, m.name, inputs, ref)
 			assertBatchFile(t, s, m.name, inputs, ref)
 		})
+	}
+}
+
+// assertJobs submits each of inputs as a job of model, all at once, so
+// that the worker may batch them, and checks that every job succeeds with
+// what ONNX Runtime gives for its inputs alone.
+func assertJobs(t *testing.T, s *server, model string, inputs [][]tensor.Tensor, ref *direct) {
+	t.Helper()
+	ids := make([]string, len(inputs))
+	var wg sync.WaitGroup
+	for i := range inputs {
+		wg.Go(func() { ids[i] = s.submit(t, "/v1/models/"+model+"/jobs", requestJSON(inputs[i])) })
+	}
+	wg.Wait()
+	for i, id := range ids {
+		if rec := s.await(t, id, 2*time.Minute); rec.Status != jobs.Succeeded {
+			t.Fatalf("%s job %d: %+v", model, i, rec)
+		}
+		assertClose(t, fmt.Sprintf("%s job %d", model, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))
 	}
 }
