@@ -43,23 +43,9 @@ func readWireRequest(body []byte) (wireRequest, error) {
 			w.CustomID, err = r.raw()
 			w.CustomID = bytes.Clone(w.CustomID)
 		case "inputs":
-			err = r.array("inputs", func() error {
-				var t wireTensor
-				if err := r.tensor(&t); err != nil {
-					return fmt.Errorf("inputs[%d]: %w", len(w.Inputs), err)
-				}
-				w.Inputs = append(w.Inputs, t)
-				return nil
-			})
+			w.Inputs, err = list(r, "inputs", r.tensor)
 		case "outputs":
-			err = r.array("outputs", func() error {
-				var o wireOutput
-				if err := r.output(&o); err != nil {
-					return fmt.Errorf("outputs[%d]: %w", len(w.Outputs), err)
-				}
-				w.Outputs = append(w.Outputs, o)
-				return nil
-			})
+			w.Outputs, err = list(r, "outputs", r.output)
 		default:
 			err = r.skip(name, "id", "parameters", "custom_id", "inputs", "outputs")
 		}
@@ -146,6 +132,21 @@ func (r *wireReader) array(field string, elem func() error) error {
 	}
 	_, err = r.dec.ReadToken()
 	return err
+}
+
+// list reads an array of objects, each with read, naming the element
+// in an error.
+func list[T any](r *wireReader, field string, read func(*T) error) ([]T, error) {
+	var out []T
+	err := r.array(field, func() error {
+		var v T
+		if err := read(&v); err != nil {
+			return fmt.Errorf("%s[%d]: %w", field, len(out), err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
 }
 
 func (r *wireReader) str(field string) (string, error) {
