@@ -97,72 +97,42 @@ func eachField(r *countingReader, size int64, fn func(num protowire.Number, size
 }
 
 // tensorWithoutShape reads a ValueInfoProto and reports its name when its
-// type is a tensor type with no shape field.
+// type is a tensor type with no shape field. A message it cannot read
+// counts as having a shape: ONNX Runtime's reading stands.
 func tensorWithoutShape(b []byte) (string, bool) {
-	var name string
-	var tensorType []byte
-	isTensor := false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return "", false
-		}
-		b = b[n:]
-		if typ != protowire.BytesType {
-			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return "", false
-			}
-			b = b[n:]
-			continue
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return "", false
-		}
-		b = b[n:]
-		switch num {
-		case 1: // name
-			name = string(v)
-		case 2: // TypeProto: tensor_type is field 1
-			for len(v) > 0 {
-				num, typ, n := protowire.ConsumeTag(v)
-				if n < 0 {
-					return "", false
-				}
-				v = v[n:]
-				m := protowire.ConsumeFieldValue(num, typ, v)
-				if m < 0 {
-					return "", false
-				}
-				if num == 1 && typ == protowire.BytesType {
-					tensorType, _ = protowire.ConsumeBytes(v)
-					isTensor = true
-				}
-				v = v[m:]
-			}
-		}
-	}
-	if !isTensor {
-		return "", false
-	}
+	name, _, ok1 := bytesField(b, 1)
+	typ, _, ok2 := bytesField(b, 2)
+	tensorType, isTensor, ok3 := bytesField(typ, 1) // TypeProto.tensor_type
 	// TypeProto.Tensor: shape is field 2; present, even empty (a scalar),
 	// the rank is known.
-	for len(tensorType) > 0 {
-		num, typ, n := protowire.ConsumeTag(tensorType)
-		if n < 0 {
-			return "", false
-		}
-		if num == 2 {
-			return "", false
-		}
-		tensorType = tensorType[n:]
-		m := protowire.ConsumeFieldValue(num, typ, tensorType)
-		if m < 0 {
-			return "", false
-		}
-		tensorType = tensorType[m:]
+	_, hasShape, ok4 := bytesField(tensorType, 2)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !isTensor || hasShape {
+		return "", false
 	}
-	return name, true
+	return string(name), true
+}
+
+// bytesField returns the length-delimited field num of message b (the last,
+// if repeated), whether it is there, and false for ok when b cannot be
+// read.
+func bytesField(b []byte, num protowire.Number) (v []byte, found, ok bool) {
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return nil, false, false
+		}
+		b = b[l:]
+		m := protowire.ConsumeFieldValue(n, typ, b)
+		if m < 0 {
+			return nil, false, false
+		}
+		if n == num && typ == protowire.BytesType {
+			v, _ = protowire.ConsumeBytes(b)
+			found = true
+		}
+		b = b[m:]
+	}
+	return v, found, true
 }
 
 // countingReader counts the bytes read through it.
