@@ -932,6 +932,22 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	if err != nil {
 		return nil, 0, err
 	}
+	split, dur, err := runSplit(s, in, rows)
+	if errors.Is(err, errUnsplittable) {
+		// The model's metadata promised outputs batched along the first
+		// dimension, and the run says otherwise: stop batching this
+		// version. Its jobs are run one at a time from here on.
+		if _, was := w.noBatch.LoadOrStore(m.Version, true); !was {
+			w.log.Warn("model outputs do not follow the batch dimension; running its jobs one at a time from now on", "version", m.Version, "err", err)
+		}
+	}
+	return split, dur, err
+}
+
+// runSplit runs stacked inputs once and splits the outputs back into
+// parts of rows, returning how long the run took. An error wrapping
+// errUnsplittable says the outputs did not follow the batch dimension.
+func runSplit(s *onnx.Session, in []tensor.Tensor, rows []int) ([][]tensor.Tensor, time.Duration, error) {
 	start := time.Now()
 	out, err := s.Run(in)
 	dur := time.Since(start)
@@ -940,12 +956,6 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	}
 	split, err := batching.Split(out, rows)
 	if err != nil {
-		// The model's metadata promised outputs batched along the first
-		// dimension, and the run says otherwise: stop batching this
-		// version. Its jobs are run one at a time from here on.
-		if _, was := w.noBatch.LoadOrStore(m.Version, true); !was {
-			w.log.Warn("model outputs do not follow the batch dimension; running its jobs one at a time from now on", "version", m.Version, "err", err)
-		}
 		return nil, dur, fmt.Errorf("%w: %v", errUnsplittable, err)
 	}
 	return split, dur, nil
@@ -1123,13 +1133,11 @@ func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]te
 	if err != nil {
 		return false
 	}
-	out, err := s.Run(in)
+	parts, _, err := runSplit(s, in, rows)
 	if err != nil {
-		w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
-		return false
-	}
-	parts, err := batching.Split(out, rows)
-	if err != nil {
+		if !errors.Is(err, errUnsplittable) {
+			w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+		}
 		return false
 	}
 	got := make([][]tensor.Tensor, len(g.lines))
