@@ -168,13 +168,8 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	readErr := s.parseLines(m, body, func(line int64, text []byte, p parsedLine, perr error) error {
 		n = line
-		il := indexLine{Line: n}
+		il := indexLine{Line: n, CustomID: p.customID}
 		req, rows, key := p.req, p.rows, p.key
-		if req != nil {
-			il.CustomID = req.CustomID
-		} else {
-			il.CustomID = peekCustomID(text)
-		}
 		if perr != nil {
 			invalid++
 			il.Error = fmt.Sprintf("line %d: %v", n, perr)
@@ -298,22 +293,25 @@ func peekCustomID(line []byte) json.RawMessage {
 
 // parsedLine is a line of a batch file, decoded and checked.
 type parsedLine struct {
-	req    *tensor.Request
-	inputs []tensor.Tensor // in the model's input order
-	rows   int
+	// customID is the line's custom_id, found even in a line that is not
+	// a valid request when it comes before what is wrong.
+	customID json.RawMessage
+	req      *tensor.Request
+	inputs   []tensor.Tensor // in the model's input order
+	rows     int
 	// key is that of the lines it can share a job with: "" for a line
 	// that shares none.
 	key string
 }
 
-// parseLine decodes and checks one line. The request is returned with
-// the error when only the check failed, for its custom_id.
+// parseLine decodes and checks one line. Its custom_id is returned with
+// the error too, and the request when only the check failed.
 func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	req, err := tensor.DecodeRequest(line, s.opts.Limits)
 	if err != nil {
-		return parsedLine{}, err
+		return parsedLine{customID: peekCustomID(line)}, err
 	}
-	p := parsedLine{req: req}
+	p := parsedLine{req: req, customID: req.CustomID}
 	if p.rows, err = m.Check(req); err != nil { // a line is held to what a request is
 		return p, err
 	}
