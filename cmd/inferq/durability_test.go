@@ -272,14 +272,7 @@ func runCLI(t *testing.T, url, stdin string, args ...string) (string, string, in
 // was otherwise never counted (delivered), when their goroutines were
 // slow to start.
 func TestConsumersExistBeforeTheAPIServes(t *testing.T) {
-	port := freePort(t)
-	startServe(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}),
-		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port))
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc := startServeNATS(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/x448/float16"
@@ -70,6 +71,20 @@ func startServe(t *testing.T, models string, extra ...string) *server {
 		t.Fatal("serve did not start listening within 60s")
 	}
 	return nil
+}
+
+// startServeNATS is startServe with its embedded NATS on a known port,
+// and a client connected to it, closed when the test ends.
+func startServeNATS(t *testing.T, models string, extra ...string) (*server, *nats.Conn) {
+	t.Helper()
+	port := freePort(t)
+	s := startServe(t, models, append([]string{"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)...)
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return s, nc
 }
 
 type testWriter struct{ t *testing.T }

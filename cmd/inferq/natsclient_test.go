@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,14 +21,7 @@ import (
 // with the reason, and a plain core NATS subscriber on the documented
 // subject sees every result too.
 func TestNATSClient(t *testing.T) {
-	port := freePort(t)
-	startServe(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}),
-		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port))
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc := startServeNATS(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}))
 	var plain atomic.Int64
 	sub, err := nc.Subscribe("inferq.results.iris", func(*nats.Msg) { plain.Add(1) })
 	if err != nil {
