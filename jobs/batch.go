@@ -170,17 +170,10 @@ func (q *Queue) BatchConsumer(ctx context.Context) (jetstream.Consumer, error) {
 
 // TrackBatches counts the outcomes of batch jobs into their batch
 // records, from the results stream, until ctx ends. Every API process runs
-// it; they share one durable consumer, so each announcement is counted
-// once. Announcements are taken in groups and counted with one update per
-// batch.
-func (q *Queue) TrackBatches(ctx context.Context, log *slog.Logger) error {
-	c, err := q.BatchConsumer(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
+// it, on the durable consumer BatchConsumer gave; they share it, so each
+// announcement is counted once. Announcements are taken in groups and
+// counted with one update per batch.
+func (q *Queue) TrackBatches(ctx context.Context, c jetstream.Consumer, log *slog.Logger) error {
 	// Announcements are counted as soon as they arrive, a group at a
 	// time: whatever has arrived while the previous group was counted.
 	// (A Fetch of a fixed size would hold the last few of a batch back

@@ -322,11 +322,12 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err := hooks.Subscribe(ctx); err != nil {
 			return err
 		}
-		if _, err := q.BatchConsumer(ctx); err != nil {
+		tracking, err := q.BatchConsumer(ctx)
+		if err != nil {
 			return err
 		}
 		g.Go(func() error { return hooks.Run(gctx) })
-		g.Go(func() error { return q.TrackBatches(gctx, log) })
+		g.Go(func() error { return q.TrackBatches(gctx, tracking, log) })
 		if f.tokensFile != "" {
 			g.Go(func() error {
 				watchTokens(gctx, log, api, f.apiTokens, f.tokensFile, tokensRaw, 5*time.Second)
