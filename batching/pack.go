@@ -155,8 +155,12 @@ func (l *Lines) Failed(i int) (string, bool) {
 	return msg, ok
 }
 
-// LinesParameter names the parameter that carries Lines.Shapes.
-const LinesParameter = "inferq_lines"
+// LinesParameter and RowsParameter name the parameters that carry
+// Lines.Shapes and Lines.Rows.
+const (
+	LinesParameter = "inferq_lines"
+	RowsParameter  = "inferq_line_rows"
+)
 
 // Parameters encodes l as the parameters of a packed request or response.
 func (l *Lines) Parameters() json.RawMessage {
@@ -181,10 +185,12 @@ func ParseLines(params json.RawMessage) (*Lines, error) {
 	switch {
 	case l.Shapes == nil && l.Rows == nil:
 		return nil, nil
-	case l.Shapes != nil && len(*l.Shapes) == 0 || l.Rows != nil && len(*l.Rows) == 0:
+	case l.Shapes != nil && len(*l.Shapes) == 0:
 		return nil, fmt.Errorf("parameter %s lists no requests", LinesParameter)
+	case l.Rows != nil && len(*l.Rows) == 0:
+		return nil, fmt.Errorf("parameter %s lists no requests", RowsParameter)
 	case l.Shapes != nil && l.Rows != nil:
-		return nil, fmt.Errorf("parameters %s and %s_rows exclude each other", LinesParameter, LinesParameter)
+		return nil, fmt.Errorf("parameters %s and %s exclude each other", LinesParameter, RowsParameter)
 	}
 	out := &Lines{Errors: l.Errors}
 	if l.Shapes != nil {

@@ -99,16 +99,17 @@ func TestLinesParameters(t *testing.T) {
 	for _, c := range []struct {
 		params string
 		lines  bool
-		err    bool
+		err    string // what the error says; "" for none
 	}{
-		{``, false, false}, {`{"temperature":1}`, false, false}, {`{"inferq_lines":null}`, false, false},
-		{`{"inferq_lines":[]}`, false, true}, {`{"inferq_lines":"x"}`, false, true}, {`{"inferq_lines":[[[1]]]}`, true, false},
-		{`{"inferq_line_rows":[1,3]}`, true, false}, {`{"inferq_line_rows":[]}`, false, true},
-		{`{"inferq_lines":[[[1]]],"inferq_line_rows":[1]}`, false, true},
+		{``, false, ""}, {`{"temperature":1}`, false, ""}, {`{"inferq_lines":null}`, false, ""},
+		{`{"inferq_lines":[]}`, false, "parameter inferq_lines lists no requests"}, {`{"inferq_lines":"x"}`, false, "parameter inferq_lines"},
+		{`{"inferq_lines":[[[1]]]}`, true, ""},
+		{`{"inferq_line_rows":[1,3]}`, true, ""}, {`{"inferq_line_rows":[]}`, false, "parameter inferq_line_rows lists no requests"},
+		{`{"inferq_lines":[[[1]]],"inferq_line_rows":[1]}`, false, "parameters inferq_lines and inferq_line_rows exclude each other"},
 	} {
 		l, err := ParseLines([]byte(c.params))
-		if (l != nil) != c.lines || (err != nil) != c.err {
-			t.Errorf("%s: lines %+v, err %v", c.params, l, err)
+		if (l != nil) != c.lines || (err != nil) != (c.err != "") || err != nil && !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%s: lines %+v, err %v, want an error saying %q", c.params, l, err, c.err)
 		}
 	}
 }
