@@ -205,6 +205,18 @@ func TestShapeless(t *testing.T) {
 	if _, sig := load(t, rt, onnxbuild.Conditioned()); sig.Inputs[1].Shape == nil {
 		t.Fatal("the scalar temperature read as shapeless")
 	}
+	// The graph's inputs come after its initializers in the file: past a
+	// megabyte of them, the reader seeks instead of reading, and still
+	// finds the inputs.
+	big := onnxbuild.New("ballast")
+	big.InputAnyShape("x", onnxbuild.Float)
+	big.OutputAnyShape("y", onnxbuild.Float)
+	big.Floats("ballast", []int64{1 << 18}, make([]float32, 1<<18))
+	big.Floats("two", nil, []float32{2})
+	big.Node("Mul", []string{"x", "two"}, []string{"y"})
+	if _, sig := load(t, rt, big.Bytes()); sig.Inputs[0].Shape != nil || sig.Outputs[0].Shape != nil {
+		t.Fatalf("behind a megabyte of initializers, x and y read as %v and %v, want nil", sig.Inputs[0].Shape, sig.Outputs[0].Shape)
+	}
 	for _, shape := range [][]int64{{}, {3}, {1, 2, 2}} {
 		in := make([]float32, tensor.NumElements(shape))
 		for i := range in {

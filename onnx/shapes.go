@@ -14,15 +14,20 @@ import (
 // shapeless returns the names of the graph inputs and outputs of the model
 // at path whose tensor type carries no shape at all: their rank is unknown.
 // ONNX Runtime reports such a value with no dimensions, as it does a
-// scalar, so the model file itself is read to tell the two apart. The
-// file is streamed, its initializers skipped over, not held in memory.
+// scalar, so the model file itself is read to tell the two apart: its
+// graph's inputs and outputs, with the initializers and nodes seeked
+// over, neither read nor held in memory.
 func shapeless(path string) (map[string]bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	r := &countingReader{r: bufio.NewReaderSize(f, 64<<10)}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	r := &countingReader{f: f, size: st.Size(), r: bufio.NewReaderSize(f, 64<<10)}
 	out := map[string]bool{}
 	// ModelProto: the graph is field 7.
 	err = eachField(r, -1, func(num protowire.Number, size int64) error {
@@ -135,10 +140,13 @@ func bytesField(b []byte, num protowire.Number) (v []byte, found, ok bool) {
 	return v, found, true
 }
 
-// countingReader counts the bytes read through it.
+// countingReader reads a file through a buffer, counting the bytes read
+// or skipped.
 type countingReader struct {
-	r *bufio.Reader
-	n int64
+	f    *os.File // under r
+	size int64    // of the file
+	r    *bufio.Reader
+	n    int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -155,15 +163,22 @@ func (c *countingReader) ReadByte() (byte, error) {
 	return b, err
 }
 
+// skip passes over the next n bytes: past what is buffered, by seeking,
+// so that an initializer of a gigabyte is not read from disk a second
+// time (ONNX Runtime has just read the whole file).
 func (c *countingReader) skip(n int64) error {
-	for n > 0 {
-		k := int(min(n, 1<<30))
-		d, err := c.r.Discard(k)
+	if n <= int64(c.r.Buffered()) {
+		d, err := c.r.Discard(int(n))
 		c.n += int64(d)
-		if err != nil {
-			return err
-		}
-		n -= int64(d)
+		return err
 	}
+	if c.n+n > c.size {
+		return io.ErrUnexpectedEOF
+	}
+	if _, err := c.f.Seek(c.n+n, io.SeekStart); err != nil {
+		return err
+	}
+	c.r.Reset(c.f)
+	c.n += n
 	return nil
 }
