@@ -73,6 +73,32 @@ func startServe(t *testing.T, models string, extra ...string) *server {
 	return nil
 }
 
+// listedVersion is a model version as GET /v1/models describes it.
+type listedVersion struct {
+	State, Reason string
+	Batchable     bool
+	Batching      string
+	Inputs        []struct{ Shape []int64 }
+}
+
+// listedModels returns what GET /v1/models says of each model's versions,
+// by model name.
+func listedModels(t *testing.T, s *server) map[string][]listedVersion {
+	t.Helper()
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []listedVersion
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	out := map[string][]listedVersion{}
+	for _, m := range list.Models {
+		out[m.Name] = m.Versions
+	}
+	return out
+}
+
 // startServeNATS is startServe with its embedded NATS on a known port,
 // and a client connected to it, closed when the test ends.
 func startServeNATS(t *testing.T, models string, extra ...string) (*server, *nats.Conn) {

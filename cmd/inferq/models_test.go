@@ -172,25 +172,8 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 func TestShapelessModel(t *testing.T) {
 	repo, files := fixtures(t, map[string]string{"shapeless": "max_queue_delay: 50ms\n"})
 	s := startServe(t, repo)
-	var list struct {
-		Models []struct {
-			Name     string
-			Versions []struct {
-				Batchable bool
-				Batching  string
-				Inputs    []struct{ Shape []int64 }
-			}
-		}
-	}
-	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
-	for _, m := range list.Models {
-		if m.Name != "shapeless" {
-			continue
-		}
-		v := m.Versions[0]
-		if v.Batchable || !strings.Contains(v.Batching, `input "x" has no shape in the model`) || v.Inputs[0].Shape != nil {
-			t.Fatalf("shapeless model described as %+v", v)
-		}
+	if v := listedModels(t, s)["shapeless"]; len(v) == 0 || v[0].Batchable || !strings.Contains(v[0].Batching, `input "x" has no shape in the model`) || v[0].Inputs[0].Shape != nil {
+		t.Fatalf("shapeless model described as %+v", v)
 	}
 	d := openDirect(t, files["shapeless"])
 	rng := rand.New(rand.NewPCG(21, 22))
@@ -235,21 +218,8 @@ func TestExternalData(t *testing.T) {
 	s := startServe(t, repo, "--model-poll", "200ms")
 	d := openDirect(t, filepath.Join(repo, "ext", "1", "model.onnx"))
 	rng := rand.New(rand.NewPCG(8, 8))
-	var list struct {
-		Models []struct {
-			Name     string
-			Versions []struct{ State, Reason string }
-		}
-	}
-	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
-	refused := false
-	for _, m := range list.Models {
-		if m.Name == "nodata" {
-			refused = m.Versions[0].State == "unavailable" && strings.Contains(m.Versions[0].Reason, "External data path does not exist")
-		}
-	}
-	if !refused {
-		t.Fatalf("a model whose weights file is missing should be refused with the reason: %+v", list)
+	if v := listedModels(t, s)["nodata"]; len(v) == 0 || v[0].State != "unavailable" || !strings.Contains(v[0].Reason, "External data path does not exist") {
+		t.Fatalf("a model whose weights file is missing should be refused with the reason: %+v", v)
 	}
 	// Its weights arriving after it (a copy file by file) get it loaded
 	// at the next scan of the repository.

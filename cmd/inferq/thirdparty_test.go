@@ -138,23 +138,12 @@ func TestRecurrentStateModels(t *testing.T) {
 		files[m.name+"/1/model.onnx"] = "@" + testenv.ThirdParty(t, m.file)
 	}
 	s := startServe(t, testenv.ModelRepo(t, files))
-	var listed struct {
-		Models []struct {
-			Name     string
-			Versions []struct {
-				Batchable bool
-				Batching  string
-			}
-		}
-	}
-	do(t, "GET", s.url+"/v1/models", nil).json(t, &listed)
+	listed := listedModels(t, s)
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, m := range models {
 		t.Run(m.name, func(t *testing.T) {
-			for _, l := range listed.Models {
-				if l.Name == m.name && (l.Versions[0].Batchable || !strings.Contains(l.Versions[0].Batching, m.reason)) {
-					t.Errorf("listed as batchable %v (%q), want not batchable, saying %s", l.Versions[0].Batchable, l.Versions[0].Batching, m.reason)
-				}
+			if v := listed[m.name]; len(v) == 0 || v[0].Batchable || !strings.Contains(v[0].Batching, m.reason) {
+				t.Errorf("listed as %+v, want not batchable, saying %s", v, m.reason)
 			}
 			ref := openDirect(t, testenv.ThirdParty(t, m.file))
 			const n = 6
@@ -241,16 +230,9 @@ func TestMoreThirdPartyModels(t *testing.T) {
 		files[m.name+"/config.yaml"] = "max_queue_delay: 50ms\n"
 	}
 	s := startServe(t, testenv.ModelRepo(t, files))
-	var list struct {
-		Models []struct {
-			Name     string
-			Versions []struct{ State, Reason string }
-		}
-	}
-	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
 	reason := map[string]string{}
-	for _, m := range list.Models {
-		reason[m.Name] = m.Versions[0].State + ": " + m.Versions[0].Reason
+	for name, v := range listedModels(t, s) {
+		reason[name] = v[0].State + ": " + v[0].Reason
 	}
 	if want := `unavailable: input "input 3" has element type ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, which V2 tensors cannot carry`; reason["bf16in"] != want {
 		t.Errorf("a BFLOAT16 input: %q, want %q", reason["bf16in"], want)
