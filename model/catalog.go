@@ -10,18 +10,18 @@ import (
 // directory again; Publish makes a scan the one that Lookup and the rest
 // answer from. It is safe for concurrent use.
 type Catalog struct {
-	dir     string
-	inspect Inspector
-	cur     atomic.Pointer[Repository]
+	dir string
+	rt  Runtime
+	cur atomic.Pointer[Repository]
 }
 
 // NewCatalog loads dir and returns a catalog publishing it.
-func NewCatalog(dir string, inspect Inspector) (*Catalog, error) {
-	r, err := Load(dir, inspect)
+func NewCatalog(dir string, rt Runtime) (*Catalog, error) {
+	r, err := Load(dir, rt)
 	if err != nil {
 		return nil, err
 	}
-	c := &Catalog{dir: dir, inspect: inspect}
+	c := &Catalog{dir: dir, rt: rt}
 	c.cur.Store(r)
 	return c, nil
 }
@@ -35,7 +35,7 @@ func (c *Catalog) Repository() *Repository { return c.cur.Load() }
 // does not publish it.
 func (c *Catalog) Scan() (*Repository, []string, error) {
 	old := c.cur.Load()
-	r, err := load(c.dir, c.inspect, old)
+	r, err := load(c.dir, c.rt, old)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,6 +5,7 @@
 package model
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -55,7 +56,11 @@ type Model struct {
 	Batched []bool
 	// Batching explains, for a model that is not batchable, why not.
 	Batching string
-	Config   Config
+	// Unchecked says why a model that its signature lets batch could not
+	// be run on made-up rows to check that they stay independent when
+	// stacked; "" when it was checked, or did not need to be.
+	Unchecked string
+	Config    Config
 }
 
 // VersionString is the version as the V2 protocol writes it.
@@ -103,10 +108,6 @@ func (f *Family) Lookup(version int64) (*Model, error) {
 	return nil, fmt.Errorf("%w: %q has no version %d", ErrNotFound, f.Name, version)
 }
 
-// Inspector reads a model file's inputs and outputs; onnx.Runtime.Inspect
-// is one.
-type Inspector func(path string) (onnx.Signature, error)
-
 // Repository is a scanned model repository. It is immutable once loaded
 // and safe for concurrent use.
 type Repository struct {
@@ -119,13 +120,13 @@ type Repository struct {
 // Load scans dir. A model or version that cannot be served is recorded
 // with the reason (see Family.Refused and Repository.Problems) rather than
 // failing the whole repository; an unreadable dir is an error.
-func Load(dir string, inspect Inspector) (*Repository, error) {
-	return load(dir, inspect, nil)
+func Load(dir string, rt Runtime) (*Repository, error) {
+	return load(dir, rt, nil)
 }
 
 // load scans dir; a family whose files are unchanged since prev was
 // loaded is taken from prev as it is, without reading its models again.
-func load(dir string, inspect Inspector, prev *Repository) (*Repository, error) {
+func load(dir string, rt Runtime, prev *Repository) (*Repository, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read model repository: %w", err)
@@ -144,7 +145,7 @@ func load(dir string, inspect Inspector, prev *Repository) (*Repository, error) 
 		if prev != nil {
 			old = prev.families[name]
 		}
-		f, err := loadFamily(filepath.Join(dir, name), name, inspect, old)
+		f, err := loadFamily(filepath.Join(dir, name), name, rt, old)
 		if err != nil {
 			r.Problems = append(r.Problems, err)
 			continue
@@ -156,7 +157,7 @@ func load(dir string, inspect Inspector, prev *Repository) (*Repository, error) 
 	return r, nil
 }
 
-func loadFamily(dir, name string, inspect Inspector, prev *Family) (*Family, error) {
+func loadFamily(dir, name string, rt Runtime, prev *Family) (*Family, error) {
 	f := &Family{Name: name, Refused: map[int64]error{}}
 	var fp strings.Builder
 	cfgPath := filepath.Join(dir, "config.yaml")
@@ -211,7 +212,7 @@ func loadFamily(dir, name string, inspect Inspector, prev *Family) (*Family, err
 		}
 	}
 	for _, ver := range versions {
-		m, err := loadVersion(name, ver.v, ver.path, f.Config, inspect)
+		m, err := loadVersion(name, ver.v, ver.path, f.Config, rt)
 		if err != nil {
 			f.Refused[ver.v] = err
 			continue
@@ -222,8 +223,8 @@ func loadFamily(dir, name string, inspect Inspector, prev *Family) (*Family, err
 	return f, nil
 }
 
-func loadVersion(name string, version int64, path string, cfg Config, inspect Inspector) (*Model, error) {
-	sig, err := inspect(path)
+func loadVersion(name string, version int64, path string, cfg Config, rt Runtime) (*Model, error) {
+	sig, err := rt.Inspect(path)
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +249,15 @@ func loadVersion(name string, version int64, path string, cfg Config, inspect In
 		return nil, err
 	}
 	m.Batched, m.Batching = batchPlan(sig)
+	if m.Batching == "" && cfg.MaxBatchSize == 0 {
+		// A config that sets max_batch_size has decided; else the
+		// model's arithmetic is asked too.
+		reason, err := probeRows(rt, path, sig, m.Batched)
+		if err != nil {
+			m.Unchecked = err.Error()
+		}
+		m.Batching = reason
+	}
 	m.Stackable = m.Batching == ""
 	if cfg.MaxBatchSize > 1 && m.Batching != "" {
 		return nil, fmt.Errorf("config sets max_batch_size %d, but the model cannot be batched: %s; remove max_batch_size or set it to 1", cfg.MaxBatchSize, m.Batching)
@@ -342,7 +352,73 @@ func batchPlan(sig onnx.Signature) (batched []bool, reason string) {
 			return batched, fmt.Sprintf("input %q (%s) has a fixed first dimension and a dynamic one after it: its batch axis is not the first (a recurrent state, say)", in.Name, tensor.FormatShape(in.Shape))
 		}
 	}
-	return batched, ""
+	return batched, axisNames(sig, batched)
+}
+
+// axisNames checks the names a model file gives its axes against stacking
+// requests along the first. An axis after the first named as the batch
+// says the batch is not first (a recurrent net laid out [seq, batch,
+// features]: stacking along the sequence would run the requests as one
+// long sequence). First axes of stacked inputs or of outputs named
+// differently (batch and num_boxes) are different dimensions: stacking
+// would pair one request's boxes with another's image. Each returns the
+// reason; "" when the names allow stacking, or there are none.
+func axisNames(sig onnx.Signature, batched []bool) string {
+	var first, firstWhat, firstIO string
+	for _, ios := range []struct {
+		what string
+		list []onnx.IO
+	}{{"input", sig.Inputs}, {"output", sig.Outputs}} {
+		for i, io := range ios.list {
+			if io.Kind != onnx.KindTensor || len(io.Axes) == 0 {
+				continue
+			}
+			if !batchNamed(io.Axes[0]) {
+				for k, a := range io.Axes[1:] {
+					if batchNamed(a) {
+						return fmt.Sprintf("%s %q (%s) names axis %d %q: its batch axis is not the first", ios.what, io.Name, tensor.FormatShape(io.Shape), k+1, cmp.Or(a.Param, a.Denotation))
+					}
+				}
+			}
+			if ios.what == "input" && !batched[i] {
+				continue
+			}
+			name := sameAxis(io.Axes[0])
+			switch {
+			case name == "":
+			case first == "":
+				first, firstWhat, firstIO = name, ios.what, io.Name
+			case name != first:
+				return fmt.Sprintf("the first axes of %s %q (%q) and %s %q (%q) have different names: they are different dimensions, which requests cannot be stacked along together", firstWhat, firstIO, first, ios.what, io.Name, name)
+			}
+		}
+	}
+	return ""
+}
+
+// batchNamed reports whether an axis is named as a batch: ONNX's
+// DATA_BATCH denotation, or a symbolic name with "batch" in it.
+func batchNamed(a onnx.Axis) bool {
+	return a.Denotation == "DATA_BATCH" || strings.Contains(strings.ToLower(a.Param), "batch")
+}
+
+// generatedName matches symbolic axis names that exporters number, which
+// say nothing of which axes are the same: tf2onnx's "unk__12", PyTorch's
+// "x_dynamic_axes_1" and "Addoutput_dim_0", Paddle2ONNX's
+// "p2o.DynamicDimension.3".
+var generatedName = regexp.MustCompile(`[._]\d+$`)
+
+// sameAxis returns the name by which axis a is compared with others: "batch"
+// for any name of the batch (N and B too), its symbolic name otherwise,
+// and "" for an axis with none, or one an exporter made up.
+func sameAxis(a onnx.Axis) string {
+	switch {
+	case batchNamed(a), a.Param == "N", a.Param == "B", a.Param == "bs":
+		return "batch"
+	case generatedName.MatchString(a.Param):
+		return ""
+	}
+	return a.Param
 }
 
 // Family returns the model called name.

@@ -23,15 +23,24 @@ func TestBatchingFromMetadata(t *testing.T) {
 		batched   []bool
 		reason    string // part of the reason when not batchable
 		maxBatch  int
+		// unchecked says made-up rows could not be run to check the
+		// signature's word.
+		unchecked bool
 	}{
-		{"dense", onnxbuild.Dense(4, 1, 1), "", true, []bool{true}, "", 32},
-		{"every datatype", onnxbuild.Identities(), "", true, slices.Repeat([]bool{true}, 13), "", 32},
-		{"scalar and fixed inputs are shared", onnxbuild.Conditioned(), "", true, []bool{true, false, false}, "", 32},
-		{"scalar output", onnxbuild.Total(), "", false, []bool{true}, `output "sum" is a scalar`, 1},
-		{"state with batch on axis 1", onnxbuild.Recurrent(), "", false, []bool{true, false}, `output "h_next" has a fixed first dimension`, 1},
-		{"state input with batch on axis 1", onnxbuild.StateOnAxis1(), "", false, []bool{true, false}, `input "h" ([1 -1 4]) has a fixed first dimension and a dynamic one after it`, 1},
-		{"variable width", onnxbuild.RowSum(), "max_batch_size: 8\n", true, []bool{true}, "", 8},
-		{"batching switched off", onnxbuild.Dense(4, 1, 1), "max_batch_size: 1\n", false, []bool{true}, "max_batch_size is 1", 1},
+		{"dense", onnxbuild.Dense(4, 1, 1), "", true, []bool{true}, "", 32, false},
+		{"every datatype", onnxbuild.Identities(), "", true, slices.Repeat([]bool{true}, 13), "", 32, false},
+		{"scalar and fixed inputs are shared", onnxbuild.Conditioned(), "", true, []bool{true, false, false}, "", 32, false},
+		{"scalar output", onnxbuild.Total(), "", false, []bool{true}, `output "sum" is a scalar`, 1, false},
+		{"state with batch on axis 1", onnxbuild.Recurrent(), "", false, []bool{true, false}, `output "h_next" has a fixed first dimension`, 1, false},
+		{"state input with batch on axis 1", onnxbuild.StateOnAxis1(), "", false, []bool{true, false}, `input "h" ([1 -1 4]) has a fixed first dimension and a dynamic one after it`, 1, false},
+		{"axis after the first named batch", onnxbuild.SeqFirst(), "", false, []bool{true}, `input "x" ([-1 -1 4]) names axis 1 "batch": its batch axis is not the first`, 1, false},
+		{"first axes named differently", onnxbuild.Boxes(), "", false, []bool{true, true}, `the first axes of input "image" ("batch") and input "boxes" ("num_boxes") have different names`, 1, false},
+		{"rows that mix", onnxbuild.BatchCentered(), "", false, []bool{true}, "its rows are not independent: output \"y\" of a row run stacked with another differs", 1, false},
+		{"rows that mix, batching asked for", onnxbuild.BatchCentered(), "max_batch_size: 8\n", true, []bool{true}, "", 8, false},
+		{"outputs not along the batch", onnxbuild.Flattened(), "", false, []bool{true}, "its outputs do not follow the batch axis", 1, false},
+		{"made-up rows that do not run", onnxbuild.FivesSum(), "", true, []bool{true}, "", 32, true},
+		{"variable width", onnxbuild.RowSum(), "max_batch_size: 8\n", true, []bool{true}, "", 8, false},
+		{"batching switched off", onnxbuild.Dense(4, 1, 1), "max_batch_size: 1\n", false, []bool{true}, "max_batch_size is 1", 1, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -40,7 +49,7 @@ func TestBatchingFromMetadata(t *testing.T) {
 				files["m/config.yaml"] = tt.config
 			}
 			dir := testenv.ModelRepo(t, files)
-			repo, err := model.Load(dir, rt.Inspect)
+			repo, err := model.Load(dir, rt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,6 +67,9 @@ func TestBatchingFromMetadata(t *testing.T) {
 			if tt.reason == "" && m.Batching != "" || !strings.Contains(m.Batching, tt.reason) {
 				t.Errorf("reason %q, want it to say %q", m.Batching, tt.reason)
 			}
+			if (m.Unchecked != "") != tt.unchecked {
+				t.Errorf("unchecked %q, want it %v", m.Unchecked, tt.unchecked)
+			}
 			if m.Config.MaxBatchSize != tt.maxBatch {
 				t.Errorf("max batch size %d, want %d", m.Config.MaxBatchSize, tt.maxBatch)
 			}
@@ -74,7 +86,7 @@ func TestConfigAskingForImpossibleBatching(t *testing.T) {
 		"total/config.yaml":  "max_batch_size: 8\n",
 		"ok/1/model.onnx":    string(onnxbuild.Dense(4, 1, 1)),
 	})
-	repo, err := model.Load(dir, rt.Inspect)
+	repo, err := model.Load(dir, rt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +160,7 @@ func TestPaddingChecked(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := testenv.ModelRepo(t, map[string]string{"m/1/model.onnx": string(onnxbuild.MaskedSum()), "m/config.yaml": tt.config})
-			repo, err := model.Load(dir, rt.Inspect)
+			repo, err := model.Load(dir, rt)
 			if err != nil {
 				t.Fatal(err)
 			}

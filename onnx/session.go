@@ -3,6 +3,7 @@ package onnx
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -30,6 +31,18 @@ type IO struct {
 	// ElementType is ONNX Runtime's name for the element type, kept for
 	// error messages about types V2 cannot carry.
 	ElementType string
+	// Axes are what the model file says of each axis of Shape beyond its
+	// size; nil when it says nothing or could not be read.
+	Axes []Axis
+}
+
+// Axis is what a model file says of one axis of a tensor beyond its size:
+// the symbolic name of a dynamic axis (its dim_param: "batch",
+// "seq_len"), and its denotation (ONNX's "DATA_BATCH" and the like),
+// each empty when not given.
+type Axis struct {
+	Param      string
+	Denotation string
 }
 
 // Signature is a model's inputs and outputs, in the model's order.
@@ -105,12 +118,19 @@ func (r *Runtime) Inspect(path string) (Signature, error) {
 	// A tensor whose shape the model leaves out entirely has no rank:
 	// its Shape is nil, where a scalar's is empty. Where the file cannot
 	// be read this way, each such tensor stays a scalar, as ONNX Runtime
-	// reports it.
-	if none, err := shapeless(path); err == nil {
+	// reports it, and no axis has a name.
+	if shapes, err := declaredShapes(path); err == nil {
 		for _, ios := range [][]IO{sig.Inputs, sig.Outputs} {
 			for i := range ios {
-				if ios[i].Kind == KindTensor && len(ios[i].Shape) == 0 && none[ios[i].Name] {
+				d, ok := shapes[ios[i].Name]
+				if !ok || ios[i].Kind != KindTensor {
+					continue
+				}
+				if len(ios[i].Shape) == 0 && !d.ranked {
 					ios[i].Shape = nil
+				}
+				if len(d.axes) == len(ios[i].Shape) && slices.ContainsFunc(d.axes, func(a Axis) bool { return a != Axis{} }) {
+					ios[i].Axes = d.axes
 				}
 			}
 		}

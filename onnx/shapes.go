@@ -11,13 +11,22 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// shapeless returns the names of the graph inputs and outputs of the model
-// at path whose tensor type carries no shape at all: their rank is unknown.
-// ONNX Runtime reports such a value with no dimensions, as it does a
-// scalar, so the model file itself is read to tell the two apart: its
-// graph's inputs and outputs, with the initializers and nodes seeked
-// over, neither read nor held in memory.
-func shapeless(path string) (map[string]bool, error) {
+// declared is what a model file says of one graph input or output's
+// shape beyond what ONNX Runtime reports.
+type declared struct {
+	// ranked is false when the tensor type has no shape at all: its rank
+	// is unknown.
+	ranked bool
+	axes   []Axis
+}
+
+// declaredShapes reads the declared shapes of the graph inputs and outputs
+// of the model at path, by name: whether each has a shape at all, and
+// its axes' symbolic names. ONNX Runtime reports a shapeless value with
+// no dimensions, as it does a scalar, and keeps no names, so the model
+// file itself is read: its graph's inputs and outputs, with the
+// initializers and nodes seeked over, neither read nor held in memory.
+func declaredShapes(path string) (map[string]declared, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -28,7 +37,7 @@ func shapeless(path string) (map[string]bool, error) {
 		return nil, err
 	}
 	r := &countingReader{f: f, size: st.Size(), r: bufio.NewReaderSize(f, 64<<10)}
-	out := map[string]bool{}
+	out := map[string]declared{}
 	// ModelProto: the graph is field 7.
 	err = eachField(r, -1, func(num protowire.Number, size int64) error {
 		if num != 7 {
@@ -46,8 +55,8 @@ func shapeless(path string) (map[string]bool, error) {
 			if _, err := io.ReadFull(r, b); err != nil {
 				return err
 			}
-			if name, ok := tensorWithoutShape(b); ok {
-				out[name] = true
+			if name, d, ok := tensorShape(b); ok {
+				out[name] = d
 			}
 			return nil
 		})
@@ -101,41 +110,65 @@ func eachField(r *countingReader, size int64, fn func(num protowire.Number, size
 	return nil
 }
 
-// tensorWithoutShape reads a ValueInfoProto and reports its name when its
-// type is a tensor type with no shape field. A message it cannot read
-// counts as having a shape: ONNX Runtime's reading stands.
-func tensorWithoutShape(b []byte) (string, bool) {
-	name, _, ok1 := bytesField(b, 1)
+// tensorShape reads a ValueInfoProto of a tensor type: its name and
+// declared shape. ok is false for another type, or a message it cannot
+// read (ONNX Runtime's reading then stands).
+func tensorShape(b []byte) (name string, d declared, ok bool) {
+	nameB, _, ok1 := bytesField(b, 1)
 	typ, _, ok2 := bytesField(b, 2)
 	tensorType, isTensor, ok3 := bytesField(typ, 1) // TypeProto.tensor_type
 	// TypeProto.Tensor: shape is field 2; present, even empty (a scalar),
 	// the rank is known.
-	_, hasShape, ok4 := bytesField(tensorType, 2)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !isTensor || hasShape {
-		return "", false
+	shape, hasShape, ok4 := bytesField(tensorType, 2)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !isTensor {
+		return "", declared{}, false
 	}
-	return string(name), true
+	d.ranked = hasShape
+	// TensorShapeProto: dim is field 1, repeated; Dimension: dim_param
+	// is field 2, denotation field 3.
+	ok = eachBytes(shape, 1, func(dim []byte) bool {
+		param, _, ok1 := bytesField(dim, 2)
+		denotation, _, ok2 := bytesField(dim, 3)
+		d.axes = append(d.axes, Axis{Param: string(param), Denotation: string(denotation)})
+		return ok1 && ok2
+	})
+	return string(nameB), d, ok
+}
+
+// eachBytes calls fn with each length-delimited field num of message b,
+// in order, and reports false when b cannot be read or fn returns false.
+func eachBytes(b []byte, num protowire.Number, fn func([]byte) bool) bool {
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return false
+		}
+		b = b[l:]
+		m := protowire.ConsumeFieldValue(n, typ, b)
+		if m < 0 {
+			return false
+		}
+		if n == num && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(b)
+			if !fn(v) {
+				return false
+			}
+		}
+		b = b[m:]
+	}
+	return true
 }
 
 // bytesField returns the length-delimited field num of message b (the last,
 // if repeated), whether it is there, and false for ok when b cannot be
 // read.
 func bytesField(b []byte, num protowire.Number) (v []byte, found, ok bool) {
-	for len(b) > 0 {
-		n, typ, l := protowire.ConsumeTag(b)
-		if l < 0 {
-			return nil, false, false
-		}
-		b = b[l:]
-		m := protowire.ConsumeFieldValue(n, typ, b)
-		if m < 0 {
-			return nil, false, false
-		}
-		if n == num && typ == protowire.BytesType {
-			v, _ = protowire.ConsumeBytes(b)
-			found = true
-		}
-		b = b[m:]
+	ok = eachBytes(b, num, func(f []byte) bool {
+		v, found = f, true
+		return true
+	})
+	if !ok {
+		return nil, false, false
 	}
 	return v, found, true
 }

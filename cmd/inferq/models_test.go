@@ -35,6 +35,8 @@ func fixtures(t *testing.T, configs map[string]string) (repo string, files map[s
 		"flattened":   onnxbuild.Flattened(),
 		"maskedsum":   onnxbuild.MaskedSum(),
 		"shapeless":   onnxbuild.Shapeless(),
+		"seqfirst":    onnxbuild.SeqFirst(),
+		"boxes":       onnxbuild.Boxes(),
 	}
 	dir := t.TempDir()
 	files = map[string]string{}
@@ -101,6 +103,7 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 	slow := "max_queue_delay: 50ms\n" // long enough for concurrent jobs to meet
 	repo, files := fixtures(t, map[string]string{
 		"identities": slow, "conditioned": slow, "rowsum": slow + "max_batch_size: 64\n", "flattened": slow,
+		"seqfirst": slow, "boxes": slow,
 	})
 	s := startServe(t, repo)
 	rng := rand.New(rand.NewPCG(4, 4))
@@ -133,6 +136,16 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 		}, true},
 		{"flattened", 12, func(d *direct, i int) []tensor.Tensor {
 			return randomInputs(rng, d.sig.Inputs, 1+i%2)
+		}, false},
+		// Axis names say [seq, batch, 4]: stacked along the sequence, each
+		// request would sum the ones run before it.
+		{"seqfirst", 12, func(d *direct, i int) []tensor.Tensor {
+			return randomInputs(rng, d.sig.Inputs, 2+i%3, int64(1+i%2))
+		}, false},
+		// One image and any number of boxes per request: the inputs' first
+		// axes differ, as their names say.
+		{"boxes", 12, func(d *direct, i int) []tensor.Tensor {
+			return append(randomInputs(rng, d.sig.Inputs[:1], 1), randomInputs(rng, d.sig.Inputs[1:], 1+i%4)...)
 		}, false},
 	}
 	for _, tt := range tests {

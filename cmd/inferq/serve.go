@@ -177,7 +177,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	defer rt.Close()
 	log.Info("ONNX Runtime loaded", "version", rt.Version(), "library", lib)
 
-	catalog, err := model.NewCatalog(f.models, rt.Inspect)
+	catalog, err := model.NewCatalog(f.models, rt)
 	if err != nil {
 		return fmt.Errorf("%w (pass --models DIR, laid out as DIR/{model}/{version}/model.onnx)", err)
 	}
@@ -420,9 +420,12 @@ func logRepository(log *slog.Logger, repo *model.Repository, only []string) {
 		}
 		for _, m := range fam.Versions {
 			c := m.Config
-			log.Info("model loaded", "model", m.Name, "version", m.Version, "batchable", m.Batchable,
+			log.Info("model loaded", "model", m.Name, "version", m.Version, "batchable", m.Batchable, "batching", m.Batching,
 				"max_batch_size", c.MaxBatchSize, "max_queue_delay", c.MaxQueueDelay, "preferred_batch_sizes", c.PreferredBatchSizes,
 				"instances", c.Instances, "intra_op_threads", c.IntraOpThreads, "max_attempts", c.MaxAttempts)
+			if m.Unchecked != "" {
+				log.Warn("model batched on its signature's word: made-up rows could not be run to check that its rows stay independent when stacked; if they do not, set max_batch_size: 1 in its config.yaml", "model", m.Name, "version", m.Version, "err", m.Unchecked)
+			}
 		}
 		for v, err := range fam.Refused {
 			log.Warn("model version refused", "model", fam.Name, "version", v, "reason", err)

@@ -91,6 +91,35 @@ func StateOnAxis1() []byte {
 	return m.Bytes()
 }
 
+// SeqFirst is a running sum over a sequence laid out [seq, batch, 4], as
+// recurrent nets are without batch_first, with its axes so named: y[t] is
+// the sum of x[0..t]. Stacked along its first axis, requests would run as
+// one long sequence, each summing the ones before it, without an error:
+// only the axis names say that the batch is on the second.
+func SeqFirst() []byte {
+	m := New("seq_first")
+	m.InputNamed("x", Float, []string{"seq", "batch"}, -1, -1, 4)
+	m.OutputNamed("y", Float, []string{"seq", "batch"}, -1, -1, 4)
+	m.Int64s("axis", nil, []int64{0})
+	m.Node("CumSum", []string{"x", "axis"}, []string{"y"})
+	return m.Bytes()
+}
+
+// Boxes scales a request's boxes by the sum of its image: image [batch,
+// 4] and boxes [num_boxes, 2] to y [num_boxes, 2]. Both inputs have a
+// dynamic first axis, but different ones, as their names say: one request
+// sends one image with any number of boxes, and stacking would scale one
+// request's boxes by the sum of every image in the run.
+func Boxes() []byte {
+	m := New("boxes")
+	m.InputNamed("image", Float, []string{"batch"}, -1, 4)
+	m.InputNamed("boxes", Float, []string{"num_boxes"}, -1, 2)
+	m.OutputNamed("y", Float, []string{"num_boxes"}, -1, 2)
+	m.Node("ReduceSum", []string{"image"}, []string{"total"}, Int("keepdims", 0))
+	m.Node("Mul", []string{"boxes", "total"}, []string{"y"})
+	return m.Bytes()
+}
+
 // Lookup gathers rows of a fixed 10x3 table by index: idx INT64 [batch]
 // to y [batch, 3]. An index outside 0..9 makes ONNX Runtime fail the run,
 // which is how tests put one bad request into a batch.
@@ -108,6 +137,19 @@ func LookupRows(n int) []byte {
 	}
 	m.Floats("table", []int64{int64(n), 3}, table)
 	m.Node("Gather", []string{"table", "idx"}, []string{"y"}, Int("axis", 0))
+	return m.Bytes()
+}
+
+// FivesSum sums x [batch, width] in groups of five: y [batch, width/5].
+// A width that is not a multiple of five fails the run.
+func FivesSum() []byte {
+	m := New("fives_sum")
+	m.Input("x", Float, -1, -1)
+	m.Output("y", Float, -1, -1)
+	m.Int64s("fives", []int64{3}, []int64{0, -1, 5})
+	m.Int64s("last", []int64{1}, []int64{2})
+	m.Node("Reshape", []string{"x", "fives"}, []string{"grouped"})
+	m.Node("ReduceSum", []string{"grouped", "last"}, []string{"y"}, Int("keepdims", 0))
 	return m.Bytes()
 }
 

@@ -56,12 +56,23 @@ func New(name string) *Model { return &Model{Name: name, Producer: "inferq onnxb
 // Input declares a graph input. A dimension of -1 is dynamic, named
 // "batch" when first and "d<i>" after.
 func (m *Model) Input(name string, elemType int, dims ...int64) {
-	m.inputs = append(m.inputs, valueInfo(name, elemType, dims))
+	m.inputs = append(m.inputs, valueInfo(name, elemType, dims, nil))
 }
 
 // Output declares a graph output.
 func (m *Model) Output(name string, elemType int, dims ...int64) {
-	m.outputs = append(m.outputs, valueInfo(name, elemType, dims))
+	m.outputs = append(m.outputs, valueInfo(name, elemType, dims, nil))
+}
+
+// InputNamed declares a graph input whose dynamic dimensions have the
+// given symbolic names, in order ("" for none), in place of Input's.
+func (m *Model) InputNamed(name string, elemType int, names []string, dims ...int64) {
+	m.inputs = append(m.inputs, valueInfo(name, elemType, dims, names))
+}
+
+// OutputNamed is InputNamed for a graph output.
+func (m *Model) OutputNamed(name string, elemType int, names []string, dims ...int64) {
+	m.outputs = append(m.outputs, valueInfo(name, elemType, dims, names))
 }
 
 // InputAnyShape declares a graph input whose type gives no shape at all
@@ -204,7 +215,7 @@ func valueInfoNoShape(name string, elemType int) []byte {
 	return wrapValueInfo(name, tt)
 }
 
-func valueInfo(name string, elemType int, dims []int64) []byte {
+func valueInfo(name string, elemType int, dims []int64, names []string) []byte {
 	var shape []byte
 	for i, d := range dims {
 		var dim []byte
@@ -213,8 +224,13 @@ func valueInfo(name string, elemType int, dims []int64) []byte {
 			if i > 0 {
 				param = "d" + itoa(i)
 			}
-			dim = protowire.AppendTag(dim, 2, protowire.BytesType)
-			dim = protowire.AppendString(dim, param)
+			if names != nil {
+				param, names = names[0], names[1:]
+			}
+			if param != "" {
+				dim = protowire.AppendTag(dim, 2, protowire.BytesType)
+				dim = protowire.AppendString(dim, param)
+			}
 		} else {
 			dim = protowire.AppendTag(dim, 1, protowire.VarintType)
 			dim = protowire.AppendVarint(dim, uint64(d))
