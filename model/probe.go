@@ -65,7 +65,7 @@ func probeRows(rt Runtime, path string, sig onnx.Signature, batched []bool) (rea
 	var alone [2][]tensor.Tensor
 	for r := range rows {
 		if alone[r], err = s.Run(rows[r]); err != nil {
-			return "", fmt.Errorf("run made-up inputs: %w", err)
+			return "", fmt.Errorf("a made-up row (its dynamic axes %d long) does not run: %w", probeSize, err)
 		}
 	}
 	stacked, err := batching.Stack(rows[:], batched)

@@ -31,6 +31,9 @@ type versionJSON struct {
 	Batchable bool   `json:"batchable"`
 	// Batching says why a model is not batchable.
 	Batching string `json:"batching,omitempty"`
+	// BatchingUnchecked says why a model batched on its signature's word
+	// could not be run on made-up rows to check it.
+	BatchingUnchecked string `json:"batching_unchecked,omitempty"`
 	// SharedInputs are inputs that are not stacked: only requests with
 	// identical values for them are batched together.
 	SharedInputs []string     `json:"shared_inputs,omitempty"`
@@ -52,7 +55,7 @@ func describe(f *model.Family) modelJSON {
 	}
 	for _, m := range f.Versions {
 		v := versionJSON{
-			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Batching: m.Batching, Config: m.Config,
+			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Batching: m.Batching, BatchingUnchecked: m.Unchecked, Config: m.Config,
 			Inputs: ioList(m.Inputs), Outputs: ioList(m.Outputs),
 		}
 		if m.Batchable {

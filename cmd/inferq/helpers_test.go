@@ -78,7 +78,9 @@ type listedVersion struct {
 	State, Reason string
 	Batchable     bool
 	Batching      string
-	Inputs        []struct{ Shape []int64 }
+	// Unchecked is batching_unchecked.
+	Unchecked string `json:"batching_unchecked"`
+	Inputs    []struct{ Shape []int64 }
 }
 
 // listedModels returns what GET /v1/models says of each model's versions,

@@ -37,6 +37,8 @@ func fixtures(t *testing.T, configs map[string]string) (repo string, files map[s
 		"shapeless":   onnxbuild.Shapeless(),
 		"seqfirst":    onnxbuild.SeqFirst(),
 		"boxes":       onnxbuild.Boxes(),
+		"centered":    onnxbuild.BatchCentered(),
+		"fives":       onnxbuild.FivesSum(),
 	}
 	dir := t.TempDir()
 	files = map[string]string{}
@@ -103,7 +105,7 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 	slow := "max_queue_delay: 50ms\n" // long enough for concurrent jobs to meet
 	repo, files := fixtures(t, map[string]string{
 		"identities": slow, "conditioned": slow, "rowsum": slow + "max_batch_size: 64\n", "flattened": slow,
-		"seqfirst": slow, "boxes": slow,
+		"seqfirst": slow, "boxes": slow, "centered": slow, "fives": slow,
 	})
 	s := startServe(t, repo)
 	rng := rand.New(rand.NewPCG(4, 4))
@@ -147,6 +149,26 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 		{"boxes", 12, func(d *direct, i int) []tensor.Tensor {
 			return append(randomInputs(rng, d.sig.Inputs[:1], 1), randomInputs(rng, d.sig.Inputs[1:], 1+i%4)...)
 		}, false},
+		// Each row less the mean of the rows it runs with: the load-time
+		// run on made-up rows finds that they mix, so each request runs
+		// whole, alone, and gets what ONNX Runtime gives it.
+		{"centered", 12, func(d *direct, i int) []tensor.Tensor {
+			return randomInputs(rng, d.sig.Inputs, 1+i%3)
+		}, false},
+		// Made-up rows 32 wide do not divide into fives: the signature's
+		// word stands, and the model batches.
+		{"fives", 30, func(d *direct, i int) []tensor.Tensor {
+			return randomInputs(rng, d.sig.Inputs, 1+i%2, 10)
+		}, true},
+	}
+	listed := listedModels(t, s)
+	for model, want := range map[string]string{"centered": "its rows are not independent", "seqfirst": `names axis 1 "batch"`, "boxes": `("num_boxes") have different names`} {
+		if v := listed[model]; len(v) == 0 || v[0].Batchable || !strings.Contains(v[0].Batching, want) {
+			t.Errorf("GET /v1/models says of %s %+v; want it not batchable because %s", model, v, want)
+		}
+	}
+	if v := listed["fives"]; len(v) == 0 || !v[0].Batchable || !strings.Contains(v[0].Unchecked, "does not run: ONNX Runtime") || !strings.Contains(v[0].Unchecked, "Reshape") {
+		t.Errorf("GET /v1/models says of fives %+v; want it batchable, unchecked, with ONNX Runtime's reason", v)
 	}
 	for _, tt := range tests {
 		t.Run(tt.model, func(t *testing.T) {
