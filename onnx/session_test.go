@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -232,5 +233,30 @@ func TestShapeless(t *testing.T) {
 		if tensor.FormatShape(out[0].Shape) != tensor.FormatShape(shape) || string(out[0].Data) != string(floats(in...)) {
 			t.Errorf("x of shape %v: y = %v %x", shape, out[0].Shape, out[0].Data)
 		}
+	}
+}
+
+// Inspect reads the symbolic names of a model's axes from its file, which
+// ONNX Runtime does not report; a tensor whose axes have none has no Axes.
+func TestAxisNamesRead(t *testing.T) {
+	rt := testenv.Runtime(t)
+	_, sig := load(t, rt, onnxbuild.Boxes())
+	want := map[string][]onnx.Axis{
+		"image": {{Param: "batch"}, {}},
+		"boxes": {{Param: "num_boxes"}, {}},
+		"y":     {{Param: "num_boxes"}, {}},
+	}
+	for _, io := range append(sig.Inputs, sig.Outputs...) {
+		if !slices.Equal(io.Axes, want[io.Name]) {
+			t.Errorf("%s: axes %+v, want %+v", io.Name, io.Axes, want[io.Name])
+		}
+	}
+	m := onnxbuild.New("unnamed")
+	m.InputNamed("x", onnxbuild.Float, []string{""}, -1, 4)
+	m.Output("y", onnxbuild.Float, 2)
+	m.Node("Shape", []string{"x"}, []string{"s"})
+	m.Node("Cast", []string{"s"}, []string{"y"}, onnxbuild.Int("to", onnxbuild.Float))
+	if _, sig := load(t, rt, m.Bytes()); sig.Inputs[0].Axes != nil || sig.Outputs[0].Axes != nil {
+		t.Errorf("axes without names read as %+v and %+v, want none", sig.Inputs[0].Axes, sig.Outputs[0].Axes)
 	}
 }
