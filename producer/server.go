@@ -5,6 +5,7 @@
 package producer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -114,6 +115,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
+	// Version is the server's version, which GET /v2 reports.
+	Version string
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -189,6 +192,7 @@ func (s *Server) routes() {
 	handle("GET /v2/models/{model}/ready", s.modelReady)
 	handle("GET /v2/models/{model}/versions/{version}/ready", s.modelReady)
 	handle("GET /openapi.json", s.openapi)
+	handle("GET /v2", s.serverMetadata)
 	handle("GET /v2/health/live", s.live)
 	handle("GET /v2/health/ready", s.ready)
 	if s.opts.Gatherer != nil {
@@ -695,6 +699,18 @@ func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, rec *jobs.Re
 	if err != nil {
 		s.log.Warn("sending result", "job", id, "err", err)
 	}
+	return nil
+}
+
+// serverMetadata answers the V2 protocol's server metadata request, as
+// V2 clients ask it (tritonclient's get_server_metadata): the server's
+// name, version and the protocol extensions it takes.
+func (s *Server) serverMetadata(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"name":       "inferq",
+		"version":    cmp.Or(s.opts.Version, "unknown"),
+		"extensions": []string{"binary_tensor_data"},
+	})
 	return nil
 }
 

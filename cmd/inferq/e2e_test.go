@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -195,6 +196,13 @@ func TestHealthAndModels(t *testing.T) {
 		if r := do(t, "GET", s.url+p, nil); r.code != 200 {
 			t.Fatalf("%s: %d %s", p, r.code, r.body)
 		}
+	}
+	var server struct {
+		Name, Version string
+		Extensions    []string
+	}
+	if do(t, "GET", s.url+"/v2", nil).json(t, &server); server.Name != "inferq" || server.Version != version() || !slices.Contains(server.Extensions, "binary_tensor_data") {
+		t.Errorf("GET /v2: %+v", server)
 	}
 	var meta struct {
 		Name     string   `json:"name"`

@@ -77,6 +77,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	call("GET", "/v2/models/iris", "")
 	call("GET", "/v2/models/iris/versions/1", "")
 	call("GET", "/v2/models/iris/ready", "")
+	call("GET", "/v2", "")
 	call("GET", "/v2/health/live", "")
 	call("GET", "/v2/health/ready", "")
 	call("GET", "/v1/jobs/01M8937HDB0W20B2CWDSR9VKD8", "")

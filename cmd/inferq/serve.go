@@ -293,7 +293,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
-			Connected: nc.IsConnected,
+			Connected: nc.IsConnected, Version: version(),
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
