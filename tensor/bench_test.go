@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -71,6 +72,48 @@ func BenchmarkDecodeManyInputs(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/input")
+		})
+	}
+}
+
+// BenchmarkDecodeResponse: reading back a stored V2 response, as the
+// batch output route does for each job of a batch file (256 rows of the
+// iris classifier: probabilities [256, 3] FP32 and label [256] INT64),
+// with the jsontext reader and with encoding/json side by side.
+func BenchmarkDecodeResponse(b *testing.B) {
+	rng := rand.New(rand.NewPCG(2, 2))
+	probs := Tensor{Name: "probabilities", Datatype: FP32, Shape: []int64{256, 3}}
+	label := Tensor{Name: "label", Datatype: Int64, Shape: []int64{256}}
+	for range 256 * 3 {
+		probs.Data = appendFloat(probs.Data, FP32, rng.Float64())
+	}
+	for range 256 {
+		label.Data = binary.LittleEndian.AppendUint64(label.Data, uint64(rng.IntN(3)))
+	}
+	body := (&Response{ModelName: "iris", ModelVersion: "1", ID: "01M8AC3HC9HN8C9Y1TTYX2JS5H", Outputs: []Tensor{probs, label}}).AppendJSON(nil)
+	read := map[string]func([]byte) (wireResponse, error){
+		"jsontext": readWireResponse,
+		"encoding_json": func(body []byte) (w wireResponse, err error) {
+			err = json.Unmarshal(body, &w)
+			return w, err
+		},
+	}
+	for _, name := range []string{"encoding_json", "jsontext"} {
+		b.Run(name, func(b *testing.B) {
+			lim := Limits{}.withDefaults()
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				w, err := read[name](body)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := range w.Outputs {
+					if _, _, err := w.Outputs[i].decode(nil, lim, lim.MaxElements); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
 		})
 	}
 }

@@ -537,8 +537,8 @@ func appendJSONFloat(buf []byte, f float64, bits int) []byte {
 
 // DecodeResponse decodes V2 response JSON, as clients and tests read it.
 func DecodeResponse(body []byte) (*Response, error) {
-	var w wireResponse
-	if err := json.Unmarshal(body, &w); err != nil {
+	w, err := readWireResponse(body)
+	if err != nil {
 		return nil, fmt.Errorf("decode V2 response: %w", err)
 	}
 	r := &Response{ModelName: w.ModelName, ModelVersion: w.ModelVersion, ID: w.ID, Parameters: w.Parameters}

@@ -113,13 +113,59 @@ func normalize(w *wireRequest) {
 	if len(w.Outputs) == 0 {
 		w.Outputs = nil
 	}
-	for i := range w.Inputs {
-		null((*json.RawMessage)(&w.Inputs[i].Data))
-		if len(w.Inputs[i].Parameters) == 0 {
-			w.Inputs[i].Parameters = nil
-		}
-	}
+	normalizeTensors(w.Inputs)
 	for i := range w.Outputs {
 		null(&w.Outputs[i].Parameters)
 	}
+}
+
+func normalizeTensors(ts []wireTensor) {
+	for i := range ts {
+		if string(ts[i].Data) == "null" || len(ts[i].Data) == 0 {
+			ts[i].Data = nil
+		}
+		if len(ts[i].Parameters) == 0 {
+			ts[i].Parameters = nil
+		}
+	}
+}
+
+// FuzzReadWireResponse: FuzzReadWireRequest for the response reader, with
+// which stored results and announcements are read back.
+func FuzzReadWireResponse(f *testing.F) {
+	for _, seed := range []string{
+		`{"model_name":"iris","model_version":"1","id":"a","parameters":{"inferq_lines":[[1]]},"outputs":[{"name":"y","shape":[2,2],"datatype":"FP32","data":[1,2,"NaN",4],"parameters":{"k":1}}]}`,
+		`{"model_name":null,"outputs":[{"name":"s","shape":[1],"datatype":"BYTES","data":["{\"0\":0.5}"]}],"extra":{}}`,
+		`{"outputs":null}`, `{"outputs":[{"shape":[1.5]}]}`, `{"id":5}`, `{} {}`, `[]`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	names := regexp.MustCompile(`(?i)"(model_name|model_version|id|parameters|outputs|name|shape|datatype|data)"`)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := readWireResponse(body)
+		if err != nil {
+			return
+		}
+		for _, m := range names.FindAll(body, -1) {
+			if !bytes.Equal(m, bytes.ToLower(m)) {
+				return
+			}
+		}
+		var want wireResponse
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("read %q, which encoding/json refuses: %v", body, err)
+		}
+		for _, w := range []*wireResponse{&got, &want} {
+			if string(w.Parameters) == "null" || len(w.Parameters) == 0 {
+				w.Parameters = nil
+			}
+			if len(w.Outputs) == 0 {
+				w.Outputs = nil
+			}
+			normalizeTensors(w.Outputs)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("read %q as\n%+v\nencoding/json reads\n%+v", body, got, want)
+		}
+	})
 }

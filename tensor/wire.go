@@ -25,13 +25,8 @@ import (
 // name may not appear twice in one object, and strings must be valid
 // UTF-8.
 func readWireRequest(body []byte) (wireRequest, error) {
-	r := wireReaders.Get().(*wireReader)
-	defer r.release()
-	r.body = body
-	// A bytes.Buffer is read in place, not copied.
-	r.dec.Reset(bytes.NewBuffer(body))
 	var w wireRequest
-	err := r.object(func(name string) error {
+	err := readWire(body, func(r *wireReader, name string) error {
 		var err error
 		switch name {
 		case "id":
@@ -54,13 +49,56 @@ func readWireRequest(body []byte) (wireRequest, error) {
 	if err != nil {
 		return wireRequest{}, err
 	}
-	if _, err := r.dec.ReadToken(); err != io.EOF {
-		if err == nil {
-			return wireRequest{}, errors.New("more than one JSON value")
+	return w, nil
+}
+
+// readWireResponse parses a V2 response object as readWireRequest does a
+// request: each output's data aliases body.
+func readWireResponse(body []byte) (wireResponse, error) {
+	var w wireResponse
+	err := readWire(body, func(r *wireReader, name string) error {
+		var err error
+		switch name {
+		case "model_name":
+			w.ModelName, err = r.str("model_name")
+		case "model_version":
+			w.ModelVersion, err = r.str("model_version")
+		case "id":
+			w.ID, err = r.str("id")
+		case "parameters":
+			w.Parameters, err = r.rawObject("parameters")
+			w.Parameters = bytes.Clone(w.Parameters)
+		case "outputs":
+			w.Outputs, err = list(r, "outputs", r.tensor)
+		default:
+			err = r.skip(name, "model_name", "model_version", "id", "parameters", "outputs")
 		}
-		return wireRequest{}, err
+		return err
+	})
+	if err != nil {
+		return wireResponse{}, err
 	}
 	return w, nil
+}
+
+// readWire walks body, one JSON object and nothing after it, calling
+// member for each of its members with a reader positioned at the value.
+func readWire(body []byte, member func(r *wireReader, name string) error) error {
+	r := wireReaders.Get().(*wireReader)
+	defer r.release()
+	r.body = body
+	// A bytes.Buffer is read in place, not copied.
+	r.dec.Reset(bytes.NewBuffer(body))
+	if err := r.object(func(name string) error { return member(r, name) }); err != nil {
+		return err
+	}
+	if _, err := r.dec.ReadToken(); err != io.EOF {
+		if err == nil {
+			return errors.New("more than one JSON value")
+		}
+		return err
+	}
+	return nil
 }
 
 // wireReader is a reusable tokenizer over one body.
