@@ -573,7 +573,8 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := <-readErr; err != nil && ctx.Err() == nil {
 		s.log.Warn("batch output cut short", "batch", rec.ID, "err", err)
-		fmt.Fprintf(out, "{\"error\":%q}\n", "the output could not be read to the end: "+err.Error())
+		msg, _ := json.Marshal("the output could not be read to the end: " + err.Error())
+		fmt.Fprintf(out, "{\"error\":%s}\n", msg)
 	}
 	return out.Flush()
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"unsafe"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/x448/float16"
 )
 
@@ -426,11 +427,11 @@ func appendFloat(out []byte, dt Datatype, f float64) []byte {
 // AppendJSON appends r as V2 response JSON.
 func (r *Response) AppendJSON(buf []byte) []byte {
 	buf = append(buf, `{"model_name":`...)
-	buf = strconv.AppendQuote(buf, r.ModelName)
+	buf = appendJSONString(buf, r.ModelName)
 	buf = append(buf, `,"model_version":`...)
-	buf = strconv.AppendQuote(buf, r.ModelVersion)
+	buf = appendJSONString(buf, r.ModelVersion)
 	buf = append(buf, `,"id":`...)
-	buf = strconv.AppendQuote(buf, r.ID)
+	buf = appendJSONString(buf, r.ID)
 	if len(r.Parameters) > 0 {
 		buf = append(buf, `,"parameters":`...)
 		buf = append(buf, r.Parameters...)
@@ -465,9 +466,11 @@ func (t *Tensor) AppendJSON(buf []byte) []byte {
 	return append(buf, "]}"...)
 }
 
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, as encoding/json writes it; the error saying so is dropped.
 func appendJSONString(buf []byte, s string) []byte {
-	b, _ := json.Marshal(s) // never fails for a string
-	return append(buf, b...)
+	buf, _ = jsontext.AppendQuote(buf, s)
+	return buf
 }
 
 // AppendDataJSON appends t's elements as JSON values separated by commas,

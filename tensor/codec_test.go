@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -179,5 +180,34 @@ func TestFloatEncoding(t *testing.T) {
 	got := string(tt.AppendJSON(nil))
 	if !strings.Contains(got, `"data":[0.1]`) {
 		t.Fatalf("got %s", got)
+	}
+}
+
+// A response is valid JSON whatever its strings hold: control characters
+// and DEL in a client's request id (strconv quoting wrote them as \x01,
+// which JSON has not), quotes, backslashes, and invalid UTF-8 in BYTES
+// data (written as U+FFFD, as encoding/json does). Each reads back.
+func TestResponseStrings(t *testing.T) {
+	tests := []struct{ id, elem, wantElem string }{
+		{"a\x01b\x7fc", "plain", "plain"},
+		{`"quoted" \ back`, "<tag> & \u2028", "<tag> & \u2028"},
+		{"é ✓", "bad \xff byte", "bad \ufffd byte"},
+	}
+	for _, tt := range tests {
+		r := &Response{ModelName: "m", ModelVersion: "1", ID: tt.id, Outputs: []Tensor{
+			{Name: "s", Datatype: Bytes, Shape: []int64{1}, Data: AppendBytesElement(nil, []byte(tt.elem))},
+		}}
+		b := r.AppendJSON(nil)
+		if !json.Valid(b) {
+			t.Fatalf("id %q: invalid JSON %s", tt.id, b)
+		}
+		got, err := DecodeResponse(b)
+		if err != nil {
+			t.Fatalf("id %q: %v", tt.id, err)
+		}
+		elems, err := SplitBytes(got.Outputs[0].Data)
+		if err != nil || got.ID != tt.id || len(elems) != 1 || string(elems[0]) != tt.wantElem {
+			t.Errorf("read back id %q, elements %q (%v); want %q, %q", got.ID, elems, err, tt.id, tt.wantElem)
+		}
 	}
 }
