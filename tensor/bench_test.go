@@ -24,29 +24,7 @@ func BenchmarkDecodeRequest(b *testing.B) {
 		}
 		body := append([]byte(`{"id":"r1","inputs":[`), t.AppendJSON(nil)...)
 		body = append(body, `],"outputs":[{"name":"y"}]}`...)
-		read := map[string]func([]byte) (wireRequest, error){
-			"jsontext": readWireRequest,
-			"encoding_json": func(body []byte) (w wireRequest, err error) {
-				err = json.Unmarshal(body, &w)
-				return w, err
-			},
-		}
-		for _, name := range []string{"encoding_json", "jsontext"} {
-			b.Run(fmt.Sprintf("%d/%s", n, name), func(b *testing.B) {
-				lim := Limits{}.withDefaults()
-				b.SetBytes(int64(len(body)))
-				b.ReportAllocs()
-				for b.Loop() {
-					w, err := read[name](body)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, _, err := w.Inputs[0].decode(nil, lim, lim.MaxElements); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		}
+		benchReaders(b, fmt.Sprintf("%d/", n), body, readWireRequest, func(w wireRequest) []wireTensor { return w.Inputs })
 	}
 }
 
@@ -91,25 +69,31 @@ func BenchmarkDecodeResponse(b *testing.B) {
 		label.Data = binary.LittleEndian.AppendUint64(label.Data, uint64(rng.IntN(3)))
 	}
 	body := (&Response{ModelName: "iris", ModelVersion: "1", ID: "01M8AC3HC9HN8C9Y1TTYX2JS5H", Outputs: []Tensor{probs, label}}).AppendJSON(nil)
-	read := map[string]func([]byte) (wireResponse, error){
-		"jsontext": readWireResponse,
-		"encoding_json": func(body []byte) (w wireResponse, err error) {
+	benchReaders(b, "", body, readWireResponse, func(w wireResponse) []wireTensor { return w.Outputs })
+}
+
+// benchReaders runs body through encoding/json and through read, the
+// jsontext reader, side by side, decoding the tensors of each reading.
+func benchReaders[W any](b *testing.B, prefix string, body []byte, read func([]byte) (W, error), tensors func(W) []wireTensor) {
+	readers := map[string]func([]byte) (W, error){
+		"jsontext": read,
+		"encoding_json": func(body []byte) (w W, err error) {
 			err = json.Unmarshal(body, &w)
 			return w, err
 		},
 	}
 	for _, name := range []string{"encoding_json", "jsontext"} {
-		b.Run(name, func(b *testing.B) {
+		b.Run(prefix+name, func(b *testing.B) {
 			lim := Limits{}.withDefaults()
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				w, err := read[name](body)
+				w, err := readers[name](body)
 				if err != nil {
 					b.Fatal(err)
 				}
-				for i := range w.Outputs {
-					if _, _, err := w.Outputs[i].decode(nil, lim, lim.MaxElements); err != nil {
+				for _, t := range tensors(w) {
+					if _, _, err := t.decode(nil, lim, lim.MaxElements); err != nil {
 						b.Fatal(err)
 					}
 				}
