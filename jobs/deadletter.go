@@ -31,7 +31,7 @@ const (
 )
 
 // DeadLetterSubject is the subject of a model's dead letter for a job.
-func DeadLetterSubject(model, id string) string { return deadPrefix + model + "." + id }
+func DeadLetterSubject(model, id string) string { return deadPrefix + Token(model) + "." + id }
 
 func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -166,7 +166,7 @@ func (q *Queue) DeadLetters(ctx context.Context, model string, after uint64, lim
 	var out []DeadLetter
 	seq := after + 1
 	for len(out) < limit {
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(deadPrefix+model+".*"))
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(deadPrefix+Token(model)+".*"))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

@@ -8,6 +8,8 @@
 //	inferq.requests.<model>   one message per job, V2 binary request
 //	inferq.results.<model>    one message per finished job, its record JSON
 //	inferq.dead.<model>.<id>  a copy of each failed job, for replay
+//
+// where <model> is the model's Token: its name with '.' written '~'.
 //	$KV.INFERQ_JOBS.<job id>  every change of a job's record
 package jobs
 
@@ -69,22 +71,30 @@ const (
 // inferq.requests.<model>.high for high-priority ones.
 func RequestSubject(model string, p Priority) string {
 	if p == High {
-		return requestPrefix + model + ".high"
+		return requestPrefix + Token(model) + ".high"
 	}
-	return requestPrefix + model
+	return requestPrefix + Token(model)
 }
 
 // ResultSubject is the subject a model's finished jobs are announced on.
-func ResultSubject(model string) string { return resultPrefix + model }
+func ResultSubject(model string) string { return resultPrefix + Token(model) }
 
 // ConsumerName is the durable consumer a model's workers share for jobs
 // of a priority.
 func ConsumerName(model string, p Priority) string {
 	if p == High {
-		return "inferq-" + model + "-high"
+		return "inferq-" + Token(model) + "-high"
 	}
-	return "inferq-" + model
+	return "inferq-" + Token(model)
 }
+
+// Token is model as it appears in NATS subjects and consumer names, where
+// '.' separates tokens or is not allowed: each '.' of the name (as in
+// "resnet50-v1.5") becomes '~', which model names cannot hold.
+func Token(model string) string { return strings.ReplaceAll(model, ".", "~") }
+
+// modelOfToken is the model name a Token stands for.
+func modelOfToken(token string) string { return strings.ReplaceAll(token, "~", ".") }
 
 // Options configure the streams and bucket. The zero value is a sensible
 // single-node setup.
@@ -669,7 +679,7 @@ func (q *Queue) Models(ctx context.Context) ([]string, error) {
 	names := stream.ConsumerNames(ctx)
 	for n := range names.Name() {
 		if m, ok := strings.CutPrefix(n, "inferq-"); ok {
-			seen[strings.TrimSuffix(m, "-high")] = true
+			seen[modelOfToken(strings.TrimSuffix(m, "-high"))] = true
 		}
 	}
 	if err := names.Err(); err != nil {

@@ -60,3 +60,18 @@ func TestAxisNames(t *testing.T) {
 		})
 	}
 }
+
+// Model names may hold dots, never '~' (the dot's spelling in NATS
+// subjects, which must stay unambiguous), nor anything a path or subject
+// would read otherwise.
+func TestValidName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"iris": true, "iris.v1.5": true, "resnet50-v1_5": true, strings.Repeat("a", 64): true,
+		"": false, ".hidden": false, "-x": false, "a~b": false, "a/b": false, "a b": false,
+		"a*": false, "a>": false, strings.Repeat("a", 65): false,
+	} {
+		if ValidName(name) != want {
+			t.Errorf("ValidName(%q) = %v, want %v", name, !want, want)
+		}
+	}
+}

@@ -27,11 +27,12 @@ var (
 	ErrUnavailable = errors.New("model unavailable")
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
-// ValidName reports whether name can be a model name: letters, digits, '_'
-// and '-', starting with a letter or digit, at most 64 characters. Names
-// become NATS subjects and storage keys, so nothing else is let through.
+// ValidName reports whether name can be a model name: letters, digits,
+// '_', '-' and '.', starting with a letter or digit, at most 64
+// characters. Names become NATS subjects (a '.' written '~' there) and
+// storage keys, so nothing else is let through.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
 // Model is one loaded version of a model.
@@ -138,7 +139,7 @@ func load(dir string, rt Runtime, prev *Repository) (*Repository, error) {
 		}
 		name := e.Name()
 		if !ValidName(name) {
-			r.Problems = append(r.Problems, fmt.Errorf("model directory %q skipped: names are letters, digits, '_' and '-' (at most 64)", name))
+			r.Problems = append(r.Problems, fmt.Errorf("model directory %q skipped: names are letters, digits, '_', '-' and '.', starting with a letter or digit (at most 64)", name))
 			continue
 		}
 		var old *Family

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -10,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
@@ -243,5 +249,86 @@ func TestHealthAndModels(t *testing.T) {
 	}
 	if r := do(t, "POST", s.url+"/v1/models/bf16/jobs", []byte(`{"inputs":[]}`)); r.code != 503 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("job for an unavailable model: %d %s", r.code, r.body)
+	}
+}
+
+// A model whose name holds dots (as versioned names do: "iris.v1.5") is
+// served beside one named like its first part, each on its own subjects
+// and consumers, where the dots are written '~': jobs of both
+// priorities, the synchronous call, a batch file, its announcements on
+// NATS, and the queue's list of models.
+func TestDottedModelName(t *testing.T) {
+	const name = "iris.v1.5"
+	s, nc := startServeNATS(t, testenv.ModelRepo(t, map[string]string{
+		"iris/1/model.onnx":    "@" + irisPath(t),
+		name + "/1/model.onnx": "@" + irisPath(t),
+	}))
+	if v := listedModels(t, s)[name]; len(v) != 1 || v[0].State != "ready" {
+		t.Fatalf("GET /v1/models says of %s: %+v", name, v)
+	}
+	announced := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe(jobs.ResultSubject(name), announced)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	other, err := nc.SubscribeSync(jobs.ResultSubject("iris"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[6.3,3.3,6.0,2.5]}]}`)
+	ids := []string{s.submit(t, "/v1/models/"+name+"/jobs", body)}
+	req, _ := http.NewRequest("POST", s.url+"/v1/models/"+name+"/jobs", bytes.NewReader(body))
+	req.Header.Set("Inferq-Priority", "high")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec jobs.Record
+	json.NewDecoder(res.Body).Decode(&rec)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		t.Fatalf("high-priority job: %d %+v", res.StatusCode, rec)
+	}
+	ids = append(ids, rec.ID)
+	for _, id := range ids {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded || rec.Model != name {
+			t.Fatalf("job %s: %+v", id, rec)
+		}
+		if got := s.result(t, id); got.ModelName != name || len(got.Outputs) != 2 {
+			t.Fatalf("result of %s: %+v", id, got)
+		}
+	}
+	for range ids {
+		select {
+		case m := <-announced:
+			if m.Subject != "inferq.results.iris~v1~5" {
+				t.Fatalf("announced on %q", m.Subject)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a finished job of the dotted model was not announced")
+		}
+	}
+	if m, err := other.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("the dotted model's job was announced on iris's subject: %s", m.Data)
+	}
+	if r := do(t, "POST", s.url+"/v2/models/"+name+"/infer", body); r.code != http.StatusOK {
+		t.Fatalf("synchronous call: %d %s", r.code, r.body)
+	}
+	batch := postBatch(t, s, name, strings.NewReader(string(body)+"\n"+string(body)+"\n"))
+	if b := awaitBatch(t, s, batch.ID, 30*time.Second); b.Status != jobs.BatchSucceeded || b.Counts.Succeeded != 2 {
+		t.Fatalf("batch file: %+v", b)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := jobs.Open(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if models, err := q.Models(context.Background()); err != nil || !slices.Contains(models, name) || !slices.Contains(models, "iris") {
+		t.Fatalf("the queue lists models %v (%v); want %s and iris", models, err, name)
 	}
 }
