@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -279,17 +277,10 @@ func TestDottedModelName(t *testing.T) {
 	nc.Flush()
 	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[6.3,3.3,6.0,2.5]}]}`)
 	ids := []string{s.submit(t, "/v1/models/"+name+"/jobs", body)}
-	req, _ := http.NewRequest("POST", s.url+"/v1/models/"+name+"/jobs", bytes.NewReader(body))
-	req.Header.Set("Inferq-Priority", "high")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := do(t, "POST", s.url+"/v1/models/"+name+"/jobs", body, "Inferq-Priority", "high")
 	var rec jobs.Record
-	json.NewDecoder(res.Body).Decode(&rec)
-	res.Body.Close()
-	if res.StatusCode != http.StatusAccepted {
-		t.Fatalf("high-priority job: %d %+v", res.StatusCode, rec)
+	if r.json(t, &rec); r.code != http.StatusAccepted {
+		t.Fatalf("high-priority job: %d %s", r.code, r.body)
 	}
 	ids = append(ids, rec.ID)
 	for _, id := range ids {

@@ -144,13 +144,18 @@ func (r response) errorMessage(t *testing.T) string {
 	return e.Error
 }
 
-func do(t *testing.T, method, url string, body []byte) response {
+// do makes a request with a JSON body and the given headers, as name,
+// value pairs, and returns the answer read to the end.
+func do(t *testing.T, method, url string, body []byte, headers ...string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
