@@ -8,9 +8,9 @@
 //	inferq.requests.<model>   one message per job, V2 binary request
 //	inferq.results.<model>    one message per finished job, its record JSON
 //	inferq.dead.<model>.<id>  a copy of each failed job, for replay
+//	$KV.INFERQ_JOBS.<job id>  every change of a job's record
 //
 // where <model> is the model's Token: its name with '.' written '~'.
-//	$KV.INFERQ_JOBS.<job id>  every change of a job's record
 package jobs
 
 import (
