@@ -22,26 +22,22 @@ import (
 // for its inputs alone. Jobs of different sizes are submitted together, so
 // the worker must group them by shape.
 func TestThirdPartyModels(t *testing.T) {
-	type job struct {
-		rows int
-		dims []int64
-	}
 	models := []struct {
 		name, file string
-		jobs       []job
+		jobs       []sizedJob
 	}{
 		// onnxruntime_go's test network: sums each row of [-1, 10].
-		{"sum", "onnxruntime_go/example_dynamic_axes.onnx", []job{{1, nil}, {3, nil}, {2, nil}, {1, nil}, {4, nil}}},
+		{"sum", "onnxruntime_go/example_dynamic_axes.onnx", []sizedJob{{1, nil}, {3, nil}, {2, nil}, {1, nil}, {4, nil}}},
 		// onnxruntime_go's network of fixed shapes and mixed types:
 		// UINT8 [1,1,1] and FP64 [1,2,2] in, INT16 and INT64 out. Not
 		// batchable: run one job at a time.
-		{"multitype", "onnxruntime_go/example_multitype.onnx", []job{{1, nil}, {1, nil}, {1, nil}}},
+		{"multitype", "onnxruntime_go/example_multitype.onnx", []sizedJob{{1, nil}, {1, nil}, {1, nil}}},
 		// PaddleOCR text direction classifier, [-1, 3, -1, -1] -> [-1, 2].
-		{"ocrcls", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", []job{{1, []int64{48, 192}}, {2, []int64{48, 192}}, {1, []int64{48, 96}}, {1, []int64{48, 192}}}},
+		{"ocrcls", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", []sizedJob{{1, []int64{48, 192}}, {2, []int64{48, 192}}, {1, []int64{48, 96}}, {1, []int64{48, 192}}}},
 		// PaddleOCR text detector, [-1, 3, -1, -1] -> [-1, 1, -1, -1].
-		{"ocrdet", "ppocr/ch_PP-OCRv4_det_infer.onnx", []job{{1, []int64{32, 32}}, {1, []int64{64, 96}}, {2, []int64{32, 32}}}},
+		{"ocrdet", "ppocr/ch_PP-OCRv4_det_infer.onnx", []sizedJob{{1, []int64{32, 32}}, {1, []int64{64, 96}}, {2, []int64{32, 32}}}},
 		// PaddleOCR text recognizer, [-1, 3, 48, -1] -> [-1, -1, 6625].
-		{"ocrrec", "ppocr/ch_PP-OCRv4_rec_infer.onnx", []job{{1, []int64{64}}, {1, []int64{96}}, {2, []int64{64}}}},
+		{"ocrrec", "ppocr/ch_PP-OCRv4_rec_infer.onnx", []sizedJob{{1, []int64{64}}, {1, []int64{96}}, {2, []int64{64}}}},
 	}
 	files := map[string]string{}
 	for _, m := range models {
@@ -51,16 +47,29 @@ func TestThirdPartyModels(t *testing.T) {
 	s := startServe(t, testenv.ModelRepo(t, files))
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, m := range models {
-		t.Run(m.name, func(t *testing.T) {
-			ref := openDirect(t, testenv.ThirdParty(t, m.file))
-			inputs := make([][]tensor.Tensor, len(m.jobs))
-			for i, j := range m.jobs {
-				inputs[i] = randomInputs(rng, ref.sig.Inputs, j.rows, j.dims...)
-			}
-			assertJobs(t, s, m.name, inputs, ref)
-			assertBatchFile(t, s, m.name, inputs, ref)
-		})
+		t.Run(m.name, func(t *testing.T) { assertServed(t, s, rng, m.name, m.file, m.jobs) })
 	}
+}
+
+// sizedJob is a job of random inputs: rows along the batch axis, then the
+// sizes of the input's other dynamic dimensions in order.
+type sizedJob struct {
+	rows int
+	dims []int64
+}
+
+// assertServed checks that model, served by s from the third-party file,
+// returns for jobs of random inputs of the given sizes what ONNX Runtime
+// gives each alone, as jobs and as batch-file lines.
+func assertServed(t *testing.T, s *server, rng *rand.Rand, model, file string, jobs []sizedJob) {
+	t.Helper()
+	ref := openDirect(t, testenv.ThirdParty(t, file))
+	inputs := make([][]tensor.Tensor, len(jobs))
+	for i, j := range jobs {
+		inputs[i] = randomInputs(rng, ref.sig.Inputs, j.rows, j.dims...)
+	}
+	assertJobs(t, s, model, inputs, ref)
+	assertBatchFile(t, s, model, inputs, ref)
 }
 
 // A scikit-learn random forest (converted by skl2onnx, from onnxruntime_go's
@@ -216,11 +225,11 @@ func TestMoreThirdPartyModels(t *testing.T) {
 	}
 	models := []struct {
 		name, file string
-		rows       []int
+		jobs       []sizedJob
 	}{
-		{"strings", "onnxruntime_go/example_strings.onnx", []int{3, 1, 2, 4}},
-		{"zerodim", "onnxruntime_go/example_0_dim_output.onnx", []int{2, 2}},
-		{"fanout", "onnxruntime_go/example_big_fanout.onnx", []int{1, 1}},
+		{"strings", "onnxruntime_go/example_strings.onnx", []sizedJob{{3, nil}, {1, nil}, {2, nil}, {4, nil}}},
+		{"zerodim", "onnxruntime_go/example_0_dim_output.onnx", []sizedJob{{2, nil}, {2, nil}}},
+		{"fanout", "onnxruntime_go/example_big_fanout.onnx", []sizedJob{{1, nil}, {1, nil}}},
 	}
 	files := map[string]string{
 		"bf16in/1/model.onnx": "@" + testenv.ThirdParty(t, "onnxruntime_go/example_several_inputs_and_outputs.onnx"),
@@ -245,15 +254,7 @@ func TestMoreThirdPartyModels(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(13, 14))
 	for _, m := range models {
-		t.Run(m.name, func(t *testing.T) {
-			ref := openDirect(t, testenv.ThirdParty(t, m.file))
-			inputs := make([][]tensor.Tensor, len(m.rows))
-			for i, rows := range m.rows {
-				inputs[i] = randomInputs(rng, ref.sig.Inputs, rows)
-			}
-			assertJobs(t, s, m.name, inputs, ref)
-			assertBatchFile(t, s, m.name, inputs, ref)
-		})
+		t.Run(m.name, func(t *testing.T) { assertServed(t, s, rng, m.name, m.file, m.jobs) })
 	}
 }
 
