@@ -180,25 +180,34 @@ func loadFamily(dir, name string, rt Runtime, prev *Family) (*Family, error) {
 		if !e.IsDir() || err != nil || v <= 0 {
 			continue
 		}
-		path := filepath.Join(dir, e.Name(), "model.onnx")
-		if _, err := os.Stat(path); err != nil {
-			continue
-		}
 		// Every file of the version counts, not model.onnx alone: a
 		// model's weights may be in files beside it (external data), and
 		// one that arrives after model.onnx must get the version loaded.
 		// Links are followed, so that a file swapped behind a link (as
-		// Kubernetes updates a mounted volume) counts as changed.
-		files, err := os.ReadDir(filepath.Join(dir, e.Name()))
+		// Kubernetes updates a mounted volume) counts as changed. A
+		// folder without model.onnx is not a version.
+		vdir := filepath.Join(dir, e.Name())
+		files, err := os.ReadDir(vdir)
 		if err != nil {
 			continue
 		}
+		var lines strings.Builder
+		hasModel := false
 		for _, file := range files {
-			if st, err := os.Stat(filepath.Join(dir, e.Name(), file.Name())); err == nil && st.Mode().IsRegular() {
-				fmt.Fprintf(&fp, "%d %q %d %d\n", v, file.Name(), st.Size(), st.ModTime().UnixNano())
+			st, err := os.Stat(filepath.Join(vdir, file.Name()))
+			if err != nil {
+				continue
+			}
+			hasModel = hasModel || file.Name() == "model.onnx"
+			if st.Mode().IsRegular() {
+				fmt.Fprintf(&lines, "%d %q %d %d\n", v, file.Name(), st.Size(), st.ModTime().UnixNano())
 			}
 		}
-		versions = append(versions, version{v, path})
+		if !hasModel {
+			continue
+		}
+		fp.WriteString(lines.String())
+		versions = append(versions, version{v, filepath.Join(vdir, "model.onnx")})
 	}
 	if len(versions) == 0 {
 		return nil, nil // not a model directory
