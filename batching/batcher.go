@@ -160,6 +160,19 @@ func (b *Batcher[T]) Next(idle bool) (Batch[T], bool) {
 			}
 		}
 	}
+	return b.Full()
+}
+
+// Full returns a batch that is full (or was closed to bound the open
+// groups), if any, and leaves the others open even past their delay. A
+// caller whose model instances are all busy takes batches with Full, so
+// that a batch whose delay has passed keeps filling until an instance is
+// free to run it, as Triton's dynamic batcher does, instead of closing
+// part full only to wait for one. Closing it at its delay would not run
+// it any sooner, and under a steady load it locks batch sizes in: each
+// run frees room for as many jobs as it held, they arrive together, and
+// their batch closes at its delay holding just those.
+func (b *Batcher[T]) Full() (Batch[T], bool) {
 	if len(b.ready) == 0 {
 		return Batch[T]{}, false
 	}

@@ -89,6 +89,121 @@ func TestBatcherDecisions(t *testing.T) {
 	}
 }
 
+// TestFull: with every instance busy, only full batches (or those closed
+// to bound the open groups) come out; one past its delay stays open and
+// fills.
+func TestFull(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	b, _ := New[int](Policy{MaxBatchSize: 3, MaxQueueDelay: 10 * time.Millisecond, MaxOpenGroups: 1}, clk.now)
+	b.Add("a", 0, 1)
+	b.Add("a", 1, 1)
+	clk.advance(time.Second)
+	if batch, ok := b.Full(); ok {
+		t.Fatalf("Full gave a batch of %d rows, closed by %s, before any was full", batch.Rows, batch.Reason)
+	}
+	b.Add("a", 2, 1) // the late batch took one more and is full now
+	b.Add("b", 3, 1)
+	b.Add("c", 4, 1) // a second open group closes the first, b
+	var got []Batch[int]
+	for {
+		batch, ok := b.Full()
+		if !ok {
+			break
+		}
+		got = append(got, batch)
+	}
+	if len(got) != 2 || got[0].Reason != ReasonMaxSize || !slices.Equal(got[0].Items, []int{0, 1, 2}) ||
+		got[1].Reason != ReasonGroups || !slices.Equal(got[1].Items, []int{3}) {
+		t.Fatalf("Full gave %+v; want the full batch a, then b closed for room", got)
+	}
+	// c is past no delay yet; once it is, Next (an instance free) takes it.
+	clk.advance(10 * time.Millisecond)
+	if batch, ok := b.Next(false); !ok || batch.Reason != ReasonDelay || !slices.Equal(batch.Items, []int{4}) {
+		t.Fatalf("Next after the delay = %+v, %v", batch, ok)
+	}
+}
+
+// TestBusyInstancesGetFullBatches drives a batcher as a worker does, under
+// more load than its instances can run: a worker holds at most two
+// batches per instance, so jobs arrive as runs end and free room, a few
+// at a time. Taking batches with Full while every instance is busy (and
+// Next only when one is free) gives full batches once the first runs
+// end. Closing them at their delay whatever the instances are doing, as
+// Next alone does, locks sizes in: here at 21 rows (the jobs that arrive
+// in one delay) and 2; in BenchmarkQueueVsDirect, at 5 to 32 rows in a
+// repeating cycle.
+func TestBusyInstancesGetFullBatches(t *testing.T) {
+	const (
+		instances = 2
+		maxBatch  = 32
+		room      = 2 * maxBatch * instances
+		runFor    = 200 * time.Millisecond
+		arrival   = 500 * time.Microsecond // faster than the runs take jobs
+		step      = 100 * time.Microsecond
+	)
+	for _, busyRule := range []bool{true, false} {
+		clk := &clock{t: time.Unix(0, 0)}
+		b, _ := New[int](Policy{MaxBatchSize: maxBatch, MaxQueueDelay: 10 * time.Millisecond}, clk.now)
+		type run struct {
+			rows int
+			ends time.Time
+		}
+		var queued []Batch[int]
+		var running []run
+		held, n, taken := 0, 0, 0
+		var sizes []int
+		nextArrival := clk.t
+		for clk.t.Before(time.Unix(10, 0)) {
+			// Runs that end free their instance and their room.
+			running = slices.DeleteFunc(running, func(r run) bool {
+				if clk.t.Before(r.ends) {
+					return false
+				}
+				held -= r.rows
+				return true
+			})
+			if held < room && !clk.t.Before(nextArrival) {
+				b.Add("a", n, 1)
+				n++
+				held++
+				nextArrival = clk.t.Add(arrival)
+			}
+			for {
+				var batch Batch[int]
+				var ok bool
+				if busyRule && len(running)+len(queued) >= instances {
+					batch, ok = b.Full()
+				} else {
+					batch, ok = b.Next(false)
+				}
+				if !ok {
+					break
+				}
+				queued = append(queued, batch)
+			}
+			for len(running) < instances && len(queued) > 0 {
+				running = append(running, run{rows: queued[0].Rows, ends: clk.t.Add(runFor)})
+				taken += len(queued[0].Items)
+				sizes = append(sizes, queued[0].Rows)
+				queued = queued[1:]
+			}
+			clk.advance(step)
+		}
+		// The first batches are formed before the instances are busy.
+		late := sizes[2*instances:]
+		short := slices.IndexFunc(late, func(rows int) bool { return rows < maxBatch })
+		switch {
+		case busyRule && short >= 0:
+			t.Fatalf("batch %d of %d ran %d rows while the instances were busy; want %d: sizes %v", 2*instances+short, len(sizes), late[short], maxBatch, sizes)
+		case !busyRule && short < 0:
+			t.Fatalf("closing batches at their delay gave full batches too (%v): this test no longer shows the lock-in it guards against", sizes)
+		}
+		if taken == 0 || len(sizes) < 20 {
+			t.Fatalf("only %d batches ran", len(sizes))
+		}
+	}
+}
+
 func TestUntilNext(t *testing.T) {
 	clk := &clock{t: time.Unix(1000, 0)}
 	b, _ := New[int](Policy{MaxBatchSize: 4, MaxQueueDelay: 10 * time.Millisecond}, clk.now)

@@ -219,6 +219,31 @@ func (w *Worker) Run(ctx context.Context) error {
 	prepared := make(chan []*item, w.instances)
 	ran := make(chan *ranBatch, 8*w.instances)
 	var preparers, executors, writers sync.WaitGroup
+	// busy counts the batches handed on and not yet run: while there are
+	// as many as instances, no instance is free, and a batch that is not
+	// full stays open to fill (see batching.Batcher.Full). freed wakes
+	// the loop when a run ends.
+	var busy atomic.Int64
+	freed := make(chan struct{}, 1)
+	ranOne := func() {
+		busy.Add(-1)
+		select {
+		case freed <- struct{}{}:
+		default:
+		}
+	}
+	next := func(idle bool) (batching.Batch[*item], bool) {
+		if busy.Load() >= int64(w.instances) {
+			return batcher.Full()
+		}
+		return batcher.Next(idle)
+	}
+	dispatch := func(b batching.Batch[*item]) {
+		busy.Add(1)
+		if !w.dispatch(ctx, work, b) {
+			ranOne()
+		}
+	}
 	// Work started is finished even while shutting down.
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -227,6 +252,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			for b := range work {
 				if items := w.start(workCtx, b.Items); len(items) > 0 {
 					prepared <- items
+				} else {
+					ranOne()
 				}
 			}
 		})
@@ -236,6 +263,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				for _, it := range items {
 					w.held.markRan(it.msg)
 				}
+				ranOne()
 				ran <- r
 			}
 		})
@@ -290,14 +318,15 @@ func (w *Worker) Run(ctx context.Context) error {
 						break drain
 					}
 					w.admit(ctx, batcher, m)
-					if b, ok := batcher.Next(false); ok {
-						w.dispatch(ctx, work, b)
+					if b, ok := next(false); ok {
+						dispatch(b)
 					}
 				default:
 					break drain
 				}
 			}
 		case <-timer.C:
+		case <-freed:
 		case <-ctx.Done():
 			open = false
 		}
@@ -305,14 +334,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			break
 		}
 		for {
-			b, ok := batcher.Next(len(msgs) == 0)
+			b, ok := next(len(msgs) == 0)
 			if !ok {
 				break
 			}
-			w.dispatch(ctx, work, b)
+			dispatch(b)
 		}
+		// While every instance is busy, the open batches wait for a run
+		// to end (freed), not for their delay.
 		d, ok := batcher.UntilNext()
-		if !ok {
+		if !ok || busy.Load() >= int64(w.instances) {
 			d = time.Hour
 		}
 		timer.Reset(d)
@@ -470,16 +501,19 @@ func prefer[T any](high, normal <-chan T, out chan<- T, streak int) {
 	}
 }
 
-// dispatch hands a batch to a free executor, waiting for one. At shutdown
-// the batch goes back to the queue instead.
-func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item], b batching.Batch[*item]) {
+// dispatch hands a batch to a free executor, waiting for one, and
+// reports whether it did. At shutdown the batch goes back to the queue
+// instead.
+func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item], b batching.Batch[*item]) bool {
 	select {
 	case work <- b:
 		w.opts.Metrics.batches.WithLabelValues(w.name, string(b.Reason)).Inc()
+		return true
 	case <-ctx.Done():
 		for _, it := range b.Items {
 			_ = it.msg.Nak()
 		}
+		return false
 	}
 }
 

@@ -22,7 +22,8 @@ type Config struct {
 	// else 1 (no batching).
 	MaxBatchSize int `yaml:"max_batch_size" json:"max_batch_size"`
 	// MaxQueueDelay is how long the first request of a batch may wait for
-	// others to join it. Default 5ms.
+	// others to join it while an instance is free to run it (while all are
+	// busy, the batch fills until one is). Default 5ms.
 	MaxQueueDelay time.Duration `yaml:"max_queue_delay" json:"max_queue_delay"`
 	// PreferredBatchSizes are batch sizes worth dispatching at once, without
 	// waiting out the delay, when no more requests are at hand.
