@@ -80,13 +80,21 @@ func RequestSubject(model string, p Priority) string {
 func ResultSubject(model string) string { return resultPrefix + Token(model) }
 
 // ConsumerName is the durable consumer a model's workers share for jobs
-// of a priority.
+// of a priority: inferq-<token> for normal jobs, inferq-<token>@high for
+// high-priority ones. No token holds '@', so no two models share a
+// consumer (see retireOldConsumer for the names of earlier releases).
 func ConsumerName(model string, p Priority) string {
 	if p == High {
-		return "inferq-" + Token(model) + "-high"
+		return "inferq-" + Token(model) + "@high"
 	}
 	return "inferq-" + Token(model)
 }
+
+// oldHighConsumerName is what releases before 2026-11-26 named a model's
+// high-priority consumer: the name of model "<model>-high"'s normal one,
+// so that each of those models' workers set the consumer's filter to its
+// own subject in turn, and one model's jobs went to the other's workers.
+func oldHighConsumerName(model string) string { return "inferq-" + Token(model) + "-high" }
 
 // Token is model as it appears in NATS subjects and consumer names, where
 // '.' separates tokens or is not allowed: each '.' of the name (as in
@@ -451,6 +459,9 @@ func (q *Queue) Consumer(ctx context.Context, model string, p Priority, opts Con
 	if opts.MaxAckPending <= 0 {
 		opts.MaxAckPending = 1024
 	}
+	if err := q.retireOldConsumer(ctx, model, p); err != nil {
+		return nil, fmt.Errorf("set up consumer for model %s: %w", model, err)
+	}
 	c, err := q.js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
 		Durable:       ConsumerName(model, p),
 		Description:   "inferq workers of model " + model + " (" + string(p) + " priority)",
@@ -465,6 +476,41 @@ func (q *Queue) Consumer(ctx context.Context, model string, p Priority, opts Con
 		return nil, fmt.Errorf("set up consumer for model %s: %w", model, err)
 	}
 	return c, nil
+}
+
+// retireOldConsumer deletes a consumer of an earlier release that stands
+// in the way of model's consumer of priority p: for a high-priority one,
+// the model's own under its old name (see oldHighConsumerName), which
+// holds its subject, and which a work-queue stream would not let a second
+// consumer share; for a normal one, another model's old high-priority
+// consumer holding this one's name. Jobs the deleted consumer delivered
+// and nobody acknowledged stay in the stream, and come again to the
+// model's new consumer.
+func (q *Queue) retireOldConsumer(ctx context.Context, model string, p Priority) error {
+	subject := RequestSubject(model, p)
+	old := ConsumerName(model, p)
+	if p == High {
+		old = oldHighConsumerName(model)
+	}
+	c, err := q.js.Consumer(ctx, RequestStream, old)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up consumer %s: %w", old, err)
+	}
+	filter := c.CachedInfo().Config.FilterSubject
+	stale := filter != subject // this model's name, another model's jobs
+	if p == High {
+		stale = filter == subject // this model's jobs, its old name
+	}
+	if !stale {
+		return nil
+	}
+	if err := q.js.DeleteConsumer(ctx, RequestStream, old); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer %s of an earlier release: %w", old, err)
+	}
+	return nil
 }
 
 // Depth is a model's queue: jobs waiting and jobs delivered but not yet

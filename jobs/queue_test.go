@@ -1,0 +1,153 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/internal/embednats"
+)
+
+// setup starts an embedded NATS server and sets the queue up on it.
+func setup(t *testing.T) (*Queue, jetstream.JetStream) {
+	t.Helper()
+	ns, err := embednats.Start(embednats.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := ns.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := Setup(context.Background(), js, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, js
+}
+
+// queueJob publishes a bare job message of model and priority, as the
+// API would (without a record), and returns its id.
+func queueJob(t *testing.T, js jetstream.JetStream, model string, p Priority, id string) {
+	t.Helper()
+	msg := nats.NewMsg(RequestSubject(model, p))
+	msg.Header.Set(HeaderJobID, id)
+	msg.Header.Set(HeaderModel, model)
+	msg.Data = []byte(`{}`)
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fetchIDs pulls up to n jobs from c and returns their ids, acknowledged.
+func fetchIDs(t *testing.T, c jetstream.Consumer, n int) []string {
+	t.Helper()
+	b, err := c.Fetch(n, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for m := range b.Messages() {
+		ids = append(ids, m.Headers().Get(HeaderJobID))
+		if err := m.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+// TestConsumerNamesDoNotCollide: model "m" at high priority and model
+// "m-high" at normal priority once shared a durable consumer name,
+// inferq-m-high, so that each model's workers set the other's filter in
+// turn, and one model's jobs were run by the other's.
+func TestConsumerNamesDoNotCollide(t *testing.T) {
+	q, js := setup(t)
+	ctx := context.Background()
+	queueJob(t, js, "m", High, "job-of-m")
+	queueJob(t, js, "m-high", Normal, "job-of-m-high")
+	high, err := q.Consumer(ctx, "m", High, ConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	normal, err := q.Consumer(ctx, "m-high", Normal, ConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fetchIDs(t, high, 10); len(got) != 1 || got[0] != "job-of-m" {
+		t.Errorf("model m's high-priority consumer gave %v; want [job-of-m]", got)
+	}
+	if got := fetchIDs(t, normal, 10); len(got) != 1 || got[0] != "job-of-m-high" {
+		t.Errorf("model m-high's consumer gave %v; want [job-of-m-high]", got)
+	}
+}
+
+// TestConsumerRetiresOldHighPriorityName: a queue set up by an earlier
+// release has model m's high-priority consumer under its old name,
+// inferq-m-high, holding a job delivered and never acknowledged (its
+// worker stopped). Opening m's high-priority consumer retires the old one
+// and delivers the job again; opening model m-high's consumer does not
+// take the old one over.
+func TestConsumerRetiresOldHighPriorityName(t *testing.T) {
+	for _, first := range []string{"m", "m-high"} {
+		t.Run("first "+first, func(t *testing.T) {
+			q, js := setup(t)
+			ctx := context.Background()
+			old, err := js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
+				Durable: "inferq-m-high", FilterSubject: RequestSubject("m", High),
+				AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: -1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			queueJob(t, js, "m", High, "started-before")
+			queueJob(t, js, "m", High, "waiting")
+			queueJob(t, js, "m-high", Normal, "job-of-m-high")
+			b, err := old.Fetch(1, jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range b.Messages() { // delivered, never acknowledged
+			}
+
+			open := map[string]func() (jetstream.Consumer, error){
+				"m":      func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m", High, ConsumerOptions{}) },
+				"m-high": func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m-high", Normal, ConsumerOptions{}) },
+			}
+			second := map[string]string{"m": "m-high", "m-high": "m"}[first]
+			cons := map[string]jetstream.Consumer{}
+			for _, name := range []string{first, second} {
+				if cons[name], err = open[name](); err != nil {
+					t.Fatalf("open the consumer of %s: %v", name, err)
+				}
+			}
+			if got := fetchIDs(t, cons["m"], 10); len(got) != 2 || got[0] != "started-before" || got[1] != "waiting" {
+				t.Errorf("model m's high-priority consumer gave %v; want [started-before waiting]", got)
+			}
+			if got := fetchIDs(t, cons["m-high"], 10); len(got) != 1 || got[0] != "job-of-m-high" {
+				t.Errorf("model m-high's consumer gave %v; want [job-of-m-high]", got)
+			}
+			info, err := cons["m-high"].Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Config.FilterSubject != RequestSubject("m-high", Normal) {
+				t.Errorf("model m-high's consumer %s filters %s", info.Name, info.Config.FilterSubject)
+			}
+			if c, err := js.Consumer(ctx, RequestStream, "inferq-m-high"); err == nil && c.CachedInfo().Config.FilterSubject == RequestSubject("m", High) {
+				t.Error("the old high-priority consumer inferq-m-high is still there")
+			} else if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				t.Fatal(err)
+			}
+		})
+	}
+}
