@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -149,5 +150,63 @@ func TestConsumerRetiresOldHighPriorityName(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// watchers counts the consumers of the records bucket: the Watcher's
+// watch is one.
+func watchers(t *testing.T, js jetstream.JetStream) int {
+	t.Helper()
+	s, err := js.Stream(context.Background(), "KV_"+RecordBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Consumers
+}
+
+// TestWatcherWatchesOnlyWhileWaited: the bucket is watched from the
+// first waiter until a while after the last; each waiter hears of every
+// change made after Wait returned, a first one after a watch stopped too.
+func TestWatcherWatchesOnlyWhileWaited(t *testing.T) {
+	q, js := setup(t)
+	ctx := context.Background()
+	w := q.Records.Watch(nil)
+	defer w.Close()
+	w.idle = 50 * time.Millisecond
+	if n := watchers(t, js); n != 0 {
+		t.Fatalf("%d watches of the records with nobody waiting", n)
+	}
+	for round := range 2 {
+		id := fmt.Sprintf("job-%d", round)
+		if err := q.Records.Create(ctx, &Record{ID: id, Status: Queued}); err != nil {
+			t.Fatal(err)
+		}
+		changed, stop := w.Wait(id)
+		if n := watchers(t, js); n != 1 {
+			t.Fatalf("round %d: %d watches of the records while one waiter waits", round, n)
+		}
+		if _, err := q.Records.Update(ctx, id, func(r *Record) error { r.Status = Running; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case rec := <-changed:
+			if rec.ID != id || rec.Status != Running {
+				t.Fatalf("round %d: the waiter heard %+v", round, rec)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the waiter heard nothing of the change", round)
+		}
+		stop()
+		deadline := time.Now().Add(5 * time.Second)
+		for watchers(t, js) != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the watch still runs %s after its last waiter left (idle %s)", round, 5*time.Second, w.idle)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }

@@ -3,8 +3,9 @@ package jobs
 import (
 	"context"
 	"encoding/json"
-	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -19,31 +20,135 @@ import (
 // when the bucket refuses it (a compare-and-set that lost), so a reader
 // told "succeeded" could read "running" back, or be told of a change that
 // never happened.
+//
+// The watch runs only while someone waits, and for IdleWatch after: every
+// job's record changes three times, and a watch of every change cost each
+// API process three deliveries a job (5-11 % of the CPU of a small job)
+// when nobody waits, as with jobs submitted and fetched later.
 type Watcher struct {
-	kw   jetstream.KeyWatcher
-	done chan struct{}
+	kv   jetstream.KeyValue
+	idle time.Duration // IdleWatch; shorter in tests
+	log  *slog.Logger
+
+	// starting serialises starts of the watch, which talk to NATS.
+	starting sync.Mutex
 
 	mu      sync.Mutex
+	kw      jetstream.KeyWatcher // nil while no watch runs
+	ended   chan struct{}        // closed when the running watch's loop ends
 	waiters map[string]map[chan *Record]struct{}
+	idler   *time.Timer // stops the watch once nobody has waited for idle
+	closed  bool
 }
 
-// Watch starts a Watcher of every record change from now on. Close it
-// when done.
-func (r *Records) Watch(ctx context.Context) (*Watcher, error) {
-	kw, err := r.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("watch job records: %w", err)
+// IdleWatch is how long a Watcher keeps watching after its last waiter
+// left, so that a steady trickle of waiters does not start a watch each.
+const IdleWatch = time.Minute
+
+// Watch returns a Watcher of the bucket's record changes, which starts
+// watching when the first waiter comes (see Wait) and reports to log a
+// watch that cannot start (nil: nowhere). Close it when done.
+func (r *Records) Watch(log *slog.Logger) *Watcher {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	w := &Watcher{kw: kw, done: make(chan struct{}), waiters: map[string]map[chan *Record]struct{}{}}
+	return &Watcher{kv: r.kv, idle: IdleWatch, log: log, waiters: map[string]map[chan *Record]struct{}{}}
+}
+
+// start makes sure the watch runs while anyone waits. It returns once it
+// runs, from when every change stored is delivered; or, if it cannot
+// start (NATS away), after the first try, leaving the next to a goroutine
+// that tries until it works and then sends each waiter its record as it
+// stands, for the changes the watch could not see.
+func (w *Watcher) start() {
+	if w.tryStart() {
+		return
+	}
 	go func() {
-		defer close(w.done)
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			time.Sleep(wait)
+			if w.tryStart() {
+				w.catchUp()
+				return
+			}
+		}
+	}()
+}
+
+// tryStart starts the watch if it is needed and not running, and reports
+// false if it could not.
+func (w *Watcher) tryStart() bool {
+	w.starting.Lock()
+	defer w.starting.Unlock()
+	w.mu.Lock()
+	needed := !w.closed && w.kw == nil && len(w.waiters) > 0
+	w.mu.Unlock()
+	if !needed {
+		return true
+	}
+	// The watch lives as long as its context: cancelled, it stops.
+	// (Setting it up is bounded by JetStream's own request timeout.)
+	ctx, cancel := context.WithCancel(context.Background())
+	kw, err := w.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		cancel()
+		w.log.Warn("cannot watch job records; waiters hear of changes once it can", "err", err)
+		return false
+	}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		defer cancel()
 		for e := range kw.Updates() {
 			if e != nil {
 				w.onUpdate(e.Key(), e.Value())
 			}
 		}
 	}()
-	return w, nil
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		_ = kw.Stop()
+		<-ended
+		return true
+	}
+	w.kw, w.ended = kw, ended
+	w.mu.Unlock()
+	return true
+}
+
+// catchUp sends each waiter its record as it stands, after a watch that
+// started late.
+func (w *Watcher) catchUp() {
+	w.mu.Lock()
+	ids := make([]string, 0, len(w.waiters))
+	for id := range w.waiters {
+		ids = append(ids, id)
+	}
+	w.mu.Unlock()
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		e, err := w.kv.Get(ctx, id)
+		cancel()
+		if err == nil {
+			w.onUpdate(id, e.Value())
+		}
+	}
+}
+
+// stopIdle stops the watch if nobody has waited since the idle timer was
+// set.
+func (w *Watcher) stopIdle() {
+	w.mu.Lock()
+	if len(w.waiters) > 0 || w.kw == nil {
+		w.mu.Unlock()
+		return
+	}
+	kw, ended := w.kw, w.ended
+	w.kw, w.idler = nil, nil
+	w.mu.Unlock()
+	_ = kw.Stop()
+	<-ended
 }
 
 func (w *Watcher) onUpdate(id string, value []byte) {
@@ -77,7 +182,8 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 // Wait returns a channel that receives job id's record after each change
 // from now on (the newest 8, if the reader falls behind), and a
 // function that stops the watch. Register before reading the record, so
-// no change falls between the two.
+// no change falls between the two: Wait returns once the bucket's watch
+// runs.
 func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
 	// Room for the few states of a job, so that a reader slower than the
 	// changes still sees each that the watch delivered; one further
@@ -90,20 +196,42 @@ func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
 		w.waiters[id] = map[chan *Record]struct{}{}
 	}
 	w.waiters[id][ch] = struct{}{}
+	if w.idler != nil {
+		w.idler.Stop()
+		w.idler = nil
+	}
+	running := w.kw != nil
 	w.mu.Unlock()
+	if !running {
+		w.start()
+	}
 	return ch, func() {
 		w.mu.Lock()
+		defer w.mu.Unlock()
 		delete(w.waiters[id], ch)
 		if len(w.waiters[id]) == 0 {
 			delete(w.waiters, id)
 		}
-		w.mu.Unlock()
+		if len(w.waiters) == 0 && w.kw != nil && w.idler == nil && !w.closed {
+			w.idler = time.AfterFunc(w.idle, w.stopIdle)
+		}
 	}
 }
 
 // Close stops the watcher and waits for it to finish.
 func (w *Watcher) Close() error {
-	err := w.kw.Stop()
-	<-w.done
+	w.mu.Lock()
+	w.closed = true
+	if w.idler != nil {
+		w.idler.Stop()
+	}
+	kw, ended := w.kw, w.ended
+	w.kw = nil
+	w.mu.Unlock()
+	if kw == nil {
+		return nil
+	}
+	err := kw.Stop()
+	<-ended
 	return err
 }

@@ -285,10 +285,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		})
 	}
 	if m != modeWorker {
-		watcher, err := q.Records.Watch(ctx)
-		if err != nil {
-			return err
-		}
+		watcher := q.Records.Watch(log)
 		defer watcher.Close()
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
