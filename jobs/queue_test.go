@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,6 +208,82 @@ func TestWatcherWatchesOnlyWhileWaited(t *testing.T) {
 				t.Fatalf("round %d: the watch still runs %s after its last waiter left (idle %s)", round, 5*time.Second, w.idle)
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// TestWatcherStartsAfterOutage: a waiter that comes while NATS is away
+// cannot have its watch started; once NATS is back the watch starts by
+// itself, and the waiter hears of a change made while it was away and of
+// one made after.
+func TestWatcherStartsAfterOutage(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := embednats.Start(embednats.Options{StoreDir: dir, Host: "127.0.0.1", Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := ns.ClientURL()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	q, err := Setup(ctx, js, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Records.Create(ctx, &Record{ID: "job", Status: Queued}); err != nil {
+		t.Fatal(err)
+	}
+	w := q.Records.Watch(nil)
+	defer w.Close()
+
+	ns.Shutdown()
+	changed, stop := w.Wait("job") // returns after its first try fails
+	defer stop()
+	var port int
+	fmt.Sscanf(url[strings.LastIndex(url, ":")+1:], "%d", &port)
+	ns, err = embednats.Start(embednats.Options{StoreDir: dir, Host: "127.0.0.1", Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	// Changed at once, on a connection of its own, before this one is
+	// back (it retries every 50 ms, the watch's start every 100 ms and
+	// more): only the catch-up can tell the waiter.
+	other, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ojs, err := jetstream.New(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oq, err := Open(ctx, ojs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []Status{Running, Succeeded} {
+		if _, err := oq.Records.Update(ctx, "job", func(r *Record) error { r.Status = s; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		// (Should the watch start just before the change, the catch-up
+		// may tell of the state before it, queued: skipped.)
+		for heard := Status(""); heard != s; {
+			select {
+			case rec := <-changed:
+				if heard = rec.Status; heard != s && heard != Queued {
+					t.Fatalf("the waiter heard %s; want %s", heard, s)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("the waiter heard nothing of %s after NATS came back", s)
+			}
 		}
 	}
 }

@@ -38,7 +38,9 @@ type Watcher struct {
 	ended   chan struct{}        // closed when the running watch's loop ends
 	waiters map[string]map[chan *Record]struct{}
 	idler   *time.Timer // stops the watch once nobody has waited for idle
-	closed  bool
+	// retrying: a goroutine tries to start the watch, which could not.
+	retrying bool
+	closed   bool
 }
 
 // IdleWatch is how long a Watcher keeps watching after its last waiter
@@ -61,10 +63,22 @@ func (r *Records) Watch(log *slog.Logger) *Watcher {
 // that tries until it works and then sends each waiter its record as it
 // stands, for the changes the watch could not see.
 func (w *Watcher) start() {
-	if w.tryStart() {
+	if w.isRetrying() || w.tryStart() {
 		return
 	}
+	w.mu.Lock()
+	if w.retrying {
+		w.mu.Unlock()
+		return
+	}
+	w.retrying = true
+	w.mu.Unlock()
 	go func() {
+		defer func() {
+			w.mu.Lock()
+			w.retrying = false
+			w.mu.Unlock()
+		}()
 		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 			time.Sleep(wait)
 			if w.tryStart() {
@@ -73,6 +87,14 @@ func (w *Watcher) start() {
 			}
 		}
 	}()
+}
+
+// isRetrying reports whether a goroutine is trying to start the watch
+// (and will catch up every waiter once it does).
+func (w *Watcher) isRetrying() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.retrying
 }
 
 // tryStart starts the watch if it is needed and not running, and reports
