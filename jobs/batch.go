@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -173,79 +172,55 @@ func (q *Queue) BatchConsumer(ctx context.Context) (jetstream.Consumer, error) {
 // it, on the durable consumer BatchConsumer gave; they share it, so each
 // announcement is counted once. Announcements are taken in groups and
 // counted with one update per batch.
+//
+// It pulls with Fetch requests of a bounded wait and counts each
+// announcement as it arrives, with whatever arrived beside it; when ctx
+// ends it stops asking, and counts what the request under way brings
+// until that request ends. A continuous pull (Consume) was stopped by
+// unsubscribing, and an announcement on its way at that moment reached
+// no handler: JetStream held it as delivered, and its batch looked
+// stalled for the ack wait (a minute) after a restart (TestBatchCancel,
+// now and then).
 func (q *Queue) TrackBatches(ctx context.Context, c jetstream.Consumer, log *slog.Logger) error {
-	// Announcements are counted as soon as they arrive, a group at a
-	// time: whatever has arrived while the previous group was counted.
-	// (A Fetch of a fixed size would hold the last few of a batch back
-	// until its wait ran out, and the batch would look unfinished.)
-	// What is held unacknowledged stays small (at most three groups:
-	// pulled, waiting, being counted), far from the minute after which
-	// JetStream would deliver an announcement again.
-	//
-	// On stopping, what was delivered and not counted yet is counted and
-	// acknowledged before returning. Handing it back (a nak) is not
-	// enough: if the NATS server stops too (the embedded one does), the
-	// nak is forgotten with it, and the announcement waits out the ack
-	// wait (a minute) before anyone counts it, its batch looking stalled.
 	const group = 256
-	arrived := make(chan jetstream.Msg, group)
-	var (
-		mu   sync.Mutex
-		late []jetstream.Msg // delivered while stopping
-	)
-	cc, err := c.Consume(func(m jetstream.Msg) {
-		if ctx.Err() == nil {
-			select {
-			case arrived <- m:
-				return
-			case <-ctx.Done():
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		b, err := c.Fetch(group, jetstream.FetchMaxWait(500*time.Millisecond))
+		if err == nil {
+			msgs := b.Messages()
+			for m := range msgs {
+				taken := []jetstream.Msg{m}
+			more:
+				for len(taken) < group {
+					select {
+					case m, ok := <-msgs:
+						if !ok {
+							break more
+						}
+						taken = append(taken, m)
+					default:
+						break more
+					}
+				}
+				q.countBatches(ctx, log, taken)
 			}
+			err = b.Error()
 		}
-		mu.Lock()
-		late = append(late, m)
-		mu.Unlock()
-	}, jetstream.PullMaxMessages(group), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		// NATS away or the consumer gone: try again, more slowly.
 		if ctx.Err() == nil {
-			log.Warn("tracking batches", "err", err)
+			log.Warn("tracking batches", "err", err, "retry_in", backoff)
 		}
-	}))
-	if err != nil {
-		return fmt.Errorf("set up batch tracking: %w", err)
-	}
-	defer func() {
-		cc.Drain() // what the client has buffered goes to the handler
 		select {
-		case <-cc.Closed():
-		case <-time.After(5 * time.Second):
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		for len(arrived) > 0 {
-			late = append(late, <-arrived)
-		}
-		if len(late) > 0 {
-			q.countBatches(ctx, log, late)
-		}
-	}()
-	for {
-		var taken []jetstream.Msg
-		select {
-		case m := <-arrived:
-			taken = append(taken, m)
 		case <-ctx.Done():
-			return nil
+		case <-time.After(backoff):
 		}
-	more:
-		for len(taken) < group {
-			select {
-			case m := <-arrived:
-				taken = append(taken, m)
-			default:
-				break more
-			}
-		}
-		q.countBatches(ctx, log, taken)
+		backoff = min(2*backoff, 5*time.Second)
 	}
+	return nil
 }
 
 // countBatches adds the outcomes that announcements report to their

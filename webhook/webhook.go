@@ -120,6 +120,12 @@ func (d *Dispatcher) Subscribe(ctx context.Context) error {
 
 // Run delivers webhooks until ctx ends, then waits for the calls in
 // flight.
+//
+// It pulls with Fetch requests of a bounded wait; when ctx ends it stops
+// asking, and handles what the request under way brings until that
+// request ends. (A continuous pull stopped by unsubscribing lost an
+// announcement on its way at that moment: JetStream held it as
+// delivered until its ack wait ran out.)
 func (d *Dispatcher) Run(ctx context.Context) error {
 	if d.cons == nil {
 		if err := d.Subscribe(ctx); err != nil {
@@ -129,30 +135,43 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	it, err := d.cons.Messages(jetstream.PullMaxMessages(d.opts.Concurrency))
-	if err != nil {
-		return fmt.Errorf("webhooks: %w", err)
-	}
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
 	slots := make(chan struct{}, d.opts.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
-		m, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return nil
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		// As many as there are calls allowed in flight: a job that waited
+		// here for a free call would spend its ack wait waiting.
+		b, err := d.cons.Fetch(d.opts.Concurrency, jetstream.FetchMaxWait(500*time.Millisecond))
+		if err == nil {
+			for m := range b.Messages() {
+				if m.Headers().Get(jobs.HeaderWebhook) == "" { // most jobs: nothing to call
+					_ = m.Ack()
+					continue
+				}
+				slots <- struct{}{}
+				wg.Go(func() {
+					defer func() { <-slots }()
+					d.handle(context.WithoutCancel(ctx), m)
+				})
+			}
+			err = b.Error()
 		}
-		if err != nil {
-			d.opts.Logger.Warn("webhooks: pulling results", "err", err)
+		if err == nil {
+			backoff = 100 * time.Millisecond
 			continue
 		}
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			d.handle(context.WithoutCancel(ctx), m)
-		})
+		// NATS away or the consumer gone: try again, more slowly.
+		if ctx.Err() == nil {
+			d.opts.Logger.Warn("webhooks: pulling results", "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
+	return nil
 }
 
 func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
