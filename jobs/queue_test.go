@@ -4,38 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/inferq/inferq/internal/embednats"
+	"github.com/inferq/inferq/internal/testenv"
 )
 
 // setup starts an embedded NATS server and sets the queue up on it.
 func setup(t *testing.T) (*Queue, jetstream.JetStream) {
 	t.Helper()
-	ns, err := embednats.Start(embednats.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := ns.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := newJetStream(t, testenv.Connect(t, testenv.JetStream(t)))
 	q, err := Setup(context.Background(), js, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return q, js
+}
+
+func newJetStream(t *testing.T, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
 
 // queueJob publishes a bare job message of model and priority, as the
@@ -217,21 +212,9 @@ func TestWatcherWatchesOnlyWhileWaited(t *testing.T) {
 // itself, and the waiter hears of a change made while it was away and of
 // one made after.
 func TestWatcherStartsAfterOutage(t *testing.T) {
-	dir := t.TempDir()
-	ns, err := embednats.Start(embednats.Options{StoreDir: dir, Host: "127.0.0.1", Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := ns.ClientURL()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	startNATS := testenv.RestartableJetStream(t)
+	ns := startNATS()
+	js := newJetStream(t, testenv.Connect(t, ns, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond)))
 	ctx := context.Background()
 	q, err := Setup(ctx, js, Options{})
 	if err != nil {
@@ -246,26 +229,12 @@ func TestWatcherStartsAfterOutage(t *testing.T) {
 	ns.Shutdown()
 	changed, stop := w.Wait("job") // returns after its first try fails
 	defer stop()
-	var port int
-	fmt.Sscanf(url[strings.LastIndex(url, ":")+1:], "%d", &port)
-	ns, err = embednats.Start(embednats.Options{StoreDir: dir, Host: "127.0.0.1", Port: port})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns = startNATS()
 	defer ns.Shutdown()
 	// Changed at once, on a connection of its own, before this one is
 	// back (it retries every 50 ms, the watch's start every 100 ms and
 	// more): only the catch-up can tell the waiter.
-	other, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	ojs, err := jetstream.New(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oq, err := Open(ctx, ojs)
+	oq, err := Open(ctx, newJetStream(t, testenv.Connect(t, ns)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ import (
 // subject instead of polling.
 func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Conn) {
 	b.Helper()
-	port := freePort(b)
+	port := testenv.FreePort(b)
 	b.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(b))
 	args := append([]string{"--models", repo, "--data", b.TempDir(), "--http", "127.0.0.1:0",
 		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "error"}, extra...)

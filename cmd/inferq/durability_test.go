@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -53,16 +52,6 @@ func inferqBinary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // process is inferq running as a child process.
 type process struct {
 	cmd *exec.Cmd
@@ -72,7 +61,7 @@ type process struct {
 
 func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
-	httpPort := freePort(t)
+	httpPort := testenv.FreePort(t)
 	logf, err := os.CreateTemp(t.TempDir(), "inferq-*.log")
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +106,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	writeFile(t, slow, onnxbuild.Repeat(1024, 200, 9))
 	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + slow, "slow/config.yaml": "max_batch_size: 4\nmax_queue_delay: 1ms\n"})
 	data := t.TempDir()
-	natsPort := freePort(t)
+	natsPort := testenv.FreePort(t)
 	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--ack-wait", "3s", "--log-level", "warn"}
 
 	p := startProcess(t, args...)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -159,7 +158,7 @@ func deadLetterIDs(t *testing.T, s *server) []string {
 // workers reconnect by themselves, every job accepted before the outage
 // succeeds exactly once, and new jobs are accepted and run.
 func TestNATSRestart(t *testing.T) {
-	startNATS := restartableNATS(t)
+	startNATS := testenv.RestartableJetStream(t)
 	ns := startNATS()
 	defer func() { ns.Shutdown() }()
 	path := filepath.Join(t.TempDir(), "slow.onnx")
@@ -350,20 +349,5 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	}
 	if runs := s.metrics(t)["inferq_batch_size,model=one,stat=count"]; runs != 100 {
 		t.Errorf("%v runs for 100 jobs of one row, one at a time: jobs were delivered again while they waited", runs)
-	}
-}
-
-// restartableNATS returns a function that starts a NATS server, on the
-// same port and store each time, so that a test can stop it and start it
-// again.
-func restartableNATS(t *testing.T) func() *embednats.Server {
-	store, port := t.TempDir(), freePort(t)
-	return func() *embednats.Server {
-		t.Helper()
-		ns, err := embednats.Start(embednats.Options{StoreDir: store, Host: "127.0.0.1", Port: port})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ns
 	}
 }

@@ -105,7 +105,7 @@ func listedModels(t *testing.T, s *server) map[string][]listedVersion {
 // and a client connected to it, closed when the test ends.
 func startServeNATS(t *testing.T, models string, extra ...string) (*server, *nats.Conn) {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	s := startServe(t, models, append([]string{"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)...)
 	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
 	if err != nil {

@@ -37,7 +37,7 @@ import (
 // INFERQ_SOAK_JOBS changes the count.
 func TestSoak(t *testing.T) {
 	total := soakJobs(t, 50_000)
-	startNATS := restartableNATS(t)
+	startNATS := testenv.RestartableJetStream(t)
 	ns := startNATS()
 	defer func() { ns.Shutdown() }()
 	m := testenv.StartMinIO(t)

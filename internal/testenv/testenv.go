@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,10 +77,37 @@ func JetStreamAt(t testing.TB, dir string) *embednats.Server {
 	return s
 }
 
-// Connect opens a client connection to s, closed when the test ends.
-func Connect(t testing.TB, s *embednats.Server) *nats.Conn {
+// RestartableJetStream returns a function that starts an embedded NATS
+// server, on the same loopback port and store each time, so that a test
+// can stop it (Shutdown) and start it again, and clients reconnect.
+func RestartableJetStream(t testing.TB) func() *embednats.Server {
+	store, port := t.TempDir(), FreePort(t)
+	return func() *embednats.Server {
+		t.Helper()
+		ns, err := embednats.Start(embednats.Options{StoreDir: store, Host: "127.0.0.1", Port: port})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+}
+
+// FreePort returns a loopback TCP port that is free now.
+func FreePort(t testing.TB) int {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Connect opens a client connection to s, with opts, closed when the
+// test ends.
+func Connect(t testing.TB, s *embednats.Server, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
