@@ -232,8 +232,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		default:
 		}
 	}
+	allBusy := func() bool { return busy.Load() >= int64(w.instances) }
 	next := func(idle bool) (batching.Batch[*item], bool) {
-		if busy.Load() >= int64(w.instances) {
+		if allBusy() {
 			return batcher.Full()
 		}
 		return batcher.Next(idle)
@@ -343,7 +344,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		// While every instance is busy, the open batches wait for a run
 		// to end (freed), not for their delay.
 		d, ok := batcher.UntilNext()
-		if !ok || busy.Load() >= int64(w.instances) {
+		if !ok || allBusy() {
 			d = time.Hour
 		}
 		timer.Reset(d)
