@@ -63,6 +63,12 @@ type Options struct {
 	// Backoff is the delay before the first retry of a failed run; each
 	// further retry doubles it, up to 30s. Default 1s.
 	Backoff time.Duration
+	// MaxHandBacks bounds how often a job is handed back to the queue
+	// without a run counted (its inputs or its result could not be read
+	// or written, storage being away) before it ends failed, so that no
+	// job cycles for ever. Each hand-back waits longer, up to 30s: the
+	// default, 100, rides out about 45 minutes of storage trouble.
+	MaxHandBacks int
 	// Name identifies this process in the records of the jobs it runs,
 	// such as host:pid.
 	Name string
@@ -120,6 +126,9 @@ func NewWorker(opts Options) (*Worker, error) {
 	}
 	if opts.Backoff <= 0 {
 		opts.Backoff = time.Second
+	}
+	if opts.MaxHandBacks <= 0 {
+		opts.MaxHandBacks = 100
 	}
 	// Batching settings are the model's, from its default version's
 	// config; versions share one queue.
@@ -383,10 +392,13 @@ func (w *Worker) Run(ctx context.Context) error {
 type fetched struct {
 	msg  jetstream.Msg
 	body []byte
-	// job, when set, is the message decoded already, with the inputs it
-	// gave by reference read from storage (or err saying why not).
+	// job, when set, is the message decoded already (or err saying why
+	// not), with the inputs it gave by reference read from storage.
 	job *jobs.Job
 	err error
+	// unread says why the job's request or inputs could not be read, for
+	// good: it fails with that.
+	unread error
 }
 
 // subscribe opens the model's consumers, one per priority, and starts a
@@ -426,9 +438,10 @@ func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 	defer close(ch)
 	for m := range src.Messages() {
 		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			w.log.Warn("could not fetch a job's payload; it returns to the queue", "err", err)
-			_ = m.NakWithDelay(w.opts.Backoff)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrInvalidKey) {
+			if gaveUp := w.handBackUnread(ctx, m, fmt.Errorf("the job's stored request could not be read: %w", err)); gaveUp != nil {
+				ch <- &fetched{msg: m, unread: gaveUp}
+			}
 			continue
 		}
 		if err != nil {
@@ -439,16 +452,62 @@ func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 		if body != nil && bytes.Contains(body, []byte(`"`+tensor.ObjectParameter+`"`)) {
 			f.job, f.err = jobs.DecodeJob(m.Headers(), body, w.opts.Limits)
 			if f.err == nil {
-				f.err = w.readInputs(ctx, f.job)
-				if f.err != nil && !errors.Is(f.err, storage.ErrNotFound) && !errors.Is(f.err, errBadObject) {
-					w.log.Warn("could not read a job's inputs from storage; it returns to the queue", "job", f.job.ID, "err", f.err)
-					_ = m.NakWithDelay(w.opts.Backoff)
-					continue
+				f.unread = w.readInputs(ctx, f.job)
+				if f.unread != nil && !permanent(f.unread) {
+					if f.unread = w.handBackUnread(ctx, m, f.unread); f.unread == nil {
+						continue
+					}
 				}
 			}
 		}
 		ch <- f
 	}
+}
+
+// permanent reports whether an error reading a job's inputs stays
+// whatever the wait: the job fails with it rather than return to the
+// queue.
+func permanent(err error) bool {
+	return errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrInvalidKey) ||
+		errors.Is(err, errBadObject) || errors.Is(err, jobs.ErrInputScope)
+}
+
+// handBackUnread hands a job whose request or inputs could not be read
+// back to the queue, without counting an attempt, and returns nil; a
+// job already final (cancelled while it waited) is acknowledged instead.
+// Past MaxHandBacks deliveries it returns the error the job fails with.
+func (w *Worker) handBackUnread(ctx context.Context, m jetstream.Msg, err error) error {
+	id := m.Headers().Get(jobs.HeaderJobID)
+	if rec, rerr := w.opts.Queue.Records.Get(ctx, id); rerr == nil && rec.Status.Final() {
+		w.log.Info("dropping a job that ended while its inputs could not be read", "job", id, "status", rec.Status)
+		_ = m.Ack()
+		return nil
+	}
+	delay, ok := w.handBackDelay(m)
+	if !ok {
+		return fmt.Errorf("%w: gave up after %d deliveries: %v", errHandedBack, w.opts.MaxHandBacks, err)
+	}
+	w.log.Warn("could not read a job's inputs from storage; it returns to the queue", "job", id, "in", delay, "err", err)
+	_ = m.NakWithDelay(delay)
+	return nil
+}
+
+// errHandedBack is a job handed back too often without a run.
+var errHandedBack = errors.New("handed back too often")
+
+// handBackDelay is how long a job handed back without a run waits before
+// its next delivery, growing with its deliveries; false once it has been
+// delivered MaxHandBacks times (runs are bounded by max_attempts
+// separately, from its record).
+func (w *Worker) handBackDelay(m jetstream.Msg) (time.Duration, bool) {
+	n := uint64(1)
+	if meta, err := m.Metadata(); err == nil {
+		n = meta.NumDelivered
+	}
+	if n >= uint64(w.opts.MaxHandBacks) {
+		return 0, false
+	}
+	return min(w.opts.Backoff<<min(n-1, 5), 30*time.Second), true
 }
 
 // prefer forwards messages from high and normal to out until both are
@@ -558,11 +617,14 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		return
 	}
 	it.job = job
-	if key := m.Headers().Get(jobs.HeaderPayload); key != "" && f.body == nil {
+	switch key := m.Headers().Get(jobs.HeaderPayload); {
+	case f.unread != nil:
+		w.finishFailed(ctx, it, f.unread)
+		return
+	case key != "" && f.body == nil:
 		w.finishFailed(ctx, it, fmt.Errorf("the job's request, stored at %s, is missing from storage", key))
 		return
-	}
-	if err != nil {
+	case err != nil:
 		w.finishFailed(ctx, it, fmt.Errorf("invalid job: %w", err))
 		return
 	}
@@ -751,7 +813,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	for i, it := range items {
 		if failed[i] {
 			refs[i] = nil
-			w.requeue(ctx, it, w.storagePause)
+			w.requeue(ctx, it, w.storagePause, lastErr)
 		}
 	}
 	return refs, bodies
@@ -772,8 +834,13 @@ func (w *Worker) put(ctx context.Context, key string, data []byte, n int) error 
 }
 
 // requeue hands a job back to the queue without counting its attempt:
-// its run succeeded, but the result could not be kept.
-func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration) {
+// its run succeeded, but the result could not be kept (err). Past
+// MaxHandBacks deliveries the job fails instead.
+func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cause error) {
+	if _, ok := w.handBackDelay(it.msg); !ok {
+		w.complete(ctx, it, jobs.Failed, fmt.Sprintf("its result could not be stored; gave up after %d deliveries: %v", w.opts.MaxHandBacks, cause), nil, nil)
+		return
+	}
 	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
 		if r.Status != jobs.Running {
 			return jobs.ErrConflict
@@ -1432,6 +1499,9 @@ func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
 		t := &job.Request.Inputs[i]
 		if t.Object == "" {
 			continue
+		}
+		if err := jobs.CheckInputObject(job.Model, t.Object); err != nil {
+			return fmt.Errorf("input %q: %w", t.Name, err)
 		}
 		rc, err := w.opts.Results.Get(ctx, t.Object)
 		if err != nil {

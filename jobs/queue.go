@@ -606,12 +606,19 @@ type Announcement struct {
 	Response json.RawMessage `json:"response,omitempty"`
 }
 
-// ClaimKey ties an idempotency key of a model to job id, unless the key
-// is already tied to a job: then it returns that job's id. Keys are
-// hashed, so any string the client sends is a valid key.
-func (q *Queue) ClaimKey(ctx context.Context, model, key, id string) (existing string, err error) {
-	k := keyName(model, key)
-	if _, err := q.keys.Create(ctx, k, []byte(id)); err == nil {
+// ErrKeyReused is a claim of an idempotency key already tied to a job
+// whose request differs.
+var ErrKeyReused = errors.New("idempotency key reused with a different request")
+
+// ClaimKey ties an idempotency key of a caller to job id and the digest
+// of its request, unless the key is already tied to a job: then it
+// returns that job's id, with ErrKeyReused when the digests differ. The
+// caller (owner) is whoever the API knows the request by, such as a hash
+// of its token: keys of different callers never meet. Keys are hashed,
+// so any string the client sends is a valid key.
+func (q *Queue) ClaimKey(ctx context.Context, owner, key, id, digest string) (existing string, err error) {
+	k := keyName(owner, key)
+	if _, err := q.keys.Create(ctx, k, []byte(id+" "+digest)); err == nil {
 		return "", nil
 	} else if !errors.Is(err, jetstream.ErrKeyExists) {
 		return "", fmt.Errorf("idempotency key: %w", err)
@@ -620,16 +627,20 @@ func (q *Queue) ClaimKey(ctx context.Context, model, key, id string) (existing s
 	if err != nil {
 		return "", fmt.Errorf("idempotency key: %w", err)
 	}
-	return string(e.Value()), nil
+	existing, was, _ := strings.Cut(string(e.Value()), " ")
+	if was != digest {
+		return existing, ErrKeyReused
+	}
+	return existing, nil
 }
 
 // ReleaseKey unties an idempotency key, when its job could not be queued.
-func (q *Queue) ReleaseKey(ctx context.Context, model, key string) error {
-	return q.keys.Purge(ctx, keyName(model, key))
+func (q *Queue) ReleaseKey(ctx context.Context, owner, key string) error {
+	return q.keys.Purge(ctx, keyName(owner, key))
 }
 
-func keyName(model, key string) string {
-	sum := sha256.Sum256([]byte(model + "\x00" + key))
+func keyName(owner, key string) string {
+	sum := sha256.Sum256([]byte(owner + "\x00" + key))
 	return hex.EncodeToString(sum[:])
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -128,6 +129,29 @@ func JobResultKey(model, id string) string { return ResultPrefix(model) + id + "
 
 // ResultPrefix is the folder of a model's result objects.
 func ResultPrefix(model string) string { return "results/" + model + "/" }
+
+// InputPrefix is the folder whose objects a job of model may name as
+// inputs (inferq_object): a tenant allowed that model uploads there. A
+// job naming anything else (another model's inputs or results, a batch
+// index, a stored request) is refused, so that a token scoped to one
+// model reads nothing of another's through its jobs.
+func InputPrefix(model string) string { return "inputs/" + model + "/" }
+
+// ErrInputScope is an input object outside its job's InputPrefix.
+var ErrInputScope = errors.New("input object outside the model's inputs")
+
+// CheckInputObject reports whether a job of model may read key as an
+// input. The API checks it at submission, and the worker again before
+// reading, for jobs that came by other ways (native NATS producers,
+// releases before the check).
+func CheckInputObject(model, key string) error {
+	prefix := InputPrefix(model)
+	rest, ok := strings.CutPrefix(key, prefix)
+	if !ok || rest == "" {
+		return fmt.Errorf("%w: %q is not under %s; upload a model's inputs there", ErrInputScope, key, prefix)
+	}
+	return nil
+}
 
 // ErrJobNotFound is returned for an id that has no record.
 var ErrJobNotFound = errors.New("job not found")

@@ -3,7 +3,9 @@ package producer
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -65,8 +67,39 @@ func ParseTokens(r io.Reader) ([]Token, error) {
 
 // SetTokens replaces the API tokens, such as when their file changes. An
 // empty list turns access control off.
+//
+// Event streams opened with a token that the new list drops, or no longer
+// grants the stream's model, are closed.
 func (s *Server) SetTokens(tokens []Token) {
 	s.tokens.Store(&tokens)
+	s.tokensMu.Lock()
+	defer s.tokensMu.Unlock()
+	if s.tokensSet != nil {
+		close(s.tokensSet)
+	}
+	s.tokensSet = make(chan struct{})
+}
+
+type tokensKey struct{}
+
+// tokensSince is closed when the tokens change after r was let in.
+func tokensSince(r *http.Request) <-chan struct{} {
+	ch, _ := r.Context().Value(tokensKey{}).(chan struct{})
+	return ch
+}
+
+// tokensChanged is closed at the next SetTokens.
+func (s *Server) tokensChanged() chan struct{} {
+	s.tokensMu.Lock()
+	defer s.tokensMu.Unlock()
+	return s.tokensSet
+}
+
+// revoked reports whether r, let in before the tokens last changed, would
+// now be refused for model m: its token dropped, or no longer granted m.
+func (s *Server) revoked(r *http.Request, m string) bool {
+	t, ok := s.authenticate(r)
+	return !ok || t != nil && len(t.Models) > 0 && !slices.Contains(t.Models, m)
 }
 
 type grantKey struct{}
@@ -79,8 +112,8 @@ func (s *Server) authenticate(r *http.Request) (*Token, bool) {
 	if len(tokens) == 0 {
 		return nil, true
 	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || got == "" {
+	got, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
 		return nil, false
 	}
 	var found *Token
@@ -92,9 +125,29 @@ func (s *Server) authenticate(r *http.Request) (*Token, bool) {
 	return found, found != nil
 }
 
+// bearer reads the token of an Authorization header's Bearer scheme,
+// whose name is case-insensitive (RFC 9110, section 11.1).
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	tok = strings.TrimSpace(tok)
+	return tok, ok && strings.EqualFold(scheme, "Bearer") && tok != ""
+}
+
 // withGrant notes the request's token in its context.
 func withGrant(r *http.Request, t *Token) *http.Request {
 	return r.WithContext(context.WithValue(r.Context(), grantKey{}, t))
+}
+
+// caller identifies who sent a request, for what is kept per caller
+// (idempotency keys): a hash of its token, never the token itself; ""
+// when the API has no tokens, and every request is the one tenant's.
+func caller(ctx context.Context) string {
+	t, _ := ctx.Value(grantKey{}).(*Token)
+	if t == nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(t.Secret))
+	return "token:" + hex.EncodeToString(sum[:16])
 }
 
 // mayUse reports whether the request's token may use model m.

@@ -43,3 +43,27 @@ func TestParseTokens(t *testing.T) {
 		})
 	}
 }
+
+// The Authorization scheme's name is case-insensitive: a client sending
+// "bearer" (as some HTTP libraries do) is let in.
+func TestBearer(t *testing.T) {
+	tests := []struct {
+		header, want string
+		ok           bool
+	}{
+		{"Bearer abc", "abc", true},
+		{"bearer abc", "abc", true},
+		{"BEARER  abc ", "abc", true},
+		{"Basic abc", "", false},
+		{"Bearer", "", false},
+		{"Bearer ", "", false},
+		{"", "", false},
+		{"Bearerabc", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := bearer(tt.header)
+		if ok != tt.ok || (ok && got != tt.want) {
+			t.Errorf("bearer(%q) = %q, %v; want %q, %v", tt.header, got, ok, tt.want, tt.ok)
+		}
+	}
+}

@@ -220,10 +220,16 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		// What was queued of a batch that failed does not run.
 		s.cancelJobs(ctx, ids)
 		var tooBig *http.MaxBytesError
+		var refused *httpError
 		msg := readErr.Error()
-		code := http.StatusBadRequest
-		if errors.As(readErr, &tooBig) {
+		code, retryAfter := http.StatusBadRequest, 0
+		switch {
+		case errors.As(readErr, &tooBig):
 			msg, code = fmt.Sprintf("the batch file exceeds the limit of %d bytes", s.opts.MaxBatchBytes), http.StatusRequestEntityTooLarge
+		case errors.Is(readErr, errLineTooLong):
+			code = http.StatusRequestEntityTooLarge
+		case errors.As(readErr, &refused):
+			code, retryAfter = refused.code, refused.retryAfter
 		}
 		rec, _ = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
 			if b.Status != jobs.BatchCancelled {
@@ -232,7 +238,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			b.Counts.Total, b.Jobs = n, jobCount
 			return nil
 		})
-		return errorf(code, "batch %s failed after %d lines: %s", rec.ID, n, msg)
+		return &httpError{code: code, retryAfter: retryAfter, msg: fmt.Sprintf("batch %s failed after %d lines: %s", rec.ID, n, msg)}
 	}
 	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
 		b.Counts.Total = n
@@ -252,6 +258,9 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// errLineTooLong is a batch file line over the size of a request.
+var errLineTooLong = errors.New("line too long")
+
 // readLine reads one line, refusing lines longer than max.
 func readLine(r *bufio.Reader, max int64) ([]byte, error) {
 	var line []byte
@@ -259,7 +268,7 @@ func readLine(r *bufio.Reader, max int64) ([]byte, error) {
 		part, err := r.ReadSlice('\n')
 		line = append(line, part...)
 		if int64(len(line)) > max {
-			return nil, fmt.Errorf("a line is longer than %d bytes", max)
+			return nil, fmt.Errorf("%w: a line is longer than %d bytes (--max-body)", errLineTooLong, max)
 		}
 		if err != bufio.ErrBufferFull {
 			return line, err
@@ -315,6 +324,9 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	if p.rows, err = m.Check(req); err != nil { // a line is held to what a request is
 		return p, err
 	}
+	if err := checkObjects(m.Name, req); err != nil {
+		return p, err
+	}
 	p.inputs, _ = m.OrderedInputs(req) // Check found them all
 	switch {
 	case slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil:
@@ -358,7 +370,11 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
 	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
-		return fmt.Errorf("the queue is unavailable: %w", err)
+		if errors.Is(err, jobs.ErrQueueFull) {
+			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()
+			return &httpError{code: http.StatusTooManyRequests, retryAfter: 5, msg: fmt.Sprintf("the queue of model %s is full; nothing of this batch runs, retry later", m.Name)}
+		}
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable; nothing of this batch runs, retry later: " + err.Error()}
 	}
 	s.metrics.accepted.WithLabelValues(m.Name).Inc()
 	return nil
@@ -526,6 +542,14 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	if !rec.Final() {
 		writeJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("batch %s is %s: %d of %d lines done; its output is ready when it has finished", rec.ID, rec.Status, rec.Counts.Done(), rec.Counts.Total),
+			"batch": rec,
+		})
+		return nil
+	}
+	if rec.Status == jobs.BatchFailed {
+		// The file could not be read to the end, and nothing of it ran.
+		writeJSON(w, http.StatusConflict, map[string]any{
+			"error": fmt.Sprintf("batch %s failed and has no output: %s", rec.ID, rec.Error),
 			"batch": rec,
 		})
 		return nil

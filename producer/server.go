@@ -7,6 +7,8 @@ package producer
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,8 +46,8 @@ type Catalog interface {
 type Queue interface {
 	Submit(ctx context.Context, job *jobs.Job, rec *jobs.Record) error
 	Announce(rec *jobs.Record, response []byte) error
-	ClaimKey(ctx context.Context, model, key, id string) (existing string, err error)
-	ReleaseKey(ctx context.Context, model, key string) error
+	ClaimKey(ctx context.Context, owner, key, id, digest string) (existing string, err error)
+	ReleaseKey(ctx context.Context, owner, key string) error
 }
 
 // Records reads and updates job records; *jobs.Records is one.
@@ -117,6 +119,15 @@ type Options struct {
 	Logger     *slog.Logger
 	// Version is the server's version, which GET /v2 reports.
 	Version string
+	// CheckWebhook, when set, refuses an Inferq-Webhook URL at
+	// submission that the webhook dispatcher would not call (such as
+	// webhook.Policy.CheckURL); it is checked to be an absolute http(s)
+	// URL in any case.
+	CheckWebhook func(url string) error
+	// BodyTimeout bounds the wait for each next part of a request body,
+	// so that a client that stops sending mid-body does not hold its
+	// connection and handler. Default 30s.
+	BodyTimeout time.Duration
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -131,6 +142,8 @@ type Server struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	tokens    atomic.Pointer[[]Token]
+	tokensMu  sync.Mutex
+	tokensSet chan struct{} // closed when the tokens change
 }
 
 // Shutdown ends the event streams being served, so that an http.Server
@@ -151,6 +164,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.MaxWait <= 0 {
 		opts.MaxWait = 60 * time.Second
+	}
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = 30 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -200,8 +216,29 @@ func (s *Server) routes() {
 		s.patterns = append(s.patterns, "GET /metrics")
 	}
 	s.mux.Handle("/", s.wrap("other", func(w http.ResponseWriter, r *http.Request) error {
+		if allowed := s.allowedMethods(r); len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			return errorf(http.StatusMethodNotAllowed, "%s is not served on %s; it takes %s", r.Method, r.URL.Path, strings.Join(allowed, ", "))
+		}
 		return errorf(http.StatusNotFound, "no route for %s %s; see /openapi.json", r.Method, r.URL.Path)
 	}))
+}
+
+// allowedMethods are the methods served on r's path, for a request whose
+// method is not: the catch-all route would otherwise answer it 404.
+func (s *Server) allowedMethods(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete} {
+		if m == r.Method {
+			continue
+		}
+		probe := *r
+		probe.Method = m
+		if _, pattern := s.mux.Handler(&probe); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // Routes returns the routes served, as "METHOD /path/{param}".
@@ -211,6 +248,9 @@ func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 // and metrics needs one.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !open(r.URL.Path) {
+		// Taken before the token is checked, so that a change of tokens
+		// after the check is seen by the streams that watch for one.
+		r = r.WithContext(context.WithValue(r.Context(), tokensKey{}, s.tokensChanged()))
 		t, ok := s.authenticate(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="inferq"`)
@@ -222,7 +262,37 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = withGrant(r, t)
 		}
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: s.opts.BodyTimeout}
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// idleBody is a request body whose every read must bring data within
+// timeout: a client that sends headers, then nothing (or a trickle with
+// long pauses), is cut off instead of holding a handler for ever. Large
+// uploads that keep moving are not bounded, as a whole-request
+// ReadTimeout would bound them. Once the body has been read, the deadline
+// is lifted, so that a handler waiting afterwards (a synchronous infer)
+// keeps noticing a client that leaves.
+type idleBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	done    bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	if b.done {
+		return b.ReadCloser.Read(p)
+	}
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // open reports the paths served without a token: health and metrics.
@@ -408,6 +478,12 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	if err := s.queueReachable(); err != nil {
 		return nil, err
 	}
+	if r.ContentLength > s.opts.MaxBodyBytes {
+		// Refused from its declared length, before waiting for a body that
+		// would be refused anyway.
+		s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
+		return nil, errorf(http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxBodyBytes)
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -432,20 +508,16 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
 	rows, err := m.Check(req)
+	if err == nil && len(req.ID) > MaxClientID {
+		err = fmt.Errorf("the request's id is %d bytes long; at most %d are kept", len(req.ID), MaxClientID)
+	}
 	if err == nil {
 		if l, perr := batching.ParseLines(req.Parameters); l != nil || perr != nil {
 			err = fmt.Errorf("request parameters named %s... are inferq's own, for the jobs it packs from batch files; remove them", "inferq_line")
 		}
 	}
 	if err == nil {
-		for _, in := range req.Inputs {
-			if in.Object != "" {
-				if kerr := storage.CheckKey(in.Object); kerr != nil {
-					err = fmt.Errorf("input %q: %s: %v", in.Name, tensor.ObjectParameter, kerr)
-					break
-				}
-			}
-		}
+		err = checkObjects(m.Name, req)
 	}
 	if err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
@@ -457,7 +529,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: now,
 		ClientID: req.ID, Rows: rows,
 	}
-	if err := jobOptions(r.Header, rec); err != nil {
+	if err := s.jobOptions(r.Header, rec); err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
@@ -466,12 +538,15 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		job.Version = m.Version
 		rec.ModelVersion = m.VersionString()
 	}
+	owner := caller(r.Context())
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
-		existing, err := s.opts.Queue.ClaimKey(r.Context(), m.Name, key, id)
-		if err != nil {
+		existing, err := s.opts.Queue.ClaimKey(r.Context(), owner, key, id, requestDigest(r, body))
+		switch {
+		case errors.Is(err, jobs.ErrKeyReused):
+			return nil, errorf(http.StatusUnprocessableEntity, "Idempotency-Key %q was used before with a different request (job %s); use a new key for a new request", key, existing)
+		case err != nil:
 			return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable, the job was not accepted; retry later"}
-		}
-		if existing != "" {
+		case existing != "":
 			w.Header().Set("Idempotent-Replayed", "true")
 			return s.record(r, existing)
 		}
@@ -482,7 +557,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
 		// Not accepted: a retry with the same key must be free to try.
 		if key := r.Header.Get("Idempotency-Key"); key != "" {
-			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), m.Name, key)
+			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), owner, key)
 		}
 		if errors.Is(err, jobs.ErrQueueFull) {
 			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()
@@ -498,6 +573,50 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	return rec, nil
 }
 
+// checkObjects checks the inputs req gives by reference: each must be a
+// valid key under the model's inputs folder (jobs.InputPrefix).
+func checkObjects(model string, req *tensor.Request) error {
+	for _, in := range req.Inputs {
+		if in.Object == "" {
+			continue
+		}
+		err := storage.CheckKey(in.Object)
+		if err == nil {
+			err = jobs.CheckInputObject(model, in.Object)
+		}
+		if err != nil {
+			return fmt.Errorf("input %q: %s: %v", in.Name, tensor.ObjectParameter, err)
+		}
+	}
+	return nil
+}
+
+// requestDigest identifies what a job request asks: the path (model and
+// version), the headers that set its options, and the body. A repeat
+// under the same Idempotency-Key must match it.
+func requestDigest(r *http.Request, body []byte) string {
+	h := sha256.New()
+	for _, v := range []string{r.URL.Path, r.Header.Get(jobs.HeaderHeaderLength), r.Header.Get(headerPriority),
+		r.Header.Get(headerDeadline), r.Header.Get(headerTimeout), r.Header.Get(headerWebhook)} {
+		h.Write([]byte(v))
+		h.Write([]byte{0})
+	}
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// checkWebhook checks a job's webhook URL.
+func (s *Server) checkWebhook(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("want an absolute http or https URL")
+	}
+	if s.opts.CheckWebhook != nil {
+		return s.opts.CheckWebhook(v)
+	}
+	return nil
+}
+
 // Request headers that set a job's options.
 const (
 	headerPriority = "Inferq-Priority" // high or normal
@@ -506,8 +625,20 @@ const (
 	headerWebhook  = "Inferq-Webhook"  // http(s) URL
 )
 
+// Bounds on what a client names a job by: they are kept in its record
+// and message, and a value past them is a 400 that says so, not a store
+// refusing it later.
+const (
+	MaxClientID       = 1024 // bytes of a request's "id"
+	MaxWebhookURL     = 2048 // bytes of an Inferq-Webhook URL
+	MaxIdempotencyKey = 255  // bytes of an Idempotency-Key
+)
+
 // jobOptions reads the optional job headers into rec.
-func jobOptions(h http.Header, rec *jobs.Record) error {
+func (s *Server) jobOptions(h http.Header, rec *jobs.Record) error {
+	if k := h.Get("Idempotency-Key"); len(k) > MaxIdempotencyKey {
+		return fmt.Errorf("Idempotency-Key is %d bytes long; at most %d", len(k), MaxIdempotencyKey)
+	}
 	p, err := jobs.ParsePriority(h.Get(headerPriority))
 	if err != nil {
 		return fmt.Errorf("%s: %w", headerPriority, err)
@@ -532,9 +663,11 @@ func jobOptions(h http.Header, rec *jobs.Record) error {
 		}
 	}
 	if v := h.Get(headerWebhook); v != "" {
-		u, err := url.Parse(v)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("%s %q: want an absolute http or https URL", headerWebhook, v)
+		if len(v) > MaxWebhookURL {
+			return fmt.Errorf("%s is %d bytes long; at most %d", headerWebhook, len(v), MaxWebhookURL)
+		}
+		if err := s.checkWebhook(v); err != nil {
+			return fmt.Errorf("%s %q: %w", headerWebhook, v, err)
 		}
 		rec.Webhook = v
 	}

@@ -128,8 +128,14 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 	tick := time.NewTicker(keepAlive)
 	defer tick.Stop()
 	last := rec.Status
+	tokens := tokensSince(r)
 	for !rec.Status.Final() {
 		select {
+		case <-tokens:
+			if s.revoked(r, rec.Model) {
+				return nil
+			}
+			tokens = s.tokensChanged()
 		case rec = <-changed:
 			rec = s.expire(rec)
 			if rec.Status == last {
@@ -184,13 +190,18 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	if s.opts.Stream == nil {
 		return errorf(http.StatusNotFound, "result streams are not served here")
 	}
-	if after == 0 && !fromStart {
-		// "From now" is fixed before the client is told the stream is
-		// open, so that nothing announced after that is missed.
-		pos, err := s.opts.Stream.ResultsPosition(r.Context())
-		if err != nil {
-			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: err.Error()}
-		}
+	// "From now" is fixed before the client is told the stream is open,
+	// so that nothing announced after that is missed.
+	pos, err := s.opts.Stream.ResultsPosition(r.Context())
+	if err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: err.Error()}
+	}
+	switch {
+	case after > pos:
+		// No client saw that event: resuming after it would wait for a
+		// position the stream reaches, if ever, long after.
+		return errorf(http.StatusBadRequest, "Last-Event-ID %d is past the last event of this stream (%d): reconnect without it, or with ?from=start", after, pos)
+	case after == 0 && !fromStart:
 		after = pos
 		if after == 0 {
 			fromStart = true // an empty stream: from its start is from now
@@ -220,8 +231,16 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	}()
 	tick := time.NewTicker(keepAlive)
 	defer tick.Stop()
+	tokens := tokensSince(r)
 	for {
 		select {
+		case <-tokens:
+			if s.revoked(r, name) {
+				cancel()
+				<-events
+				return nil
+			}
+			tokens = s.tokensChanged()
 		case err := <-events:
 			if err != nil && ctx.Err() == nil {
 				s.log.Warn("result stream ended", "model", name, "err", err)

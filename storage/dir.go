@@ -14,10 +14,16 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 )
 
-// ErrNotFound is returned for a key that holds no object.
+// ErrNotFound is returned for a key that holds no object (a missing
+// one, or in a folder store, a folder).
 var ErrNotFound = errors.New("object not found")
+
+// ErrInvalidKey is returned for a key that cannot name an object. Like
+// ErrNotFound, waiting does not change it.
+var ErrInvalidKey = errors.New("invalid object key")
 
 var segmentRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
 
@@ -26,11 +32,11 @@ var segmentRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
 // Keys become file paths, so nothing else is let through.
 func CheckKey(key string) error {
 	if key == "" || len(key) > 512 {
-		return fmt.Errorf("object key %q: must be 1 to 512 characters", key)
+		return fmt.Errorf("%w %q: must be 1 to 512 characters", ErrInvalidKey, key)
 	}
 	for _, seg := range strings.Split(key, "/") {
 		if !segmentRE.MatchString(seg) {
-			return fmt.Errorf("object key %q: segment %q is not letters, digits, '.', '_' and '-'", key, seg)
+			return fmt.Errorf("%w %q: segment %q is not letters, digits, '.', '_' and '-'", ErrInvalidKey, key, seg)
 		}
 	}
 	return nil
@@ -100,11 +106,20 @@ func (d *Dir) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 		return nil, err
 	}
 	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	// A folder opens like a file but reads as an error for ever; as S3
+	// would, the store has no object there.
+	if st, err := f.Stat(); err != nil || st.IsDir() {
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("get %s: %w", key, err)
+		}
+		return nil, fmt.Errorf("get %s: a folder: %w", key, ErrNotFound)
 	}
 	return f, nil
 }

@@ -43,6 +43,16 @@ func testContract(t *testing.T, s store) {
 	if got, err := read("results/a.json"); err != nil || got != "second" {
 		t.Fatalf("read back %q, %v; want the overwrite", got, err)
 	}
+	// Keys that name no object are errors that waiting does not change:
+	// a folder ("results", which holds a.json), a key under an object, and
+	// a key no object can have. A worker fails a job naming one rather
+	// than wait for it (a folder read as a passing fault jammed a queue).
+	for _, key := range []string{"results", "results/a.json/b", "results/../x"} {
+		_, err := read(key)
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("Get(%q) = %v, want ErrNotFound or ErrInvalidKey", key, err)
+		}
+	}
 	ranges := []struct {
 		off, n int64
 		want   string

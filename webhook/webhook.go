@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,17 +54,30 @@ type Options struct {
 	// Secret signs every delivery (SignatureHeader). Empty sends them
 	// unsigned.
 	Secret []byte
-	// Client makes the calls. Default: a client with a 10s timeout.
+	// Policy says which addresses webhooks may reach; the zero value,
+	// public addresses only.
+	Policy Policy
+	// Client makes the calls. Default: Policy's client, with a 10s
+	// timeout. A client given here is used as it is, policy and all.
 	Client *http.Client
 	// MaxAttempts bounds the calls per job. Default 10.
 	MaxAttempts int
 	// Backoff is the wait after the first failed call; it doubles, up to
 	// 10 minutes. Default 2s.
 	Backoff time.Duration
-	// Concurrency bounds the calls in flight. Default 16.
+	// Concurrency bounds the calls in flight, all receivers together.
+	// Default 64.
 	Concurrency int
-	Registerer  prometheus.Registerer
-	Logger      *slog.Logger
+	// PerHost bounds the calls in flight to one receiving host (name and
+	// port), so that a slow receiver delays only its own deliveries.
+	// Default 4.
+	PerHost int
+	// HostQueue bounds the deliveries held waiting for one host; past it
+	// a delivery is handed back to be tried later, which uses up one of
+	// its attempts. Default 256.
+	HostQueue  int
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Dispatcher delivers webhooks. Start it with Run.
@@ -78,7 +93,7 @@ func New(opts Options) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Source is required")
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Timeout: 10 * time.Second}
+		opts.Client = opts.Policy.Client(10 * time.Second)
 	}
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 10
@@ -87,14 +102,20 @@ func New(opts Options) (*Dispatcher, error) {
 		opts.Backoff = 2 * time.Second
 	}
 	if opts.Concurrency <= 0 {
-		opts.Concurrency = 16
+		opts.Concurrency = 64
+	}
+	if opts.PerHost <= 0 {
+		opts.PerHost = 4
+	}
+	if opts.HostQueue <= 0 {
+		opts.HostQueue = 256
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Dispatcher{opts: opts, deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "inferq_webhook_deliveries_total",
-		Help: "Webhook calls, by outcome: delivered, retried (failed, to be tried again) and abandoned (failed for the last time).",
+		Help: "Webhook calls, by outcome: delivered, retried (failed, to be tried again), abandoned (failed for the last time), deferred (its host had too many waiting; tried again later) and refused (a target the policy does not allow).",
 	}, []string{"outcome"})}
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(d.deliveries); err != nil {
@@ -118,8 +139,19 @@ func (d *Dispatcher) Subscribe(ctx context.Context) error {
 	return nil
 }
 
+// delivery is a job's webhook to call.
+type delivery struct {
+	msg jetstream.Msg
+	rec jobs.Record
+}
+
 // Run delivers webhooks until ctx ends, then waits for the calls in
-// flight.
+// flight and hands back the deliveries still waiting.
+//
+// Calls are shared among receiving hosts (Options.PerHost, HostQueue):
+// the deliveries of a host with its calls all in flight wait in its own
+// queue, reported in progress so that JetStream does not deliver them
+// again, while other hosts' go ahead.
 //
 // It pulls with Fetch requests of a bounded wait; when ctx ends it stops
 // asking, and handles what the request under way brings until that
@@ -135,25 +167,61 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	slots := make(chan struct{}, d.opts.Concurrency)
+	sched := newHosts[delivery](d.opts.PerHost, d.opts.Concurrency, d.opts.HostQueue)
+	maxHeld := d.opts.Concurrency + d.opts.HostQueue
+	freed := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	callCtx := context.WithoutCancel(ctx)
+	var launch func(name string, dl delivery)
+	launch = func(name string, dl delivery) {
+		wg.Go(func() {
+			d.handle(callCtx, dl)
+			for _, next := range sched.done(name) {
+				launch(next.host, next.v)
+			}
+			select {
+			case freed <- struct{}{}:
+			default:
+			}
+		})
+	}
+	defer func() {
+		// What waits for a busy host goes back for any dispatcher.
+		for _, dl := range sched.waiting(true) {
+			_ = dl.msg.Nak()
+		}
+		wg.Wait()
+	}()
+	wg.Go(func() { d.keepWaiting(ctx, sched) })
+
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		// As many as there are calls allowed in flight: a job that waited
-		// here for a free call would spend its ack wait waiting.
-		b, err := d.cons.Fetch(d.opts.Concurrency, jetstream.FetchMaxWait(500*time.Millisecond))
+		room := maxHeld - sched.held()
+		if room <= 0 {
+			select {
+			case <-freed:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		b, err := d.cons.Fetch(min(room, d.opts.Concurrency), jetstream.FetchMaxWait(500*time.Millisecond))
 		if err == nil {
 			for m := range b.Messages() {
-				if m.Headers().Get(jobs.HeaderWebhook) == "" { // most jobs: nothing to call
-					_ = m.Ack()
+				dl, ok := d.decode(m)
+				if !ok {
+					_ = m.Ack() // most jobs: nothing to call
 					continue
 				}
-				slots <- struct{}{}
-				wg.Go(func() {
-					defer func() { <-slots }()
-					d.handle(context.WithoutCancel(ctx), m)
-				})
+				name := hostOf(dl.rec.Webhook)
+				start, queued := sched.add(name, dl)
+				switch {
+				case start:
+					launch(name, dl)
+				case !queued:
+					d.deliveries.WithLabelValues("deferred").Inc()
+					d.opts.Logger.Info("webhook deferred: its host has too many deliveries waiting", "job", dl.rec.ID, "host", name)
+					_ = m.NakWithDelay(d.retryWait(m))
+				}
 			}
 			err = b.Error()
 		}
@@ -174,16 +242,61 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
-func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
+// keepWaiting reports the deliveries waiting for their host in progress,
+// every 20s (a third of the consumer's ack wait), until ctx ends.
+func (d *Dispatcher) keepWaiting(ctx context.Context, sched *hosts[delivery]) {
+	t := time.NewTicker(20 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, dl := range sched.waiting(false) {
+				_ = dl.msg.InProgress()
+			}
+		}
+	}
+}
+
+// decode reads the record of an announcement that names a webhook.
+func (d *Dispatcher) decode(m jetstream.Msg) (delivery, bool) {
 	if m.Headers().Get(jobs.HeaderWebhook) == "" { // most jobs: no decoding
-		_ = m.Ack()
-		return
+		return delivery{}, false
 	}
-	var rec jobs.Record
-	if err := json.Unmarshal(m.Data(), &rec); err != nil || rec.Webhook == "" {
-		_ = m.Ack()
-		return
+	dl := delivery{msg: m}
+	if err := json.Unmarshal(m.Data(), &dl.rec); err != nil || dl.rec.Webhook == "" {
+		return delivery{}, false
 	}
+	return dl, true
+}
+
+// hostOf is the host a webhook URL calls, as host:port, lower case: the
+// unit that shares calls. A URL that does not parse is its own unit.
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return strings.ToLower(u.Hostname()) + ":" + port
+}
+
+// retryWait is how long a delivery waits before it is tried again,
+// doubling with each delivery, up to 10 minutes.
+func (d *Dispatcher) retryWait(m jetstream.Msg) time.Duration {
+	attempt := 1
+	if meta, err := m.Metadata(); err == nil {
+		attempt = int(meta.NumDelivered)
+	}
+	return min(d.opts.Backoff<<min(attempt-1, 16), 10*time.Minute)
+}
+
+func (d *Dispatcher) handle(ctx context.Context, dl delivery) {
+	m, rec := dl.msg, dl.rec
 	attempt := 1
 	if meta, err := m.Metadata(); err == nil {
 		attempt = int(meta.NumDelivered)
@@ -194,14 +307,18 @@ func (d *Dispatcher) handle(ctx context.Context, m jetstream.Msg) {
 	case err == nil:
 		d.deliveries.WithLabelValues("delivered").Inc()
 		_ = m.Ack()
+	case errors.Is(err, ErrForbidden):
+		// Waiting does not change the policy's answer.
+		d.deliveries.WithLabelValues("refused").Inc()
+		log.Warn("webhook not called: its target is not allowed", "err", err)
+		_ = m.Term()
 	case attempt >= d.opts.MaxAttempts:
 		d.deliveries.WithLabelValues("abandoned").Inc()
 		log.Warn("webhook abandoned after its last attempt", "err", err)
 		_ = m.Term()
 	default:
 		d.deliveries.WithLabelValues("retried").Inc()
-		wait := d.opts.Backoff << min(attempt-1, 16)
-		wait = min(wait, 10*time.Minute)
+		wait := d.retryWait(m)
 		log.Info("webhook failed; will retry", "err", err, "in", wait)
 		_ = m.NakWithDelay(wait)
 	}
@@ -223,7 +340,10 @@ func (d *Dispatcher) call(ctx context.Context, rec jobs.Record, body []byte) err
 		return err
 	}
 	res.Body.Close()
-	if res.StatusCode/100 != 2 {
+	switch {
+	case res.StatusCode/100 == 3:
+		return fmt.Errorf("receiver answered %s; redirects are not followed, name the final URL", res.Status)
+	case res.StatusCode/100 != 2:
 		return fmt.Errorf("receiver answered %s", res.Status)
 	}
 	return nil

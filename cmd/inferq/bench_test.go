@@ -38,7 +38,7 @@ func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Con
 	port := testenv.FreePort(b)
 	b.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(b))
 	args := append([]string{"--models", repo, "--data", b.TempDir(), "--http", "127.0.0.1:0",
-		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "error"}, extra...)
+		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--nats-token", testNATSToken, "--log-level", "error"}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
@@ -51,7 +51,7 @@ func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Con
 	case err := <-done:
 		b.Fatalf("serve: %v", err)
 	}
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port), nats.Token(testNATSToken))
 	if err != nil {
 		b.Fatal(err)
 	}

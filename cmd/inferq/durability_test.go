@@ -107,7 +107,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + slow, "slow/config.yaml": "max_batch_size: 4\nmax_queue_delay: 1ms\n"})
 	data := t.TempDir()
 	natsPort := testenv.FreePort(t)
-	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--ack-wait", "3s", "--log-level", "warn"}
+	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--nats-token", testNATSToken, "--ack-wait", "3s", "--log-level", "warn"}
 
 	p := startProcess(t, args...)
 	s := &server{url: p.url}
@@ -193,7 +193,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	t.Logf("%d accepted jobs survived the kill; %d of them were redelivered after it", len(ids), retried)
 
 	// Each job is announced on the results stream exactly once.
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort), nats.Token(testNATSToken))
 	if err != nil {
 		t.Fatal(err)
 	}

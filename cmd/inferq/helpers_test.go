@@ -40,7 +40,7 @@ func startServe(t *testing.T, models string, extra ...string) *server {
 	t.Helper()
 	testenv.ORTLibrary(t) // fail early, with the reason, if it is missing
 	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
-	args := append([]string{"--models", models, "--data", t.TempDir(), "--http", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--log-level", "warn"}, extra...)
+	args := append([]string{"--models", models, "--data", t.TempDir(), "--http", "127.0.0.1:0", "--log-level", "warn"}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
@@ -101,13 +101,17 @@ func listedModels(t *testing.T, s *server) map[string][]listedVersion {
 	return out
 }
 
+// testNATSToken is the token the tests' embedded NATS servers take from
+// their native clients.
+const testNATSToken = "test-nats-token-0123456789abcdef"
+
 // startServeNATS is startServe with its embedded NATS on a known port,
 // and a client connected to it, closed when the test ends.
 func startServeNATS(t *testing.T, models string, extra ...string) (*server, *nats.Conn) {
 	t.Helper()
 	port := testenv.FreePort(t)
-	s := startServe(t, models, append([]string{"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)...)
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port))
+	s := startServe(t, models, append([]string{"--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--nats-token", testNATSToken}, extra...)...)
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port), nats.Token(testNATSToken))
 	if err != nil {
 		t.Fatal(err)
 	}

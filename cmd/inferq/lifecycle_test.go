@@ -297,7 +297,7 @@ func TestWebhook(t *testing.T) {
 	defer receiver.Close()
 	repo, _ := fixtures(t, nil)
 	secret := "s3cret"
-	s := startServe(t, repo, "--webhook-secret", secret, "--webhook-backoff", "50ms")
+	s := startServe(t, repo, "--webhook-secret", secret, "--webhook-backoff", "50ms", "--webhook-allow", "127.0.0.1")
 	req, _ := http.NewRequest("POST", s.url+"/v1/models/lookup/jobs", strings.NewReader(string(lookupRequest(5))))
 	req.Header.Set("Inferq-Webhook", receiver.URL+"/hook")
 	res, err := http.DefaultClient.Do(req)

@@ -169,28 +169,42 @@ func TestInputsByReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Put(context.Background(), "tensors/two-flowers.raw", bytes.NewReader(x.Data)); err != nil {
+	if err := store.Put(context.Background(), "inputs/iris/two-flowers.raw", bytes.NewReader(x.Data)); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Put(context.Background(), "tensors/short.raw", bytes.NewReader(x.Data[:12])); err != nil {
+	if err := store.Put(context.Background(), "inputs/iris/short.raw", bytes.NewReader(x.Data[:12])); err != nil {
 		t.Fatal(err)
 	}
 	ref := func(key string) []byte {
 		return []byte(`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"inferq_object":"` + key + `"}}]}`)
 	}
-	id := s.submit(t, "/v1/models/iris/jobs", ref("tensors/two-flowers.raw"))
+	id := s.submit(t, "/v1/models/iris/jobs", ref("inputs/iris/two-flowers.raw"))
 	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
 		t.Fatalf("job by reference: %+v", rec)
 	}
 	assertClose(t, "by reference", s.result(t, id).Outputs, d.run(t, []tensor.Tensor{x}))
 
-	for key, want := range map[string]string{"tensors/missing.raw": "not found", "tensors/short.raw": "do not fit"} {
+	for key, want := range map[string]string{"inputs/iris/missing.raw": "not found", "inputs/iris/short.raw": "do not fit"} {
 		id := s.submit(t, "/v1/models/iris/jobs", ref(key))
 		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, key) || !strings.Contains(rec.Error, want) {
 			t.Errorf("%s: %+v, want failed saying %q", key, rec, want)
 		}
 	}
-	if r := do(t, "POST", s.url+"/v1/models/iris/jobs", ref("../etc/passwd")); r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "inferq_object") {
-		t.Errorf("bad key: %d %s", r.code, r.body)
+	// A folder of the store is no object: the job fails at once rather
+	// than come back for ever.
+	if err := store.Put(context.Background(), "inputs/iris/dir/x.raw", bytes.NewReader(x.Data)); err != nil {
+		t.Fatal(err)
+	}
+	id = s.submit(t, "/v1/models/iris/jobs", ref("inputs/iris/dir"))
+	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, "not found") {
+		t.Errorf("a folder: %+v, want failed, not found", rec)
+	}
+	// Keys that are no keys, and keys outside the model's inputs (its
+	// results, another model's inputs, the store's own folders), are
+	// refused before they are queued.
+	for _, key := range []string{"../etc/passwd", "results", "tensors", "inputs/iris", "inputs/iris/", "results/iris/x.jsonl", "inputs/other/x.raw", "payloads/x.bin"} {
+		if r := do(t, "POST", s.url+"/v1/models/iris/jobs", ref(key)); r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "inferq_object") {
+			t.Errorf("key %q: %d %s", key, r.code, r.body)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/inferq/inferq/consumer"
@@ -74,9 +77,16 @@ type serveFlags struct {
 	scaleDownWindow       time.Duration
 	maxBatchBytes         int64
 	webhookAttempts       int
+	webhookAllow          string
+	webhookPerHost        int
+	idleTimeout           time.Duration
+	bodyTimeout           time.Duration
+	maxConns              int
+	natsToken             string
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
+	maxHandBacks          int
 	logLevel, logFormat   string
 }
 
@@ -121,14 +131,21 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.StringVar(&f.webhookSecret, "webhook-secret", "", "secret that signs webhook calls (HMAC-SHA256 in the Inferq-Signature header); empty sends them unsigned")
 		fs.IntVar(&f.webhookAttempts, "webhook-attempts", 10, "calls made to a job's webhook before giving up")
 		fs.DurationVar(&f.webhookBackoff, "webhook-backoff", 2*time.Second, "wait after a failed webhook call; doubles each time, up to 10m")
+		fs.StringVar(&f.webhookAllow, "webhook-allow", "", "comma-separated networks (CIDR) or addresses webhooks may reach although not public; by default loopback, private, link-local and reserved addresses are refused")
+		fs.IntVar(&f.webhookPerHost, "webhook-per-host", 4, "most webhook calls in flight to one receiving host; its other deliveries wait their turn")
+		fs.DurationVar(&f.idleTimeout, "http-idle-timeout", 30*time.Second, "how long an idle keep-alive connection stays open")
+		fs.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "longest wait for the next bytes of a request body before the request fails")
+		fs.IntVar(&f.maxConns, "max-conns", 10000, "most HTTP connections open at once; further ones wait to be accepted")
 		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest a job poll (?wait=) or a synchronous /v2 infer call waits for a job")
 	}
 	if m == modeServe {
-		fs.StringVar(&f.natsListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for native clients; empty for nowhere")
+		fs.StringVar(&f.natsListen, "nats-listen", "", "where the embedded NATS server listens for native clients, such as 127.0.0.1:4222; empty for nowhere. Clients need the token (--nats-token, or the one generated into DATA/nats-token)")
+		fs.StringVar(&f.natsToken, "nats-token", "", "token native clients of the embedded NATS server must give (prefer INFERQ_NATS_TOKEN); empty generates one into DATA/nats-token")
 		fs.BoolVar(&f.natsSyncAlways, "nats-sync-always", false, "fsync every JetStream write, so accepted jobs survive a machine crash too")
 	}
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
+		fs.IntVar(&f.maxHandBacks, "max-hand-backs", 100, "deliveries after which a job whose inputs or result storage cannot read or write fails, instead of returning to the queue again (each waits longer, up to 30s)")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
 		fs.IntVar(&f.minReplicas, "min-replicas", 1, "fewest worker replicas per model in this process; 0 lets an idle model scale to zero")
 		fs.IntVar(&f.maxReplicas, "max-replicas", 0, "most worker replicas per model in this process; 0 means --min-replicas (no autoscaling)")
@@ -166,6 +183,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return err
 	}
+	allow, err := webhook.ParseAllow(f.webhookAllow)
+	if err != nil {
+		return fmt.Errorf("--webhook-allow: %w", err)
+	}
+	hookPolicy := webhook.Policy{Allow: allow}
 	lib, err := findORT()
 	if err != nil {
 		return err
@@ -199,15 +221,21 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err != nil {
 			return err
 		}
+		var token, tokenFile string
+		if f.natsListen != "" {
+			if token, tokenFile, err = natsToken(f.data, f.natsToken); err != nil {
+				return err
+			}
+		}
 		embedded, err = embednats.Start(embednats.Options{
-			StoreDir: filepath.Join(f.data, "nats"), Host: host, Port: port, SyncAlways: f.natsSyncAlways, Logger: log,
+			StoreDir: filepath.Join(f.data, "nats"), Host: host, Port: port, Token: token, SyncAlways: f.natsSyncAlways, Logger: log,
 		})
 		if err != nil {
 			return err
 		}
 		defer embedded.Shutdown()
 		if u := embedded.ClientURL(); u != "" {
-			log.Info("embedded NATS with JetStream", "url", u, "store", filepath.Join(f.data, "nats"))
+			log.Info("embedded NATS with JetStream", "url", u, "store", filepath.Join(f.data, "nats"), "token_file", tokenFile)
 		}
 		nc, err = embedded.Connect(natsOpts...)
 	} else {
@@ -250,7 +278,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
-			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait,
+			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
@@ -298,6 +326,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				return store.Check(ctx)
 			},
 			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
+			CheckWebhook: hookPolicy.CheckURL, BodyTimeout: f.bodyTimeout,
 			Registerer: reg, Gatherer: reg, Logger: log,
 		})
 		if err != nil {
@@ -309,6 +338,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		hooks, err := webhook.New(webhook.Options{
 			Source: q, Secret: []byte(f.webhookSecret), MaxAttempts: f.webhookAttempts, Backoff: f.webhookBackoff,
+			Policy: hookPolicy, PerHost: f.webhookPerHost,
 			Registerer: reg, Logger: log,
 		})
 		if err != nil {
@@ -331,7 +361,10 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				return nil
 			})
 		}
-		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: f.idleTimeout}
+		if f.maxConns > 0 {
+			ln = netutil.LimitListener(ln, f.maxConns)
+		}
 		srv.RegisterOnShutdown(api.Shutdown)
 		scheme := "http"
 		if tlsConf != nil {
@@ -451,6 +484,29 @@ func listenAddr(addr string) (string, int, error) {
 		host = "0.0.0.0"
 	}
 	return host, port, nil
+}
+
+// natsToken is the token native clients of the embedded NATS server
+// must give: the one given, or else one generated and written to
+// DATA/nats-token (readable by its owner alone) for the operator and
+// local tools to read. The token itself is never logged.
+func natsToken(data, given string) (token, file string, err error) {
+	if given != "" {
+		return given, "", nil
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", fmt.Errorf("generate a NATS token: %w", err)
+	}
+	token = hex.EncodeToString(b)
+	file = filepath.Join(data, "nats-token")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return "", "", fmt.Errorf("write the NATS token: %w", err)
+	}
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write the NATS token: %w", err)
+	}
+	return token, file, nil
 }
 
 func splitList(s string) []string {

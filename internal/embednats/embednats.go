@@ -22,6 +22,10 @@ type Options struct {
 	// in-process connections work.
 	Host string
 	Port int
+	// Token, when set, is what every client must give to connect, in
+	// process too (Connect gives it). A server that listens should have
+	// one: without it any local process reads and writes every stream.
+	Token string
 	// SyncAlways makes JetStream fsync every write, so an accepted job
 	// survives a machine crash, not only a process crash, at a cost in
 	// throughput.
@@ -34,6 +38,7 @@ type Options struct {
 type Server struct {
 	ns     *server.Server
 	listen bool
+	token  string
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -54,7 +59,8 @@ func Start(opts Options) (*Server, error) {
 		SyncAlways: opts.SyncAlways,
 		// Big enough for a batch of results or a large request; larger
 		// payloads are the object store's job.
-		MaxPayload: 8 << 20,
+		MaxPayload:    8 << 20,
+		Authorization: opts.Token,
 	}
 	if so.Host == "" {
 		so.Host = "127.0.0.1"
@@ -71,7 +77,7 @@ func Start(opts Options) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded NATS did not become ready (store %s, listen %s:%d)", opts.StoreDir, so.Host, opts.Port)
 	}
-	return &Server{ns: ns, listen: listen}, nil
+	return &Server{ns: ns, listen: listen, token: opts.Token}, nil
 }
 
 // ClientURL is the URL native clients connect to; empty when the server
@@ -86,6 +92,9 @@ func (s *Server) ClientURL() string {
 // Connect opens a client connection to the server, in process.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{nats.InProcessServer(s.ns), nats.Name("inferq")}, opts...)
+	if s.token != "" {
+		opts = append(opts, nats.Token(s.token))
+	}
 	return nats.Connect("", opts...)
 }
 
