@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -226,8 +227,10 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case errors.As(readErr, &tooBig):
 			msg, code = fmt.Sprintf("the batch file exceeds the limit of %d bytes", s.opts.MaxBatchBytes), http.StatusRequestEntityTooLarge
-		case errors.Is(readErr, errLineTooLong):
+		case errors.As(readErr, new(lineTooLong)):
 			code = http.StatusRequestEntityTooLarge
+		case errors.Is(readErr, os.ErrDeadlineExceeded):
+			msg, code = s.bodyStalled().Error(), http.StatusRequestTimeout
 		case errors.As(readErr, &refused):
 			code, retryAfter = refused.code, refused.retryAfter
 		}
@@ -258,8 +261,13 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// errLineTooLong is a batch file line over the size of a request.
-var errLineTooLong = errors.New("line too long")
+// lineTooLong is a batch file line over the size of a request (the
+// limit, --max-body).
+type lineTooLong int64
+
+func (e lineTooLong) Error() string {
+	return fmt.Sprintf("a line is longer than %d bytes (--max-body)", int64(e))
+}
 
 // readLine reads one line, refusing lines longer than max.
 func readLine(r *bufio.Reader, max int64) ([]byte, error) {
@@ -268,7 +276,7 @@ func readLine(r *bufio.Reader, max int64) ([]byte, error) {
 		part, err := r.ReadSlice('\n')
 		line = append(line, part...)
 		if int64(len(line)) > max {
-			return nil, fmt.Errorf("%w: a line is longer than %d bytes (--max-body)", errLineTooLong, max)
+			return nil, lineTooLong(max)
 		}
 		if err != bufio.ErrBufferFull {
 			return line, err

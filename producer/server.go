@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -268,6 +269,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
+// bodyStalled is the answer to a request whose body stopped arriving.
+func (s *Server) bodyStalled() error {
+	return errorf(http.StatusRequestTimeout, "the request body stopped arriving: nothing came for %s", s.opts.BodyTimeout)
+}
+
 // idleBody is a request body whose every read must bring data within
 // timeout: a client that sends headers, then nothing (or a trickle with
 // long pauses), is cut off instead of holding a handler for ever. Large
@@ -288,10 +294,13 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	}
 	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
+	if err == io.EOF {
 		b.done = true
 		_ = b.rc.SetReadDeadline(time.Time{})
 	}
+	// After any other error the deadline stays, passed: the server's
+	// reading of the rest of the body, before it answers, then fails at
+	// once too, and the connection is closed.
 	return n, err
 }
 
@@ -490,6 +499,9 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		if errors.As(err, &tooBig) {
 			s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
 			return nil, errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.opts.MaxBodyBytes)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, s.bodyStalled()
 		}
 		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
 	}

@@ -187,8 +187,8 @@ func TestBatchFileReadErrors(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{"a line too long", 1000, 700, http.StatusBadRequest, "failed after 699 lines: reading line 700: a line is longer than 4096 bytes"},
-		{"a line too long first", 10, 1, http.StatusBadRequest, "failed after 0 lines: reading line 1: a line is longer than 4096 bytes"},
+		{"a line too long", 1000, 700, http.StatusRequestEntityTooLarge, "failed after 699 lines: reading line 700: a line is longer than 4096 bytes"},
+		{"a line too long first", 10, 1, http.StatusRequestEntityTooLarge, "failed after 0 lines: reading line 1: a line is longer than 4096 bytes"},
 		{"a file too large", 3000, 0, http.StatusRequestEntityTooLarge, "the batch file exceeds the limit of 200000 bytes"},
 	}
 	for _, tt := range tests {

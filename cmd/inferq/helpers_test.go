@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -170,6 +171,19 @@ func do(t *testing.T, method, url string, body []byte, headers ...string) respon
 		t.Fatal(err)
 	}
 	return response{code: res.StatusCode, header: res.Header, body: b}
+}
+
+// eventually polls cond every 50ms until it holds, failing the test with
+// what after within.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // submit posts a job and returns its id, failing unless it was accepted.
@@ -380,6 +394,9 @@ func (d *direct) run(t *testing.T, in []tensor.Tensor) []tensor.Tensor {
 
 func writeFile(t testing.TB, path string, b []byte) {
 	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -27,13 +27,16 @@ type sseEvent struct{ id, name, data string }
 
 // openSSE opens an event stream and delivers its events on a channel,
 // closed when the stream ends. Closing the returned function drops the
-// connection.
-func openSSE(t *testing.T, url, lastID string) (<-chan sseEvent, func()) {
+// connection. headers are name, value pairs.
+func openSSE(t *testing.T, url, lastID string, headers ...string) (<-chan sseEvent, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -209,9 +212,12 @@ func TestQueuedJobLifecycle(t *testing.T) {
 	}
 
 	code, first, _ := post(3, "Idempotency-Key", "order-42")
-	code2, again, h := post(4, "Idempotency-Key", "order-42")
+	code2, again, h := post(3, "Idempotency-Key", "order-42")
 	if code != 202 || code2 != 202 || again.ID != first.ID || h.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("idempotent repeat: %d %s, %d %s %v", code, first.ID, code2, again.ID, h)
+	}
+	if code, _, _ := post(4, "Idempotency-Key", "order-42"); code != http.StatusUnprocessableEntity {
+		t.Fatalf("the same key with another request: %d, want 422", code)
 	}
 	if _, other, _ := post(3, "Idempotency-Key", "order-43"); other.ID == first.ID {
 		t.Fatal("a different key answered the same job")
