@@ -315,7 +315,8 @@ func TestEmbeddedNATSNeedsToken(t *testing.T) {
 		t.Errorf("%s has mode %v, want 0600", file, st.Mode().Perm())
 	}
 	token, _ := os.ReadFile(file)
-	nc, err := nats.Connect(url, nats.Token(strings.TrimSpace(string(token))))
+	// As the docs write it: the token in the URL.
+	nc, err := nats.Connect(fmt.Sprintf("nats://%s@127.0.0.1:%d", strings.TrimSpace(string(token)), port))
 	if err != nil {
 		t.Fatalf("the token from %s: %v", file, err)
 	}
