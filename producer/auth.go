@@ -72,12 +72,10 @@ func ParseTokens(r io.Reader) ([]Token, error) {
 // grants the stream's model, are closed.
 func (s *Server) SetTokens(tokens []Token) {
 	s.tokens.Store(&tokens)
-	s.tokensMu.Lock()
-	defer s.tokensMu.Unlock()
-	if s.tokensSet != nil {
-		close(s.tokensSet)
+	next := make(chan struct{})
+	if prev := s.tokensSet.Swap(&next); prev != nil {
+		close(*prev)
 	}
-	s.tokensSet = make(chan struct{})
 }
 
 type tokensKey struct{}
@@ -89,11 +87,7 @@ func tokensSince(r *http.Request) <-chan struct{} {
 }
 
 // tokensChanged is closed at the next SetTokens.
-func (s *Server) tokensChanged() chan struct{} {
-	s.tokensMu.Lock()
-	defer s.tokensMu.Unlock()
-	return s.tokensSet
-}
+func (s *Server) tokensChanged() chan struct{} { return *s.tokensSet.Load() }
 
 // revoked reports whether r, let in before the tokens last changed, would
 // now be refused for model m: its token dropped, or no longer granted m.

@@ -143,8 +143,8 @@ type Server struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	tokens    atomic.Pointer[[]Token]
-	tokensMu  sync.Mutex
-	tokensSet chan struct{} // closed when the tokens change
+	// tokensSet is closed, and replaced, when the tokens change.
+	tokensSet atomic.Pointer[chan struct{}]
 }
 
 // Shutdown ends the event streams being served, so that an http.Server

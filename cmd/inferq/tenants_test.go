@@ -60,16 +60,12 @@ func acceptedID(t *testing.T, r response) string {
 	return rec.ID
 }
 
-// A job whose input object cannot be read, for good or for now, never
-// jams its model's queue: a folder named as the object fails the job at
-// once, a job cancelled while its input cannot be read stops, and one
-// whose input stays unreadable fails after --max-hand-backs deliveries.
-// Before, each was handed back every second for ever (a cancelled one
-// too), and --max-queued of them refused every later job of the model
-// with 429, also after a restart.
-func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
-	data := t.TempDir()
-	objects := filepath.Join(data, "objects", "inputs", "iris")
+// unreadableInputs makes a data folder whose store holds, among iris's
+// inputs, a folder ("inputs/iris/folder") and an object that cannot be
+// read ("inputs/iris/loop"), and returns it with iris's inputs folder.
+func unreadableInputs(t *testing.T) (data, objects string) {
+	data = t.TempDir()
+	objects = filepath.Join(data, "objects", "inputs", "iris")
 	if err := os.MkdirAll(filepath.Join(objects, "folder"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +75,18 @@ func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
 	if err := os.Symlink("loop", filepath.Join(objects, "loop")); err != nil {
 		t.Fatal(err)
 	}
+	return data, objects
+}
+
+// A job whose input object cannot be read, for good or for now, never
+// jams its model's queue: a folder named as the object fails the job at
+// once, a job cancelled while its input cannot be read stops, and one
+// whose input stays unreadable fails after --max-hand-backs deliveries.
+// Before, each was handed back every second for ever (a cancelled one
+// too), and --max-queued of them refused every later job of the model
+// with 429, also after a restart.
+func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
+	data, _ := unreadableInputs(t)
 	s := startServe(t, irisRepo(t, "iris"), "--data", data, "--max-queued", "3", "--max-hand-backs", "3")
 
 	for range 3 {
@@ -122,14 +130,7 @@ func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
 // is either refused with a 4xx or accepted, and every accepted job ends
 // final, none left queued for ever.
 func TestAdmissionEndsEveryAcceptedJob(t *testing.T) {
-	data := t.TempDir()
-	objects := filepath.Join(data, "objects", "inputs", "iris")
-	if err := os.MkdirAll(filepath.Join(objects, "folder"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("loop", filepath.Join(objects, "loop")); err != nil {
-		t.Fatal(err)
-	}
+	data, objects := unreadableInputs(t)
 	writeFile(t, filepath.Join(objects, "good.raw"), f32(5.1, 3.5, 1.4, 0.2))
 	writeFile(t, filepath.Join(objects, "short.raw"), f32(5.1, 3.5))
 	s := startServe(t, irisRepo(t, "iris"), "--data", data, "--max-hand-backs", "3")
