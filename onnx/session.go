@@ -145,6 +145,8 @@ type SessionOptions struct {
 	// 0 leaves ONNX Runtime's default.
 	IntraOpThreads int
 	InterOpThreads int
+	// Provider is where the session runs; the zero value, the CPU.
+	Provider Provider
 }
 
 // Session is a loaded model. Run may be called from several goroutines at
@@ -173,6 +175,9 @@ func (r *Runtime) NewSession(path string, sig Signature, opts SessionOptions) (*
 		if err := so.SetInterOpNumThreads(opts.InterOpThreads); err != nil {
 			return nil, fmt.Errorf("set inter-op threads: %w", err)
 		}
+	}
+	if err := opts.Provider.attach(so); err != nil {
+		return nil, err
 	}
 	names := func(ios []IO) []string {
 		n := make([]string, len(ios))

@@ -260,3 +260,54 @@ func TestAxisNamesRead(t *testing.T) {
 		t.Errorf("axes without names read as %+v and %+v, want none", sig.Inputs[0].Axes, sig.Outputs[0].Axes)
 	}
 }
+
+// A GPU provider that cannot be attached (no GPU, or this ONNX Runtime
+// build has no CUDA) is an error that says so and what to do, and that
+// callers tell from a broken model: ErrProviderUnavailable.
+func TestProviderUnavailable(t *testing.T) {
+	rt := testenv.Runtime(t)
+	path := filepath.Join(testenv.Root(t), "testdata", "models", "iris", "1", "model.onnx")
+	sig, err := rt.Inspect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []onnx.Provider{{Name: onnx.ProviderCUDA}, {Name: onnx.ProviderTensorRT, DeviceID: 1}} {
+		s, err := rt.NewSession(path, sig, onnx.SessionOptions{Provider: p})
+		if err == nil {
+			s.Close()
+			t.Skipf("%s attached: this machine has a GPU and a GPU build of ONNX Runtime; the device check covers it", p)
+		}
+		if !errors.Is(err, onnx.ErrProviderUnavailable) || !strings.Contains(err.Error(), p.String()) || !strings.Contains(err.Error(), "fallback: cpu") {
+			t.Errorf("%s: %v, want ErrProviderUnavailable naming it and the way out", p, err)
+		}
+		if testing.Verbose() {
+			t.Log(err)
+		}
+	}
+	if _, err := rt.NewSession(path, sig, onnx.SessionOptions{Provider: onnx.Provider{Name: "tpu"}}); err == nil || errors.Is(err, onnx.ErrProviderUnavailable) {
+		t.Errorf("an unknown provider: %v", err)
+	}
+}
+
+func TestParseDevice(t *testing.T) {
+	for _, tt := range []struct {
+		in, want, err string
+	}{
+		{"cpu", "cpu", ""},
+		{"cuda", "cuda:0", ""},
+		{"cuda:3", "cuda:3", ""},
+		{"tensorrt:1", "tensorrt:1", ""},
+		{"cpu:1", "", "takes no number"},
+		{"cuda:x", "", "not a GPU number"},
+		{"cuda:-1", "", "not a GPU number"},
+		{"gpu", "", "want cpu, cuda"},
+	} {
+		p, err := onnx.ParseDevice(tt.in)
+		switch {
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("ParseDevice(%q) = %v, %v; want an error saying %q", tt.in, p, err, tt.err)
+		case tt.err == "" && (err != nil || p.String() != tt.want):
+			t.Errorf("ParseDevice(%q) = %v, %v; want %s", tt.in, p, err, tt.want)
+		}
+	}
+}

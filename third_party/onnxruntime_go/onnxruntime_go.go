@@ -1815,6 +1815,71 @@ func (o *SessionOptions) AppendExecutionProviderCUDA(
 	return nil
 }
 
+// CUDAOptionsV1 are the CUDA provider's options as the legacy
+// OrtCUDAProviderOptions struct holds them. inferq patch.
+type CUDAOptionsV1 struct {
+	DeviceID int
+	// CudnnConvAlgoSearch: 0 exhaustive (ONNX Runtime's default), 1
+	// heuristic, 2 default.
+	CudnnConvAlgoSearch int
+	// GPUMemLimit in bytes; 0 for no limit.
+	GPUMemLimit uint64
+	// ArenaExtendStrategy: 0 next power of two, 1 same as requested.
+	ArenaExtendStrategy int
+}
+
+// AppendExecutionProviderCUDAV1 adds the CUDA provider through the legacy
+// options struct. Unlike AppendExecutionProviderCUDA it works with an ONNX
+// Runtime core built without CUDA whose CUDA provider library sits beside
+// it: the provider bridge loads it. inferq patch.
+func (o *SessionOptions) AppendExecutionProviderCUDAV1(opts CUDAOptionsV1) error {
+	limit := C.size_t(^C.size_t(0))
+	if opts.GPUMemLimit > 0 {
+		limit = C.size_t(opts.GPUMemLimit)
+	}
+	status := C.AppendExecutionProviderCUDAV1(o.o, C.int(opts.DeviceID),
+		C.int(opts.CudnnConvAlgoSearch), limit, C.int(opts.ArenaExtendStrategy))
+	if status != nil {
+		return statusToError(status)
+	}
+	return nil
+}
+
+// TensorRTOptionsV1 are the TensorRT provider's options as the legacy
+// OrtTensorRTProviderOptions struct holds them. inferq patch.
+type TensorRTOptionsV1 struct {
+	DeviceID int
+	FP16     bool
+	// MaxWorkspaceSize in bytes; 0 for 1 GiB.
+	MaxWorkspaceSize uint64
+	// EngineCachePath, when set, caches built engines there.
+	EngineCachePath string
+}
+
+// AppendExecutionProviderTensorRTV1 adds the TensorRT provider through the
+// legacy options struct, as AppendExecutionProviderCUDAV1 does for CUDA.
+// inferq patch.
+func (o *SessionOptions) AppendExecutionProviderTensorRTV1(opts TensorRTOptionsV1) error {
+	var cache *C.char
+	if opts.EngineCachePath != "" {
+		cache = C.CString(opts.EngineCachePath)
+		defer C.free(unsafe.Pointer(cache))
+	}
+	fp16 := 0
+	if opts.FP16 {
+		fp16 = 1
+	}
+	ws := opts.MaxWorkspaceSize
+	if ws == 0 {
+		ws = 1 << 30
+	}
+	status := C.AppendExecutionProviderTensorRTV1(o.o, C.int(opts.DeviceID), C.int(fp16), C.size_t(ws), cache)
+	if status != nil {
+		return statusToError(status)
+	}
+	return nil
+}
+
 // Takes an initialized TensorRTProviderOptions instance, and applies them to
 // the session options. You'll need to call this if you want the session to use
 // TensorRT. Returns an error if your device (or onnxruntime library version)

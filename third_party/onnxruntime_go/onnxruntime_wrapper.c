@@ -1,4 +1,5 @@
 #include "onnxruntime_wrapper.h"
+#include <string.h>
 
 static const OrtApi *ort_api = NULL;
 static const char *ORT_VERSION = NULL;
@@ -146,6 +147,34 @@ OrtStatus *AppendExecutionProviderCUDAV2(OrtSessionOptions *o,
   OrtCUDAProviderOptionsV2 *cuda_options) {
   return ort_api->SessionOptionsAppendExecutionProvider_CUDA_V2(o,
     cuda_options);
+}
+
+OrtStatus *AppendExecutionProviderCUDAV1(OrtSessionOptions *o, int device_id,
+  int cudnn_conv_algo_search, size_t gpu_mem_limit, int arena_extend_strategy) {
+  OrtCUDAProviderOptions opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.device_id = device_id;
+  opts.cudnn_conv_algo_search = (OrtCudnnConvAlgoSearch) cudnn_conv_algo_search;
+  opts.gpu_mem_limit = gpu_mem_limit;
+  opts.arena_extend_strategy = arena_extend_strategy;
+  opts.do_copy_in_default_stream = 1;
+  return ort_api->SessionOptionsAppendExecutionProvider_CUDA(o, &opts);
+}
+
+OrtStatus *AppendExecutionProviderTensorRTV1(OrtSessionOptions *o,
+  int device_id, int fp16, size_t max_workspace_size, const char *cache_path) {
+  OrtTensorRTProviderOptions opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.device_id = device_id;
+  opts.trt_max_partition_iterations = 1000;
+  opts.trt_min_subgraph_size = 1;
+  opts.trt_max_workspace_size = max_workspace_size;
+  opts.trt_fp16_enable = fp16;
+  if (cache_path != NULL) {
+    opts.trt_engine_cache_enable = 1;
+    opts.trt_engine_cache_path = cache_path;
+  }
+  return ort_api->SessionOptionsAppendExecutionProvider_TensorRT(o, &opts);
 }
 
 OrtStatus *CreateCUDAProviderOptions(OrtCUDAProviderOptionsV2 **o) {

@@ -112,6 +112,17 @@ OrtStatus *SetMemPattern(OrtSessionOptions *o, int use_mem_pattern);
 OrtStatus *AppendExecutionProviderCUDAV2(OrtSessionOptions *o,
   OrtCUDAProviderOptionsV2 *cuda_options);
 
+// inferq patch: wraps ort_api->SessionOptionsAppendExecutionProvider_CUDA
+// (the OrtCUDAProviderOptions struct), which ONNX Runtime builds whose core
+// was compiled without CUDA still serve through the provider bridge.
+OrtStatus *AppendExecutionProviderCUDAV1(OrtSessionOptions *o, int device_id,
+  int cudnn_conv_algo_search, size_t gpu_mem_limit, int arena_extend_strategy);
+
+// inferq patch: wraps ort_api->SessionOptionsAppendExecutionProvider_TensorRT
+// (the OrtTensorRTProviderOptions struct). cache_path may be NULL.
+OrtStatus *AppendExecutionProviderTensorRTV1(OrtSessionOptions *o,
+  int device_id, int fp16, size_t max_workspace_size, const char *cache_path);
+
 // Wraps ort_api->CreateCUDAProviderOptions
 OrtStatus *CreateCUDAProviderOptions(OrtCUDAProviderOptionsV2 **o);
 
