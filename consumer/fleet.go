@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/onnx"
 )
 
 // Fleet runs a process's workers: for each model, some number of
@@ -31,6 +35,9 @@ type Fleet struct {
 
 	mu       sync.Mutex
 	families map[string]*model.Family
+	// refused are the models this fleet cannot run (their provider
+	// cannot be attached here), with the family tried and why.
+	refused  map[string]refusal
 	replicas map[string][]*running
 	finished map[string]*atomic.Uint64
 	wg       sync.WaitGroup
@@ -38,8 +45,14 @@ type Fleet struct {
 
 type running struct {
 	fam    *model.Family
+	w      *Worker
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+type refusal struct {
+	fam *model.Family
+	err error
 }
 
 // FleetOptions configure a Fleet.
@@ -63,7 +76,7 @@ func NewFleet(opts Options, fo FleetOptions) *Fleet {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Fleet{
 		tmpl: opts, only: fo.Only, initial: initial, ctx: ctx, cancel: cancel, failed: make(chan error, 1),
-		families: map[string]*model.Family{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
+		families: map[string]*model.Family{}, refused: map[string]refusal{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
 	}
 }
 
@@ -81,7 +94,7 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 	}
 	var errs []error
 	for name, fam := range want {
-		if f.families[name] == fam {
+		if f.families[name] == fam || f.refused[name].fam == fam {
 			continue
 		}
 		_, known := f.families[name]
@@ -103,9 +116,23 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 			for _, r := range fresh {
 				r.stop()
 			}
+			if errors.Is(err, onnx.ErrProviderUnavailable) {
+				// Not for this worker: others (a GPU worker, or one
+				// whose config falls back) serve the model; this one
+				// says why it does not, and serves the rest.
+				f.tmpl.Logger.Error("model not served by this worker", "model", name, "err", err)
+				f.refused[name] = refusal{fam: fam, err: err}
+				for _, r := range old {
+					r.stop()
+				}
+				delete(f.replicas, name)
+				delete(f.families, name)
+				continue
+			}
 			errs = append(errs, err)
 			continue
 		}
+		delete(f.refused, name)
 		f.families[name] = fam
 		f.replicas[name] = fresh
 		if known {
@@ -113,6 +140,11 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 		}
 		for _, r := range old {
 			r.stop()
+		}
+	}
+	for name := range f.refused {
+		if _, ok := want[name]; !ok {
+			delete(f.refused, name)
 		}
 	}
 	for name, rs := range f.replicas {
@@ -211,7 +243,7 @@ func (f *Fleet) start(fam *model.Family) (*running, error) {
 		f.tmpl.Metrics.coldStart.WithLabelValues(fam.Name).Observe(time.Since(began).Seconds())
 	}
 	ctx, cancel := context.WithCancel(f.ctx)
-	r := &running{fam: fam, cancel: cancel, done: make(chan struct{})}
+	r := &running{fam: fam, w: w, cancel: cancel, done: make(chan struct{})}
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -255,4 +287,83 @@ func (f *Fleet) Stop() {
 	clear(f.replicas)
 	f.observe()
 	f.mu.Unlock()
+}
+
+// Status says what the fleet serves of each model and where, and why it
+// serves none of a model it cannot run, as worker is its process's name:
+// one status per model, sorted by model.
+func (f *Fleet) Status(worker string) []jobs.WorkerStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now().UTC()
+	var out []jobs.WorkerStatus
+	for name, fam := range f.families {
+		st := jobs.WorkerStatus{Model: name, Worker: worker, Replicas: len(f.replicas[name]), UpdatedAt: now}
+		// Every replica of a model loads the same family with the same
+		// options: the first speaks for all; with none running (scaled
+		// to zero) the settings are still those a replica would take.
+		policy, instances := f.tmpl.Overrides.apply(fam.Default().Config)
+		if rs := f.replicas[name]; len(rs) > 0 {
+			policy, instances = rs[0].w.Settings()
+			for _, p := range rs[0].w.Placements() {
+				st.Versions = append(st.Versions, jobs.VersionPlacement{Version: strconv.FormatInt(p.Version, 10), Device: p.Device, Fallback: p.Fallback})
+			}
+		}
+		st.MaxBatchSize, st.MaxQueueDelay, st.Instances = policy.MaxBatchSize, policy.MaxQueueDelay.String(), instances
+		out = append(out, st)
+	}
+	for name, r := range f.refused {
+		out = append(out, jobs.WorkerStatus{Model: name, Worker: worker, Error: r.err.Error(), UpdatedAt: now})
+	}
+	slices.SortFunc(out, func(a, b jobs.WorkerStatus) int { return strings.Compare(a.Model, b.Model) })
+	return out
+}
+
+// StatusSink keeps worker statuses where the API reads them; *jobs.Queue
+// is one.
+type StatusSink interface {
+	PutWorkerStatus(ctx context.Context, st jobs.WorkerStatus) error
+	DeleteWorkerStatus(ctx context.Context, model, worker string) error
+}
+
+// Report puts the fleet's status in sink every interval (well within
+// jobs.WorkerStatusTTL) until ctx ends, then deletes what it put, so that
+// the API shows which process serves which model where.
+func (f *Fleet) Report(ctx context.Context, sink StatusSink, worker string, interval time.Duration) error {
+	put := map[string]bool{}
+	report := func() {
+		seen := map[string]bool{}
+		for _, st := range f.Status(worker) {
+			seen[st.Model] = true
+			if err := sink.PutWorkerStatus(ctx, st); err != nil {
+				if ctx.Err() == nil {
+					f.tmpl.Logger.Warn("could not report worker status", "model", st.Model, "err", err)
+				}
+				continue
+			}
+			put[st.Model] = true
+		}
+		for m := range put {
+			if !seen[m] {
+				_ = sink.DeleteWorkerStatus(ctx, m, worker)
+				delete(put, m)
+			}
+		}
+	}
+	report()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			for m := range put {
+				_ = sink.DeleteWorkerStatus(dctx, m, worker)
+			}
+			return nil
+		case <-t.C:
+			report()
+		}
+	}
 }

@@ -79,6 +79,12 @@ type Options struct {
 	// object) or LayoutJob (an object per job, keyed by job id, for
 	// readers of the bucket).
 	ResultLayout string
+	// Device, when set, is where this worker runs every model, whatever
+	// their configs say: the CPU for a CPU worker, a GPU for a GPU worker.
+	// The zero value runs each model where its config says.
+	Device onnx.Provider
+	// Overrides are this worker's own batch settings, over the models'.
+	Overrides Overrides
 }
 
 // Result layouts.
@@ -93,6 +99,8 @@ type Worker struct {
 	name     string
 	log      *slog.Logger
 	sessions map[int64]*onnx.Session
+	// placements say where each version's sessions run.
+	placements []Placement
 	policy   batching.Policy
 	// instances is how many batches run at once.
 	instances int
@@ -131,16 +139,11 @@ func NewWorker(opts Options) (*Worker, error) {
 		opts.MaxHandBacks = 100
 	}
 	// Batching settings are the model's, from its default version's
-	// config; versions share one queue.
-	cfg := def.Config
+	// config (versions share one queue), as this worker overrides them.
+	policy, instances := opts.Overrides.apply(def.Config)
 	w := &Worker{
 		opts: opts, name: opts.Family.Name, held: newHeld(), log: opts.Logger.With("model", opts.Family.Name),
-		policy: batching.Policy{
-			MaxBatchSize:        cfg.MaxBatchSize,
-			MaxQueueDelay:       cfg.MaxQueueDelay,
-			PreferredBatchSizes: cfg.PreferredBatchSizes,
-		},
-		instances: cfg.Instances,
+		policy: policy, instances: instances,
 	}
 	if _, err := batching.New[*item](w.policy, nil); err != nil {
 		return nil, fmt.Errorf("model %q: %w", w.name, err)
@@ -577,30 +580,6 @@ func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item]
 	}
 }
 
-// Load creates the ONNX Runtime sessions of every version, so that a
-// caller can have a worker ready before it takes over from another. Run
-// calls it when it has not been called.
-func (w *Worker) Load() error {
-	w.sessions = map[int64]*onnx.Session{}
-	for _, m := range w.opts.Family.Versions {
-		s, err := w.opts.Runtime.NewSession(m.Path, onnx.Signature{Inputs: m.Inputs, Outputs: m.Outputs}, onnx.SessionOptions{
-			IntraOpThreads: m.Config.IntraOpThreads, InterOpThreads: m.Config.InterOpThreads,
-		})
-		if err != nil {
-			w.unload()
-			return fmt.Errorf("model %s version %d: %w", w.name, m.Version, err)
-		}
-		w.sessions[m.Version] = s
-	}
-	return nil
-}
-
-func (w *Worker) unload() {
-	for v, s := range w.sessions {
-		s.Close()
-		delete(w.sessions, v)
-	}
-}
 
 // admit decodes a fetched job and adds it to the batcher, or ends it at
 // once when it can never run.

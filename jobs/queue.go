@@ -142,6 +142,7 @@ type Options struct {
 type Queue struct {
 	js      jetstream.JetStream
 	keys    jetstream.KeyValue
+	workers jetstream.KeyValue
 	Records *Records
 	Batches *Batches
 
@@ -296,7 +297,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, fmt.Errorf("set up bucket %s: %w", BatchBucket, err)
 	}
-	return &Queue{js: js, keys: keys, Records: &Records{kv: kv}, Batches: &Batches{kv: batches}}, nil
+	workers, err := setupWorkers(ctx, js, opts.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv}, Batches: &Batches{kv: batches}}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing
@@ -312,7 +317,13 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 		}
 		kvs[i] = kv
 	}
-	return &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0]}, Batches: &Batches{kv: kvs[2]}}, nil
+	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0]}, Batches: &Batches{kv: kvs[2]}}
+	// Set up by releases from 2026-12-01 on; without it no worker
+	// status is read.
+	if w, err := js.KeyValue(ctx, WorkerBucket); err == nil {
+		q.workers = w
+	}
+	return q, nil
 }
 
 // Job is a request on its way to a model.

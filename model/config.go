@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/inferq/inferq/onnx"
 )
 
 // Config is a model's serving configuration, read from the optional
@@ -35,9 +37,16 @@ type Config struct {
 	// leaves ONNX Runtime's defaults.
 	IntraOpThreads int `yaml:"intra_op_threads" json:"intra_op_threads"`
 	InterOpThreads int `yaml:"inter_op_threads" json:"inter_op_threads"`
-	// ExecutionProvider is "cpu" (the default); "cuda" and "tensorrt" are
-	// reserved for GPU workers.
+	// ExecutionProvider is where the model runs: "cpu" (the default),
+	// "cuda" or "tensorrt". A worker's --device overrides it.
 	ExecutionProvider string `yaml:"execution_provider" json:"execution_provider"`
+	// GPU configures the cuda and tensorrt providers.
+	GPU *GPU `yaml:"gpu" json:"gpu,omitempty"`
+	// Fallback "cpu" runs the model on the CPU in a worker where its
+	// provider cannot be attached (no GPU, no GPU build of ONNX Runtime),
+	// with a log line; empty leaves the model unserved by that worker,
+	// with the reason in GET /v1/models.
+	Fallback string `yaml:"fallback" json:"fallback,omitempty"`
 	// MaxAttempts bounds how often a job is run before it ends failed.
 	// Default 3.
 	MaxAttempts int `yaml:"max_attempts" json:"max_attempts"`
@@ -66,6 +75,46 @@ type Padding struct {
 	// Outputs are the outputs trimmed back, and along which axis, to the
 	// length of the request's first padded input.
 	Outputs map[string]int `yaml:"outputs" json:"outputs,omitempty"`
+}
+
+// GPU are a GPU provider's options.
+type GPU struct {
+	// DeviceID is the GPU the model runs on, where the worker's --device
+	// does not say.
+	DeviceID int `yaml:"device_id" json:"device_id"`
+	// MemoryLimit bounds the CUDA memory arena, in bytes; 0 for none.
+	MemoryLimit int64 `yaml:"memory_limit" json:"memory_limit,omitempty"`
+	// ArenaExtendStrategy is next_power_of_two (the default) or
+	// same_as_requested.
+	ArenaExtendStrategy string `yaml:"arena_extend_strategy" json:"arena_extend_strategy,omitempty"`
+	// CudnnConvAlgoSearch is exhaustive (the default), heuristic or
+	// default.
+	CudnnConvAlgoSearch string `yaml:"cudnn_conv_algo_search" json:"cudnn_conv_algo_search,omitempty"`
+	// TensorRTFP16 lets TensorRT run in half precision.
+	TensorRTFP16 bool `yaml:"trt_fp16" json:"trt_fp16,omitempty"`
+	// TensorRTEngineCache is a folder where TensorRT keeps the engines
+	// it builds.
+	TensorRTEngineCache string `yaml:"trt_engine_cache" json:"trt_engine_cache,omitempty"`
+}
+
+// Provider is where the model asks to run, with its options; device,
+// when not the zero Provider (a worker's --device), overrides the
+// provider and the GPU.
+func (c Config) Provider(device onnx.Provider) onnx.Provider {
+	p := onnx.Provider{Name: c.ExecutionProvider}
+	if g := c.GPU; g != nil {
+		p.DeviceID = g.DeviceID
+		p.GPUMemLimit = uint64(g.MemoryLimit)
+		p.ArenaExtendStrategy, p.CudnnConvAlgoSearch = g.ArenaExtendStrategy, g.CudnnConvAlgoSearch
+		p.TensorRTFP16, p.TensorRTCache = g.TensorRTFP16, g.TensorRTEngineCache
+	}
+	if device.Name != "" {
+		p.Name, p.DeviceID = device.Name, device.DeviceID
+	}
+	if p.Name == "" {
+		p.Name = onnx.ProviderCPU
+	}
+	return p
 }
 
 // PadInput is how one input is padded.
@@ -126,11 +175,26 @@ func (c *Config) validate() error {
 		return fmt.Errorf("max_attempts %d is negative", c.MaxAttempts)
 	}
 	switch c.ExecutionProvider {
-	case "", "cpu":
-	case "cuda", "tensorrt":
-		return fmt.Errorf("execution_provider %q is not available in this build yet; use cpu", c.ExecutionProvider)
+	case "", onnx.ProviderCPU, onnx.ProviderCUDA, onnx.ProviderTensorRT:
 	default:
 		return fmt.Errorf("execution_provider %q is unknown (want cpu, cuda or tensorrt)", c.ExecutionProvider)
+	}
+	switch c.Fallback {
+	case "", onnx.ProviderCPU:
+	default:
+		return fmt.Errorf("fallback %q: the one fallback is cpu", c.Fallback)
+	}
+	if g := c.GPU; g != nil {
+		switch {
+		case g.DeviceID < 0:
+			return fmt.Errorf("gpu.device_id %d is negative", g.DeviceID)
+		case g.MemoryLimit < 0:
+			return fmt.Errorf("gpu.memory_limit %d is negative", g.MemoryLimit)
+		case g.ArenaExtendStrategy != "" && !slices.Contains(onnx.ArenaStrategies, g.ArenaExtendStrategy):
+			return fmt.Errorf("gpu.arena_extend_strategy %q: want one of %v", g.ArenaExtendStrategy, onnx.ArenaStrategies)
+		case g.CudnnConvAlgoSearch != "" && !slices.Contains(onnx.ConvAlgoSearch, g.CudnnConvAlgoSearch):
+			return fmt.Errorf("gpu.cudnn_conv_algo_search %q: want one of %v", g.CudnnConvAlgoSearch, onnx.ConvAlgoSearch)
+		}
 	}
 	if p := c.Padding; p != nil {
 		if len(p.Buckets) == 0 || len(p.Inputs) == 0 {

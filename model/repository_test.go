@@ -9,6 +9,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/onnx"
 )
 
 // Each kind of model gets the batching its metadata allows: which inputs
@@ -102,6 +103,31 @@ func TestConfigAskingForImpossibleBatching(t *testing.T) {
 	}
 }
 
+// A model's provider comes from its config, and a worker's device
+// overrides the provider and the GPU, keeping the other GPU options.
+func TestConfigProvider(t *testing.T) {
+	c, err := model.ParseConfig([]byte("execution_provider: tensorrt\ngpu:\n  device_id: 2\n  memory_limit: 1024\n  trt_fp16: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		device onnx.Provider
+		want   string
+	}{
+		{onnx.Provider{}, "tensorrt:2"},
+		{onnx.Provider{Name: onnx.ProviderCUDA, DeviceID: 5}, "cuda:5"},
+		{onnx.Provider{Name: onnx.ProviderCPU}, "cpu"},
+	} {
+		p := c.Provider(tt.device)
+		if p.String() != tt.want || p.GPUMemLimit != 1024 || !p.TensorRTFP16 {
+			t.Errorf("device %v: %+v, want %s with the config's options", tt.device, p, tt.want)
+		}
+	}
+	if p := (model.Config{}).Provider(onnx.Provider{}); p.String() != "cpu" {
+		t.Errorf("no config: %v, want cpu", p)
+	}
+}
+
 func TestParseConfig(t *testing.T) {
 	tests := []struct {
 		name string
@@ -116,6 +142,13 @@ func TestParseConfig(t *testing.T) {
 		{"preferred over max", "max_batch_size: 8\npreferred_batch_sizes: [16]\n", "exceeds"},
 		{"zero preferred", "preferred_batch_sizes: [0]\n", "positive"},
 		{"unknown provider", "execution_provider: tpu\n", "unknown"},
+		{"cuda with every option", "execution_provider: cuda\nfallback: cpu\ngpu:\n  device_id: 1\n  memory_limit: 8589934592\n  arena_extend_strategy: same_as_requested\n  cudnn_conv_algo_search: heuristic\n", ""},
+		{"tensorrt", "execution_provider: tensorrt\ngpu:\n  trt_fp16: true\n  trt_engine_cache: /var/cache/trt\n", ""},
+		{"other fallback", "execution_provider: cuda\nfallback: tpu\n", "the one fallback is cpu"},
+		{"negative device", "gpu:\n  device_id: -1\n", "negative"},
+		{"unknown arena strategy", "gpu:\n  arena_extend_strategy: grow\n", "arena_extend_strategy"},
+		{"unknown conv search", "gpu:\n  cudnn_conv_algo_search: fast\n", "cudnn_conv_algo_search"},
+		{"gpu typo", "gpu:\n  device: 1\n", "device"},
 		{"bad duration", "max_queue_delay: soon\n", "parse config"},
 		{"negative retention", "result_retention: -1h\n", "negative"},
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
 )
@@ -46,6 +47,10 @@ type modelJSON struct {
 	Name           string        `json:"name"`
 	DefaultVersion string        `json:"default_version,omitempty"`
 	Versions       []versionJSON `json:"versions"`
+	// Workers are the processes serving the model, with the device each
+	// version really runs on there and their batch settings, or why a
+	// process does not serve it.
+	Workers []jobs.WorkerStatus `json:"workers"`
 }
 
 func describe(f *model.Family) modelJSON {
@@ -74,12 +79,26 @@ func describe(f *model.Family) modelJSON {
 }
 
 func (s *Server) listModels(w http.ResponseWriter, r *http.Request) error {
+	var workers []jobs.WorkerStatus
+	if s.opts.Workers != nil {
+		var err error
+		if workers, err = s.opts.Workers.WorkerStatuses(r.Context()); err != nil {
+			s.log.Warn("reading worker statuses", "err", err)
+		}
+	}
 	out := []modelJSON{}
 	for _, f := range s.opts.Catalog.Families() {
 		if !mayUse(r.Context(), f.Name) {
 			continue
 		}
-		out = append(out, describe(f))
+		m := describe(f)
+		m.Workers = []jobs.WorkerStatus{}
+		for _, st := range workers {
+			if st.Model == f.Name {
+				m.Workers = append(m.Workers, st)
+			}
+		}
+		out = append(out, m)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"models": out})
 	return nil

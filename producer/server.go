@@ -62,6 +62,12 @@ type Results interface {
 	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 }
 
+// WorkerStatuses reads what each worker process serves; *jobs.Queue is
+// one.
+type WorkerStatuses interface {
+	WorkerStatuses(ctx context.Context) ([]jobs.WorkerStatus, error)
+}
+
 // Watcher signals changes of a job's record; *jobs.Watcher is one.
 type Watcher interface {
 	Wait(id string) (<-chan *jobs.Record, func())
@@ -120,6 +126,9 @@ type Options struct {
 	Logger     *slog.Logger
 	// Version is the server's version, which GET /v2 reports.
 	Version string
+	// Workers, when set, says which worker process serves which model
+	// where, for GET /v1/models; *jobs.Queue is one.
+	Workers WorkerStatuses
 	// CheckWebhook, when set, refuses an Inferq-Webhook URL at
 	// submission that the webhook dispatcher would not call (such as
 	// webhook.Policy.CheckURL); it is checked to be an absolute http(s)

@@ -87,6 +87,8 @@ type serveFlags struct {
 	drainTimeout          time.Duration
 	ackWait               time.Duration
 	maxHandBacks          int
+	device                string
+	overrides             consumer.Overrides
 	logLevel, logFormat   string
 }
 
@@ -145,6 +147,10 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	}
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
+		fs.StringVar(&f.device, "device", "", "where this process runs every model: cpu, cuda, cuda:N, tensorrt or tensorrt:N; empty runs each where its config.yaml says")
+		fs.IntVar(&f.overrides.MaxBatchSize, "max-batch-size", 0, "this process's max batch size for every model, over their configs (a GPU worker wants larger batches than a CPU one on the same queue); 0 keeps each model's")
+		fs.DurationVar(&f.overrides.MaxQueueDelay, "max-queue-delay", 0, "this process's max queue delay for every model, over their configs; 0 keeps each model's")
+		fs.IntVar(&f.overrides.Instances, "instances", 0, "this process's instances (sessions in parallel) of every model, over their configs; 0 keeps each model's")
 		fs.IntVar(&f.maxHandBacks, "max-hand-backs", 100, "deliveries after which a job whose inputs or result storage cannot read or write fails, instead of returning to the queue again (each waits longer, up to 30s)")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
 		fs.IntVar(&f.minReplicas, "min-replicas", 1, "fewest worker replicas per model in this process; 0 lets an idle model scale to zero")
@@ -182,6 +188,15 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	natsSec, err := f.natsSec.options()
 	if err != nil {
 		return err
+	}
+	var device onnx.Provider
+	if f.device != "" {
+		if device, err = onnx.ParseDevice(f.device); err != nil {
+			return fmt.Errorf("--device: %w", err)
+		}
+	}
+	if f.overrides.MaxBatchSize < 0 || f.overrides.MaxQueueDelay < 0 || f.overrides.Instances < 0 {
+		return errors.New("--max-batch-size, --max-queue-delay and --instances must not be negative")
 	}
 	allow, err := webhook.ParseAllow(f.webhookAllow)
 	if err != nil {
@@ -279,11 +294,13 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks,
+			Device: device, Overrides: f.overrides,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
 			return err
 		}
+		g.Go(func() error { return fleet.Report(gctx, q, processName(), 10*time.Second) })
 		g.Go(func() error {
 			select {
 			case <-gctx.Done():
@@ -318,7 +335,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
-			Connected: nc.IsConnected, Version: version(),
+			Connected: nc.IsConnected, Version: version(), Workers: q,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
