@@ -101,7 +101,7 @@ type Worker struct {
 	sessions map[int64]*onnx.Session
 	// placements say where each version's sessions run.
 	placements []Placement
-	policy   batching.Policy
+	policy     batching.Policy
 	// instances is how many batches run at once.
 	instances int
 	// storagePause is how long the result writer waits after storage
@@ -579,7 +579,6 @@ func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item]
 		return false
 	}
 }
-
 
 // admit decodes a fetched job and adds it to the batcher, or ends it at
 // once when it can never run.
