@@ -7,8 +7,6 @@ package main
 // saying so.
 
 import (
-	"bytes"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -74,30 +72,7 @@ func onGPU(t testing.TB) bool {
 // convolutions and TF32 math differ from the CPU's in the last digits.
 func closeOnGPU(t *testing.T, what string, got, want []tensor.Tensor) {
 	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d outputs, want %d", what, len(got), len(want))
-	}
-	for i := range want {
-		g, w := got[i], want[i]
-		if g.Name != w.Name || tensor.FormatShape(g.Shape) != tensor.FormatShape(w.Shape) {
-			t.Fatalf("%s: output %d is %s %s, want %s %s", what, i, g.Name, tensor.FormatShape(g.Shape), w.Name, tensor.FormatShape(w.Shape))
-		}
-		if w.Datatype != tensor.FP32 {
-			if !bytes.Equal(g.Data, w.Data) {
-				t.Errorf("%s: output %q differs", what, w.Name)
-			}
-			continue
-		}
-		worst := 0.0
-		for j := 0; j < len(w.Data); j += 4 {
-			a := float64(math.Float32frombits(binary.LittleEndian.Uint32(g.Data[j:])))
-			b := float64(math.Float32frombits(binary.LittleEndian.Uint32(w.Data[j:])))
-			worst = max(worst, math.Abs(a-b)/(1e-2+math.Abs(b)))
-		}
-		if worst > 0.05 {
-			t.Errorf("%s: output %q differs from the CPU's by %.3g (relative)", what, w.Name, worst)
-		}
-	}
+	assertWithin(t, what, got, want, func(a, b float64) bool { return math.Abs(a-b) <= 0.05*(1e-2+math.Abs(b)) })
 }
 
 // On the GPU: every model's worker runs on the device asked for (its

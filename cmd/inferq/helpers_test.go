@@ -338,6 +338,13 @@ func requestJSON(inputs []tensor.Tensor) []byte {
 // assertClose compares outputs element by element, within float tolerance.
 func assertClose(t *testing.T, what string, got, want []tensor.Tensor) {
 	t.Helper()
+	assertWithin(t, what, got, want, func(a, b float64) bool { return math.Abs(a-b) <= 1e-4+1e-3*math.Abs(b) })
+}
+
+// assertWithin compares outputs: FP32 elements by near(got, want), others
+// exactly.
+func assertWithin(t *testing.T, what string, got, want []tensor.Tensor, near func(got, want float64) bool) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%s: %d outputs, want %d", what, len(got), len(want))
 	}
@@ -355,7 +362,7 @@ func assertClose(t *testing.T, what string, got, want []tensor.Tensor) {
 		for j := 0; j < len(w.Data); j += 4 {
 			a := math.Float32frombits(binary.LittleEndian.Uint32(g.Data[j:]))
 			b := math.Float32frombits(binary.LittleEndian.Uint32(w.Data[j:]))
-			if diff := math.Abs(float64(a - b)); diff > 1e-4+1e-3*math.Abs(float64(b)) {
+			if !near(float64(a), float64(b)) {
 				t.Fatalf("%s: output %q element %d is %g, ONNX Runtime alone gives %g", what, w.Name, j/4, a, b)
 			}
 		}
