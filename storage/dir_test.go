@@ -3,8 +3,10 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/inferq/inferq/internal/testenv"
@@ -134,5 +136,31 @@ func TestS3RefusesMissingBucket(t *testing.T) {
 	_, err := NewS3(context.Background(), S3Options{Endpoint: m.Endpoint, Bucket: "absent", AccessKey: m.AccessKey, SecretKey: m.SecretKey})
 	if err == nil || !strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), m.SecretKey) {
 		t.Fatalf("got %v; want a missing-bucket error that does not show the secret", err)
+	}
+}
+
+// Processes started at once against a fresh MinIO (as Kubernetes starts
+// the API and the workers) race to create the bucket; every one comes up.
+// The losers used to exit: "Your previous request to create the named
+// bucket succeeded and you already own it."
+func TestS3BucketCreationRace(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	for round := range 5 {
+		bucket := fmt.Sprintf("race-%d", round)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Go(func() {
+				_, err := NewS3(context.Background(), S3Options{Endpoint: m.Endpoint, Bucket: bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, CreateBucket: true})
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
 	}
 }

@@ -90,11 +90,23 @@ func NewS3(ctx context.Context, opts S3Options) (*S3, error) {
 		if !opts.CreateBucket {
 			return nil, fmt.Errorf("%s: the bucket does not exist (create it, or allow inferq to)", opts)
 		}
-		if err := c.MakeBucket(ctx, opts.Bucket, minio.MakeBucketOptions{Region: opts.Region}); err != nil {
+		if err := c.MakeBucket(ctx, opts.Bucket, minio.MakeBucketOptions{Region: opts.Region}); err != nil && !createdMeanwhile(err) {
 			return nil, fmt.Errorf("%s: create the bucket: %w", opts, err)
 		}
 	}
 	return s, nil
+}
+
+// createdMeanwhile reports whether a bucket creation failed because the
+// bucket came to exist since it was looked for: processes started at once
+// (as Kubernetes starts the API and the workers) race to create it, and
+// the losers were told "you already own it".
+func createdMeanwhile(err error) bool {
+	switch minio.ToErrorResponse(err).Code {
+	case "BucketAlreadyOwnedByYou", "BucketAlreadyExists":
+		return true
+	}
+	return false
 }
 
 func (s *S3) call(ctx context.Context) (context.Context, context.CancelFunc) {
