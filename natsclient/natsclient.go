@@ -28,11 +28,13 @@ type Client struct {
 	q *jobs.Queue
 }
 
-// New sets up (or finds) inferq's streams and buckets on js.
+// New opens inferq's streams and buckets on js as the API and workers set
+// them up, changing none of their settings (replicas, retention, limits);
+// it fails where inferq has not been started on js yet.
 func New(ctx context.Context, js jetstream.JetStream) (*Client, error) {
-	q, err := jobs.Setup(ctx, js, jobs.Options{})
+	q, err := jobs.Open(ctx, js)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("natsclient: %w", err)
 	}
 	return &Client{q: q}, nil
 }

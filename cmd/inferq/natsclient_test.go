@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -90,5 +91,50 @@ func TestNATSClient(t *testing.T) {
 	nc.Flush()
 	if n := plain.Load(); n != 6 {
 		t.Errorf("the plain subscriber saw %d results, want 6", n)
+	}
+}
+
+// A native producer opens the queue as the API and workers set it up and
+// changes none of its settings: it used to set the streams and buckets up
+// again with defaults, putting replicas, retention and limits back.
+func TestNATSClientKeepsQueueSettings(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	empty, err := jetstream.New(testenv.Connect(t, testenv.JetStream(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsclient.New(ctx, empty); err == nil || !strings.Contains(err.Error(), "start the API or a worker first") {
+		t.Errorf("on a NATS server inferq never ran on: %v, want the way out", err)
+	}
+
+	_, nc := startServeNATS(t, testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t)}),
+		"--record-retention", "90m", "--max-queued", "7", "--dead-letter-retention", "50h")
+	js, _ := jetstream.New(nc)
+	settings := func() string {
+		var out []string
+		for _, name := range []string{jobs.RequestStream, jobs.ResultStream, jobs.DeadLetterStream, "KV_" + jobs.RecordBucket, "KV_" + jobs.KeyBucket} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := s.CachedInfo().Config
+			out = append(out, fmt.Sprintf("%s: replicas %d, max age %v, max msgs/subject %d, max bytes %d, discard %v", name, c.Replicas, c.MaxAge, c.MaxMsgsPerSubject, c.MaxBytes, c.Discard))
+		}
+		return strings.Join(out, "\n")
+	}
+	before := settings()
+	if !strings.Contains(before, "max age 1h30m0s") {
+		t.Fatalf("the queue does not have the settings serve was given:\n%s", before)
+	}
+	c, err := natsclient.New(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, "iris", &tensor.Request{Inputs: []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 4}, Data: f32(5, 3, 1, 0.5)}}}, natsclient.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := settings(); after != before {
+		t.Errorf("settings changed by a native producer:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
