@@ -21,8 +21,8 @@ const HeaderBatch = "Inferq-Batch-Id"
 const (
 	BatchQueued    = "queued"    // the file is still being read
 	BatchRunning   = "running"   // every line is queued or done
-	BatchSucceeded = "succeeded" // every line has an outcome (some may be errors)
-	BatchFailed    = "failed"    // the file could not be read to the end
+	BatchSucceeded = "succeeded" // every line has an outcome, at least one a success
+	BatchFailed    = "failed"    // the file could not be read to the end (QueuedAt unset), or every line failed
 	BatchCancelled = "cancelled"
 )
 
@@ -59,12 +59,24 @@ func (b *BatchRecord) Final() bool {
 	return b.Status == BatchSucceeded || b.Status == BatchFailed || b.Status == BatchCancelled
 }
 
-// settle marks a running batch succeeded once every line has an outcome.
+// settle marks a running batch final once every line has an outcome:
+// succeeded, or failed when every line failed (as OpenAI's Batch API and
+// SageMaker call a batch none of whose requests could be served). Its
+// output, the reason of each line, stays to be read.
 func (b *BatchRecord) settle(now time.Time) {
-	if b.Status == BatchRunning && b.Counts.Done() >= b.Counts.Total {
-		b.Status, b.FinishedAt = BatchSucceeded, &now
+	if b.Status != BatchRunning || b.Counts.Done() < b.Counts.Total {
+		return
+	}
+	b.Status, b.FinishedAt = BatchSucceeded, &now
+	if c := b.Counts; c.Total > 0 && c.Failed == c.Total {
+		b.Status = BatchFailed
+		b.Error = fmt.Sprintf("every one of its %d lines failed; the output says why, line by line", c.Total)
 	}
 }
+
+// Read reports whether the batch's file was read to the end, so that its
+// output (possibly all errors) can be served.
+func (b *BatchRecord) Read() bool { return b.QueuedAt != nil }
 
 // Batches keeps batch records in a key-value bucket.
 type Batches struct {

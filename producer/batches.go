@@ -43,6 +43,9 @@ type ObjectWriter interface {
 type indexLine struct {
 	Line     int64           `json:"line"`
 	CustomID json.RawMessage `json:"custom_id,omitempty"`
+	// OpenAI marks a line given in the form of OpenAI's Batch API, whose
+	// output line takes that form too.
+	OpenAI bool `json:"openai,omitempty"`
 	Job      string          `json:"job,omitempty"`
 	Row      int             `json:"row,omitempty"`
 	Rows     int             `json:"rows,omitempty"`
@@ -51,6 +54,11 @@ type indexLine struct {
 
 // outputLine is one line of a batch's output.
 type outputLine struct {
+	// ID and OpenAI, for a line given in the form of OpenAI's Batch API:
+	// its output line is {"id", "custom_id", "response": {"status_code",
+	// "body"}, "error"}.
+	ID       string
+	OpenAI   bool
 	CustomID json.RawMessage `json:"custom_id"`
 	// Line is the input line's number, given only in a list of the
 	// errors alone (where the position no longer says it).
@@ -169,7 +177,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	readErr := s.parseLines(m, body, func(line int64, text []byte, p parsedLine, perr error) error {
 		n = line
-		il := indexLine{Line: n, CustomID: p.customID}
+		il := indexLine{Line: n, CustomID: p.customID, OpenAI: p.openai}
 		req, rows, key := p.req, p.rows, p.key
 		if perr != nil {
 			invalid++
@@ -319,16 +327,32 @@ type parsedLine struct {
 	// key is that of the lines it can share a job with: "" for a line
 	// that shares none.
 	key string
+	// openai says the line came in the form of OpenAI's Batch API.
+	openai bool
 }
 
 // parseLine decodes and checks one line. Its custom_id is returned with
 // the error too, and the request when only the check failed.
 func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
+	body, env, err := openAIEnvelope(m, line)
+	if env != nil {
+		if err != nil {
+			return parsedLine{customID: env.CustomID, openai: true}, err
+		}
+		line = body
+	}
 	req, err := tensor.DecodeRequest(line, s.opts.Limits)
 	if err != nil {
-		return parsedLine{customID: peekCustomID(line)}, err
+		p := parsedLine{customID: peekCustomID(line)}
+		if env != nil {
+			p.customID, p.openai = env.CustomID, true
+		}
+		return p, err
 	}
 	p := parsedLine{req: req, customID: req.CustomID}
+	if env != nil {
+		p.customID, p.openai = env.CustomID, true
+	}
 	if p.rows, err = m.Check(req); err != nil { // a line is held to what a request is
 		return p, err
 	}
@@ -554,7 +578,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 		})
 		return nil
 	}
-	if rec.Status == jobs.BatchFailed {
+	if rec.Status == jobs.BatchFailed && !rec.Read() {
 		// The file could not be read to the end, and nothing of it ran.
 		writeJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("batch %s failed and has no output: %s", rec.ID, rec.Error),
@@ -583,7 +607,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 			}
 			go func() {
 				defer func() { <-ahead }()
-				g.out <- s.outputLines(ctx, g.job, g.lines, errorsOnly)
+				g.out <- s.outputLines(ctx, rec.ID, g.job, g.lines, errorsOnly)
 			}()
 			select {
 			case groups <- g:
@@ -612,14 +636,15 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 }
 
 // outputLines makes the output lines of one job's lines.
-func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine, errorsOnly bool) [][]byte {
+func (s *Server) outputLines(ctx context.Context, batch, job string, lines []indexLine, errorsOnly bool) [][]byte {
 	fail := func(msg string) [][]byte {
 		out := make([][]byte, len(lines))
 		for i, l := range lines {
 			if l.Error != "" {
 				msg = l.Error
 			}
-			ol := outputLine{CustomID: l.CustomID, Error: msg}
+			ol := newOutputLine(batch, l)
+			ol.Error = msg
 			if errorsOnly {
 				ol.Line = l.Line
 			}
@@ -678,7 +703,7 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine,
 	}
 	out := make([][]byte, 0, len(lines))
 	for i, l := range lines {
-		ol := outputLine{CustomID: l.CustomID}
+		ol := newOutputLine(batch, l)
 		msg, failed := packed.Failed(i)
 		switch {
 		case failed && errorsOnly:
@@ -700,6 +725,9 @@ func (s *Server) outputLines(ctx context.Context, job string, lines []indexLine,
 // json.Marshal would check and compact the response, which AppendJSON has
 // just written compact, and that was most of the output's cost.
 func (l *outputLine) appendLine(b []byte) []byte {
+	if l.OpenAI {
+		return l.appendOpenAI(b)
+	}
 	b = append(b, `{"custom_id":`...)
 	if len(l.CustomID) == 0 {
 		b = append(b, "null"...)

@@ -248,7 +248,7 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	bar.Finish()
 	fmt.Fprintf(progress, "batch %s %s: %d succeeded, %d failed, %d cancelled\n", rec.ID, rec.Status, rec.Counts.Succeeded, rec.Counts.Failed, rec.Counts.Cancelled)
-	if rec.Status == jobs.BatchFailed {
+	if rec.Status == jobs.BatchFailed && !rec.Read() {
 		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
 	}
 	if *errs != "" {
@@ -256,10 +256,17 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	write := func(w io.Writer) error { return c.BatchOutput(ctx, rec.ID, w) }
 	if *output == "" {
-		return c.BatchOutput(ctx, rec.ID, stdout)
+		err = write(stdout)
+	} else {
+		err = writeTo(*output, write)
 	}
-	return writeTo(*output, func(w io.Writer) error { return c.BatchOutput(ctx, rec.ID, w) })
+	if err == nil && rec.Status == jobs.BatchFailed {
+		// Every line failed: the output, written, says why.
+		err = fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
+	}
+	return err
 }
 
 // writeTo creates the file at path and has write fill it.
