@@ -45,11 +45,11 @@ type indexLine struct {
 	CustomID json.RawMessage `json:"custom_id,omitempty"`
 	// OpenAI marks a line given in the form of OpenAI's Batch API, whose
 	// output line takes that form too.
-	OpenAI bool `json:"openai,omitempty"`
-	Job      string          `json:"job,omitempty"`
-	Row      int             `json:"row,omitempty"`
-	Rows     int             `json:"rows,omitempty"`
-	Error    string          `json:"error,omitempty"`
+	OpenAI bool   `json:"openai,omitempty"`
+	Job    string `json:"job,omitempty"`
+	Row    int    `json:"row,omitempty"`
+	Rows   int    `json:"rows,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // outputLine is one line of a batch's output.

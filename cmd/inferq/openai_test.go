@@ -40,8 +40,8 @@ func TestOpenAIBatchLines(t *testing.T) {
 		t.Fatalf("batch %+v, want succeeded with 3 lines failed", got)
 	}
 	type openAIOut struct {
-		ID       string          `json:"id"`
-		CustomID string          `json:"custom_id"`
+		ID       string `json:"id"`
+		CustomID string `json:"custom_id"`
 		Response *struct {
 			StatusCode int             `json:"status_code"`
 			Body       json.RawMessage `json:"body"`
