@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio models clean
+.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool models clean
 
 all: build
 
@@ -135,14 +135,25 @@ $(MINIO_BIN):
 	@echo "building MinIO $(MINIO_VERSION) into $(BUILD)/minio (once; several minutes)"
 	GOBIN=$(BUILD)/minio $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
+# promtool, Prometheus's rule checker, for the tests of deploy/prometheus
+# and deploy/grafana: built once from the Go module proxy into build/promtool.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL_BIN := $(BUILD)/promtool/promtool
+
+promtool: $(PROMTOOL_BIN)
+
+$(PROMTOOL_BIN):
+	@echo "building promtool $(PROMTOOL_VERSION) into $(BUILD)/promtool (once; a few minutes)"
+	GOBIN=$(BUILD)/promtool $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime testmodels minio
+test: onnxruntime testmodels minio promtool
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
-test-short: onnxruntime testmodels minio
+test-short: onnxruntime testmodels minio promtool
 	$(GO) test -short -count=1 ./...
 
 # The end-to-end benchmarks run once each (each does its own repetitions);

@@ -310,6 +310,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		}()
 	}
 	w.log.Info("worker started", "max_batch_size", w.policy.MaxBatchSize, "max_queue_delay", w.policy.MaxQueueDelay, "instances", w.instances)
+	// The counters alerts watch start at 0, so that the first failure is
+	// an increase, not the start of a series.
+	w.opts.Metrics.failedRuns.WithLabelValues(w.name)
+	for _, st := range []jobs.Status{jobs.Succeeded, jobs.Failed} {
+		w.opts.Metrics.finished.WithLabelValues(w.name, string(st))
+	}
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()

@@ -10,6 +10,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,7 +146,8 @@ func TestMixedWorkersShareQueue(t *testing.T) {
 		return cmd.Process.Pid
 	}
 	cpuPid := startWorker("--device", "cpu", "--max-batch-size", "2")
-	bigPid := startWorker("--max-batch-size", "64", "--max-queue-delay", "20ms")
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	bigPid := startWorker("--max-batch-size", "64", "--max-queue-delay", "20ms", "--metrics", metricsAddr)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
@@ -212,6 +214,10 @@ func TestMixedWorkersShareQueue(t *testing.T) {
 	}
 	if ran[small] == 0 || ran[big] == 0 || ran[small]+ran[big] != n {
 		t.Errorf("jobs run by worker: %v, want both of %s and %s to take a share of %d", ran, small, big, n)
+	}
+	// The worker's own metrics, as Prometheus scrapes them (--metrics).
+	if got := (&server{url: "http://" + metricsAddr}).metrics(t)["inferq_jobs_finished_total,model=slow,status=succeeded"]; int(got) != ran[big] {
+		t.Errorf("the large-batch worker's /metrics counts %v jobs finished, its records %d", got, ran[big])
 	}
 	t.Logf("jobs run: %v", ran)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
@@ -83,6 +84,7 @@ type serveFlags struct {
 	bodyTimeout           time.Duration
 	maxConns              int
 	natsToken             string
+	metricsAddr           string
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
@@ -144,6 +146,9 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.StringVar(&f.natsListen, "nats-listen", "", "where the embedded NATS server listens for native clients, such as 127.0.0.1:4222; empty for nowhere. Clients need the token (--nats-token, or the one generated into DATA/nats-token)")
 		fs.StringVar(&f.natsToken, "nats-token", "", "token native clients of the embedded NATS server must give (prefer INFERQ_NATS_TOKEN); empty generates one into DATA/nats-token")
 		fs.BoolVar(&f.natsSyncAlways, "nats-sync-always", false, "fsync every JetStream write, so accepted jobs survive a machine crash too")
+	}
+	if m == modeWorker {
+		fs.StringVar(&f.metricsAddr, "metrics", "", "where a worker serves /metrics and /v2/health/live for Prometheus, such as :9090; empty for nowhere")
 	}
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
@@ -404,12 +409,47 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return srv.Shutdown(sctx)
 		})
 	}
+	if f.metricsAddr != "" {
+		if err := serveMetrics(gctx, g, f.metricsAddr, reg, log); err != nil {
+			return err
+		}
+	}
 	err = g.Wait()
 	log.Info("shutting down")
 	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
 		log.Warn("draining NATS connection", "err", derr)
 	}
 	return err
+}
+
+// serveMetrics serves a worker's /metrics and liveness on addr, in g,
+// until ctx ends: a worker process has no API, and its metrics (jobs
+// finished, batch sizes, inference time, replicas) are the ones alerts
+// and dashboards need.
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"live":true}` + "\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Close()
+	})
+	return nil
 }
 
 // watchModels rescans the model repository every interval. Changed
