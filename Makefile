@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool models clean
+.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps models clean
 
 all: build
 
@@ -135,6 +135,16 @@ $(MINIO_BIN):
 	@echo "building MinIO $(MINIO_VERSION) into $(BUILD)/minio (once; several minutes)"
 	GOBIN=$(BUILD)/minio $(GO) install github.com/minio/minio@$(MINIO_VERSION)
 
+# The Python client's tests run on Debian's Python with its numpy and
+# pytest, installed here where missing (apt-get, as root).
+PYTHON ?= /usr/bin/python3
+
+pydeps:
+	@$(PYTHON) -c 'import numpy, pytest' 2>/dev/null || { \
+		echo "installing python3-numpy and python3-pytest (Debian) for the Python client's tests"; \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "need root and apt-get: apt-get install python3-numpy python3-pytest"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-numpy python3-pytest >/dev/null; }
+
 # promtool, Prometheus's rule checker, for the tests of deploy/prometheus
 # and deploy/grafana: built once from the Go module proxy into build/promtool.
 PROMTOOL_VERSION := v0.316.0
@@ -149,9 +159,10 @@ $(PROMTOOL_BIN):
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime testmodels minio promtool
+test: onnxruntime testmodels minio promtool pydeps bin/inferq
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
+	cd clients/python && INFERQ_BIN=$(CURDIR)/bin/inferq $(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-short: onnxruntime testmodels minio promtool
 	$(GO) test -short -count=1 ./...

@@ -1,0 +1,258 @@
+"""The inferq HTTP client: jobs from numpy arrays, results back as numpy
+arrays, result streams, batch files. Standard library and numpy only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from . import errors
+from ._tensors import decode_response, encode_binary
+
+FINAL = ("succeeded", "failed", "cancelled", "expired")
+
+
+class Client:
+    """A client of one inferq server.
+
+    ``url`` defaults to ``$INFERQ_URL`` (else http://localhost:8080) and
+    ``token`` to ``$INFERQ_TOKEN``. ``ca_file`` trusts a private CA for
+    https. Calls are synchronous and safe to make from several threads;
+    :class:`AsyncClient` wraps them for asyncio.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0,
+                 ca_file: str | None = None):
+        self.url = (url or os.environ.get("INFERQ_URL") or "http://localhost:8080").rstrip("/")
+        self.token = token if token is not None else os.environ.get("INFERQ_TOKEN")
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+    # -- HTTP ------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+                 timeout: float | None = None):
+        h = {"Accept": "application/json"}
+        if self.token:
+            h["Authorization"] = "Bearer " + self.token
+        if headers:
+            h.update(headers)
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout, context=self._ssl)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            msg = doc.get("error", "") if isinstance(doc, dict) else raw.decode("utf-8", "replace")
+            retry = e.headers.get("Retry-After")
+            raise errors.from_status(e.code, msg or e.reason, float(retry) if retry else None, doc) from None
+        except urllib.error.URLError as e:
+            raise errors.Unavailable(0, f"cannot reach {self.url}: {e.reason}") from None
+
+    def _json(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> Any:
+        with self._request(method, path, body, headers, timeout) as res:
+            return json.loads(res.read())
+
+    # -- jobs ------------------------------------------------------------
+
+    @staticmethod
+    def _path(model: str, version: int | None, tail: str, v2: bool = False) -> str:
+        m = urllib.parse.quote(model, safe="")
+        base = f"/v2/models/{m}" if v2 else f"/v1/models/{m}"
+        if version is not None:
+            base += f"/versions/{int(version)}"
+        return base + tail
+
+    @staticmethod
+    def _options(idempotency_key: str | None, priority: str | None, timeout: float | None,
+                 webhook: str | None) -> dict[str, str]:
+        h = {}
+        if idempotency_key:
+            h["Idempotency-Key"] = idempotency_key
+        if priority:
+            h["Inferq-Priority"] = priority
+        if timeout is not None:
+            h["Inferq-Timeout"] = f"{timeout}s"
+        if webhook:
+            h["Inferq-Webhook"] = webhook
+        return h
+
+    def submit(self, model: str, inputs: Mapping[str, Any], *, outputs: Iterable[str] | None = None,
+               version: int | None = None, idempotency_key: str | None = None, priority: str | None = None,
+               job_timeout: float | None = None, webhook: str | None = None, request_id: str | None = None) -> dict:
+        """Queues a job of ``inputs`` (name -> numpy array, any V2 datatype,
+        sent as binary tensors) and returns its record once the server has
+        stored it. ``job_timeout`` expires it if not started in time."""
+        body, n = encode_binary(inputs, outputs, request_id)
+        h = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
+        h.update(self._options(idempotency_key, priority, job_timeout, webhook))
+        return self._json("POST", self._path(model, version, "/jobs"), body, h)
+
+    def job(self, job_id: str, wait: float | None = None) -> dict:
+        """The job's record; with ``wait`` (seconds), held until the job is
+        final or the wait ends."""
+        q = f"?wait={wait}s" if wait else ""
+        return self._json("GET", f"/v1/jobs/{job_id}{q}", timeout=(wait or 0) + self.timeout)
+
+    def wait(self, job_id: str, timeout: float = 300.0) -> dict:
+        """Waits for the job to be final and returns its record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            rec = self.job(job_id, wait=max(1.0, min(left, 30.0)))
+            if rec["status"] in FINAL:
+                return rec
+            if left <= 0:
+                raise errors.Unavailable(0, f"job {job_id} is still {rec['status']} after {timeout}s")
+
+    def result(self, job_id: str) -> dict[str, np.ndarray]:
+        """The outputs of a succeeded job, by name."""
+        return decode_response(self._json("GET", f"/v1/jobs/{job_id}/result"))
+
+    def run(self, model: str, inputs: Mapping[str, Any], timeout: float = 300.0, **kw: Any) -> dict[str, np.ndarray]:
+        """Submits a job, waits for it and returns its outputs; raises
+        :class:`errors.JobFailed` if it does not succeed."""
+        rec = self.wait(self.submit(model, inputs, **kw)["id"], timeout)
+        if rec["status"] != "succeeded":
+            raise errors.JobFailed(rec)
+        return self.result(rec["id"])
+
+    def infer(self, model: str, inputs: Mapping[str, Any], *, outputs: Iterable[str] | None = None,
+              version: int | None = None) -> dict[str, np.ndarray]:
+        """The V2 synchronous call (POST /v2/models/{model}/infer): through
+        the same queue and batcher, answered when done."""
+        body, n = encode_binary(inputs, outputs)
+        h = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
+        return decode_response(self._json("POST", self._path(model, version, "/infer", v2=True), body, h))
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancels a job that has not started; raises :class:`errors.Conflict`
+        once it has."""
+        return self._json("DELETE", f"/v1/jobs/{job_id}")
+
+    # -- streams ---------------------------------------------------------
+
+    def stream(self, model: str, last_event_id: str | None = None, from_start: bool = False,
+               reconnect: bool = True) -> Iterator[dict]:
+        """Yields each finished job of the model as it lands (a record with
+        ``response`` inline when small), from now, from ``last_event_id`` or
+        from the start of what is kept. A dropped connection is resumed from
+        the last event seen, nothing missed or repeated. Each record carries
+        its event id as ``event_id``."""
+        last = last_event_id
+        while True:
+            h = {"Accept": "text/event-stream"}
+            if last:
+                h["Last-Event-ID"] = last
+            path = self._path(model, None, "/results") + ("?from=start" if from_start and not last else "")
+            try:
+                with self._request("GET", path, headers=h, timeout=60) as res:
+                    ev: dict[str, str] = {}
+                    for raw in res:
+                        line = raw.decode("utf-8").rstrip("\r\n")
+                        if line == "":
+                            if ev.get("data"):
+                                rec = json.loads(ev["data"])
+                                rec["event_id"] = ev.get("id")
+                                last = ev.get("id") or last
+                                yield rec
+                            ev = {}
+                        elif line.startswith(":"):
+                            continue
+                        else:
+                            k, _, v = line.partition(":")
+                            ev[k] = v[1:] if v.startswith(" ") else v
+            except (OSError, errors.Unavailable):
+                if not reconnect:
+                    raise
+                time.sleep(1)
+                continue
+            if not reconnect:
+                return
+
+    # -- batch files -----------------------------------------------------
+
+    def batch(self, model: str, lines: Iterable[Mapping[str, Any]] | str, *,
+              progress: Callable[[dict], None] | None = None, poll: float = 0.5, timeout: float = 3600.0) -> list[dict]:
+        """Runs a batch file: ``lines`` is a path to a JSON Lines file, or
+        requests as dicts ({"inputs": [...]} in V2 JSON, or
+        {"custom_id": ..., "inputs": {name: array}}). Calls ``progress``
+        with the batch record as it runs, and returns its output lines."""
+        if isinstance(lines, str):
+            with open(lines, "rb") as f:
+                body = f.read()
+        else:
+            body = b"".join(json.dumps(_line_json(l), separators=(",", ":")).encode() + b"\n" for l in lines)
+        rec = self._json("POST", self._path(model, None, "/batches"), body, {"Content-Type": "application/jsonl"})
+        deadline = time.monotonic() + timeout
+        while rec["status"] in ("queued", "running"):
+            if progress:
+                progress(rec)
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(0, f"batch {rec['id']} still {rec['status']} after {timeout}s")
+            time.sleep(poll)
+            rec = self._json("GET", f"/v1/batches/{rec['id']}")
+        if progress:
+            progress(rec)
+        if rec["status"] == "failed" and not rec.get("queued_at"):
+            raise errors.InferqError(0, f"batch {rec['id']} failed: {rec.get('error', '')}", body=rec)
+        with self._request("GET", f"/v1/batches/{rec['id']}/output") as res:
+            return [json.loads(l) for l in res if l.strip()]
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        """Cancels the lines of a batch that have not started."""
+        return self._json("DELETE", f"/v1/batches/{batch_id}")
+
+    # -- models ----------------------------------------------------------
+
+    def models(self) -> list[dict]:
+        """The models served, with their versions, settings and workers."""
+        return self._json("GET", "/v1/models")["models"]
+
+
+def _line_json(line: Mapping[str, Any]) -> dict:
+    """A batch line as V2 JSON: inputs given as {name: array} are written
+    as tensors."""
+    out = dict(line)
+    ins = out.get("inputs")
+    if isinstance(ins, Mapping):
+        tensors = []
+        for name, value in ins.items():
+            a = np.asarray(value)
+            from ._tensors import datatype_of
+            dt = datatype_of(a)
+            data = [e.decode() if isinstance(e, bytes) else e for e in a.reshape(-1).tolist()]
+            tensors.append({"name": name, "shape": list(a.shape), "datatype": dt, "data": data})
+        out["inputs"] = tensors
+    return out
+
+
+class AsyncClient:
+    """The client for asyncio: each call runs the synchronous one in a
+    thread (``asyncio.to_thread``), so that an event loop is never blocked."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        self.sync = Client(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.sync, name)
+        if not callable(fn) or name == "stream":
+            return fn
+
+        async def call(*args: Any, **kw: Any) -> Any:
+            return await asyncio.to_thread(fn, *args, **kw)
+
+        return call

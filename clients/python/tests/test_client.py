@@ -1,0 +1,125 @@
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import inferq
+from conftest import OPS, TEAM
+
+FLOWERS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+@pytest.fixture
+def client(server):
+    return inferq.Client(server, token=OPS)
+
+
+def test_run_numpy_in_and_out(client):
+    out = client.run("iris", {"x": FLOWERS})
+    assert out["label"].dtype == np.int64 and out["label"].tolist() == [0, 2]
+    assert out["probabilities"].dtype == np.float32 and out["probabilities"].shape == (2, 3)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), [1, 1], rtol=1e-5)
+    # The same as the JSON path: the V2 synchronous call.
+    np.testing.assert_allclose(client.infer("iris", {"x": FLOWERS})["probabilities"], out["probabilities"])
+
+
+def test_every_datatype_round_trips(client):
+    inputs = {
+        "in_BOOL": np.array([[True, False], [False, True]]),
+        "in_UINT8": np.array([[0, 255], [7, 8]], dtype=np.uint8),
+        "in_UINT16": np.array([[0, 65535], [7, 8]], dtype=np.uint16),
+        "in_UINT32": np.array([[0, 2**32 - 1], [7, 8]], dtype=np.uint32),
+        "in_UINT64": np.array([[0, 2**64 - 1], [7, 8]], dtype=np.uint64),
+        "in_INT8": np.array([[-128, 127], [7, 8]], dtype=np.int8),
+        "in_INT16": np.array([[-32768, 32767], [7, 8]], dtype=np.int16),
+        "in_INT32": np.array([[-2**31, 2**31 - 1], [7, 8]], dtype=np.int32),
+        "in_INT64": np.array([[-2**63, 2**63 - 1], [7, 8]], dtype=np.int64),
+        "in_FP16": np.array([[0.5, -2.0], [np.inf, 65504]], dtype=np.float16),
+        "in_FP32": np.array([[1.5, np.nan], [-np.inf, 3.25]], dtype=np.float32),
+        "in_FP64": np.array([[1e300, -1e-300], [0.1, 2.0]], dtype=np.float64),
+        "in_BYTES": np.array([["a", "héllo"], ["", "z" * 40]], dtype=object),
+    }
+    out = client.run("identities", inputs)
+    for name, a in inputs.items():
+        got = out["out_" + name[3:]]
+        assert got.shape == a.shape, name
+        if name == "in_BYTES":
+            assert got.tolist() == [[e.encode() for e in row] for row in a.tolist()]
+        else:
+            assert got.dtype == a.dtype, name
+            np.testing.assert_array_equal(got, a, err_msg=name)
+
+
+def test_wait_poll_cancel_and_records(client):
+    job = client.submit("iris", {"x": FLOWERS[:1]}, idempotency_key="py-key-1")
+    assert job["status"] in ("queued", "running", "succeeded")
+    again = client.submit("iris", {"x": FLOWERS[:1]}, idempotency_key="py-key-1")
+    assert again["id"] == job["id"]
+    with pytest.raises(inferq.Unprocessable, match="different request"):
+        client.submit("iris", {"x": FLOWERS}, idempotency_key="py-key-1")
+    rec = client.wait(job["id"], timeout=30)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1
+    with pytest.raises(inferq.Conflict):
+        client.cancel(job["id"])
+
+
+def test_errors_carry_the_server_message(server, client):
+    with pytest.raises(inferq.BadRequest, match="dimension 1 must be 4"):
+        client.submit("iris", {"x": np.zeros((1, 3), dtype=np.float32)})
+    with pytest.raises(inferq.NotFound):
+        client.submit("nosuchmodel", {"x": FLOWERS})
+    with pytest.raises(inferq.Unauthorized, match="Bearer"):
+        inferq.Client(server, token="").models()
+    with pytest.raises(inferq.Forbidden, match="may not use model identities"):
+        inferq.Client(server, token=TEAM).submit("identities", {"in_BOOL": np.array([[True, False]])})
+    with pytest.raises(inferq.NotFound):
+        client.job("01M8937HDB0W20B2CWDSR9VKD8")
+    with pytest.raises(inferq.Unavailable, match="cannot reach"):
+        inferq.Client("http://127.0.0.1:9", token=OPS, timeout=2).models()
+
+
+def test_stream_resumes_from_the_last_event(client):
+    events = []
+    got = threading.Event()
+
+    def follow():
+        for rec in client.stream("iris", from_start=True):
+            events.append(rec)
+            if len(events) >= 3:
+                got.set()
+                return
+
+    ids = [client.submit("iris", {"x": FLOWERS[i % 2:i % 2 + 1]})["id"] for i in range(3)]
+    for i in ids:
+        client.wait(i, timeout=30)
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    assert got.wait(30), f"only {len(events)} results streamed"
+    assert all(e["status"] in inferq.FINAL and e["event_id"] for e in events)
+    # Resuming after the second event gives the third again, and nothing before.
+    resumed = next(iter(client.stream("iris", last_event_id=events[1]["event_id"])))
+    assert resumed["id"] == events[2]["id"]
+    out = inferq.decode_response(events[0]["response"])
+    assert set(out) == {"probabilities", "label"}
+
+
+def test_batch_with_progress(client):
+    lines = [{"custom_id": f"row-{i}", "inputs": {"x": FLOWERS[i % 2:i % 2 + 1]}} for i in range(50)]
+    lines.append({"custom_id": "bad", "inputs": {"x": np.zeros((1, 3), dtype=np.float32)}})
+    seen = []
+    out = client.batch("iris", lines, progress=seen.append, poll=0.05)
+    assert seen[-1]["status"] == "succeeded" and seen[-1]["counts"] == {"total": 51, "succeeded": 50, "failed": 1}
+    assert [o["custom_id"] for o in out] == [f"row-{i}" for i in range(50)] + ["bad"]
+    assert inferq.decode_response(out[1]["response"])["label"].tolist() == [2]
+    assert "dimension 1 must be 4" in out[50]["error"]
+
+
+def test_async_client(server):
+    async def main():
+        c = inferq.AsyncClient(server, token=OPS)
+        outs = await asyncio.gather(*[c.run("iris", {"x": FLOWERS}) for _ in range(4)])
+        return [o["label"].tolist() for o in outs]
+
+    assert asyncio.run(main()) == [[0, 2]] * 4
