@@ -21,6 +21,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/inferq/inferq/batching"
@@ -29,6 +31,7 @@ import (
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
+	"github.com/inferq/inferq/tracing"
 )
 
 // resultWriter stores results, and lists and deletes them when they
@@ -85,6 +88,9 @@ type Options struct {
 	Device onnx.Provider
 	// Overrides are this worker's own batch settings, over the models'.
 	Overrides Overrides
+	// Tracer starts the worker's spans (tracing.Tracer); nil traces
+	// nothing.
+	Tracer trace.Tracer
 }
 
 // Result layouts.
@@ -101,6 +107,7 @@ type Worker struct {
 	sessions map[int64]*onnx.Session
 	// placements say where each version's sessions run.
 	placements []Placement
+	tracer     trace.Tracer
 	policy     batching.Policy
 	// instances is how many batches run at once.
 	instances int
@@ -138,12 +145,15 @@ func NewWorker(opts Options) (*Worker, error) {
 	if opts.MaxHandBacks <= 0 {
 		opts.MaxHandBacks = 100
 	}
+	if opts.Tracer == nil {
+		opts.Tracer = tracing.Tracer(nil)
+	}
 	// Batching settings are the model's, from its default version's
 	// config (versions share one queue), as this worker overrides them.
 	policy, instances := opts.Overrides.apply(def.Config)
 	w := &Worker{
 		opts: opts, name: opts.Family.Name, held: newHeld(), log: opts.Logger.With("model", opts.Family.Name),
-		policy: policy, instances: instances,
+		policy: policy, instances: instances, tracer: opts.Tracer,
 	}
 	if _, err := batching.New[*item](w.policy, nil); err != nil {
 		return nil, fmt.Errorf("model %q: %w", w.name, err)
@@ -174,6 +184,10 @@ type item struct {
 	attempt int
 	rec     *jobs.Record
 	rev     uint64
+	// trace is the job's trace context, and admitted when the worker
+	// took it (see tracing.go).
+	trace    context.Context
+	admitted time.Time
 }
 
 // Run loads the model's sessions and serves jobs until ctx is cancelled,
@@ -601,6 +615,7 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		return
 	}
 	it.job = job
+	w.traceAdmit(it, m)
 	switch key := m.Headers().Get(jobs.HeaderPayload); {
 	case f.unread != nil:
 		w.finishFailed(ctx, it, f.unread)
@@ -683,7 +698,10 @@ type ranBatch struct {
 // request fails alone and the rest of its batch succeeds.
 func (w *Worker) runBatch(items []*item) *ranBatch {
 	r := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items))}
+	batch, run := w.traceBatch(items)
 	w.runIsolating(items, r.outputs, r.errs)
+	run.End()
+	batch.End()
 	return r
 }
 
@@ -747,11 +765,11 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	if len(buf) == 0 {
 		return refs, bodies
 	}
-	n := 0 // results to write
+	var written []*item // the jobs whose results are written
 	for i, r := range refs {
 		if r != nil {
 			bodies[i] = buf[r.Offset : r.Offset+r.Length]
-			n++
+			written = append(written, items[i])
 		}
 	}
 	failed := make([]bool, len(items))
@@ -765,7 +783,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 			}
 			g.Go(func() error {
 				key := jobs.JobResultKey(w.name, it.job.ID)
-				if err := w.put(ctx, key, bodies[i], 1); err != nil {
+				if err := w.put(ctx, key, bodies[i], []*item{it}); err != nil {
 					failed[i] = true
 					return err
 				}
@@ -776,7 +794,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		lastErr = g.Wait()
 	} else {
 		key := jobs.BatchResultKey(w.name, ulid.Make().String())
-		if err := w.put(ctx, key, buf, n); err != nil {
+		if err := w.put(ctx, key, buf, written); err != nil {
 			lastErr = err
 			for i := range failed {
 				failed[i] = refs[i] != nil
@@ -803,17 +821,20 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	return refs, bodies
 }
 
-// put writes one result object holding the results of n jobs, and
-// measures the write.
-func (w *Worker) put(ctx context.Context, key string, data []byte, n int) error {
+// put writes one result object holding the results of items' jobs, and
+// measures and traces the write.
+func (w *Worker) put(ctx context.Context, key string, data []byte, items []*item) error {
+	span := w.traceWrite(items, key)
+	defer span.End()
 	start := time.Now()
 	err := w.opts.Results.Put(ctx, key, bytes.NewReader(data))
 	outcome := "ok"
 	if err != nil {
 		outcome = "error"
+		span.SetStatus(codes.Error, err.Error())
 	}
 	w.opts.Metrics.writes.WithLabelValues(w.name, outcome).Observe(time.Since(start).Seconds())
-	w.opts.Metrics.writeJobs.WithLabelValues(w.name).Observe(float64(n))
+	w.opts.Metrics.writeJobs.WithLabelValues(w.name).Observe(float64(len(items)))
 	return err
 }
 
@@ -1290,6 +1311,7 @@ func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 // its message. If the record cannot be written the message is left to be
 // redelivered, so the job is not lost.
 func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
+	defer w.traceFinish(it, status).End()
 	if status == jobs.Failed && (it.rec == nil || !it.rec.Status.Final()) {
 		// The letter goes first: a job whose letter cannot be written is
 		// left to come back, rather than failed without one.

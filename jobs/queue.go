@@ -340,6 +340,9 @@ type Job struct {
 	// compare-and-set of the first update.
 	Record   *Record
 	Revision uint64
+	// Trace carries the W3C trace context (traceparent, tracestate) the
+	// job continues, as message headers; the worker reads it from there.
+	Trace nats.Header
 }
 
 // Submit stores the job's record and publishes the job, returning once
@@ -410,6 +413,9 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
 	}
 	msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	for k, v := range job.Trace {
+		msg.Header[k] = v
+	}
 	return msg, nil
 }
 

@@ -24,8 +24,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/inferq/inferq/batching"
@@ -33,6 +37,7 @@ import (
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
+	"github.com/inferq/inferq/tracing"
 )
 
 // Catalog is the set of models the API accepts jobs for;
@@ -134,6 +139,10 @@ type Options struct {
 	// webhook.Policy.CheckURL); it is checked to be an absolute http(s)
 	// URL in any case.
 	CheckWebhook func(url string) error
+	// Tracer starts the API's spans (tracing.Tracer); nil traces
+	// nothing, though a request's W3C trace context still travels on with
+	// its job.
+	Tracer trace.Tracer
 	// BodyTimeout bounds the wait for each next part of a request body,
 	// so that a client that stops sending mid-body does not hold its
 	// connection and handler. Default 30s.
@@ -177,6 +186,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.BodyTimeout <= 0 {
 		opts.BodyTimeout = 30 * time.Second
+	}
+	if opts.Tracer == nil {
+		opts.Tracer = tracing.Tracer(nil)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -488,7 +500,15 @@ const jobIDHeader = "Inferq-Job-Id"
 // accept validates a job request and stores it in the queue, returning
 // its record. before, when given, is called with the job id before the
 // job is published.
-func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (*jobs.Record, error) {
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (_ *jobs.Record, err error) {
+	ctx, span := s.opts.Tracer.Start(tracing.FromHTTP(r.Context(), r.Header), "inferq.accept",
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("inferq.model", r.PathValue("model"))))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	m, err := s.lookup(r)
 	if err != nil {
 		return nil, err
@@ -554,7 +574,9 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	job := &jobs.Job{ID: id, Model: m.Name, Request: req, Priority: rec.Priority}
+	job := &jobs.Job{ID: id, Model: m.Name, Request: req, Priority: rec.Priority, Trace: nats.Header{}}
+	span.SetAttributes(attribute.String("inferq.job", id))
+	tracing.Inject(ctx, job.Trace)
 	if r.PathValue("version") != "" {
 		job.Version = m.Version
 		rec.ModelVersion = m.VersionString()

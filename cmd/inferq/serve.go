@@ -35,6 +35,7 @@ import (
 	"github.com/inferq/inferq/producer"
 	"github.com/inferq/inferq/scaling"
 	"github.com/inferq/inferq/storage"
+	"github.com/inferq/inferq/tracing"
 	"github.com/inferq/inferq/webhook"
 )
 
@@ -85,6 +86,7 @@ type serveFlags struct {
 	maxConns              int
 	natsToken             string
 	metricsAddr           string
+	otlpEndpoint          string
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
@@ -115,6 +117,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.IntVar(&f.maxMessageBytes, "max-message-bytes", 1<<20, "a job whose request is larger is stored in object storage and the queue carries a reference")
 	fs.StringVar(&f.natsURL, "nats", "", "external NATS server URL; empty runs an embedded server (serve only)")
 	f.natsSec.register(fs)
+	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector for traces, such as http://otel-collector:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT); empty traces nothing")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
@@ -219,6 +222,22 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	defer rt.Close()
 	log.Info("ONNX Runtime loaded", "version", rt.Version(), "library", lib)
 
+	tp, stopTracing, err := tracing.New(ctx, tracing.Options{Endpoint: f.otlpEndpoint, Service: "inferq-" + m.String()})
+	if err != nil {
+		return fmt.Errorf("--otlp-endpoint: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("flushing traces", "err", err)
+		}
+	}()
+	tracer := tracing.Tracer(tp)
+	if f.otlpEndpoint != "" {
+		log.Info("tracing to OTLP", "endpoint", f.otlpEndpoint)
+	}
+
 	catalog, err := model.NewCatalog(f.models, rt)
 	if err != nil {
 		return fmt.Errorf("%w (pass --models DIR, laid out as DIR/{model}/{version}/model.onnx)", err)
@@ -299,7 +318,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks,
-			Device: device, Overrides: f.overrides,
+			Device: device, Overrides: f.overrides, Tracer: tracer,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
@@ -348,7 +367,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				return store.Check(ctx)
 			},
 			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
-			CheckWebhook: hookPolicy.CheckURL, BodyTimeout: f.bodyTimeout,
+			CheckWebhook: hookPolicy.CheckURL, BodyTimeout: f.bodyTimeout, Tracer: tracer,
 			Registerer: reg, Gatherer: reg, Logger: log,
 		})
 		if err != nil {
