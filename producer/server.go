@@ -27,10 +27,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
