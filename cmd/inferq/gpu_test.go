@@ -8,16 +8,10 @@ package main
 // of ONNX Runtime, `make gpu-check` runs the same paths on the GPU.
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -128,43 +122,10 @@ func TestMixedWorkersShareQueue(t *testing.T) {
 	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path,
 		"slow/config.yaml": "max_batch_size: 16\nintra_op_threads: 1\nexecution_provider: cuda\nfallback: cpu\n"})
 	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", t.TempDir(), "--log-level", "warn"}
-	startWorker := func(extra ...string) int {
-		cmd := exec.Command(inferqBinary(t), append(append([]string{"worker"}, common...), extra...)...)
-		cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("worker output:\n%s", out.String())
-			}
-		})
-		return cmd.Process.Pid
-	}
-	cpuPid := startWorker("--device", "cpu", "--max-batch-size", "2")
+	cpuPid := startWorkerProcess(t, append(common, "--device", "cpu", "--max-batch-size", "2")...)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	bigPid := startWorker("--max-batch-size", "64", "--max-queue-delay", "20ms", "--metrics", metricsAddr)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
-	addr, failed := make(chan string, 1), make(chan error, 1)
-	var running sync.WaitGroup
-	defer running.Wait()
-	defer cancel()
-	running.Go(func() {
-		failed <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common...), testWriter{t}, modeAPI, func(a string) { addr <- a })
-	})
-	var s *server
-	select {
-	case a := <-addr:
-		s = &server{url: "http://" + a}
-	case err := <-failed:
-		t.Fatalf("api: %v", err)
-	}
+	bigPid := startWorkerProcess(t, append(common, "--max-batch-size", "64", "--max-queue-delay", "20ms", "--metrics", metricsAddr)...)
+	s := startAPI(t, common...)
 	var workers []jobs.WorkerStatus
 	eventually(t, 60*time.Second, "both workers report", func() bool {
 		workers = listedWorkers(t, s, "slow")

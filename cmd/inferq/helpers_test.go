@@ -11,9 +11,11 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,6 +102,55 @@ func listedModels(t *testing.T, s *server) map[string][]listedVersion {
 		out[m.Name] = m.Versions
 	}
 	return out
+}
+
+// startWorkerProcess runs `inferq worker` with args as a child process,
+// stopped (SIGTERM, then waited for) when the test ends, its output
+// logged if the test failed. It returns the process id.
+func startWorkerProcess(t *testing.T, args ...string) int {
+	t.Helper()
+	cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, args...)...)
+	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("worker %d output:\n%s", cmd.Process.Pid, out.String())
+		}
+	})
+	return cmd.Process.Pid
+}
+
+// startAPI runs `inferq api` with args in this process, on a free port,
+// stopped when the test ends.
+func startAPI(t *testing.T, args ...string) *server {
+	t.Helper()
+	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	addr, done := make(chan string, 1), make(chan error, 1)
+	go func() {
+		done <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, args...), testWriter{t}, modeAPI, func(a string) { addr <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("api: %v", err)
+		}
+	})
+	select {
+	case a := <-addr:
+		return &server{url: "http://" + a}
+	case err := <-done:
+		t.Fatalf("api stopped at start: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("api did not start listening within 60s")
+	}
+	return nil
 }
 
 // testNATSToken is the token the tests' embedded NATS servers take from

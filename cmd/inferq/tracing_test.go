@@ -3,15 +3,11 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/hex"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -106,36 +102,8 @@ func TestTraces(t *testing.T) {
 	recv := startOTLPReceiver(t)
 	ns := testenv.JetStream(t)
 	common := []string{"--nats", ns.ClientURL(), "--models", irisRepo(t, "iris"), "--storage", t.TempDir(), "--log-level", "warn", "--otlp-endpoint", recv.URL}
-	worker := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
-	worker.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
-	var wout bytes.Buffer
-	worker.Stdout, worker.Stderr = &wout, &wout
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		worker.Process.Signal(syscall.SIGTERM)
-		worker.Wait()
-		if t.Failed() {
-			t.Logf("worker output:\n%s", wout.String())
-		}
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
-	addr, failed := make(chan string, 1), make(chan error, 1)
-	var running sync.WaitGroup
-	defer running.Wait()
-	defer cancel()
-	running.Go(func() {
-		failed <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, common...), testWriter{t}, modeAPI, func(a string) { addr <- a })
-	})
-	var s *server
-	select {
-	case a := <-addr:
-		s = &server{url: "http://" + a}
-	case err := <-failed:
-		t.Fatalf("api: %v", err)
-	}
+	startWorkerProcess(t, common...)
+	s := startAPI(t, common...)
 
 	const traceHex, parentHex = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	trace, _ := hex.DecodeString(traceHex)
