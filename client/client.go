@@ -280,6 +280,29 @@ func (c *Client) CreateBatch(ctx context.Context, model string, body io.Reader) 
 	return &rec, decode(res, &rec)
 }
 
+// SetBaseline takes model's drift baseline from the statistics of a batch
+// file's jobs (batch) or of the last span (since, such as "1h"), for
+// version ("" the default), and returns it as the server keeps it (JSON).
+func (c *Client) SetBaseline(ctx context.Context, model, batch, since, version string) (json.RawMessage, error) {
+	body, _ := json.Marshal(map[string]string{"batch": batch, "since": since, "version": version})
+	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/monitoring/baseline", bytes.NewReader(body), http.Header{"Content-Type": {"application/json"}})
+	if err != nil {
+		return nil, err
+	}
+	var out json.RawMessage
+	return out, decode(res, &out)
+}
+
+// Monitoring returns GET /v1/models/{model}/monitoring (JSON).
+func (c *Client) Monitoring(ctx context.Context, model string) (json.RawMessage, error) {
+	res, err := c.do(ctx, "GET", "/v1/models/"+url.PathEscape(model)+"/monitoring", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out json.RawMessage
+	return out, decode(res, &out)
+}
+
 // Batch returns a batch's record.
 func (c *Client) Batch(ctx context.Context, id string) (*jobs.BatchRecord, error) {
 	res, err := c.do(ctx, "GET", "/v1/batches/"+url.PathEscape(id), nil, nil)

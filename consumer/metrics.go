@@ -23,6 +23,11 @@ type Metrics struct {
 	// jobs each carries: what tells a slow store from a slow model.
 	writes    *prometheus.HistogramVec
 	writeJobs *prometheus.HistogramVec
+	// values, nonFinite and classes count what models are asked and
+	// answer (docs/monitoring.md), added a minute at a time.
+	values    *prometheus.CounterVec
+	nonFinite *prometheus.CounterVec
+	classes   *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -56,6 +61,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "inferq_failed_runs_total",
 			Help: "ONNX Runtime runs that failed, by model; a failed batch is split and rerun to isolate the jobs at fault.",
 		}, []string{"model"}),
+		values: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_monitor_values_total",
+			Help: "Finite numbers seen in models' inputs and outputs, by model, version, kind (input, output) and tensor.",
+		}, []string{"model", "version", "kind", "tensor"}),
+		nonFinite: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_monitor_nonfinite_total",
+			Help: "NaN and infinite values seen in models' inputs and outputs, by model, version, kind and tensor.",
+		}, []string{"model", "version", "kind", "tensor"}),
+		classes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_monitor_class_total",
+			Help: "Rows answered per class, for class-like outputs (a label per row, or the argmax of class scores), by model, version, output and class; at most 64 classes an output, the rest counted as other.",
+		}, []string{"model", "version", "output", "class"}),
 		replicas: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "inferq_replicas",
 			Help: "Worker replicas of a model running in this process.",
@@ -77,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart, m.writes, m.writeJobs} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

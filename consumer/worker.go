@@ -91,6 +91,10 @@ type Options struct {
 	// Tracer starts the worker's spans (tracing.Tracer); nil traces
 	// nothing.
 	Tracer trace.Tracer
+	// StatsInterval is how often the statistics of what the model is
+	// asked and answers are published, and captured jobs written.
+	// Default 1m.
+	StatsInterval time.Duration
 }
 
 // Result layouts.
@@ -108,6 +112,7 @@ type Worker struct {
 	// placements say where each version's sessions run.
 	placements []Placement
 	tracer     trace.Tracer
+	watch      *watcher
 	policy     batching.Policy
 	// instances is how many batches run at once.
 	instances int
@@ -148,6 +153,9 @@ func NewWorker(opts Options) (*Worker, error) {
 	if opts.Tracer == nil {
 		opts.Tracer = tracing.Tracer(nil)
 	}
+	if opts.StatsInterval <= 0 {
+		opts.StatsInterval = time.Minute
+	}
 	// Batching settings are the model's, from its default version's
 	// config (versions share one queue), as this worker overrides them.
 	policy, instances := opts.Overrides.apply(def.Config)
@@ -155,6 +163,7 @@ func NewWorker(opts Options) (*Worker, error) {
 		opts: opts, name: opts.Family.Name, held: newHeld(), log: opts.Logger.With("model", opts.Family.Name),
 		policy: policy, instances: instances, tracer: opts.Tracer,
 	}
+	w.watch = newWatcher(w)
 	if _, err := batching.New[*item](w.policy, nil); err != nil {
 		return nil, fmt.Errorf("model %q: %w", w.name, err)
 	}
@@ -315,6 +324,15 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	}
+	// Statistics and captured jobs are flushed a last time once the last
+	// results are written.
+	watchCtx, stopWatching := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWatching()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		w.watch.run(watchCtx, w.opts.StatsInterval)
+	}()
 	if keep := w.opts.Family.Default().Config.ResultRetention; keep > 0 {
 		sweeping := make(chan struct{})
 		defer func() { <-sweeping }()
@@ -394,6 +412,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	executors.Wait()
 	close(ran)
 	writers.Wait()
+	stopWatching()
+	<-watched
 	returned := 0
 	for _, b := range batcher.Flush() {
 		for _, it := range b.Items {
@@ -739,6 +759,7 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 		})
 	}
 	g.Wait()
+	w.watch.observe(items, outputs, refs, bodies)
 }
 
 // storeResults writes the results of the succeeded jobs among items and
@@ -1488,6 +1509,7 @@ func (w *Worker) sweep(ctx context.Context, keep time.Duration) {
 			}
 			deleted++
 		}
+		deleted += w.expireCaptured(ctx, cutoff)
 		if deleted > 0 {
 			w.log.Info("expired results deleted", "objects", deleted, "older_than", keep)
 		}

@@ -264,6 +264,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err := setupDeadLetters(ctx, js, opts); err != nil {
 		return nil, err
 	}
+	if err := setupMonitoring(ctx, js, opts); err != nil {
+		return nil, err
+	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      RecordBucket,
 		Description: "inferq job records by job id",

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -53,6 +54,12 @@ type Config struct {
 	// ResultRetention is how long a finished job's result and record are
 	// kept. 0 keeps them until the store's own lifecycle rules remove them.
 	ResultRetention time.Duration `yaml:"result_retention" json:"result_retention,omitempty"`
+	// Statistics, false, turns off the statistics of what the model is
+	// asked and answers (on by default; see docs/monitoring.md).
+	Statistics *bool `yaml:"statistics" json:"statistics,omitempty"`
+	// Capture samples jobs, their requests and responses, into the
+	// result store for study and retraining. Off by default.
+	Capture *Capture `yaml:"capture" json:"capture,omitempty"`
 	// Padding, for sequence models, pads variable-length inputs up to a
 	// bucket length so that requests of different lengths share a run,
 	// and trims the outputs back.
@@ -75,6 +82,25 @@ type Padding struct {
 	// Outputs are the outputs trimmed back, and along which axis, to the
 	// length of the request's first padded input.
 	Outputs map[string]int `yaml:"outputs" json:"outputs,omitempty"`
+}
+
+// Capture is a model's data capture: the share of jobs written, with
+// their requests and responses, as JSON Lines under
+// capture/<model>/<version>/<date>/ in the result store.
+type Capture struct {
+	// Rate is the share of jobs captured, from 0 to 1.
+	Rate float64 `yaml:"rate" json:"rate"`
+}
+
+// StatisticsOn reports whether the model's statistics are kept.
+func (c Config) StatisticsOn() bool { return c.Statistics == nil || *c.Statistics }
+
+// CaptureRate is the share of the model's jobs captured, 0 for none.
+func (c Config) CaptureRate() float64 {
+	if c.Capture == nil {
+		return 0
+	}
+	return c.Capture.Rate
 }
 
 // GPU are a GPU provider's options.
@@ -178,6 +204,9 @@ func (c *Config) validate() error {
 	case "", onnx.ProviderCPU, onnx.ProviderCUDA, onnx.ProviderTensorRT:
 	default:
 		return fmt.Errorf("execution_provider %q is unknown (want cpu, cuda or tensorrt)", c.ExecutionProvider)
+	}
+	if c.Capture != nil && (c.Capture.Rate < 0 || c.Capture.Rate > 1 || math.IsNaN(c.Capture.Rate)) {
+		return fmt.Errorf("capture.rate %g: want a share from 0 to 1, such as 0.01", c.Capture.Rate)
 	}
 	switch c.Fallback {
 	case "", onnx.ProviderCPU:

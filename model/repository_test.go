@@ -149,6 +149,9 @@ func TestParseConfig(t *testing.T) {
 		{"unknown arena strategy", "gpu:\n  arena_extend_strategy: grow\n", "arena_extend_strategy"},
 		{"unknown conv search", "gpu:\n  cudnn_conv_algo_search: fast\n", "cudnn_conv_algo_search"},
 		{"gpu typo", "gpu:\n  device: 1\n", "device"},
+		{"capture and statistics", "statistics: false\ncapture:\n  rate: 0.01\n", ""},
+		{"capture over 1", "capture:\n  rate: 2\n", "capture.rate"},
+		{"negative capture", "capture:\n  rate: -0.1\n", "capture.rate"},
 		{"bad duration", "max_queue_delay: soon\n", "parse config"},
 		{"negative retention", "result_retention: -1h\n", "negative"},
 	}

@@ -131,6 +131,11 @@ type Options struct {
 	Logger     *slog.Logger
 	// Version is the server's version, which GET /v2 reports.
 	Version string
+	// Monitoring, when set, reads the workers' statistics of what models
+	// are asked and answer, for GET /v1/models/{model}/monitoring and
+	// inferq_drift_psi; *jobs.Queue is one. Baselines are kept in
+	// Objects.
+	Monitoring MonitoringReader
 	// Workers, when set, says which worker process serves which model
 	// where, for GET /v1/models; *jobs.Queue is one.
 	Workers WorkerStatuses
@@ -160,6 +165,7 @@ type Server struct {
 	// closing is closed by Shutdown, to end long-lived streams.
 	closing   chan struct{}
 	closeOnce sync.Once
+	drift     *driftCollector
 	tokens    atomic.Pointer[[]Token]
 	// tokensSet is closed, and replaced, when the tokens change.
 	tokensSet atomic.Pointer[chan struct{}]
@@ -199,6 +205,12 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.drift = newDriftCollector(s)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(s.drift); err != nil {
+			return nil, fmt.Errorf("register drift metric: %w", err)
+		}
+	}
 	s.SetTokens(opts.Tokens)
 	s.routes()
 	return s, nil
@@ -222,6 +234,8 @@ func (s *Server) routes() {
 	handle("GET /v1/batches/{id}/output", s.batchOutput)
 	handle("DELETE /v1/batches/{id}", s.cancelBatch)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
+	handle("GET /v1/models/{model}/monitoring", s.modelMonitoring)
+	handle("POST /v1/models/{model}/monitoring/baseline", s.setBaseline)
 	handle("GET /v1/models/{model}/dead-letters", s.listDeadLetters)
 	handle("POST /v1/models/{model}/dead-letters/{id}/replay", s.replayDeadLetter)
 	handle("GET /v1/models", s.listModels)

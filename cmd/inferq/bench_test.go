@@ -669,3 +669,46 @@ func BenchmarkScaleUpReaction(b *testing.B) {
 		b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "scale_up_ms_at_"+interval)
 	}
 }
+
+// BenchmarkMonitoring is the cost of prediction monitoring: the bundled
+// model's single-row jobs (3,000 per round, from 32 clients) with
+// statistics and 1 % data capture on, against the same with both off,
+// in two servers run in turn, three rounds each. monitored/plain is the
+// ratio of their rates (target 0.95 or more).
+func BenchmarkMonitoring(b *testing.B) {
+	iris := filepath.Join(testenv.Root(b), "testdata", "models", "iris", "1", "model.onnx")
+	rng := rand.New(rand.NewPCG(7, 7))
+	const jobsN = 3000
+	bodies := make([][]byte, jobsN)
+	for i := range bodies {
+		bodies[i] = requestJSON([]tensor.Tensor{randomInputs(rng, []onnx.IO{{Spec: tensor.Spec{Name: "x", Datatype: tensor.FP32, Shape: []int64{-1, 4}}}}, 1)[0]})
+	}
+	type side struct {
+		s    *server
+		nc   *nats.Conn
+		best float64
+	}
+	var plain, monitored side
+	for _, sd := range []struct {
+		side   *side
+		config string
+	}{{&plain, "statistics: false\n"}, {&monitored, "capture:\n  rate: 0.01\n"}} {
+		repo := testenv.ModelRepo(b, map[string]string{"iris/1/model.onnx": "@" + iris, "iris/config.yaml": sd.config})
+		sd.side.s, sd.side.nc = benchServer(b, repo, "--stats-interval", "1s")
+	}
+	b.ResetTimer()
+	for range b.N {
+		for round := range 3 {
+			for _, sd := range []*side{&plain, &monitored} {
+				if round%2 == 1 { // alternate which goes first
+					sd = map[*side]*side{&plain: &monitored, &monitored: &plain}[sd]
+				}
+				elapsed, _ := load(b, sd.s, sd.nc, "iris", bodies, nil, 32)
+				sd.best = max(sd.best, jobsN/elapsed.Seconds())
+			}
+		}
+	}
+	b.ReportMetric(plain.best, "plain_jobs/s")
+	b.ReportMetric(monitored.best, "monitored_jobs/s")
+	b.ReportMetric(monitored.best/plain.best, "monitored/plain")
+}

@@ -40,6 +40,8 @@ Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
   inferq batch --model M FILE.jsonl        run a batch file, with progress
   inferq dlq list [--model M]              failed jobs, with why
   inferq dlq replay --model M ID...|--all  queue failed jobs again, as new jobs
+  inferq monitor baseline --model M --batch ID|--since 1h   take the drift baseline
+  inferq monitor show --model M            what the model was asked and answered
 
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
 environment variable (--max-body -> INFERQ_MAX_BODY).
@@ -76,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = batchCmd(ctx, args[1:], stdout, stderr)
 	case "dlq":
 		err = dlqCmd(ctx, args[1:], stdout, stderr)
+	case "monitor":
+		err = monitorCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "inferq", version())
 		return 0

@@ -87,6 +87,7 @@ type serveFlags struct {
 	natsToken             string
 	metricsAddr           string
 	otlpEndpoint          string
+	statsInterval         time.Duration
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
@@ -155,6 +156,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	}
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
+		fs.DurationVar(&f.statsInterval, "stats-interval", time.Minute, "how often workers publish the statistics of what models are asked and answer, and write captured jobs")
 		fs.StringVar(&f.device, "device", "", "where this process runs every model: cpu, cuda, cuda:N, tensorrt or tensorrt:N; empty runs each where its config.yaml says")
 		fs.IntVar(&f.overrides.MaxBatchSize, "max-batch-size", 0, "this process's max batch size for every model, over their configs (a GPU worker wants larger batches than a CPU one on the same queue); 0 keeps each model's")
 		fs.DurationVar(&f.overrides.MaxQueueDelay, "max-queue-delay", 0, "this process's max queue delay for every model, over their configs; 0 keeps each model's")
@@ -318,7 +320,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks,
-			Device: device, Overrides: f.overrides, Tracer: tracer,
+			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
@@ -359,7 +361,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
-			Connected: nc.IsConnected, Version: version(), Workers: q,
+			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
@@ -648,8 +650,10 @@ func expireInStore(ctx context.Context, store objectStore, repo *model.Repositor
 			continue
 		}
 		days := int((m.Config.ResultRetention + 24*time.Hour - 1) / (24 * time.Hour))
-		if err := lc.Expire(ctx, jobs.ResultPrefix(fam.Name), days); err != nil {
-			log.Warn("could not set the bucket's lifecycle rule; the workers' sweep still expires results", "model", fam.Name, "err", err)
+		for _, prefix := range []string{jobs.ResultPrefix(fam.Name), consumer.CapturePrefix(fam.Name)} {
+			if err := lc.Expire(ctx, prefix, days); err != nil {
+				log.Warn("could not set the bucket's lifecycle rule; the workers' sweep still expires results", "model", fam.Name, "prefix", prefix, "err", err)
+			}
 		}
 	}
 }

@@ -1,0 +1,223 @@
+package consumer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/monitor"
+	"github.com/inferq/inferq/tensor"
+)
+
+// watcher keeps a worker's statistics of what its model is asked and
+// answers, and its data capture, off the latency path: the result writer
+// hands it each group of finished jobs after they are acknowledged, and
+// Run publishes the statistics (and writes the captured lines) every
+// interval.
+type watcher struct {
+	w *Worker
+	// finished carries groups of finished jobs from the result writer to
+	// run, which adds them up: the writer does not wait for statistics.
+	finished chan finishedGroup
+
+	mu      sync.Mutex
+	snaps   map[snapKey]*monitor.Snapshot
+	capture map[string][]byte // by version: JSON lines to write
+	start   time.Time
+}
+
+type snapKey struct{ version, batch string }
+
+type finishedGroup struct {
+	items   []*item
+	outputs [][]tensor.Tensor
+	refs    []*jobs.ResultRef
+	bodies  [][]byte
+}
+
+func newWatcher(w *Worker) *watcher {
+	return &watcher{w: w, snaps: map[snapKey]*monitor.Snapshot{}, capture: map[string][]byte{}, start: time.Now().UTC(),
+		finished: make(chan finishedGroup, 64)}
+}
+
+// observe hands a group of finished jobs to run, to add the succeeded
+// ones (those with a result) to the statistics and capture the sampled
+// share of them. It waits only while run is 64 groups behind.
+func (m *watcher) observe(items []*item, outputs [][]tensor.Tensor, refs []*jobs.ResultRef, bodies [][]byte) {
+	m.finished <- finishedGroup{items, outputs, refs, bodies}
+}
+
+func (m *watcher) add(g finishedGroup) {
+	items, outputs, refs, bodies := g.items, g.outputs, g.refs, g.bodies
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, it := range items {
+		if refs[i] == nil || it.model == nil {
+			continue
+		}
+		cfg := it.model.Config
+		version := it.model.VersionString()
+		batch := ""
+		if it.rec != nil {
+			batch = it.rec.Batch
+		}
+		if cfg.StatisticsOn() {
+			k := snapKey{version, batch}
+			s := m.snaps[k]
+			if s == nil {
+				s = monitor.NewSnapshot(m.w.name, version, batch, m.start)
+				m.snaps[k] = s
+			}
+			if it.lines != nil {
+				for _, line := range it.lines {
+					s.Observe(0, line, nil)
+				}
+				s.Observe(it.rows, nil, outputs[i])
+				s.Jobs-- // the lines and the outputs are one job
+			} else {
+				s.Observe(it.rows, it.inputs, outputs[i])
+			}
+		}
+		if rate := cfg.CaptureRate(); rate > 0 && batch == "" && rand.Float64() < rate {
+			m.capture[version] = appendCaptured(m.capture[version], it, version, bodies[i])
+		}
+	}
+}
+
+// appendCaptured appends a captured job's line: its id, model, version,
+// time, request (inputs given by reference stay references) and response.
+func appendCaptured(b []byte, it *item, version string, response []byte) []byte {
+	req := []byte(`{"inputs":[`)
+	for i, t := range it.job.Request.Inputs {
+		if i > 0 {
+			req = append(req, ',')
+		}
+		if t.Object != "" {
+			t.Data = nil // recorded by reference
+		}
+		req = t.AppendJSON(req)
+	}
+	req = append(req, "]}"...)
+	line := struct {
+		JobID    string          `json:"job_id"`
+		Model    string          `json:"model"`
+		Version  string          `json:"version"`
+		Time     time.Time       `json:"time"`
+		Request  json.RawMessage `json:"request"`
+		Response json.RawMessage `json:"response"`
+	}{it.job.ID, it.job.Model, version, time.Now().UTC(), req, response}
+	enc, err := json.Marshal(line)
+	if err != nil {
+		return b
+	}
+	return append(append(b, enc...), '\n')
+}
+
+// flush publishes the statistics gathered since the last flush, adds them
+// to the worker's metrics, and writes the captured lines, one object per
+// version, under capture/<model>/<version>/<date>/.
+func (m *watcher) flush(ctx context.Context) {
+	m.mu.Lock()
+	snaps, capture := m.snaps, m.capture
+	m.snaps, m.capture = map[snapKey]*monitor.Snapshot{}, map[string][]byte{}
+	now := time.Now().UTC()
+	m.start = now
+	m.mu.Unlock()
+	w := m.w
+	for _, s := range snaps {
+		s.End, s.Worker = now, w.opts.Name
+		for _, side := range []struct {
+			kind  string
+			stats map[string]*monitor.Stats
+		}{{"input", s.Inputs}, {"output", s.Outputs}} {
+			for name, st := range side.stats {
+				w.opts.Metrics.values.WithLabelValues(w.name, s.Version, side.kind, name).Add(float64(st.Count))
+				w.opts.Metrics.nonFinite.WithLabelValues(w.name, s.Version, side.kind, name).Add(float64(st.NaN + st.Inf))
+				if side.kind == "output" {
+					for c, n := range st.Classes {
+						w.opts.Metrics.classes.WithLabelValues(w.name, s.Version, name, c).Add(float64(n))
+					}
+				}
+			}
+		}
+		b, err := json.Marshal(s)
+		if err == nil {
+			err = w.opts.Queue.PublishMonitoring(ctx, w.name, b)
+		}
+		if err != nil {
+			w.log.Warn("could not publish the model's statistics; this minute's are lost", "version", s.Version, "err", err)
+		}
+	}
+	for version, lines := range capture {
+		key := CapturePrefix(w.name) + version + "/" + now.Format("2006-01-02") + "/" + ulid.Make().String() + ".jsonl"
+		if err := w.opts.Results.Put(ctx, key, bytes.NewReader(lines)); err != nil {
+			w.log.Warn("could not write captured jobs; they are lost", "key", key, "lines", bytes.Count(lines, []byte("\n")), "err", err)
+		}
+	}
+}
+
+// run adds the finished jobs observe hands it, and flushes every interval,
+// until ctx ends; then it adds what is left and flushes once more.
+func (m *watcher) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case g := <-m.finished:
+			m.add(g)
+		case <-ctx.Done():
+			for {
+				select {
+				case g := <-m.finished:
+					m.add(g)
+					continue
+				default:
+				}
+				break
+			}
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			m.flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+			m.flush(ctx)
+		}
+	}
+}
+
+// CapturePrefix is the folder of a model's captured jobs.
+func CapturePrefix(model string) string { return "capture/" + model + "/" }
+
+
+// expireCaptured deletes the captured jobs written before cutoff, as
+// results are: the objects of the 30 days up to cutoff's, each named by
+// the ULID of when it was written. It returns how many it deleted.
+func (w *Worker) expireCaptured(ctx context.Context, cutoff time.Time) int {
+	deleted := 0
+	for _, m := range w.opts.Family.Versions {
+		for day := cutoff.UTC().AddDate(0, 0, -30); !day.After(cutoff); day = day.AddDate(0, 0, 1) {
+			prefix := CapturePrefix(w.name) + m.VersionString() + "/" + day.Format("2006-01-02") + "/"
+			keys, err := w.opts.Results.List(ctx, prefix)
+			if err != nil {
+				continue
+			}
+			for _, key := range keys {
+				id, err := ulid.ParseStrict(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".jsonl"))
+				if err != nil || ulid.Time(id.Time()).After(cutoff) {
+					continue
+				}
+				if w.opts.Results.Delete(ctx, key) == nil {
+					deleted++
+				}
+			}
+		}
+	}
+	return deleted
+}
