@@ -195,7 +195,6 @@ func (m *watcher) run(ctx context.Context, interval time.Duration) {
 // CapturePrefix is the folder of a model's captured jobs.
 func CapturePrefix(model string) string { return "capture/" + model + "/" }
 
-
 // expireCaptured deletes the captured jobs written before cutoff, as
 // results are: the objects of the 30 days up to cutoff's, each named by
 // the ULID of when it was written. It returns how many it deleted.
