@@ -80,7 +80,7 @@ func (m *watcher) add(g finishedGroup) {
 					s.Observe(0, line, nil)
 				}
 				s.Observe(it.rows, nil, outputs[i])
-				s.Jobs-- // the lines and the outputs are one job
+				s.Jobs -= int64(len(it.lines)) // the lines and the outputs are one job
 			} else {
 				s.Observe(it.rows, it.inputs, outputs[i])
 			}
