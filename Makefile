@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps models clean
+.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
 
 all: build
 
@@ -145,6 +145,14 @@ pydeps:
 		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "need root and apt-get: apt-get install python3-numpy python3-pytest"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-numpy python3-pytest >/dev/null; }
 
+# The console's browser tests drive Debian's chromium, installed here
+# where missing (apt-get, as root).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium (Debian) for the console's browser tests"; \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "need root and apt-get: apt-get install chromium"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 # promtool, Prometheus's rule checker, for the tests of deploy/prometheus
 # and deploy/grafana: built once from the Go module proxy into build/promtool.
 PROMTOOL_VERSION := v0.316.0
@@ -159,7 +167,7 @@ $(PROMTOOL_BIN):
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime testmodels minio promtool pydeps bin/inferq
+test: onnxruntime testmodels minio promtool pydeps chromium bin/inferq
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 	cd clients/python && INFERQ_BIN=$(CURDIR)/bin/inferq $(PYTHON) -m pytest -q -p no:cacheprovider

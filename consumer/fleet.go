@@ -39,6 +39,7 @@ type Fleet struct {
 	// cannot be attached here), with the family tried and why.
 	refused  map[string]refusal
 	replicas map[string][]*running
+	scaled   map[string]*jobs.ScaleNote
 	finished map[string]*atomic.Uint64
 	wg       sync.WaitGroup
 }
@@ -76,7 +77,7 @@ func NewFleet(opts Options, fo FleetOptions) *Fleet {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Fleet{
 		tmpl: opts, only: fo.Only, initial: initial, ctx: ctx, cancel: cancel, failed: make(chan error, 1),
-		families: map[string]*model.Family{}, refused: map[string]refusal{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
+		families: map[string]*model.Family{}, refused: map[string]refusal{}, scaled: map[string]*jobs.ScaleNote{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
 	}
 }
 
@@ -310,6 +311,7 @@ func (f *Fleet) Status(worker string) []jobs.WorkerStatus {
 			}
 		}
 		st.MaxBatchSize, st.MaxQueueDelay, st.Instances = policy.MaxBatchSize, policy.MaxQueueDelay.String(), instances
+		st.LastScale = f.scaled[name]
 		out = append(out, st)
 	}
 	for name, r := range f.refused {
@@ -366,4 +368,11 @@ func (f *Fleet) Report(ctx context.Context, sink StatusSink, worker string, inte
 			report()
 		}
 	}
+}
+
+// NoteScale keeps the last scale decision acted on for model, for Status.
+func (f *Fleet) NoteScale(model string, from, to int, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scaled[model] = &jobs.ScaleNote{From: from, To: to, Reason: reason, At: time.Now().UTC()}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"log/slog"
 	"time"
 
@@ -111,6 +112,29 @@ func batchStored(rec *BatchRecord) any {
 func (b *Batches) Get(ctx context.Context, id string) (*BatchRecord, error) {
 	rec, _, err := b.get(ctx, id)
 	return rec, err
+}
+
+// Recent returns the newest batch records, at most n, newest first, of
+// the models keep accepts. Batch ids are ULIDs: their order is their age.
+func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) bool) ([]*BatchRecord, error) {
+	lister, err := b.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list batches: %w", err)
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		ids = append(ids, k)
+	}
+	slices.Sort(ids)
+	var out []*BatchRecord
+	for i := len(ids) - 1; i >= 0 && len(out) < n; i-- {
+		rec, _, err := b.get(ctx, ids[i])
+		if err != nil || !keep(rec.Model) {
+			continue
+		}
+		out = append(out, rec)
+	}
+	return out, nil
 }
 
 func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, error) {

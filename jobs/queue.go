@@ -670,7 +670,19 @@ func keyName(owner, key string) string {
 // retained announcements when fromStart, else only new ones. An ordered
 // consumer carries it, so nothing is skipped or repeated.
 func (q *Queue) FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{ResultSubject(model)}, DeliverPolicy: jetstream.DeliverNewPolicy}
+	return q.follow(ctx, ResultSubject(model), after, fromStart, fn)
+}
+
+// FollowAllResults calls fn with each announcement of every model's
+// finished jobs from now on, in order, until ctx ends or fn returns an
+// error.
+func (q *Queue) FollowAllResults(ctx context.Context, fn func(data []byte) error) error {
+	return q.follow(ctx, resultPrefix+">", 0, false, func(_ uint64, data []byte) error { return fn(data) })
+}
+
+func (q *Queue) follow(ctx context.Context, subject string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
+	model := subject
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverNewPolicy}
 	switch {
 	case after > 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1

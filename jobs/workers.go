@@ -37,8 +37,19 @@ type WorkerStatus struct {
 	Instances     int    `json:"instances,omitempty"`
 	// Error says why the process does not serve the model (its provider
 	// cannot be attached there, say); Replicas is 0 then.
-	Error     string    `json:"error,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Error string `json:"error,omitempty"`
+	// LastScale is the process's last scale decision acted on for the
+	// model, with its reason.
+	LastScale *ScaleNote `json:"last_scale,omitempty"`
+	UpdatedAt time.Time  `json:"updated_at"`
+}
+
+// ScaleNote is a scale decision acted on.
+type ScaleNote struct {
+	From   int       `json:"from"`
+	To     int       `json:"to"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
 }
 
 // VersionPlacement is where a worker runs one model version.

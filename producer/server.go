@@ -131,6 +131,12 @@ type Options struct {
 	Logger     *slog.Logger
 	// Version is the server's version, which GET /v2 reports.
 	Version string
+	// Live, when set, feeds the console's live figures and recent jobs;
+	// Console, when set, serves the console's pages at / and /ui/,
+	// without a token (they hold no data: they read the API with the
+	// operator's).
+	Live    Live
+	Console http.Handler
 	// Monitoring, when set, reads the workers' statistics of what models
 	// are asked and answer, for GET /v1/models/{model}/monitoring and
 	// inferq_drift_psi; *jobs.Queue is one. Baselines are kept in
@@ -234,6 +240,19 @@ func (s *Server) routes() {
 	handle("GET /v1/batches/{id}/output", s.batchOutput)
 	handle("DELETE /v1/batches/{id}", s.cancelBatch)
 	handle("GET /v1/jobs/{id}/result", s.getResult)
+	handle("GET /v1/console/figures", s.consoleFigures)
+	handle("GET /v1/console/models/{model}/jobs", s.consoleJobs)
+	handle("GET /v1/batches", s.listBatches)
+	pages := func(w http.ResponseWriter, r *http.Request) error {
+		if s.opts.Console == nil {
+			return errorf(http.StatusNotFound, "the console is not served here (--console=false); the API is described at /openapi.json")
+		}
+		s.opts.Console.ServeHTTP(w, r)
+		return nil
+	}
+	s.mux.Handle("GET /{$}", s.wrap("GET /", pages))
+	s.patterns = append(s.patterns, "GET /")
+	handle("GET /ui/{file}", pages)
 	handle("GET /v1/models/{model}/monitoring", s.modelMonitoring)
 	handle("POST /v1/models/{model}/monitoring/baseline", s.setBaseline)
 	handle("GET /v1/models/{model}/dead-letters", s.listDeadLetters)
@@ -339,9 +358,10 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// open reports the paths served without a token: health and metrics.
+// open reports the paths served without a token: health, metrics, and
+// the console's pages (which hold no data).
 func open(path string) bool {
-	return strings.HasPrefix(path, "/v2/health/") || path == "/metrics"
+	return strings.HasPrefix(path, "/v2/health/") || path == "/metrics" || path == "/" || strings.HasPrefix(path, "/ui/")
 }
 
 // httpError is an error with the status code it answers with.

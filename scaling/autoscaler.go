@@ -14,6 +14,13 @@ type Queue interface {
 	Backlog(ctx context.Context, model string) (pending, inFlight int64, err error)
 }
 
+// scaleNoter is a Pool that keeps the scale decisions acted on, with
+// their reasons, to show them (GET /v1/models, the console);
+// *consumer.Fleet is one.
+type scaleNoter interface {
+	NoteScale(model string, from, to int, reason string)
+}
+
 // Pool runs replicas; *consumer.Fleet is one.
 type Pool interface {
 	Models() []string
@@ -163,6 +170,9 @@ func (a *Autoscaler) Tick(ctx context.Context, now time.Time) {
 		}
 		a.metrics.events.WithLabelValues(name, dir).Inc()
 		a.opts.Logger.Info("scaled", "model", name, "from", current, "to", dec.Replicas, "reason", dec.Reason, "took", time.Since(began))
+		if n, ok := a.opts.Pool.(scaleNoter); ok {
+			n.NoteScale(name, current, dec.Replicas, dec.Reason)
+		}
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/inferq/inferq/console"
 	"github.com/inferq/inferq/consumer"
 	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/jobs"
@@ -88,6 +89,7 @@ type serveFlags struct {
 	metricsAddr           string
 	otlpEndpoint          string
 	statsInterval         time.Duration
+	console               bool
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
@@ -144,6 +146,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.DurationVar(&f.idleTimeout, "http-idle-timeout", 30*time.Second, "how long an idle keep-alive connection stays open")
 		fs.DurationVar(&f.bodyTimeout, "body-timeout", 30*time.Second, "longest wait for the next bytes of a request body before the request fails")
 		fs.IntVar(&f.maxConns, "max-conns", 10000, "most HTTP connections open at once; further ones wait to be accepted")
+		fs.BoolVar(&f.console, "console", true, "serve the operator console at / (its pages need no token; what they show does)")
 		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest a job poll (?wait=) or a synchronous /v2 infer call waits for a job")
 	}
 	if m == modeServe {
@@ -358,10 +361,17 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if m != modeWorker {
 		watcher := q.Records.Watch(log)
 		defer watcher.Close()
+		var live producer.Live
+		var pages http.Handler
+		if f.console {
+			sampler := console.NewSampler(console.Options{Queue: q, Models: catalog.Names, Gatherer: reg, Logger: log})
+			g.Go(func() error { return sampler.Run(gctx) })
+			live, pages = sampler, console.Handler()
+		}
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
-			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q,
+			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q, Live: live, Console: pages,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
