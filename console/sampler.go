@@ -1,9 +1,10 @@
 // Package console is inferq's operator console: a small front end served
 // from the binary (embedded, works offline) that reads the API with the
-// operator's token, and the live figures it shows. A Sampler follows
-// every model's finished jobs and reads the queues every few seconds,
-// keeping a bounded history per model that the console's stream pushes to
-// every open page at once: no page polls the server.
+// operator's token, and the live figures it shows. While a console is
+// open, a Sampler follows every model's finished jobs and reads the
+// queues every few seconds, keeping a bounded history per model that the
+// console's stream pushes to every open page at once: no page polls the
+// server, and nobody watching costs nothing.
 package console
 
 import (
@@ -24,7 +25,7 @@ import (
 // Queue is what the sampler reads of the queue; *jobs.Queue is one.
 type Queue interface {
 	Backlog(ctx context.Context, model string) (pending, inFlight int64, err error)
-	FollowAllResults(ctx context.Context, fn func(data []byte) error) error
+	FollowAllResults(ctx context.Context, ready func(), fn func(data []byte) error) error
 }
 
 // Options configure a Sampler. Queue and Models are required.
@@ -78,6 +79,8 @@ type Sampler struct {
 	pending map[string]*window // jobs finished since the last sample
 	batches map[string][2]float64
 	subs    map[chan struct{}]struct{}
+	// lastWatched is when the last console closed.
+	lastWatched time.Time
 }
 
 type window struct {
@@ -103,22 +106,22 @@ func NewSampler(opts Options) *Sampler {
 		pending: map[string]*window{}, batches: map[string][2]float64{}, subs: map[chan struct{}]struct{}{}}
 }
 
-// Run follows the results and samples until ctx ends.
+// idleAfter is how long the sampler goes on after the last console
+// closed: a page reloaded finds its history.
+const idleAfter = time.Minute
+
+// Run samples until ctx ends, while a console is open (and a minute
+// after): following every model's results costs a delivery per job, which
+// a process nobody watches should not pay.
 func (s *Sampler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			err := s.opts.Queue.FollowAllResults(ctx, s.finished)
-			if ctx.Err() == nil {
-				s.opts.Logger.Warn("console: following results", "err", err)
-				select {
-				case <-ctx.Done():
-				case <-time.After(2 * time.Second):
-				}
-			}
-		}
-	})
 	defer wg.Wait()
+	var stopFollowing context.CancelFunc
+	defer func() {
+		if stopFollowing != nil {
+			stopFollowing()
+		}
+	}()
 	t := time.NewTicker(s.opts.Every)
 	defer t.Stop()
 	for {
@@ -126,7 +129,54 @@ func (s *Sampler) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			s.sample(ctx, now)
+			s.mu.Lock()
+			watched := len(s.subs) > 0 || now.Sub(s.lastWatched) < idleAfter
+			s.mu.Unlock()
+			switch {
+			case watched && stopFollowing == nil:
+				stopFollowing = s.startFollowing(ctx, &wg)
+			case !watched && stopFollowing != nil:
+				stopFollowing()
+				stopFollowing = nil
+				s.mu.Lock()
+				clear(s.points)
+				clear(s.recent)
+				clear(s.pending)
+				s.mu.Unlock()
+			}
+			if watched {
+				s.sample(ctx, now)
+			}
+		}
+	}
+}
+
+// startFollowing starts follow in wg, and returns, once it follows (or
+// after a few seconds), what stops it: the first sample then counts every
+// job finished after it.
+func (s *Sampler) startFollowing(ctx context.Context, wg *sync.WaitGroup) context.CancelFunc {
+	fctx, cancel := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	var once sync.Once
+	wg.Go(func() { s.follow(fctx, func() { once.Do(func() { close(ready) }) }) })
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+	case <-ctx.Done():
+	}
+	return cancel
+}
+
+// follow reads every model's finished jobs until ctx ends.
+func (s *Sampler) follow(ctx context.Context, ready func()) {
+	for ctx.Err() == nil {
+		err := s.opts.Queue.FollowAllResults(ctx, ready, s.finished)
+		if ctx.Err() == nil {
+			s.opts.Logger.Warn("console: following results", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
 		}
 	}
 }
@@ -292,6 +342,7 @@ func (s *Sampler) Subscribe() (<-chan struct{}, func()) {
 	return ch, func() {
 		s.mu.Lock()
 		delete(s.subs, ch)
+		s.lastWatched = time.Now()
 		s.mu.Unlock()
 	}
 }

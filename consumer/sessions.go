@@ -60,7 +60,7 @@ func (w *Worker) Load() error {
 	w.placements = nil
 	for _, m := range w.opts.Family.Versions {
 		p := m.Config.Provider(w.opts.Device)
-		opts := onnx.SessionOptions{IntraOpThreads: m.Config.IntraOpThreads, InterOpThreads: m.Config.InterOpThreads, Provider: p}
+		opts := onnx.SessionOptions{IntraOpThreads: m.Config.IntraOpThreads, InterOpThreads: m.Config.InterOpThreads, Spinning: m.Config.Spinning, Provider: p}
 		sig := onnx.Signature{Inputs: m.Inputs, Outputs: m.Outputs}
 		place := Placement{Version: m.Version, Device: p.String()}
 		s, err := w.opts.Runtime.NewSession(m.Path, sig, opts)

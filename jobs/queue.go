@@ -670,17 +670,18 @@ func keyName(owner, key string) string {
 // retained announcements when fromStart, else only new ones. An ordered
 // consumer carries it, so nothing is skipped or repeated.
 func (q *Queue) FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
-	return q.follow(ctx, ResultSubject(model), after, fromStart, fn)
+	return q.follow(ctx, ResultSubject(model), after, fromStart, nil, fn)
 }
 
 // FollowAllResults calls fn with each announcement of every model's
 // finished jobs from now on, in order, until ctx ends or fn returns an
-// error.
-func (q *Queue) FollowAllResults(ctx context.Context, fn func(data []byte) error) error {
-	return q.follow(ctx, resultPrefix+">", 0, false, func(_ uint64, data []byte) error { return fn(data) })
+// error. ready, when set, is called once the consumer exists: every job
+// finished after that is followed.
+func (q *Queue) FollowAllResults(ctx context.Context, ready func(), fn func(data []byte) error) error {
+	return q.follow(ctx, resultPrefix+">", 0, false, ready, func(_ uint64, data []byte) error { return fn(data) })
 }
 
-func (q *Queue) follow(ctx context.Context, subject string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
+func (q *Queue) follow(ctx context.Context, subject string, after uint64, fromStart bool, ready func(), fn func(seq uint64, data []byte) error) error {
 	model := subject
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverNewPolicy}
 	switch {
@@ -700,6 +701,9 @@ func (q *Queue) follow(ctx context.Context, subject string, after uint64, fromSt
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
+	if ready != nil {
+		ready()
+	}
 	for {
 		m, err := it.Next()
 		if err != nil {

@@ -38,6 +38,11 @@ type Config struct {
 	// leaves ONNX Runtime's defaults.
 	IntraOpThreads int `yaml:"intra_op_threads" json:"intra_op_threads"`
 	InterOpThreads int `yaml:"inter_op_threads" json:"inter_op_threads"`
+	// Spinning lets ONNX Runtime's threads spin while they wait for work:
+	// off by default, since a worker shares its cores with the API, NATS
+	// and its other instances; on can help a worker that has its cores to
+	// itself (see docs/performance.md).
+	Spinning bool `yaml:"spinning" json:"spinning,omitempty"`
 	// ExecutionProvider is where the model runs: "cpu" (the default),
 	// "cuda" or "tensorrt". A worker's --device overrides it.
 	ExecutionProvider string `yaml:"execution_provider" json:"execution_provider"`

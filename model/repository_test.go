@@ -150,6 +150,7 @@ func TestParseConfig(t *testing.T) {
 		{"unknown conv search", "gpu:\n  cudnn_conv_algo_search: fast\n", "cudnn_conv_algo_search"},
 		{"gpu typo", "gpu:\n  device: 1\n", "device"},
 		{"capture and statistics", "statistics: false\ncapture:\n  rate: 0.01\n", ""},
+		{"spinning", "spinning: true\nintra_op_threads: 1\n", ""},
 		{"capture over 1", "capture:\n  rate: 2\n", "capture.rate"},
 		{"negative capture", "capture:\n  rate: -0.1\n", "capture.rate"},
 		{"bad duration", "max_queue_delay: soon\n", "parse config"},

@@ -145,6 +145,12 @@ type SessionOptions struct {
 	// 0 leaves ONNX Runtime's default.
 	IntraOpThreads int
 	InterOpThreads int
+	// Spinning lets ONNX Runtime's pool threads spin, waiting for work,
+	// between the parts of a run and between runs. ONNX Runtime spins by
+	// default, which wins a little latency on cores of its own and burns
+	// the cores it shares with the API, NATS and other sessions; the zero
+	// value turns it off.
+	Spinning bool
 	// Provider is where the session runs; the zero value, the CPU.
 	Provider Provider
 }
@@ -174,6 +180,15 @@ func (r *Runtime) NewSession(path string, sig Signature, opts SessionOptions) (*
 	if opts.InterOpThreads > 0 {
 		if err := so.SetInterOpNumThreads(opts.InterOpThreads); err != nil {
 			return nil, fmt.Errorf("set inter-op threads: %w", err)
+		}
+	}
+	spin := "0"
+	if opts.Spinning {
+		spin = "1"
+	}
+	for _, key := range []string{"session.intra_op.allow_spinning", "session.inter_op.allow_spinning"} {
+		if err := so.AddSessionConfigEntry(key, spin); err != nil {
+			return nil, fmt.Errorf("set %s: %w", key, err)
 		}
 	}
 	if err := opts.Provider.attach(so); err != nil {

@@ -112,6 +112,11 @@ func TestConsole(t *testing.T) {
 	signIn(ops)
 	run("the lookup model", chromedp.WaitVisible(chromedp.CSS(`[data-model="lookup"]`)))
 
+	// The page is watched: the sampler follows the results from its first
+	// sample on, which the page shows.
+	eventually(t, 30*time.Second, "the first sample reaches the page", func() bool {
+		return text(`[data-live="iris"] [data-stat="pending"]`) == "0"
+	})
 	// Jobs run: the figures move, pushed to the page.
 	var ids []string
 	for range 30 {

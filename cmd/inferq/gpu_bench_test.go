@@ -157,7 +157,7 @@ func BenchmarkGPU(b *testing.B) {
 		b.Fatal(err)
 	}
 	direct := func(path string, s onnx.Signature, p onnx.Provider, sizes []int, dims ...int64) (best float64, at int) {
-		sess, err := rt.NewSession(path, s, onnx.SessionOptions{Provider: p})
+		sess, err := rt.NewSession(path, s, onnx.SessionOptions{Provider: p, Spinning: true})
 		if err != nil {
 			b.Fatal(err)
 		}
