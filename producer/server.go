@@ -7,16 +7,12 @@ package producer
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,18 +20,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
-	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
 )
@@ -323,41 +314,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// bodyStalled is the answer to a request whose body stopped arriving.
-func (s *Server) bodyStalled() error {
-	return errorf(http.StatusRequestTimeout, "the request body stopped arriving: nothing came for %s", s.opts.BodyTimeout)
-}
-
-// idleBody is a request body whose every read must bring data within
-// timeout: a client that sends headers, then nothing (or a trickle with
-// long pauses), is cut off instead of holding a handler for ever. Large
-// uploads that keep moving are not bounded, as a whole-request
-// ReadTimeout would bound them. Once the body has been read, the deadline
-// is lifted, so that a handler waiting afterwards (a synchronous infer)
-// keeps noticing a client that leaves.
-type idleBody struct {
-	io.ReadCloser
-	rc      *http.ResponseController
-	timeout time.Duration
-	done    bool
-}
-
-func (b *idleBody) Read(p []byte) (int, error) {
-	if b.done {
-		return b.ReadCloser.Read(p)
-	}
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.done = true
-		_ = b.rc.SetReadDeadline(time.Time{})
-	}
-	// After any other error the deadline stays, passed: the server's
-	// reading of the rest of the body, before it answers, then fails at
-	// once too, and the connection is closed.
-	return n, err
-}
-
 // open reports the paths served without a token: health, metrics, and
 // the console's pages (which hold no data).
 func open(path string) bool {
@@ -483,272 +439,6 @@ func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
-	rec, err := s.accept(w, r)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Location", "/v1/jobs/"+rec.ID)
-	writeJSON(w, http.StatusAccepted, rec.Public())
-	return nil
-}
-
-// infer is the V2 synchronous call: the job goes through the same queue
-// and batcher as any other, and the answer waits for its result.
-func (s *Server) infer(w http.ResponseWriter, r *http.Request) error {
-	// Watch before submitting, so that no change falls in between.
-	var changed <-chan *jobs.Record
-	var stop func()
-	rec, err := s.accept(w, r, func(id string) { changed, stop = s.opts.Watcher.Wait(id) })
-	if stop != nil {
-		defer stop()
-	}
-	if err != nil {
-		return err
-	}
-	id := rec.ID
-	w.Header().Set(jobIDHeader, id)
-	timer := time.NewTimer(s.opts.MaxWait)
-	defer timer.Stop()
-	for !rec.Status.Final() {
-		select {
-		case rec = <-changed:
-		case <-timer.C:
-			w.Header().Set("Location", "/v1/jobs/"+id)
-			return errorf(http.StatusGatewayTimeout, "job %s did not finish within %s; it stays queued and its result can be polled at /v1/jobs/%s", id, s.opts.MaxWait, id)
-		case <-r.Context().Done():
-			return nil // the client left; the job runs on, pollable by id
-		}
-	}
-	if rec.Status != jobs.Succeeded {
-		return errorf(http.StatusBadRequest, "job %s %s: %s", id, rec.Status, rec.Error)
-	}
-	return s.sendResult(w, r, rec)
-}
-
-// jobIDHeader names the job behind a synchronous inference.
-const jobIDHeader = "Inferq-Job-Id"
-
-// accept validates a job request and stores it in the queue, returning
-// its record. before, when given, is called with the job id before the
-// job is published.
-func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (_ *jobs.Record, err error) {
-	ctx, span := s.opts.Tracer.Start(tracing.FromHTTP(r.Context(), r.Header), "inferq.accept",
-		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("inferq.model", r.PathValue("model"))))
-	defer func() {
-		if err != nil {
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
-	}()
-	m, err := s.lookup(r)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.queueReachable(); err != nil {
-		return nil, err
-	}
-	if r.ContentLength > s.opts.MaxBodyBytes {
-		// Refused from its declared length, before waiting for a body that
-		// would be refused anyway.
-		s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
-		return nil, errorf(http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxBodyBytes)
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
-			return nil, errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.opts.MaxBodyBytes)
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, s.bodyStalled()
-		}
-		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
-	}
-	var req *tensor.Request
-	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
-		n, perr := strconv.Atoi(hl)
-		if perr != nil {
-			return nil, errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
-		}
-		req, err = tensor.DecodeBinaryRequest(body, n, s.opts.Limits)
-	} else {
-		req, err = tensor.DecodeRequest(body, s.opts.Limits)
-	}
-	if err != nil {
-		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
-		return nil, errorf(http.StatusBadRequest, "%v", err)
-	}
-	rows, err := m.Check(req)
-	if err == nil && len(req.ID) > MaxClientID {
-		err = fmt.Errorf("the request's id is %d bytes long; at most %d are kept", len(req.ID), MaxClientID)
-	}
-	if err == nil {
-		if l, perr := batching.ParseLines(req.Parameters); l != nil || perr != nil {
-			err = fmt.Errorf("request parameters named %s... are inferq's own, for the jobs it packs from batch files; remove them", "inferq_line")
-		}
-	}
-	if err == nil {
-		err = checkObjects(m.Name, req)
-	}
-	if err != nil {
-		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
-		return nil, errorf(http.StatusBadRequest, "%v", err)
-	}
-	now := time.Now().UTC()
-	id := ulid.Make().String()
-	rec := &jobs.Record{
-		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: now,
-		ClientID: req.ID, Rows: rows,
-	}
-	if err := s.jobOptions(r.Header, rec); err != nil {
-		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
-		return nil, errorf(http.StatusBadRequest, "%v", err)
-	}
-	job := &jobs.Job{ID: id, Model: m.Name, Request: req, Priority: rec.Priority, Trace: nats.Header{}}
-	span.SetAttributes(attribute.String("inferq.job", id))
-	tracing.Inject(ctx, job.Trace)
-	if r.PathValue("version") != "" {
-		job.Version = m.Version
-		rec.ModelVersion = m.VersionString()
-	}
-	owner := caller(r.Context())
-	if key := r.Header.Get("Idempotency-Key"); key != "" {
-		existing, err := s.opts.Queue.ClaimKey(r.Context(), owner, key, id, requestDigest(r, body))
-		switch {
-		case errors.Is(err, jobs.ErrKeyReused):
-			return nil, errorf(http.StatusUnprocessableEntity, "Idempotency-Key %q was used before with a different request (job %s); use a new key for a new request", key, existing)
-		case err != nil:
-			return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable, the job was not accepted; retry later"}
-		case existing != "":
-			w.Header().Set("Idempotent-Replayed", "true")
-			return s.record(r, existing)
-		}
-	}
-	for _, f := range before {
-		f(id)
-	}
-	if err := s.opts.Queue.Submit(r.Context(), job, rec); err != nil {
-		// Not accepted: a retry with the same key must be free to try.
-		if key := r.Header.Get("Idempotency-Key"); key != "" {
-			_ = s.opts.Queue.ReleaseKey(context.WithoutCancel(r.Context()), owner, key)
-		}
-		if errors.Is(err, jobs.ErrQueueFull) {
-			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()
-			return nil, &httpError{code: http.StatusTooManyRequests, retryAfter: 5,
-				msg: fmt.Sprintf("the queue of model %s is full; the job was not accepted, retry later", m.Name)}
-		}
-		s.log.Warn("could not queue job", "model", m.Name, "err", err)
-		s.metrics.rejected.WithLabelValues(m.Name, "unavailable").Inc()
-		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1,
-			msg: "the queue is unavailable, the job was not accepted; retry later"}
-	}
-	s.metrics.accepted.WithLabelValues(m.Name).Inc()
-	return rec, nil
-}
-
-// checkObjects checks the inputs req gives by reference: each must be a
-// valid key under the model's inputs folder (jobs.InputPrefix).
-func checkObjects(model string, req *tensor.Request) error {
-	for _, in := range req.Inputs {
-		if in.Object == "" {
-			continue
-		}
-		err := storage.CheckKey(in.Object)
-		if err == nil {
-			err = jobs.CheckInputObject(model, in.Object)
-		}
-		if err != nil {
-			return fmt.Errorf("input %q: %s: %v", in.Name, tensor.ObjectParameter, err)
-		}
-	}
-	return nil
-}
-
-// requestDigest identifies what a job request asks: the path (model and
-// version), the headers that set its options, and the body. A repeat
-// under the same Idempotency-Key must match it.
-func requestDigest(r *http.Request, body []byte) string {
-	h := sha256.New()
-	for _, v := range []string{r.URL.Path, r.Header.Get(jobs.HeaderHeaderLength), r.Header.Get(headerPriority),
-		r.Header.Get(headerDeadline), r.Header.Get(headerTimeout), r.Header.Get(headerWebhook)} {
-		h.Write([]byte(v))
-		h.Write([]byte{0})
-	}
-	h.Write(body)
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// checkWebhook checks a job's webhook URL.
-func (s *Server) checkWebhook(v string) error {
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return errors.New("want an absolute http or https URL")
-	}
-	if s.opts.CheckWebhook != nil {
-		return s.opts.CheckWebhook(v)
-	}
-	return nil
-}
-
-// Request headers that set a job's options.
-const (
-	headerPriority = "Inferq-Priority" // high or normal
-	headerDeadline = "Inferq-Deadline" // RFC 3339 time
-	headerTimeout  = "Inferq-Timeout"  // duration from now, such as 30s
-	headerWebhook  = "Inferq-Webhook"  // http(s) URL
-)
-
-// Bounds on what a client names a job by: they are kept in its record
-// and message, and a value past them is a 400 that says so, not a store
-// refusing it later.
-const (
-	MaxClientID       = 1024 // bytes of a request's "id"
-	MaxWebhookURL     = 2048 // bytes of an Inferq-Webhook URL
-	MaxIdempotencyKey = 255  // bytes of an Idempotency-Key
-)
-
-// jobOptions reads the optional job headers into rec.
-func (s *Server) jobOptions(h http.Header, rec *jobs.Record) error {
-	if k := h.Get("Idempotency-Key"); len(k) > MaxIdempotencyKey {
-		return fmt.Errorf("Idempotency-Key is %d bytes long; at most %d", len(k), MaxIdempotencyKey)
-	}
-	p, err := jobs.ParsePriority(h.Get(headerPriority))
-	if err != nil {
-		return fmt.Errorf("%s: %w", headerPriority, err)
-	}
-	rec.Priority = p
-	if v := h.Get(headerDeadline); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			return fmt.Errorf("%s %q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", headerDeadline, v)
-		}
-		t = t.UTC()
-		rec.Deadline = &t
-	}
-	if v := h.Get(headerTimeout); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("%s %q: want a positive duration such as 30s or 5m", headerTimeout, v)
-		}
-		t := rec.CreatedAt.Add(d)
-		if rec.Deadline == nil || t.Before(*rec.Deadline) {
-			rec.Deadline = &t
-		}
-	}
-	if v := h.Get(headerWebhook); v != "" {
-		if len(v) > MaxWebhookURL {
-			return fmt.Errorf("%s is %d bytes long; at most %d", headerWebhook, len(v), MaxWebhookURL)
-		}
-		if err := s.checkWebhook(v); err != nil {
-			return fmt.Errorf("%s %q: %w", headerWebhook, v, err)
-		}
-		rec.Webhook = v
-	}
-	return nil
 }
 
 // public is the record as a client sees it. Where results are an object
