@@ -62,6 +62,7 @@ async function follow() {
   stream = new AbortController();
   try {
     const res = await fetch("/v1/console/figures", { headers: token() ? { Authorization: "Bearer " + token() } : {}, signal: stream.signal });
+    if (res.status === 401) { stream = null; signIn("Your token was refused: sign in again."); return; }
     if (!res.ok) throw new Error(res.statusText);
     const reader = res.body.getReader();
     const dec = new TextDecoder();
