@@ -42,6 +42,7 @@ Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
   inferq dlq replay --model M ID...|--all  queue failed jobs again, as new jobs
   inferq monitor baseline --model M --batch ID|--since 1h   take the drift baseline
   inferq monitor show --model M            what the model was asked and answered
+  inferq perf --model M [--binary] [--onnx F]   load a model, step by step: throughput and latency
 
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
 environment variable (--max-body -> INFERQ_MAX_BODY).
@@ -80,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = dlqCmd(ctx, args[1:], stdout, stderr)
 	case "monitor":
 		err = monitorCmd(ctx, args[1:], stdout, stderr)
+	case "perf":
+		err = perfCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "inferq", version())
 		return 0
