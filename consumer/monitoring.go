@@ -94,17 +94,7 @@ func (m *watcher) add(g finishedGroup) {
 // appendCaptured appends a captured job's line: its id, model, version,
 // time, request (inputs given by reference stay references) and response.
 func appendCaptured(b []byte, it *item, version string, response []byte) []byte {
-	req := []byte(`{"inputs":[`)
-	for i, t := range it.job.Request.Inputs {
-		if i > 0 {
-			req = append(req, ',')
-		}
-		if t.Object != "" {
-			t.Data = nil // recorded by reference
-		}
-		req = t.AppendJSON(req)
-	}
-	req = append(req, "]}"...)
+	req := it.job.Request.AppendJSON(nil) // inputs given by reference stay references
 	line := struct {
 		JobID    string          `json:"job_id"`
 		Model    string          `json:"model"`

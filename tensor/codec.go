@@ -446,6 +446,52 @@ func (r *Response) AppendJSON(buf []byte) []byte {
 	return append(buf, "]}"...)
 }
 
+// AppendJSON appends r's inputs (and the outputs asked for) as a V2 JSON
+// request. An input given by reference (Object) is written as the
+// reference, {"parameters": {"inferq_object": key}}, whatever data it
+// holds once read.
+func (r *Request) AppendJSON(buf []byte) []byte {
+	buf = append(buf, `{"inputs":[`...)
+	for i := range r.Inputs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		t := &r.Inputs[i]
+		if t.Object == "" {
+			buf = t.AppendJSON(buf)
+			continue
+		}
+		buf = append(buf, `{"name":`...)
+		buf = appendJSONString(buf, t.Name)
+		buf = append(buf, `,"datatype":"`...)
+		buf = append(buf, t.Datatype.String()...)
+		buf = append(buf, `","shape":[`...)
+		for j, d := range t.Shape {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			buf = strconv.AppendInt(buf, d, 10)
+		}
+		buf = append(buf, `],"parameters":{"`+ObjectParameter+`":`...)
+		buf = appendJSONString(buf, t.Object)
+		buf = append(buf, "}}"...)
+	}
+	buf = append(buf, ']')
+	if len(r.Outputs) > 0 {
+		buf = append(buf, `,"outputs":[`...)
+		for i, o := range r.Outputs {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, `{"name":`...)
+			buf = appendJSONString(buf, o)
+			buf = append(buf, '}')
+		}
+		buf = append(buf, ']')
+	}
+	return append(buf, '}')
+}
+
 // AppendJSON appends t as a V2 tensor object with flat data. Non-finite
 // floats, which JSON cannot carry as numbers, are written as the strings
 // "NaN", "Infinity" and "-Infinity", which DecodeRequest accepts back.

@@ -211,3 +211,25 @@ func TestResponseStrings(t *testing.T) {
 		}
 	}
 }
+
+// A request written by Request.AppendJSON reads back the same: inputs
+// with data, an input given by reference as the reference (not the data
+// read for it), and the outputs asked for.
+func TestRequestAppendJSON(t *testing.T) {
+	req := &Request{
+		Inputs: []Tensor{
+			{Name: "x", Datatype: FP32, Shape: []int64{1, 2}, Data: []byte{0, 0, 128, 63, 0, 0, 0, 64}},
+			{Name: "img", Datatype: Uint8, Shape: []int64{1, 3}, Object: "inputs/m/a \"b\".raw", Data: []byte{1, 2, 3}},
+		},
+		Outputs: []string{"y"},
+	}
+	got, err := DecodeRequest(req.AppendJSON(nil), Limits{})
+	if err != nil {
+		t.Fatalf("%s: %v", req.AppendJSON(nil), err)
+	}
+	x, img := got.Input("x"), got.Input("img")
+	if x == nil || string(x.Data) != string(req.Inputs[0].Data) || img == nil || img.Object != req.Inputs[1].Object || len(img.Data) != 0 ||
+		len(got.Outputs) != 1 || got.Outputs[0] != "y" {
+		t.Fatalf("read back %+v from %s", got, req.AppendJSON(nil))
+	}
+}

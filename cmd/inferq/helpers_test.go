@@ -375,15 +375,7 @@ func randomInputs(rng *rand.Rand, ios []onnx.IO, rows int, dims ...int64) []tens
 
 // requestJSON encodes inputs as a V2 JSON request.
 func requestJSON(inputs []tensor.Tensor) []byte {
-	var b []byte
-	b = append(b, `{"inputs":[`...)
-	for i := range inputs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = inputs[i].AppendJSON(b)
-	}
-	return append(b, "]}"...)
+	return (&tensor.Request{Inputs: inputs}).AppendJSON(nil)
 }
 
 // assertClose compares outputs element by element, within float tolerance.

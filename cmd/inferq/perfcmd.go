@@ -123,8 +123,8 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if body, hdrLen, err = req.MarshalBinary(); err != nil {
 			return err
 		}
-	} else if body, err = json.Marshal(wireRequest(req)); err != nil {
-		return err
+	} else {
+		body = req.AppendJSON(nil)
 	}
 	reqRows := 1
 	if len(req.Inputs) > 0 && len(req.Inputs[0].Shape) > 0 {
@@ -302,18 +302,6 @@ func perfRequest(ctx context.Context, call func(*http.Request) (*http.Response, 
 		req.Inputs = append(req.Inputs, t)
 	}
 	return req, nil
-}
-
-// wireRequest is req as V2 JSON.
-func wireRequest(req *tensor.Request) json.RawMessage {
-	b := []byte(`{"inputs":[`)
-	for i := range req.Inputs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = req.Inputs[i].AppendJSON(b)
-	}
-	return append(b, "]}"...)
 }
 
 // perfDirect runs ONNX Runtime alone on req's inputs, stacked to several
