@@ -304,7 +304,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv}, Batches: &Batches{kv: batches}}, nil
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing
@@ -320,7 +320,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 		}
 		kvs[i] = kv
 	}
-	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0]}, Batches: &Batches{kv: kvs[2]}}
+	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0], js: js}, Batches: &Batches{kv: kvs[2]}}
 	// Set up by releases from 2026-12-01 on; without it no worker
 	// status is read.
 	if w, err := js.KeyValue(ctx, WorkerBucket); err == nil {
@@ -593,9 +593,23 @@ const MaxInlineResponse = 256 << 10
 // unannounced: an announcement published without waiting was lost, now
 // and then, to a kill.
 func (q *Queue) Announce(rec *Record, response []byte) error {
+	msg, err := announcement(rec, response)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID)); err != nil {
+		return fmt.Errorf("announce job %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// announcement is the message announcing a finished job.
+func announcement(rec *Record, response []byte) (*nats.Msg, error) {
 	b, err := json.Marshal(rec.Public())
 	if err != nil {
-		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+		return nil, fmt.Errorf("encode record %s: %w", rec.ID, err)
 	}
 	if len(response) > 0 && len(response) <= MaxInlineResponse {
 		b = append(b[:len(b)-1], `,"response":`...)
@@ -610,12 +624,7 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 	if rec.Batch != "" {
 		msg.Header.Set(HeaderBatch, rec.Batch)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID)); err != nil {
-		return fmt.Errorf("announce job %s: %w", rec.ID, err)
-	}
-	return nil
+	return msg, nil
 }
 
 // Announcement is what inferq.results.<model> carries: a finished job's

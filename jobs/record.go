@@ -164,6 +164,9 @@ var ErrConflict = errors.New("job is in the wrong state")
 // id. It is safe for concurrent use.
 type Records struct {
 	kv jetstream.KeyValue
+	// js publishes sets of changes (see UpdateAll); nil changes them one
+	// by one.
+	js jetstream.JetStream
 }
 
 // Create stores a new record; it fails if the id exists.

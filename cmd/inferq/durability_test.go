@@ -32,7 +32,7 @@ var (
 )
 
 // binary builds the inferq binary once per test run.
-func inferqBinary(t *testing.T) string {
+func inferqBinary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "inferq-bin-")
@@ -59,7 +59,7 @@ type process struct {
 	log *os.File
 }
 
-func startProcess(t *testing.T, args ...string) *process {
+func startProcess(t testing.TB, args ...string) *process {
 	t.Helper()
 	httpPort := testenv.FreePort(t)
 	logf, err := os.CreateTemp(t.TempDir(), "inferq-*.log")

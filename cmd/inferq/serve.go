@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -87,6 +88,7 @@ type serveFlags struct {
 	maxConns              int
 	natsToken             string
 	metricsAddr           string
+	pprofAddr             string
 	otlpEndpoint          string
 	statsInterval         time.Duration
 	console               bool
@@ -149,6 +151,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.BoolVar(&f.console, "console", true, "serve the operator console at / (its pages need no token; what they show does)")
 		fs.DurationVar(&f.maxWait, "max-wait", 60*time.Second, "longest a job poll (?wait=) or a synchronous /v2 infer call waits for a job")
 	}
+	fs.StringVar(&f.pprofAddr, "pprof", "", "where to serve Go's profiles (/debug/pprof/) for finding where CPU and memory go, such as 127.0.0.1:6060; empty for nowhere. Unauthenticated: bind it to loopback")
 	if m == modeServe {
 		fs.StringVar(&f.natsListen, "nats-listen", "", "where the embedded NATS server listens for native clients, such as 127.0.0.1:4222; empty for nowhere. Clients need the token (--nats-token, or the one generated into DATA/nats-token)")
 		fs.StringVar(&f.natsToken, "nats-token", "", "token native clients of the embedded NATS server must give (prefer INFERQ_NATS_TOKEN); empty generates one into DATA/nats-token")
@@ -289,9 +292,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-		log.Warn("asynchronous publish failed", "subject", m.Subject, "job", m.Header.Get(jobs.HeaderJobID), "err", err)
-	}))
+	// Workers publish each batch's records and announcements at once and
+	// handle each one's outcome; room for a few large sets in flight.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<14))
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
@@ -445,6 +448,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 	}
+	if f.pprofAddr != "" {
+		if err := serveProfiles(gctx, g, f.pprofAddr, log); err != nil {
+			return err
+		}
+	}
 	err = g.Wait()
 	log.Info("shutting down")
 	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
@@ -453,26 +461,31 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	return err
 }
 
-// serveMetrics serves a worker's /metrics and liveness on addr, in g,
-// until ctx ends: a worker process has no API, and its metrics (jobs
-// finished, batch sizes, inference time, replicas) are the ones alerts
-// and dashboards need.
-func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+// serveProfiles serves Go's runtime profiles on addr, in g, until ctx
+// ends: `go tool pprof http://ADDR/debug/pprof/profile` shows where a
+// server under load spends its CPU.
+func serveProfiles(ctx context.Context, g *errgroup.Group, addr string, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return serveDebug(ctx, g, "--pprof", addr, mux, log)
+}
+
+// serveDebug serves mux on addr, in g, until ctx ends.
+func serveDebug(ctx context.Context, g *errgroup.Group, flag, addr string, mux *http.ServeMux, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("--metrics %s: %w", addr, err)
+		return fmt.Errorf("%s %s: %w", flag, addr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"live":true}` + "\n"))
-	})
+	// No write timeout: a CPU profile takes as long as it is asked to.
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
-	log.Info("metrics listening", "addr", ln.Addr().String())
+	log.Info(strings.TrimPrefix(flag, "--")+" listening", "addr", ln.Addr().String())
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("metrics server: %w", err)
+			return fmt.Errorf("%s server: %w", flag, err)
 		}
 		return nil
 	})
@@ -481,6 +494,20 @@ func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prom
 		return srv.Close()
 	})
 	return nil
+}
+
+// serveMetrics serves a worker's /metrics and liveness on addr, in g,
+// until ctx ends: a worker process has no API, and its metrics (jobs
+// finished, batch sizes, inference time, replicas) are the ones alerts
+// and dashboards need.
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"live":true}` + "\n"))
+	})
+	return serveDebug(ctx, g, "--metrics", addr, mux, log)
 }
 
 // watchModels rescans the model repository every interval. Changed

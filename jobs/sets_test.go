@@ -1,0 +1,135 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestUpdateAll: a set of changes is stored as each would be alone: from
+// an up-to-date record in one go, from a stale one (written meanwhile) by
+// reading it again, from none by reading it, and not at all when the
+// change refuses; an unknown job says so.
+func TestUpdateAll(t *testing.T) {
+	q, _ := setup(t)
+	ctx := context.Background()
+	type start struct {
+		rec *Record
+		rev uint64
+	}
+	starts := map[string]start{}
+	for _, id := range []string{"fresh", "stale", "unread", "refused"} {
+		rec := &Record{ID: id, Model: "m", Status: Queued, CreatedAt: time.Now().UTC()}
+		_, rev, err := q.Records.create(ctx, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		starts[id] = start{rec, rev}
+	}
+	// Someone else writes "stale" after it was read.
+	if _, err := q.Records.Update(ctx, "stale", func(r *Record) error { r.Attempts = 5; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	run := func(r *Record) error {
+		if r.Status.Final() {
+			return ErrConflict
+		}
+		r.Status = Running
+		r.Attempts++
+		return nil
+	}
+	refuse := func(*Record) error { return ErrConflict }
+	changes := []Change{
+		{ID: "fresh", Rec: starts["fresh"].rec, Rev: starts["fresh"].rev, Fn: run},
+		{ID: "stale", Rec: starts["stale"].rec, Rev: starts["stale"].rev, Fn: run},
+		{ID: "unread", Fn: run},
+		{ID: "refused", Rec: starts["refused"].rec, Rev: starts["refused"].rev, Fn: refuse},
+		{ID: "missing", Fn: run},
+	}
+	out := q.Records.UpdateAll(ctx, changes)
+	tests := []struct {
+		id       string
+		err      error
+		status   Status
+		attempts int
+	}{
+		{"fresh", nil, Running, 1},
+		{"stale", nil, Running, 6},
+		{"unread", nil, Running, 1},
+		{"refused", ErrConflict, Queued, 0},
+		{"missing", ErrJobNotFound, "", 0},
+	}
+	for i, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			c := out[i]
+			if !errors.Is(c.Err, tt.err) || (tt.err == nil) != (c.Err == nil) {
+				t.Fatalf("error %v, want %v", c.Err, tt.err)
+			}
+			if tt.err == ErrJobNotFound {
+				return
+			}
+			stored, rev, err := q.Records.get(ctx, tt.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored.Status != tt.status || stored.Attempts != tt.attempts {
+				t.Errorf("stored %s with %d attempts, want %s with %d", stored.Status, stored.Attempts, tt.status, tt.attempts)
+			}
+			if tt.err == nil && (c.Rev != rev || c.Rec.Status != tt.status || c.Rec.Attempts != tt.attempts) {
+				t.Errorf("returned %+v at revision %d; stored revision %d", c.Rec, c.Rev, rev)
+			}
+		})
+	}
+	// The caller's records are left as they were read.
+	if starts["fresh"].rec.Status != Queued {
+		t.Errorf("the caller's record was changed: %+v", starts["fresh"].rec)
+	}
+}
+
+// TestAnnounceAll: each finished job is stored once in the results
+// stream, with its response inline, however often it is announced.
+func TestAnnounceAll(t *testing.T) {
+	q, _ := setup(t)
+	ctx := context.Background()
+	var recs []*Record
+	var responses [][]byte
+	for i := range 40 {
+		recs = append(recs, &Record{ID: fmt.Sprintf("job-%d", i), Model: "m", Status: Succeeded})
+		responses = append(responses, fmt.Appendf(nil, `{"id":"job-%d"}`, i))
+	}
+	for round := range 2 { // the second round is dropped as repeats
+		for i, err := range q.AnnounceAll(ctx, recs, responses) {
+			if err != nil {
+				t.Fatalf("round %d, job %d: %v", round, i, err)
+			}
+		}
+	}
+	seen := map[string]int{}
+	fctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	err := q.FollowResults(fctx, "m", 0, true, func(_ uint64, data []byte) error {
+		var a Announcement
+		if err := json.Unmarshal(data, &a); err != nil {
+			return err
+		}
+		if string(a.Response) != `{"id":"`+a.ID+`"}` {
+			t.Errorf("job %s announced with response %s", a.ID, a.Response)
+		}
+		seen[a.ID]++
+		return nil
+	})
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if len(seen) != len(recs) {
+		t.Errorf("%d jobs announced, want %d", len(seen), len(recs))
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("job %s announced %d times", id, n)
+		}
+	}
+}
