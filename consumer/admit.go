@@ -1,0 +1,190 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/tensor"
+)
+
+// dispatch hands a batch to a free executor, waiting for one, and
+// reports whether it did. At shutdown the batch goes back to the queue
+// instead.
+func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item], b batching.Batch[*item]) bool {
+	select {
+	case work <- b:
+		w.opts.Metrics.batches.WithLabelValues(w.name, string(b.Reason)).Inc()
+		return true
+	case <-ctx.Done():
+		for _, it := range b.Items {
+			_ = it.msg.Nak()
+		}
+		return false
+	}
+}
+
+// admit decodes a fetched job and adds it to the batcher, or ends it at
+// once when it can never run.
+func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetched) {
+	m := f.msg
+	it := &item{msg: m}
+	job, err := f.job, f.err
+	if job == nil {
+		job, err = jobs.DecodeJob(m.Headers(), f.body, w.opts.Limits)
+	}
+	if job == nil {
+		w.log.Error("undecodable job message", "err", err)
+		_ = m.TermWithReason("undecodable")
+		return
+	}
+	it.job = job
+	w.traceAdmit(it, m)
+	switch key := m.Headers().Get(jobs.HeaderPayload); {
+	case f.unread != nil:
+		w.finishFailed(ctx, it, f.unread)
+		return
+	case key != "" && f.body == nil:
+		w.finishFailed(ctx, it, fmt.Errorf("the job's request, stored at %s, is missing from storage", key))
+		return
+	case err != nil:
+		w.finishFailed(ctx, it, fmt.Errorf("invalid job: %w", err))
+		return
+	}
+	it.model, err = w.opts.Family.Lookup(job.Version)
+	if err == nil {
+		err = it.check()
+	}
+	if err != nil {
+		w.finishFailed(ctx, it, err)
+		return
+	}
+	if err := pad(it); err != nil {
+		w.finishFailed(ctx, it, err)
+		return
+	}
+	key := it.model.VersionString()
+	if it.lines == nil && it.model.Batchable && !w.unbatched(it.model) {
+		key += "|" + batching.Key(it.inputs, it.model.Batched)
+	} else {
+		key += "|" + job.ID // never batched with another
+	}
+	b.Add(key, it, it.rows)
+}
+
+// check checks the job's request against its model and takes its inputs
+// in the model's order. Batch files pack lines into jobs larger than a
+// run (see runWhole), or for a model that cannot stack them, lay them end
+// to end (see runLines); the API holds its requests to the max batch
+// size.
+func (it *item) check() error {
+	m, req := it.model, it.job.Request
+	packed, err := batching.ParseLines(req.Parameters)
+	if err != nil {
+		return err
+	}
+	if packed == nil || packed.Shapes == nil {
+		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
+			return err
+		}
+		it.inputs, _ = m.OrderedInputs(req) // CheckRows found them all
+		if packed != nil {
+			it.lineRows = packed.Rows // checked when used
+		}
+		return nil
+	}
+	ordered, err := m.OrderedInputs(req)
+	if err != nil {
+		return err
+	}
+	if it.lines, err = batching.Unpack(ordered, packed.Shapes); err != nil {
+		return err
+	}
+	it.lineRows = make([]int, len(it.lines))
+	for r, line := range it.lines {
+		if it.lineRows[r], err = m.Check(&tensor.Request{Inputs: line, Outputs: req.Outputs}); err != nil {
+			return fmt.Errorf("request %d of the %d packed in this job: %w", r+1, len(it.lines), err)
+		}
+		it.rows += it.lineRows[r]
+	}
+	return nil
+}
+
+// pad pads the item's inputs as its model's config asks, up to the bucket
+// of the first padded input's length, and notes that length.
+func pad(it *item) error {
+	if it.lines != nil {
+		return nil
+	}
+	var err error
+	it.inputs, it.length, err = padInputs(it.model, it.inputs)
+	return err
+}
+
+// padInputs pads inputs (in the model's order) as m's config asks, up to
+// the bucket of the first padded input's length, which it returns: 0 when
+// nothing was padded (no padding config, or longer than every bucket).
+func padInputs(m *model.Model, inputs []tensor.Tensor) ([]tensor.Tensor, int64, error) {
+	p := m.Config.Padding
+	if p == nil {
+		return inputs, 0, nil
+	}
+	out := slices.Clone(inputs)
+	var length, bucket int64
+	for i, in := range m.Inputs {
+		spec, ok := p.Inputs[in.Name]
+		if !ok {
+			continue
+		}
+		n := out[i].Shape[spec.Axis]
+		if length == 0 {
+			b, ok := batching.Bucket(p.Buckets, n)
+			if !ok {
+				return inputs, 0, nil // longer than every bucket: runs unpadded
+			}
+			length, bucket = n, b
+		}
+		t, err := batching.Pad(out[i], spec.Axis, bucket, spec.Value)
+		if err != nil {
+			return nil, 0, err
+		}
+		out[i] = t
+	}
+	return out, length, nil
+}
+
+// errBadObject is an input object that cannot be the input it stands for.
+var errBadObject = errors.New("bad input object")
+
+// readInputs reads the inputs a job gives by reference from storage. A
+// missing object, or one whose size does not fit the input's shape, is an
+// error the job fails with; others are storage trouble, to retry.
+func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
+	for i := range job.Request.Inputs {
+		t := &job.Request.Inputs[i]
+		if t.Object == "" {
+			continue
+		}
+		if err := jobs.CheckInputObject(job.Model, t.Object); err != nil {
+			return fmt.Errorf("input %q: %w", t.Name, err)
+		}
+		rc, err := w.opts.Results.Get(ctx, t.Object)
+		if err != nil {
+			return fmt.Errorf("input %q: object %s: %w", t.Name, t.Object, err)
+		}
+		t.Data, err = io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("input %q: read object %s: %w", t.Name, t.Object, err)
+		}
+		if err := t.CheckData(); err != nil {
+			return fmt.Errorf("%w: input %q: object %s holds %d bytes, which do not fit %s %s: %v", errBadObject, t.Name, t.Object, len(t.Data), t.Datatype, tensor.FormatShape(t.Shape), err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+package consumer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/storage"
+	"github.com/inferq/inferq/tensor"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// fetched is a message pulled from the queue, with its body: the message's
+// data, or for a job too large for a message, the stored payload.
+type fetched struct {
+	msg  jetstream.Msg
+	body []byte
+	// job, when set, is the message decoded already (or err saying why
+	// not), with the inputs it gave by reference read from storage.
+	job *jobs.Job
+	err error
+	// unread says why the job's request or inputs could not be read, for
+	// good: it fails with that.
+	unread error
+}
+
+// subscribe opens the model's consumers, one per priority, and starts a
+// pump for each.
+func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, error) {
+	maxPending := max(1024, 4*w.policy.MaxBatchSize*w.instances)
+	// What this worker holds at most waiting for the model (to be
+	// batched or run): two batches per instance, and no fewer than 16
+	// jobs, so that small models are not starved by pull round trips.
+	// Jobs that have run and wait for their results to be stored do not
+	// count: a slow store must not starve the model.
+	limit := max(2*w.policy.MaxBatchSize*w.instances, 16)
+	var conss []jetstream.Consumer
+	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
+		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+		if err != nil {
+			return nil, nil, fmt.Errorf("model %s: pull jobs: %w", w.name, err)
+		}
+		conss = append(conss, cons)
+	}
+	var fetchers []*fetcher
+	var pumped []chan *fetched
+	for _, cons := range conss {
+		f := newFetcher(cons, w.held, limit, w.log)
+		fetchers = append(fetchers, f)
+		ch := make(chan *fetched, w.policy.MaxBatchSize)
+		pumped = append(pumped, ch)
+		go w.pump(ctx, f, ch)
+	}
+	return fetchers, pumped, nil
+}
+
+// pump moves fetched messages into ch until the fetcher is drained. It
+// fetches the stored payloads of large jobs, off the batching loop; while
+// storage is unreachable it backs off and hands those jobs back.
+func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
+	defer close(ch)
+	for m := range src.Messages() {
+		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
+		if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrInvalidKey) {
+			if gaveUp := w.handBackUnread(ctx, m, fmt.Errorf("the job's stored request could not be read: %w", err)); gaveUp != nil {
+				ch <- &fetched{msg: m, unread: gaveUp}
+			}
+			continue
+		}
+		if err != nil {
+			body = nil // the job fails in admit, with the reason
+			w.log.Warn("a job's payload is missing", "err", err)
+		}
+		f := &fetched{msg: m, body: body}
+		if body != nil && bytes.Contains(body, []byte(`"`+tensor.ObjectParameter+`"`)) {
+			f.job, f.err = jobs.DecodeJob(m.Headers(), body, w.opts.Limits)
+			if f.err == nil {
+				f.unread = w.readInputs(ctx, f.job)
+				if f.unread != nil && !permanent(f.unread) {
+					if f.unread = w.handBackUnread(ctx, m, f.unread); f.unread == nil {
+						continue
+					}
+				}
+			}
+		}
+		ch <- f
+	}
+}
+
+// permanent reports whether an error reading a job's inputs stays
+// whatever the wait: the job fails with it rather than return to the
+// queue.
+func permanent(err error) bool {
+	return errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrInvalidKey) ||
+		errors.Is(err, errBadObject) || errors.Is(err, jobs.ErrInputScope)
+}
+
+// handBackUnread hands a job whose request or inputs could not be read
+// back to the queue, without counting an attempt, and returns nil; a
+// job already final (cancelled while it waited) is acknowledged instead.
+// Past MaxHandBacks deliveries it returns the error the job fails with.
+func (w *Worker) handBackUnread(ctx context.Context, m jetstream.Msg, err error) error {
+	id := m.Headers().Get(jobs.HeaderJobID)
+	if rec, rerr := w.opts.Queue.Records.Get(ctx, id); rerr == nil && rec.Status.Final() {
+		w.log.Info("dropping a job that ended while its inputs could not be read", "job", id, "status", rec.Status)
+		_ = m.Ack()
+		return nil
+	}
+	delay, ok := w.handBackDelay(m)
+	if !ok {
+		return fmt.Errorf("%w: gave up after %d deliveries: %v", errHandedBack, w.opts.MaxHandBacks, err)
+	}
+	w.log.Warn("could not read a job's inputs from storage; it returns to the queue", "job", id, "in", delay, "err", err)
+	_ = m.NakWithDelay(delay)
+	return nil
+}
+
+// errHandedBack is a job handed back too often without a run.
+var errHandedBack = errors.New("handed back too often")
+
+// handBackDelay is how long a job handed back without a run waits before
+// its next delivery, growing with its deliveries; false once it has been
+// delivered MaxHandBacks times (runs are bounded by max_attempts
+// separately, from its record).
+func (w *Worker) handBackDelay(m jetstream.Msg) (time.Duration, bool) {
+	n := uint64(1)
+	if meta, err := m.Metadata(); err == nil {
+		n = meta.NumDelivered
+	}
+	if n >= uint64(w.opts.MaxHandBacks) {
+		return 0, false
+	}
+	return min(w.opts.Backoff<<min(n-1, 5), 30*time.Second), true
+}
+
+// prefer forwards messages from high and normal to out until both are
+// closed, then closes out. It takes a waiting high-priority message first,
+// but after streak of them in a row a waiting normal one, so that a steady
+// stream of high-priority jobs slows normal ones (to one in streak+1)
+// without starving them. With nothing waiting it takes whichever comes.
+func prefer[T any](high, normal <-chan T, out chan<- T, streak int) {
+	defer close(out)
+	run := 0
+	for high != nil || normal != nil {
+		first, firstIsHigh := high, true
+		if run >= streak {
+			first, firstIsHigh = normal, false
+		}
+		select {
+		case m, ok := <-first:
+			if !ok {
+				if firstIsHigh {
+					high = nil
+				} else {
+					normal = nil
+				}
+				continue
+			}
+			if firstIsHigh {
+				run++
+			} else {
+				run = 0
+			}
+			out <- m
+			continue
+		default:
+		}
+		select {
+		case m, ok := <-high:
+			if !ok {
+				high = nil
+				continue
+			}
+			run++
+			out <- m
+		case m, ok := <-normal:
+			if !ok {
+				normal = nil
+				continue
+			}
+			run = 0
+			out <- m
+		}
+	}
+}

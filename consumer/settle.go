@@ -1,0 +1,226 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/inferq/inferq/jobs"
+)
+
+var (
+	errGaveUp = errors.New("attempts exhausted")
+	// errExpired is a job whose deadline passed before it started.
+	errExpired = errors.New("deadline passed")
+)
+
+// start marks each job running, the whole set in one go, and returns
+// those that should run: a job already final (cancelled, or finished
+// before a redelivery) is acknowledged and dropped, one past its attempts
+// or its deadline ends.
+func (w *Worker) start(ctx context.Context, items []*item) []*item {
+	now := time.Now().UTC()
+	changes := make([]jobs.Change, len(items))
+	for i, it := range items {
+		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.job.Revision, Fn: func(r *jobs.Record) error {
+			if r.Status.Final() {
+				return jobs.ErrConflict
+			}
+			if r.Deadline != nil && now.After(*r.Deadline) && r.Status == jobs.Queued {
+				return errExpired
+			}
+			// Attempts count the runs begun, from the record: a job
+			// fetched and handed back unstarted has not been tried, and a
+			// record left running says a run began and never finished
+			// (its worker died), however JetStream counted the
+			// deliveries.
+			it.attempt = r.Attempts + 1
+			if it.attempt > it.model.Config.MaxAttempts {
+				return errGaveUp
+			}
+			r.Status = jobs.Running
+			r.StartedAt = &now
+			r.Worker = w.opts.Name
+			r.Attempts = it.attempt
+			r.ModelVersion = it.model.VersionString()
+			return nil
+		}}
+	}
+	var run []*item
+	var ended []outcome
+	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+		it := items[i]
+		switch {
+		case errors.Is(c.Err, errGaveUp):
+			it.rec, it.rev = c.Rec, c.Rev
+			ended = append(ended, outcome{it: it, status: jobs.Failed, reason: fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1)})
+		case errors.Is(c.Err, errExpired):
+			it.rec, it.rev = c.Rec, c.Rev
+			ended = append(ended, outcome{it: it, status: jobs.Expired, reason: fmt.Sprintf("its deadline, %s, passed before it could start", c.Rec.Deadline.Format(time.RFC3339Nano))})
+		case errors.Is(c.Err, jobs.ErrConflict):
+			// Finished before (or cancelled). If its worker died between
+			// the record and the acknowledgement, its announcement may
+			// have died too: announce again; the results stream drops the
+			// repeat if the first one made it.
+			w.log.Debug("skipping finished job", "job", it.job.ID, "status", c.Rec.Status)
+			if err := w.opts.Queue.Announce(c.Rec, w.storedResponse(ctx, c.Rec)); err != nil {
+				w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
+				_ = it.msg.NakWithDelay(w.opts.Backoff)
+				continue
+			}
+			_ = it.msg.Ack()
+		case errors.Is(c.Err, jobs.ErrJobNotFound):
+			w.log.Warn("job has no record; dropping it", "job", it.job.ID)
+			_ = it.msg.Term()
+		case c.Err != nil:
+			w.log.Warn("could not mark job running; retrying later", "job", it.job.ID, "err", c.Err)
+			_ = it.msg.NakWithDelay(w.opts.Backoff)
+		default:
+			it.rec, it.rev = c.Rec, c.Rev
+			run = append(run, it)
+		}
+	}
+	w.completeAll(ctx, ended)
+	return run
+}
+
+// retryOrFail returns a job whose run failed to the queue with a backoff,
+// or, once it has had its attempts, returns how it ends (ok false).
+func (w *Worker) retryOrFail(it *item, err error) (o outcome, retried bool) {
+	if it.attempt < it.model.Config.MaxAttempts {
+		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		return outcome{}, true
+	}
+	return outcome{it: it, status: jobs.Failed, reason: fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts)}, false
+}
+
+// finishFailed ends a job that can never run.
+func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
+	w.log.Warn("job cannot run", "job", it.job.ID, "err", err)
+	w.complete(ctx, it, jobs.Failed, err.Error(), nil, nil)
+}
+
+// outcome is how a job ends: its final status, why, and for a succeeded
+// job where its result is stored and the response its announcement
+// carries.
+type outcome struct {
+	it       *item
+	status   jobs.Status
+	reason   string
+	result   *jobs.ResultRef
+	response []byte
+}
+
+// complete ends one job (see completeAll).
+func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
+	w.completeAll(ctx, []outcome{{it: it, status: status, reason: reason, result: result, response: response}})
+}
+
+// completeAll moves jobs to their final status, announces them and
+// acknowledges their messages, writing each step for the whole set at
+// once: dead letters of the failed ones, then the records, then the
+// announcements. A job whose record or announcement cannot be written is
+// left to be redelivered, so it is not lost.
+func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
+	if len(outs) == 0 {
+		return
+	}
+	for _, o := range outs {
+		defer w.traceFinish(o.it, o.status).End()
+	}
+	// The letter goes first: a job whose letter cannot be written is left
+	// to come back, rather than failed without one.
+	kept := outs[:0:0]
+	for _, o := range outs {
+		it := o.it
+		if o.status == jobs.Failed && (it.rec == nil || !it.rec.Status.Final()) {
+			if err := w.opts.Queue.DeadLetter(ctx, it.msg, o.reason, it.attempt); err != nil {
+				w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
+				_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+				continue
+			}
+		}
+		kept = append(kept, o)
+	}
+	now := time.Now().UTC()
+	changes := make([]jobs.Change, len(kept))
+	for i, o := range kept {
+		it := o.it
+		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *jobs.Record) error {
+			if r.Status.Final() {
+				return jobs.ErrConflict
+			}
+			r.Status, r.Error, r.FinishedAt = o.status, o.reason, &now
+			r.Result = o.result
+			if o.status == jobs.Succeeded {
+				r.LinesFailed = it.linesFailed
+			}
+			if r.Attempts < it.attempt {
+				r.Attempts = it.attempt
+			}
+			if it.model != nil {
+				r.ModelVersion = it.model.VersionString()
+			}
+			return nil
+		}}
+	}
+	var final []outcome
+	var recs []*jobs.Record
+	var responses [][]byte
+	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+		o := kept[i]
+		switch {
+		case errors.Is(c.Err, jobs.ErrConflict), errors.Is(c.Err, jobs.ErrJobNotFound):
+			_ = o.it.msg.Ack()
+			continue
+		case c.Err != nil:
+			w.log.Warn("could not record job result; it will be redelivered", "job", o.it.job.ID, "err", c.Err)
+			_ = o.it.msg.NakWithDelay(w.backoff(o.it.attempt))
+			continue
+		}
+		// The job is final from here, whatever becomes of its message.
+		w.opts.Metrics.finished.WithLabelValues(w.name, string(o.status)).Inc()
+		if w.opts.finished != nil {
+			w.opts.finished.Add(1)
+		}
+		w.opts.Metrics.latency.WithLabelValues(w.name, string(o.status)).Observe(now.Sub(c.Rec.CreatedAt).Seconds())
+		final = append(final, o)
+		recs = append(recs, c.Rec)
+		responses = append(responses, o.response)
+	}
+	for i, err := range w.opts.Queue.AnnounceAll(ctx, recs, responses) {
+		it := final[i].it
+		if err != nil {
+			// The record is final; the message is not acknowledged, so
+			// that its redelivery finds the record final and announces it
+			// again (the results stream drops a repeat within its
+			// duplicate window).
+			w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
+			_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+			continue
+		}
+		// A failed job's stored body stays for its dead letter's replay.
+		if final[i].status != jobs.Failed {
+			if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
+				w.log.Warn("could not delete a finished job's payload", "job", it.job.ID, "err", err)
+			}
+		}
+		// A plain ack: if it is lost the job is delivered again, finds its
+		// record final, and is acknowledged then without running.
+		if err := it.msg.Ack(); err != nil {
+			w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
+		}
+	}
+}
+
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.opts.Backoff
+	for range max(0, attempt-1) {
+		d *= 2
+		if d >= 30*time.Second {
+			return 30 * time.Second
+		}
+	}
+	return d
+}
