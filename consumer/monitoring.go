@@ -86,7 +86,11 @@ func (m *watcher) add(g finishedGroup) {
 			}
 		}
 		if rate := cfg.CaptureRate(); rate > 0 && batch == "" && rand.Float64() < rate {
-			m.capture[version] = appendCaptured(m.capture[version], it, version, bodies[i])
+			body := bodies[i]
+			if refs[i] != nil && refs[i].HeaderLength > 0 && body == nil {
+				body = it.response(m.w.name, outputs[i]).AppendJSON(nil) // captured as JSON
+			}
+			m.capture[version] = appendCaptured(m.capture[version], it, version, body)
 		}
 	}
 }

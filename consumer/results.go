@@ -39,6 +39,10 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 				ended = append(ended, o)
 			}
 		case refs[i] != nil:
+			if refs[i].HeaderLength > 0 {
+				// Announced (and captured) as JSON.
+				bodies[i] = inlineJSON(it.response(w.name, outputs[i]), refs[i].Length)
+			}
 			body := bodies[i]
 			if it.job.Record != nil && it.job.Record.Batch != "" {
 				body = nil // batch output is read from storage, not streamed
@@ -65,10 +69,17 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		if errs[i] != nil {
 			continue
 		}
-		resp := tensor.Response{ModelName: w.name, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs[i], it.job.Request.Outputs)}
+		resp := it.response(w.name, outputs[i])
 		start := len(buf)
-		buf = resp.AppendJSON(buf)
-		refs[i] = &jobs.ResultRef{Offset: int64(start), Length: int64(len(buf) - start)}
+		var headerLen int
+		if req := it.job.Request; req.AnyBinary() && (it.rec == nil || it.rec.Batch == "") {
+			// Raw bytes as ONNX Runtime gave them, no conversion. (A batch
+			// file's output is JSON Lines, whatever its lines asked.)
+			buf, headerLen = resp.AppendBinary(buf, req.WantsBinary)
+		} else {
+			buf = resp.AppendJSON(buf)
+		}
+		refs[i] = &jobs.ResultRef{Offset: int64(start), Length: int64(len(buf) - start), HeaderLength: int64(headerLen)}
 		buf = append(buf, '\n')
 	}
 	if len(buf) == 0 {
@@ -96,7 +107,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 					failed[i] = true
 					return err
 				}
-				refs[i] = &jobs.ResultRef{Key: key, Length: refs[i].Length, Whole: true}
+				refs[i] = &jobs.ResultRef{Key: key, Length: refs[i].Length, Whole: true, HeaderLength: refs[i].HeaderLength}
 				return nil
 			})
 		}
@@ -183,7 +194,28 @@ func (w *Worker) storedResponse(ctx context.Context, rec *jobs.Record) []byte {
 		w.log.Warn("could not read a finished job's result to announce it again", "job", rec.ID, "err", err)
 		return nil
 	}
+	if r.HeaderLength > 0 {
+		resp, err := tensor.DecodeBinaryResponse(b, int(r.HeaderLength))
+		if err != nil {
+			w.log.Warn("could not decode a finished job's result to announce it again", "job", rec.ID, "err", err)
+			return nil
+		}
+		return inlineJSON(resp, r.Length)
+	}
 	return b
+}
+
+// inlineJSON is a binary result's response as JSON, for its announcement,
+// which carries responses inline as JSON: followers of the results see
+// the same whatever form the client asked the result in. Nil for a
+// result whose JSON would be too large to inline anyway (JSON numbers
+// take three to five times their binary bytes), which is then not
+// converted at all.
+func inlineJSON(resp *tensor.Response, binaryLength int64) []byte {
+	if binaryLength > jobs.MaxInlineResponse/3 {
+		return nil
+	}
+	return resp.AppendJSON(nil)
 }
 
 // readRange reads a stored result whole.
@@ -198,4 +230,10 @@ func (w *Worker) readRange(ctx context.Context, r *jobs.ResultRef) ([]byte, erro
 		err = fmt.Errorf("read %d of the %d bytes of %s", len(b), r.Length, r.Key)
 	}
 	return b, err
+}
+
+// response is the V2 response of the job, from the outputs of its run:
+// those it asked for, in the model's order.
+func (it *item) response(model string, outputs []tensor.Tensor) *tensor.Response {
+	return &tensor.Response{ModelName: model, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs, it.job.Request.Outputs)}
 }

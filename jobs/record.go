@@ -104,6 +104,10 @@ type ResultRef struct {
 	// Whole says the object holds this result alone (the job layout), so
 	// a client may be sent to it directly.
 	Whole bool `json:"whole,omitempty"`
+	// HeaderLength, when set, says the result is in the V2 binary tensor
+	// extension (the job asked for binary outputs): a JSON header of this
+	// many bytes, then the binary outputs' data.
+	HeaderLength int64 `json:"header_length,omitempty"`
 }
 
 // Public returns a copy of the record as clients see it: with the URL of

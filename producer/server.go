@@ -442,10 +442,12 @@ func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 }
 
 // public is the record as a client sees it. Where results are an object
-// per job in S3 (the job layout), result_url is a presigned URL of it.
+// per job in S3 (the job layout), result_url is a presigned URL of it,
+// unless the result is binary: its header length travels in a header
+// that only the API sends.
 func (s *Server) public(ctx context.Context, rec *jobs.Record) *jobs.Record {
 	p := rec.Public()
-	if s.opts.Presign != nil && rec.Status == jobs.Succeeded && rec.Result != nil && rec.Result.Whole {
+	if s.opts.Presign != nil && rec.Status == jobs.Succeeded && rec.Result != nil && rec.Result.Whole && rec.Result.HeaderLength == 0 {
 		if u, err := s.opts.Presign(ctx, rec.Result.Key); err == nil {
 			p.ResultURL = u
 		} else {
@@ -582,24 +584,54 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 	return s.sendResult(w, r, rec)
 }
 
-// sendResult answers the stored result of a succeeded job.
+// sendResult answers the stored result of a succeeded job: as it is
+// stored, JSON, or in the binary tensor extension when the job asked for
+// binary outputs (with its Inference-Header-Content-Length). A client
+// that accepts only JSON gets a binary result converted to JSON.
 func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, rec *jobs.Record) error {
 	id := rec.ID
-	if rec.Result == nil {
+	ref := rec.Result
+	if ref == nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: fmt.Sprintf("job %s succeeded but its record has no result location", id)}
 	}
-	rc, err := s.opts.Results.GetRange(r.Context(), rec.Result.Key, rec.Result.Offset, rec.Result.Length)
+	rc, err := s.opts.Results.GetRange(r.Context(), ref.Key, ref.Offset, ref.Length)
 	if err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "result storage is unavailable: " + err.Error()}
 	}
 	defer rc.Close()
-	w.Header().Set("Content-Type", "application/json")
+	if ref.HeaderLength > 0 && jsonOnly(r.Header.Get("Accept")) {
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 5, msg: "result storage is unavailable: " + err.Error()}
+		}
+		resp, err := tensor.DecodeBinaryResponse(b, int(ref.HeaderLength))
+		if err != nil {
+			return fmt.Errorf("job %s: stored result: %w", id, err)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		w.Write(resp.AppendJSON(nil))
+		return nil
+	}
+	if ref.HeaderLength > 0 {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set(jobs.HeaderHeaderLength, strconv.FormatInt(ref.HeaderLength, 10))
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(ref.Length, 10))
 	w.WriteHeader(http.StatusOK)
 	_, err = io.Copy(w, rc)
 	if err != nil {
 		s.log.Warn("sending result", "job", id, "err", err)
 	}
 	return nil
+}
+
+// jsonOnly reports an Accept header that names JSON and not the binary
+// extension's application/octet-stream (nor anything at all).
+func jsonOnly(accept string) bool {
+	return strings.Contains(accept, "application/json") && !strings.Contains(accept, "application/octet-stream") && !strings.Contains(accept, "*/*")
 }
 
 // serverMetadata answers the V2 protocol's server metadata request, as

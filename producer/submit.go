@@ -117,6 +117,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
 		n, perr := strconv.Atoi(hl)
 		if perr != nil {
+			s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 			return nil, errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
 		}
 		req, err = tensor.DecodeBinaryRequest(body, n, s.opts.Limits)

@@ -60,6 +60,54 @@ type Request struct {
 	// CustomID is the "custom_id" of a line of a batch file, as JSON, kept
 	// to be echoed in the batch's output.
 	CustomID json.RawMessage
+	// BinaryData holds the outputs asked for with a binary_data parameter
+	// (true: in the binary extension, after the JSON header; false: as
+	// JSON). Outputs not in it follow BinaryAll, the request's
+	// binary_data_output parameter.
+	BinaryData map[string]bool
+	BinaryAll  bool
+}
+
+// WantsBinary reports whether the output named name is to be answered in
+// the binary tensor extension.
+func (r *Request) WantsBinary(name string) bool {
+	if v, ok := r.BinaryData[name]; ok {
+		return v
+	}
+	return r.BinaryAll
+}
+
+// AnyBinary reports whether any output may be answered in binary.
+func (r *Request) AnyBinary() bool {
+	if r.BinaryAll {
+		return true
+	}
+	for _, v := range r.BinaryData {
+		if v {
+			return true
+		}
+	}
+	return false
+}
+
+// binaryParam reads a binary_data or binary_data_output parameter from
+// params: absent, or a JSON boolean.
+func binaryParam(params json.RawMessage, key string) (v, ok bool, err error) {
+	if len(params) == 0 || !bytes.Contains(params, []byte(key)) {
+		return false, false, nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(params, &m); err != nil {
+		return false, false, invalidf("parameters: %v", err)
+	}
+	raw, ok := m[key]
+	if !ok {
+		return false, false, nil
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return false, false, invalidf("parameter %s is %s; want true or false", key, raw)
+	}
+	return v, true, nil
 }
 
 // Input returns the input named name, or nil.
@@ -160,11 +208,24 @@ func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 	if len(binaryData) > 0 {
 		return nil, invalidf("%d bytes of binary data follow the last binary input", len(binaryData))
 	}
+	if r.BinaryAll, _, err = binaryParam(w.Parameters, "binary_data_output"); err != nil {
+		return nil, err
+	}
 	for _, o := range w.Outputs {
 		if o.Name == "" {
 			return nil, invalidf("an entry of outputs has no name")
 		}
 		r.Outputs = append(r.Outputs, o.Name)
+		v, ok, err := binaryParam(o.Parameters, "binary_data")
+		if err != nil {
+			return nil, invalidf("output %q: %v", o.Name, err)
+		}
+		if ok {
+			if r.BinaryData == nil {
+				r.BinaryData = map[string]bool{}
+			}
+			r.BinaryData[o.Name] = v
+		}
 	}
 	return r, nil
 }
@@ -485,6 +546,11 @@ func (r *Request) AppendJSON(buf []byte) []byte {
 			}
 			buf = append(buf, `{"name":`...)
 			buf = appendJSONString(buf, o)
+			if v, ok := r.BinaryData[o]; ok {
+				buf = append(buf, `,"parameters":{"binary_data":`...)
+				buf = strconv.AppendBool(buf, v)
+				buf = append(buf, '}')
+			}
 			buf = append(buf, '}')
 		}
 		buf = append(buf, ']')
@@ -496,6 +562,15 @@ func (r *Request) AppendJSON(buf []byte) []byte {
 // floats, which JSON cannot carry as numbers, are written as the strings
 // "NaN", "Infinity" and "-Infinity", which DecodeRequest accepts back.
 func (t *Tensor) AppendJSON(buf []byte) []byte {
+	buf = t.appendHead(buf)
+	buf = append(buf, `,"data":[`...)
+	buf = appendData(buf, t)
+	return append(buf, "]}"...)
+}
+
+// appendHead appends the start of t's V2 tensor object: its name,
+// datatype and shape.
+func (t *Tensor) appendHead(buf []byte) []byte {
 	buf = append(buf, `{"name":`...)
 	buf = appendJSONString(buf, t.Name)
 	buf = append(buf, `,"datatype":"`...)
@@ -507,9 +582,50 @@ func (t *Tensor) AppendJSON(buf []byte) []byte {
 		}
 		buf = strconv.AppendInt(buf, d, 10)
 	}
-	buf = append(buf, `],"data":[`...)
-	buf = appendData(buf, t)
-	return append(buf, "]}"...)
+	return append(buf, ']')
+}
+
+// AppendBinary appends r in the V2 binary tensor extension: a JSON header
+// in which each output that binary says is binary carries
+// "binary_data_size" instead of "data", then those outputs' bytes as they
+// are (little-endian elements; BYTES elements each after its 4-byte
+// length), in order. It returns the result and the header's length, for
+// the Inference-Header-Content-Length header.
+func (r *Response) AppendBinary(buf []byte, binary func(name string) bool) ([]byte, int) {
+	start := len(buf)
+	buf = append(buf, `{"model_name":`...)
+	buf = appendJSONString(buf, r.ModelName)
+	buf = append(buf, `,"model_version":`...)
+	buf = appendJSONString(buf, r.ModelVersion)
+	buf = append(buf, `,"id":`...)
+	buf = appendJSONString(buf, r.ID)
+	if len(r.Parameters) > 0 {
+		buf = append(buf, `,"parameters":`...)
+		buf = append(buf, r.Parameters...)
+	}
+	buf = append(buf, `,"outputs":[`...)
+	for i := range r.Outputs {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		t := &r.Outputs[i]
+		if !binary(t.Name) {
+			buf = t.AppendJSON(buf)
+			continue
+		}
+		buf = t.appendHead(buf)
+		buf = append(buf, `,"parameters":{"binary_data_size":`...)
+		buf = strconv.AppendInt(buf, int64(len(t.Data)), 10)
+		buf = append(buf, "}}"...)
+	}
+	buf = append(buf, "]}"...)
+	headerLen := len(buf) - start
+	for i := range r.Outputs {
+		if binary(r.Outputs[i].Name) {
+			buf = append(buf, r.Outputs[i].Data...)
+		}
+	}
+	return buf, headerLen
 }
 
 // appendJSONString appends s as a JSON string. Invalid UTF-8 becomes
@@ -586,6 +702,20 @@ func appendJSONFloat(buf []byte, f float64, bits int) []byte {
 
 // DecodeResponse decodes V2 response JSON, as clients and tests read it.
 func DecodeResponse(body []byte) (*Response, error) {
+	return decodeResponse(body, nil)
+}
+
+// DecodeBinaryResponse decodes a V2 response in the binary tensor
+// extension: a JSON header of headerLen bytes, then the binary outputs'
+// data.
+func DecodeBinaryResponse(data []byte, headerLen int) (*Response, error) {
+	if headerLen < 0 || headerLen > len(data) {
+		return nil, fmt.Errorf("decode V2 response: header length %d is outside the %d bytes of the response", headerLen, len(data))
+	}
+	return decodeResponse(data[:headerLen], data[headerLen:])
+}
+
+func decodeResponse(body, binaryData []byte) (*Response, error) {
 	w, err := readWireResponse(body)
 	if err != nil {
 		return nil, fmt.Errorf("decode V2 response: %w", err)
@@ -594,11 +724,15 @@ func DecodeResponse(body []byte) (*Response, error) {
 	lim := Limits{}.withDefaults()
 	lim.MaxElements = math.MaxInt64
 	for i := range w.Outputs {
-		t, _, err := w.Outputs[i].decode(nil, lim, lim.MaxElements)
+		t, rest, err := w.Outputs[i].decode(binaryData, lim, lim.MaxElements)
 		if err != nil {
 			return nil, fmt.Errorf("decode V2 response: %w", err)
 		}
+		binaryData = rest
 		r.Outputs = append(r.Outputs, t)
+	}
+	if len(binaryData) > 0 {
+		return nil, fmt.Errorf("decode V2 response: %d bytes of binary data follow the last binary output", len(binaryData))
 	}
 	return r, nil
 }
@@ -622,7 +756,11 @@ func (r *Request) MarshalBinary() (data []byte, headerLen int, err error) {
 		size += len(t.Data)
 	}
 	for _, o := range r.Outputs {
-		w.Outputs = append(w.Outputs, wireOutput{Name: o})
+		out := wireOutput{Name: o}
+		if v, ok := r.BinaryData[o]; ok {
+			out.Parameters = json.RawMessage(`{"binary_data":` + strconv.FormatBool(v) + `}`)
+		}
+		w.Outputs = append(w.Outputs, out)
 	}
 	header, err := json.Marshal(&w)
 	if err != nil {

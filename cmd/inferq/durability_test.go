@@ -31,9 +31,13 @@ var (
 	binErr  error
 )
 
-// binary builds the inferq binary once per test run.
+// binary builds the inferq binary once per test run; INFERQ_BINARY names
+// one to use instead (a benchmark of an earlier release, side by side).
 func inferqBinary(t testing.TB) string {
 	t.Helper()
+	if bin := os.Getenv("INFERQ_BINARY"); bin != "" {
+		return bin
+	}
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "inferq-bin-")
 		if err != nil {

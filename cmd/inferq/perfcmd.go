@@ -38,7 +38,7 @@ for each concurrency, that many clients send requests back to back for
 async jobs and waits for each to finish. Requests are generated from the
 model's metadata (--rows rows, dynamic dimensions after the first from
 --dims) or read from --input (a V2 JSON request), sent as JSON or, with
---binary, as V2 binary tensors. With --onnx, ONNX Runtime runs the same
+--binary, as V2 binary tensors both ways (binary_data_output). With --onnx, ONNX Runtime runs the same
 request in this process at several batch sizes, and its best rows per
 second is reported beside each step as the ratio to read.
 `
@@ -78,7 +78,7 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	conc := fs.String("concurrency", "1,4,16,64", "comma-separated client counts, one step each")
 	dur := fs.Duration("duration", 10*time.Second, "how long each step runs")
 	mode := fs.String("mode", "infer", "infer: POST /v2/models/M/infer; jobs: async jobs, each waited for")
-	bin := fs.Bool("binary", false, "send V2 binary tensors instead of JSON")
+	bin := fs.Bool("binary", false, "send V2 binary tensors instead of JSON, and ask for binary outputs (binary_data_output)")
 	rows := fs.Int("rows", 1, "rows per request, for generated inputs")
 	dims := fs.String("dims", "", "comma-separated sizes of the dynamic dimensions after the first, in input order")
 	input := fs.String("input", "", "a V2 JSON request to send instead of generated inputs")
@@ -120,6 +120,10 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	body, hdrLen := []byte(nil), 0
 	if *bin {
+		// Binary both ways: the answers' outputs too.
+		if len(req.Parameters) == 0 {
+			req.Parameters = json.RawMessage(`{"binary_data_output":true}`)
+		}
 		if body, hdrLen, err = req.MarshalBinary(); err != nil {
 			return err
 		}

@@ -9,9 +9,9 @@
 from .client import FINAL, AsyncClient, Client
 from .errors import (BadRequest, Conflict, Forbidden, InferqError, JobFailed, NotFound, QueueFull, RequestTimeout,
                      TooLarge, Unauthorized, Unavailable, Unprocessable)
-from ._tensors import decode_response, encode_binary
+from ._tensors import decode_binary_response, decode_response, encode_binary
 
 __all__ = ["Client", "AsyncClient", "FINAL", "InferqError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
            "Conflict", "RequestTimeout", "TooLarge", "Unprocessable", "QueueFull", "Unavailable", "JobFailed",
-           "encode_binary", "decode_response"]
+           "encode_binary", "decode_response", "decode_binary_response"]
 __version__ = "0.1.0"

@@ -108,3 +108,39 @@ def _flatten(data: Any) -> Iterable[Any]:
 def decode_response(body: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The outputs of a V2 response, by name."""
     return {o["name"]: decode_tensor(o) for o in body.get("outputs", [])}
+
+
+def decode_binary_response(body: bytes, header_len: int) -> dict[str, np.ndarray]:
+    """The outputs of a V2 response in the binary tensor extension: a JSON
+    header of ``header_len`` bytes, whose binary outputs carry
+    binary_data_size, then their raw little-endian bytes in order."""
+    if not 0 <= header_len <= len(body):
+        raise ValueError(f"header length {header_len} is outside the {len(body)} bytes of the response")
+    header = json.loads(body[:header_len])
+    data = memoryview(body)[header_len:]
+    out = {}
+    for t in header.get("outputs", []):
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out[t["name"]] = decode_tensor(t)
+            continue
+        if size > len(data):
+            raise ValueError(f"output {t['name']!r}: binary_data_size {size} exceeds the {len(data)} bytes left")
+        raw, data = bytes(data[:size]), data[size:]
+        dt, shape = t["datatype"], t["shape"]
+        if dt == "BYTES":
+            elems, i = [], 0
+            while i < len(raw):
+                (n,) = struct.unpack_from("<I", raw, i)
+                elems.append(raw[i + 4:i + 4 + n])
+                i += 4 + n
+            a = np.empty(len(elems), dtype=object)
+            a[:] = elems
+            out[t["name"]] = a.reshape(shape)
+        elif dt in DTYPES:
+            out[t["name"]] = np.frombuffer(raw, dtype=DTYPES[dt]).reshape(shape)
+        else:
+            raise ValueError(f"tensor {t['name']!r}: unknown datatype {dt!r}")
+    if len(data):
+        raise ValueError(f"{len(data)} bytes of binary data follow the last binary output")
+    return out

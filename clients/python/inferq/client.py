@@ -16,9 +16,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from . import errors
-from ._tensors import decode_response, encode_binary
+from ._tensors import decode_binary_response, decode_response, encode_binary
 
 FINAL = ("succeeded", "failed", "cancelled", "expired")
+
+
+# Outputs come back in the binary tensor extension: raw bytes into numpy,
+# no JSON numbers to parse.
+BINARY_OUTPUTS = {"binary_data_output": True}
 
 
 class Client:
@@ -66,6 +71,19 @@ class Client:
         with self._request(method, path, body, headers, timeout) as res:
             return json.loads(res.read())
 
+    def _outputs(self, method: str, path: str, body: bytes | None = None,
+                 headers: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        """A V2 response's outputs, read from JSON or, when the answer is in
+        the binary extension, straight from its bytes."""
+        h = {"Accept": "application/octet-stream, application/json"}
+        h.update(headers or {})
+        with self._request(method, path, body, h) as res:
+            raw = res.read()
+            n = res.headers.get("Inference-Header-Content-Length")
+            if n is not None:
+                return decode_binary_response(raw, int(n))
+            return decode_response(json.loads(raw))
+
     # -- jobs ------------------------------------------------------------
 
     @staticmethod
@@ -95,8 +113,9 @@ class Client:
                job_timeout: float | None = None, webhook: str | None = None, request_id: str | None = None) -> dict:
         """Queues a job of ``inputs`` (name -> numpy array, any V2 datatype,
         sent as binary tensors) and returns its record once the server has
-        stored it. ``job_timeout`` expires it if not started in time."""
-        body, n = encode_binary(inputs, outputs, request_id)
+        stored it. ``job_timeout`` expires it if not started in time. Its
+        outputs are asked for in binary, read back with no conversion."""
+        body, n = encode_binary(inputs, outputs, request_id, BINARY_OUTPUTS)
         h = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
         h.update(self._options(idempotency_key, priority, job_timeout, webhook))
         return self._json("POST", self._path(model, version, "/jobs"), body, h)
@@ -120,7 +139,7 @@ class Client:
 
     def result(self, job_id: str) -> dict[str, np.ndarray]:
         """The outputs of a succeeded job, by name."""
-        return decode_response(self._json("GET", f"/v1/jobs/{job_id}/result"))
+        return self._outputs("GET", f"/v1/jobs/{job_id}/result")
 
     def run(self, model: str, inputs: Mapping[str, Any], timeout: float = 300.0, **kw: Any) -> dict[str, np.ndarray]:
         """Submits a job, waits for it and returns its outputs; raises
@@ -134,9 +153,9 @@ class Client:
               version: int | None = None) -> dict[str, np.ndarray]:
         """The V2 synchronous call (POST /v2/models/{model}/infer): through
         the same queue and batcher, answered when done."""
-        body, n = encode_binary(inputs, outputs)
+        body, n = encode_binary(inputs, outputs, parameters=BINARY_OUTPUTS)
         h = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
-        return decode_response(self._json("POST", self._path(model, version, "/infer", v2=True), body, h))
+        return self._outputs("POST", self._path(model, version, "/infer", v2=True), body, h)
 
     def cancel(self, job_id: str) -> dict:
         """Cancels a job that has not started; raises :class:`errors.Conflict`
