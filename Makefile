@@ -179,7 +179,7 @@ test-short: onnxruntime testmodels minio promtool
 # the micro-benchmarks of package tensor run for Go's usual second.
 bench: onnxruntime minio
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cmd/...
-	$(GO) test -run '^$$' -bench . ./tensor
+	$(GO) test -run '^$$' -bench . ./tensor ./monitor
 
 # 50,000 jobs with a worker killed and MinIO restarted along the way;
 # prints accepted, succeeded, failed, lost and duplicated (both must be 0).

@@ -141,3 +141,65 @@ func deref(p *float64) float64 {
 	}
 	return *p
 }
+
+// A large tensor's every element counts in the moments, extremes and
+// non-finite counts; its histogram takes evenly spaced elements, at most
+// HistSample, and keeps their shape.
+func TestObserveSamplesLargeTensorsForTheHistogram(t *testing.T) {
+	const n = 27648 // a 3×48×192 image
+	vs := make([]float32, n)
+	for i := range vs {
+		vs[i] = float32(i%2 + 1) // half 1s, half 2s
+	}
+	vs[n-1] = float32(math.NaN()) // past every sampled element's neighbourhood
+	vs[n-2] = 1e6                 // the maximum, not sampled
+	// FP32 has a loop of its own; FP64 goes the general way.
+	x64 := tensor.Tensor{Name: "x", Datatype: tensor.FP64, Shape: []int64{1, n}}
+	for _, v := range vs {
+		x64.Data = binary.LittleEndian.AppendUint64(x64.Data, math.Float64bits(float64(v)))
+	}
+	for _, x := range []tensor.Tensor{f32([]int64{1, n}, vs...), x64} {
+		t.Run(x.Datatype.String(), func(t *testing.T) { checkSampled(t, &x, n) })
+	}
+}
+
+func checkSampled(t *testing.T, x *tensor.Tensor, n int64) {
+	var s Stats
+	s.Observe(x, false)
+	if s.Count != n-1 || s.NaN != 1 || s.Max != 1e6 || s.Min != 1 {
+		t.Errorf("count %d, NaN %d, max %g, min %g; want %d, 1, 1e6, 1", s.Count, s.NaN, s.Max, s.Min, n-1)
+	}
+	var sampled, ones, twos int64
+	for i, c := range s.Hist {
+		sampled += c
+		switch {
+		case i == bucket(1):
+			ones += c
+		case i == bucket(2):
+			twos += c
+		}
+	}
+	if sampled > HistSample || sampled < HistSample/2 {
+		t.Errorf("histogram holds %d values, want at most %d and not far fewer", sampled, HistSample)
+	}
+	// Evenly spaced samples of alternating values: both seen.
+	if ones == 0 || twos == 0 || ones+twos != sampled {
+		t.Errorf("histogram: %d ones, %d twos of %d", ones, twos, sampled)
+	}
+}
+
+// BenchmarkObserveImage: the statistics of one 3×48×192 FP32 image, as a
+// worker keeps them for each job of an image model.
+func BenchmarkObserveImage(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	vs := make([]float32, 3*48*192)
+	for i := range vs {
+		vs[i] = rng.Float32()*2 - 1
+	}
+	x := f32([]int64{1, 3, 48, 192}, vs...)
+	b.SetBytes(int64(len(x.Data)))
+	var s Stats
+	for b.Loop() {
+		s.Observe(&x, false)
+	}
+}
