@@ -207,11 +207,7 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, e
 	if old == nil {
 		old = &Record{}
 	}
-	rec := &Record{
-		ID: newID, Model: model, Status: Queued, CreatedAt: time.Now().UTC(),
-		ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook,
-		ReplayOf: id,
-	}
+	rec := NewRecord(newID, Spec{Model: model, ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook, ReplayOf: id})
 	out := nats.NewMsg(subject)
 	out.Data = m.Data
 	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength} {

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oklog/ulid/v2"
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/tensor"
@@ -57,20 +56,7 @@ func (c *Client) Submit(ctx context.Context, model string, req *tensor.Request, 
 	if len(req.Inputs) == 0 {
 		return nil, errors.New("natsclient: the request has no inputs")
 	}
-	id := ulid.Make().String()
-	rec := &jobs.Record{ID: id, Model: model, Status: jobs.Queued, CreatedAt: time.Now().UTC(), ClientID: req.ID,
-		Priority: opts.Priority, Webhook: opts.Webhook}
-	if len(req.Inputs[0].Shape) > 0 {
-		rec.Rows = int(req.Inputs[0].Shape[0])
-	}
-	if !opts.Deadline.IsZero() {
-		d := opts.Deadline.UTC()
-		rec.Deadline = &d
-	}
-	job := &jobs.Job{ID: id, Model: model, Version: opts.Version, Request: req, Priority: opts.Priority}
-	if opts.Version > 0 {
-		rec.ModelVersion = fmt.Sprint(opts.Version)
-	}
+	job, rec := jobs.New(req, jobs.Spec{Model: model, Version: opts.Version, Priority: opts.Priority, Deadline: opts.Deadline, Webhook: opts.Webhook})
 	if err := c.q.Submit(ctx, job, rec); err != nil {
 		return nil, err
 	}

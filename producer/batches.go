@@ -399,8 +399,7 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 		}
 		req.Parameters = (&batching.Lines{Rows: rows}).Parameters()
 	}
-	job := &jobs.Job{ID: id, Model: m.Name, Request: req}
-	rec := &jobs.Record{ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: time.Now().UTC(), Rows: c.rows, Batch: batch, Lines: len(c.lines)}
+	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.rows, Batch: batch, Lines: len(c.lines)})
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		if errors.Is(err, jobs.ErrQueueFull) {
 			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/oklog/ulid/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -144,23 +143,18 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	now := time.Now().UTC()
-	id := ulid.Make().String()
-	rec := &jobs.Record{
-		ID: id, Model: m.Name, Status: jobs.Queued, CreatedAt: now,
-		ClientID: req.ID, Rows: rows,
-	}
-	if err := s.jobOptions(r.Header, rec); err != nil {
+	spec := jobs.Spec{Model: m.Name, Rows: rows, Trace: nats.Header{}}
+	if err := s.jobOptions(r.Header, &spec); err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	job := &jobs.Job{ID: id, Model: m.Name, Request: req, Priority: rec.Priority, Trace: nats.Header{}}
-	span.SetAttributes(attribute.String("inferq.job", id))
-	tracing.Inject(ctx, job.Trace)
 	if r.PathValue("version") != "" {
-		job.Version = m.Version
-		rec.ModelVersion = m.VersionString()
+		spec.Version = m.Version
 	}
+	tracing.Inject(ctx, spec.Trace)
+	job, rec := jobs.New(req, spec)
+	id := job.ID
+	span.SetAttributes(attribute.String("inferq.job", id))
 	owner := caller(r.Context())
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
 		existing, err := s.opts.Queue.ClaimKey(r.Context(), owner, key, id, requestDigest(r, body))
@@ -258,7 +252,7 @@ const (
 )
 
 // jobOptions reads the optional job headers into rec.
-func (s *Server) jobOptions(h http.Header, rec *jobs.Record) error {
+func (s *Server) jobOptions(h http.Header, spec *jobs.Spec) error {
 	if k := h.Get("Idempotency-Key"); len(k) > MaxIdempotencyKey {
 		return fmt.Errorf("Idempotency-Key is %d bytes long; at most %d", len(k), MaxIdempotencyKey)
 	}
@@ -266,23 +260,22 @@ func (s *Server) jobOptions(h http.Header, rec *jobs.Record) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", headerPriority, err)
 	}
-	rec.Priority = p
+	spec.Priority = p
 	if v := h.Get(headerDeadline); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
 			return fmt.Errorf("%s %q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", headerDeadline, v)
 		}
-		t = t.UTC()
-		rec.Deadline = &t
+		spec.Deadline = t.UTC()
 	}
 	if v := h.Get(headerTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			return fmt.Errorf("%s %q: want a positive duration such as 30s or 5m", headerTimeout, v)
 		}
-		t := rec.CreatedAt.Add(d)
-		if rec.Deadline == nil || t.Before(*rec.Deadline) {
-			rec.Deadline = &t
+		t := time.Now().UTC().Add(d)
+		if spec.Deadline.IsZero() || t.Before(spec.Deadline) {
+			spec.Deadline = t
 		}
 	}
 	if v := h.Get(headerWebhook); v != "" {
@@ -292,7 +285,7 @@ func (s *Server) jobOptions(h http.Header, rec *jobs.Record) error {
 		if err := s.checkWebhook(v); err != nil {
 			return fmt.Errorf("%s %q: %w", headerWebhook, v, err)
 		}
-		rec.Webhook = v
+		spec.Webhook = v
 	}
 	return nil
 }
