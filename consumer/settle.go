@@ -71,6 +71,14 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			}
 			_ = it.msg.Ack()
 		case errors.Is(c.Err, jobs.ErrJobNotFound):
+			// The record is stored before the message is published: on a
+			// cluster, a replica that lags may not have it yet. Dropped
+			// only once several deliveries found none.
+			if meta, err := it.msg.Metadata(); err == nil && meta.NumDelivered < 5 {
+				w.log.Warn("job has no record yet; trying again later", "job", it.job.ID)
+				_ = it.msg.NakWithDelay(w.opts.Backoff)
+				continue
+			}
 			w.log.Warn("job has no record; dropping it", "job", it.job.ID)
 			_ = it.msg.Term()
 		case c.Err != nil:

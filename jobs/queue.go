@@ -329,6 +329,35 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	return q, nil
 }
 
+// Check reports whether JetStream can take jobs now: the request stream
+// answers, which on a cluster needs its leader, and so a majority of its
+// replicas. It waits at most two seconds.
+func (q *Queue) Check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	s, err := q.js.Stream(ctx, RequestStream) // a STREAM.INFO request
+	if err != nil {
+		return fmt.Errorf("JetStream cannot serve stream %s (on a cluster: fewer than a majority of its replicas are up?): %w", RequestStream, err)
+	}
+	// On a cluster, a leader that lost its peers still answers for a
+	// while; what it says of them tells.
+	if c := s.CachedInfo().Cluster; c != nil && len(c.Replicas) > 0 {
+		up := 0
+		if c.Leader != "" {
+			up++
+		}
+		for _, r := range c.Replicas {
+			if r.Name != c.Leader && r.Current && !r.Offline && r.Active < 10*time.Second {
+				up++
+			}
+		}
+		if total := s.CachedInfo().Config.Replicas; up <= total/2 {
+			return fmt.Errorf("JetStream cannot store jobs: %d of the %d replicas of stream %s are up, fewer than a majority", up, total, RequestStream)
+		}
+	}
+	return nil
+}
+
 // Job is a request on its way to a model.
 type Job struct {
 	ID    string
@@ -351,45 +380,165 @@ type Job struct {
 // Submit stores the job's record and publishes the job, returning once
 // JetStream has acknowledged both: only then is the job safe to promise.
 func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
-	msg, err := EncodeJob(job)
+	msg, err := q.message(ctx, job)
 	if err != nil {
 		return err
-	}
-	if q.payloads != nil && q.maxInMessage > 0 && len(msg.Data) > q.maxInMessage {
-		key := PayloadKey(job.ID)
-		if err := q.payloads.Put(ctx, key, bytes.NewReader(msg.Data)); err != nil {
-			return fmt.Errorf("store the payload of job %s: %w", job.ID, err)
-		}
-		msg.Data = nil
-		msg.Header.Set(HeaderPayload, key)
 	}
 	return q.enqueue(ctx, msg, rec)
 }
 
-// enqueue stores the record of a new job and publishes its message, with
-// the record's id as the message id, returning once JetStream has
-// acknowledged both. A job it could not publish has its record failed.
-func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
-	b, rev, err := q.Records.create(ctx, rec)
+// message is job's message, its body stored apart when too large.
+func (q *Queue) message(ctx context.Context, job *Job) (*nats.Msg, error) {
+	msg, err := EncodeJob(job)
+	if err != nil {
+		return nil, err
+	}
+	if q.payloads != nil && q.maxInMessage > 0 && len(msg.Data) > q.maxInMessage {
+		key := PayloadKey(job.ID)
+		if err := q.payloads.Put(ctx, key, bytes.NewReader(msg.Data)); err != nil {
+			return nil, fmt.Errorf("store the payload of job %s: %w", job.ID, err)
+		}
+		msg.Data = nil
+		msg.Header.Set(HeaderPayload, key)
+	}
+	return msg, nil
+}
+
+// Resubmit publishes again the message of a job whose record is still
+// queued: a client retrying a submission whose answer it never got (or
+// got as a 503 while a cluster lost a node) completes it. JetStream drops
+// the message if the first publish made it, within its duplicate window;
+// past that, a second message of a queued job runs it once all the same
+// (the record's compare-and-set lets one run finish it). A job no longer
+// queued is left alone.
+func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
+	rec, rev, err := q.Records.get(ctx, job.ID)
 	if err != nil {
 		return err
+	}
+	if rec.Status != Queued {
+		return nil
+	}
+	msg, err := q.message(ctx, job)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	msg.Header.Set(HeaderRecord, string(b))
+	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
+	return retry(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		return err
+	})
+}
+
+// enqueue stores the record of a new job and publishes its message, with
+// the record's id as the message id, returning once JetStream has
+// acknowledged both. A write whose outcome is unknown (a timeout while a
+// node of a cluster goes, or a leader moves) is made again until
+// enqueueBudget has passed: the record's id is new, so a record that
+// exists on a retry is this one, and JetStream drops a repeated publish
+// of the same message id. A job JetStream refused has its record failed
+// (see notQueued).
+func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
+	deadline := time.Now().Add(enqueueBudget)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	var rev uint64
+	err = retry(ctx, deadline, func(ctx context.Context, again bool) error {
+		var err error
+		rev, err = q.Records.kv.Create(ctx, rec.ID, b)
+		if again && errors.Is(err, jetstream.ErrKeyExists) {
+			// Ours, stored by a try whose answer was lost (the id is
+			// new). A replica that lags may not have it yet: try again.
+			e, gerr := q.Records.kv.Get(ctx, rec.ID)
+			if gerr != nil {
+				return fmt.Errorf("read back record %s: %v", rec.ID, gerr) // not an API error: retried
+			}
+			rev, err = e.Revision(), nil
+		}
+		return err
+	})
+	if err != nil {
+		q.notQueued(ctx, rec.ID, err)
+		return fmt.Errorf("store record %s: %w", rec.ID, err)
 	}
 	// The record travels with the job, so that the worker can mark it
 	// running with one compare-and-set instead of a read and a write.
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream)); err != nil {
-		// The record would otherwise stay queued for ever.
-		_, _ = q.Records.Update(context.WithoutCancel(ctx), rec.ID, func(r *Record) error {
-			r.Status, r.Error = Failed, "could not be queued: "+err.Error()
-			return nil
-		})
+	err = retry(ctx, deadline, func(ctx context.Context, _ bool) error {
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		return err
+	})
+	if err != nil {
+		q.notQueued(ctx, rec.ID, err)
 		if isFull(err) {
 			return fmt.Errorf("publish job %s: %w", rec.ID, ErrQueueFull)
 		}
 		return fmt.Errorf("publish job %s: %w", rec.ID, err)
 	}
 	return nil
+}
+
+// enqueueBudget is how long enqueue keeps trying a write whose outcome is
+// unknown: past a JetStream leader election on a cluster (a few seconds).
+const enqueueBudget = 10 * time.Second
+
+// NotQueued begins the error of a job whose submission JetStream refused.
+const NotQueued = "could not be queued: "
+
+// notQueued fails the record of a job that JetStream refused (a full
+// queue), so that it never runs. A write whose outcome is unknown (no
+// answer in time) leaves the record as it is: failing it could land after
+// a retry of the same submission (its Idempotency-Key) had queued the
+// job, and fail a job accepted; a record left queued with no message is
+// completed by such a retry (Resubmit), or stays queued, unseen by a
+// client who was answered 503 and never told its id.
+func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
+	var apiErr *jetstream.APIError
+	if !isFull(cause) && (!errors.As(cause, &apiErr) || apiErr.Code == 503) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = q.Records.Update(ctx, id, func(r *Record) error {
+		if r.Status != Queued {
+			return ErrConflict
+		}
+		r.Status, r.Error = Failed, NotQueued+cause.Error()
+		return nil
+	})
+}
+
+// retry calls fn until it succeeds, fails for good (a full queue, or ctx
+// ended) or deadline passes, each try within two seconds; again says a
+// try before this one failed.
+func retry(ctx context.Context, deadline time.Time, fn func(ctx context.Context, again bool) error) error {
+	wait := 50 * time.Millisecond
+	for again := false; ; again = true {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := fn(tctx, again)
+		cancel()
+		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code != 503 {
+			return err // a definite refusal, not a lost answer
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // ErrQueueFull is returned by Submit when the model's queue holds as many
@@ -661,6 +810,31 @@ func (q *Queue) ClaimKey(ctx context.Context, owner, key, id, digest string) (ex
 		return existing, ErrKeyReused
 	}
 	return existing, nil
+}
+
+// ReclaimKey ties an idempotency key already tied to job old, which was
+// never queued, to job id instead: a client retrying a submission that
+// failed (and whose key could not be released then) gets a new job, not
+// the one that failed. It returns ErrConflict when the key has been tied
+// to another job meanwhile.
+func (q *Queue) ReclaimKey(ctx context.Context, owner, key, old, id, digest string) error {
+	k := keyName(owner, key)
+	e, err := q.keys.Get(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		_, err = q.keys.Create(ctx, k, []byte(id+" "+digest))
+	} else if err == nil {
+		if cur, _, _ := strings.Cut(string(e.Value()), " "); cur != old {
+			return ErrConflict
+		}
+		_, err = q.keys.Update(ctx, k, []byte(id+" "+digest), e.Revision())
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return ErrConflict
+	}
+	if err != nil {
+		return fmt.Errorf("idempotency key: %w", err)
+	}
+	return nil
 }
 
 // ReleaseKey unties an idempotency key, when its job could not be queued.

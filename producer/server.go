@@ -45,6 +45,8 @@ type Queue interface {
 	Announce(rec *jobs.Record, response []byte) error
 	ClaimKey(ctx context.Context, owner, key, id, digest string) (existing string, err error)
 	ReleaseKey(ctx context.Context, owner, key string) error
+	ReclaimKey(ctx context.Context, owner, key, old, id, digest string) error
+	Resubmit(ctx context.Context, job *jobs.Job) error
 }
 
 // Records reads and updates job records; *jobs.Records is one.

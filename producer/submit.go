@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -163,7 +164,22 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 			return nil, errorf(http.StatusUnprocessableEntity, "Idempotency-Key %q was used before with a different request (job %s); use a new key for a new request", key, existing)
 		case err != nil:
 			return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable, the job was not accepted; retry later"}
+		case existing != "" && s.neverQueued(r.Context(), existing):
+			// The job the key names failed to be queued (its key could
+			// not be released then): this retry makes a new one.
+			if err := s.opts.Queue.ReclaimKey(r.Context(), owner, key, existing, id, requestDigest(r, body)); err != nil {
+				return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable, the job was not accepted; retry later"}
+			}
 		case existing != "":
+			// A retry of a submission that may not have completed (its
+			// answer lost, or a 503 while JetStream lost a node): its job
+			// is published again if still queued; JetStream drops the
+			// repeat of one that made it.
+			spec.ID = existing
+			again, _ := jobs.New(req, spec)
+			if err := s.opts.Queue.Resubmit(r.Context(), again); err != nil && !errors.Is(err, jobs.ErrJobNotFound) {
+				return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable; retry later"}
+			}
 			w.Header().Set("Idempotent-Replayed", "true")
 			return s.record(r, existing)
 		}
@@ -288,4 +304,14 @@ func (s *Server) jobOptions(h http.Header, spec *jobs.Spec) error {
 		spec.Webhook = v
 	}
 	return nil
+}
+
+// neverQueued reports a job whose submission failed: no record (it was
+// never stored), or a record failed as not queued.
+func (s *Server) neverQueued(ctx context.Context, id string) bool {
+	rec, err := s.opts.Records.Get(ctx, id)
+	if errors.Is(err, jobs.ErrJobNotFound) {
+		return true
+	}
+	return err == nil && rec.Status == jobs.Failed && strings.HasPrefix(rec.Error, jobs.NotQueued)
 }

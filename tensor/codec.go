@@ -487,24 +487,7 @@ func appendFloat(out []byte, dt Datatype, f float64) []byte {
 
 // AppendJSON appends r as V2 response JSON.
 func (r *Response) AppendJSON(buf []byte) []byte {
-	buf = append(buf, `{"model_name":`...)
-	buf = appendJSONString(buf, r.ModelName)
-	buf = append(buf, `,"model_version":`...)
-	buf = appendJSONString(buf, r.ModelVersion)
-	buf = append(buf, `,"id":`...)
-	buf = appendJSONString(buf, r.ID)
-	if len(r.Parameters) > 0 {
-		buf = append(buf, `,"parameters":`...)
-		buf = append(buf, r.Parameters...)
-	}
-	buf = append(buf, `,"outputs":[`...)
-	for i := range r.Outputs {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = r.Outputs[i].AppendJSON(buf)
-	}
-	return append(buf, "]}"...)
+	return r.appendHeader(buf, func(string) bool { return false })
 }
 
 // AppendJSON appends r's inputs (and the outputs asked for) as a V2 JSON
@@ -568,31 +551,9 @@ func (t *Tensor) AppendJSON(buf []byte) []byte {
 	return append(buf, "]}"...)
 }
 
-// appendHead appends the start of t's V2 tensor object: its name,
-// datatype and shape.
-func (t *Tensor) appendHead(buf []byte) []byte {
-	buf = append(buf, `{"name":`...)
-	buf = appendJSONString(buf, t.Name)
-	buf = append(buf, `,"datatype":"`...)
-	buf = append(buf, t.Datatype.String()...)
-	buf = append(buf, `","shape":[`...)
-	for i, d := range t.Shape {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = strconv.AppendInt(buf, d, 10)
-	}
-	return append(buf, ']')
-}
-
-// AppendBinary appends r in the V2 binary tensor extension: a JSON header
-// in which each output that binary says is binary carries
-// "binary_data_size" instead of "data", then those outputs' bytes as they
-// are (little-endian elements; BYTES elements each after its 4-byte
-// length), in order. It returns the result and the header's length, for
-// the Inference-Header-Content-Length header.
-func (r *Response) AppendBinary(buf []byte, binary func(name string) bool) ([]byte, int) {
-	start := len(buf)
+// appendHeader appends r as V2 response JSON in which the outputs binary
+// says are binary carry "binary_data_size" instead of "data".
+func (r *Response) appendHeader(buf []byte, binary func(name string) bool) []byte {
 	buf = append(buf, `{"model_name":`...)
 	buf = appendJSONString(buf, r.ModelName)
 	buf = append(buf, `,"model_version":`...)
@@ -618,7 +579,35 @@ func (r *Response) AppendBinary(buf []byte, binary func(name string) bool) ([]by
 		buf = strconv.AppendInt(buf, int64(len(t.Data)), 10)
 		buf = append(buf, "}}"...)
 	}
-	buf = append(buf, "]}"...)
+	return append(buf, "]}"...)
+}
+
+// appendHead appends the start of t's V2 tensor object: its name,
+// datatype and shape.
+func (t *Tensor) appendHead(buf []byte) []byte {
+	buf = append(buf, `{"name":`...)
+	buf = appendJSONString(buf, t.Name)
+	buf = append(buf, `,"datatype":"`...)
+	buf = append(buf, t.Datatype.String()...)
+	buf = append(buf, `","shape":[`...)
+	for i, d := range t.Shape {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = strconv.AppendInt(buf, d, 10)
+	}
+	return append(buf, ']')
+}
+
+// AppendBinary appends r in the V2 binary tensor extension: a JSON header
+// in which each output that binary says is binary carries
+// "binary_data_size" instead of "data", then those outputs' bytes as they
+// are (little-endian elements; BYTES elements each after its 4-byte
+// length), in order. It returns the result and the header's length, for
+// the Inference-Header-Content-Length header.
+func (r *Response) AppendBinary(buf []byte, binary func(name string) bool) ([]byte, int) {
+	start := len(buf)
+	buf = r.appendHeader(buf, binary)
 	headerLen := len(buf) - start
 	for i := range r.Outputs {
 		if binary(r.Outputs[i].Name) {

@@ -136,16 +136,22 @@ func startAPI(t *testing.T, args ...string) *server {
 	go func() {
 		done <- serveCmd(ctx, append([]string{"--http", "127.0.0.1:0"}, args...), testWriter{t}, modeAPI, func(a string) { addr <- a })
 	}()
+	stopped := make(chan struct{})
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("api: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("api: %v", err)
+			}
+		case <-stopped: // ended at start, reported there
 		}
 	})
 	select {
 	case a := <-addr:
 		return &server{url: "http://" + a}
 	case err := <-done:
+		close(stopped)
 		t.Fatalf("api stopped at start: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("api did not start listening within 60s")

@@ -298,7 +298,19 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	q, err := jobs.Setup(ctx, js, jobs.Options{RecordRetention: f.recordRetention, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes})
+	qopts := jobs.Options{RecordRetention: f.recordRetention, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes}
+	q, err := jobs.Setup(ctx, js, qopts)
+	// A NATS cluster still forming (its nodes starting together, as a
+	// StatefulSet's do) places no replicated stream yet: wait for it.
+	for wait, until := time.Second, time.Now().Add(2*time.Minute); err != nil && clusterForming(err) && time.Now().Before(until); wait = min(2*wait, 10*time.Second) {
+		log.Warn("cannot set the queue up yet; retrying", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		q, err = jobs.Setup(ctx, js, qopts)
+	}
 	if err != nil {
 		return err
 	}
@@ -378,6 +390,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
 					return errors.New("NATS is not connected")
+				}
+				if err := q.Check(ctx); err != nil {
+					return err
 				}
 				return store.Check(ctx)
 			},
@@ -459,6 +474,14 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		log.Warn("draining NATS connection", "err", derr)
 	}
 	return err
+}
+
+// clusterForming reports an error JetStream gives while its cluster
+// elects leaders or learns its peers, which passes by itself.
+func clusterForming(err error) bool {
+	msg := err.Error()
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		strings.Contains(msg, "no suitable peers") || strings.Contains(msg, "temporarily unavailable") || strings.Contains(msg, "no response from stream")
 }
 
 // serveProfiles serves Go's runtime profiles on addr, in g, until ctx
