@@ -15,6 +15,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/inferq/inferq/producer"
@@ -92,6 +93,8 @@ func TestManifests(t *testing.T) {
 				obj = &corev1.Secret{}
 			case "v1 PersistentVolumeClaim":
 				obj = &corev1.PersistentVolumeClaim{}
+			case "policy/v1 PodDisruptionBudget":
+				obj = &policyv1.PodDisruptionBudget{}
 			case "keda.sh/v1alpha1 ScaledObject":
 				var v any
 				if err := yaml.Unmarshal(doc, &v); err != nil {
@@ -113,6 +116,7 @@ func TestManifests(t *testing.T) {
 				checkDeployment(t, name, o)
 				refs = append(refs, podRefs(&o.Spec.Template.Spec)...)
 			case *appsv1.StatefulSet:
+				checkStatefulSet(t, name, o)
 				var claims []string
 				for _, c := range o.Spec.VolumeClaimTemplates {
 					claims = append(claims, c.Name)
@@ -254,5 +258,30 @@ func strict(s *openapi3.Schema) {
 	}
 	if s.AdditionalProperties.Schema != nil {
 		strict(s.AdditionalProperties.Schema.Value)
+	}
+}
+
+// checkStatefulSet holds the rules of the NATS StatefulSet: a JetStream
+// cluster of an odd number of nodes (a majority survives one lost),
+// routes naming each of its pods, started in parallel.
+func checkStatefulSet(t *testing.T, name string, s *appsv1.StatefulSet) {
+	if s.Name != "nats" {
+		return
+	}
+	n := int(*s.Spec.Replicas)
+	if n < 3 || n%2 == 0 {
+		t.Errorf("%s: %d NATS replicas; a JetStream cluster wants 3 or 5", name, n)
+	}
+	if s.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("%s: NATS pods must start in parallel, or the first waits for a quorum that never comes", name)
+	}
+	conf, err := os.ReadFile("kubernetes/base/nats.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if route := fmt.Sprintf("nats://nats-%d.%s:6222", i, s.Spec.ServiceName); !bytes.Contains(conf, []byte(route)) {
+			t.Errorf("%s: the cluster's routes miss %s", name, route)
+		}
 	}
 }
