@@ -54,15 +54,13 @@ func startOnCluster(t *testing.T) *onCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every stream at three replicas, current on every node.
-	for _, name := range []string{jobs.RequestStream, jobs.ResultStream, "KV_" + jobs.RecordBucket} {
-		c.WaitCurrent(js, name, 60*time.Second)
-	}
+	o := &onCluster{c: c, s: s, js: js}
+	o.waitCurrent(60 * time.Second) // every stream at three replicas, current on every node
 	eventually(t, 60*time.Second, "the worker serves", func() bool {
 		r := do(t, "POST", s.url+"/v2/models/m/infer", clusterJob)
 		return r.code == http.StatusOK
 	})
-	return &onCluster{c: c, s: s, js: js}
+	return o
 }
 
 // clusterJob is the request every job of these tests sends.
@@ -242,16 +240,27 @@ func TestClusterNodeLoss(t *testing.T) {
 		n.Kill()
 		t.Logf("killed %s (%s)", step.what, n.Name)
 		time.Sleep(3 * time.Second)
-		n.Start()
-		for _, name := range []string{jobs.RequestStream, jobs.ResultStream, "KV_" + jobs.RecordBucket} {
-			o.c.WaitCurrent(o.js, name, 60*time.Second)
-		}
-		// Submissions go on.
-		eventually(t, 30*time.Second, "jobs accepted after "+step.what+" came back", func() bool { return len(l.snapshot()) > before+10 })
+		o.restart(t, n, l, before)
 	}
 	accepted := l.finish()
 	t.Logf("%d refused (503) and %d failed connections were retried; the longest a job waited for its 202: %v", l.refused.Load(), l.failed.Load(), l.longest)
 	o.checkExactlyOnce(t, accepted)
+}
+
+// restart starts node n again and waits until inferq's streams are current
+// on every node and submissions go on: more accepted than before.
+func (o *onCluster) restart(t *testing.T, n *testenv.Node, l *clusterLoad, before int) {
+	t.Helper()
+	n.Start()
+	o.waitCurrent(60 * time.Second)
+	eventually(t, 30*time.Second, "jobs accepted after "+n.Name+" came back", func() bool { return len(l.snapshot()) > before+10 })
+}
+
+// waitCurrent waits until inferq's streams are current on every node.
+func (o *onCluster) waitCurrent(within time.Duration) {
+	for _, name := range []string{jobs.RequestStream, jobs.ResultStream, "KV_" + jobs.RecordBucket} {
+		o.c.WaitCurrent(o.js, name, within)
+	}
 }
 
 // snapshot is the ids accepted so far.
@@ -273,11 +282,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		before := len(l.snapshot())
 		n.Stop()
 		time.Sleep(2 * time.Second)
-		n.Start()
-		for _, name := range []string{jobs.RequestStream, jobs.ResultStream, "KV_" + jobs.RecordBucket} {
-			o.c.WaitCurrent(o.js, name, 60*time.Second)
-		}
-		eventually(t, 30*time.Second, "jobs accepted after "+n.Name+" restarted", func() bool { return len(l.snapshot()) > before+10 })
+		o.restart(t, n, l, before)
 	}
 	accepted := l.finish()
 	t.Logf("rolling restart: %d refused (503) and %d failed connections were retried; the longest a job waited for its 202: %v", l.refused.Load(), l.failed.Load(), l.longest)
@@ -315,9 +320,7 @@ func TestClusterQuorumLoss(t *testing.T) {
 	t.Logf("readiness with two of three nodes down: %d %s", r.code, bytes.TrimSpace(r.body))
 	o.c.Nodes[1].Start()
 	o.c.Nodes[2].Start()
-	for _, name := range []string{jobs.RequestStream, jobs.ResultStream, "KV_" + jobs.RecordBucket} {
-		o.c.WaitCurrent(o.js, name, 90*time.Second)
-	}
+	o.waitCurrent(90 * time.Second)
 	eventually(t, 60*time.Second, "jobs accepted once the nodes are back", func() bool { return len(l.snapshot()) > before+10 })
 	eventually(t, 30*time.Second, "ready again", func() bool { return do(t, "GET", o.s.url+"/v2/health/ready", nil).code == http.StatusOK })
 	accepted := l.finish()

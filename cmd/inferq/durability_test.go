@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,35 +24,15 @@ import (
 	"github.com/inferq/inferq/jobs"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// binary builds the inferq binary once per test run; INFERQ_BINARY names
-// one to use instead (a benchmark of an earlier release, side by side).
+// inferqBinary builds the inferq binary once per test run; INFERQ_BINARY
+// names one to use instead (a benchmark of an earlier release, side by
+// side).
 func inferqBinary(t testing.TB) string {
 	t.Helper()
 	if bin := os.Getenv("INFERQ_BINARY"); bin != "" {
 		return bin
 	}
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "inferq-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "inferq")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
+	return testenv.Binary(t, "github.com/inferq/inferq/cmd/inferq")
 }
 
 // process is inferq running as a child process.

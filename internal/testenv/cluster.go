@@ -17,33 +17,52 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-var (
-	natsOnce sync.Once
-	natsBin  string
-	natsErr  error
-)
-
 // NATSServerBinary builds nats-server, the version go.mod names, once per
 // test run, so that tests can run it as processes they can kill.
 func NATSServerBinary(t testing.TB) string {
 	t.Helper()
-	natsOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "inferq-nats-server-")
+	return Binary(t, "github.com/nats-io/nats-server/v2")
+}
+
+var (
+	binMu    sync.Mutex
+	binaries = map[string]*builtBinary{}
+)
+
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Binary builds the main package pkg (of this module or one it requires)
+// once per test run and returns the executable's path.
+func Binary(t testing.TB, pkg string) string {
+	t.Helper()
+	binMu.Lock()
+	b := binaries[pkg]
+	if b == nil {
+		b = &builtBinary{}
+		binaries[pkg] = b
+	}
+	binMu.Unlock()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "inferq-bin-")
 		if err != nil {
-			natsErr = err
+			b.err = err
 			return
 		}
-		natsBin = filepath.Join(dir, "nats-server")
-		cmd := exec.Command("go", "build", "-o", natsBin, "github.com/nats-io/nats-server/v2")
+		b.path = filepath.Join(dir, filepath.Base(strings.TrimSuffix(pkg, "/v2")))
+		cmd := exec.Command("go", "build", "-o", b.path, pkg)
 		cmd.Dir = Root(t)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			natsErr = fmt.Errorf("build nats-server: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if natsErr != nil {
-		t.Fatal(natsErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return natsBin
+	return b.path
 }
 
 // Cluster is a JetStream cluster of nats-server processes on loopback,
