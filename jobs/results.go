@@ -1,0 +1,157 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// MaxInlineResponse is the largest V2 response an announcement carries;
+// a larger one is read through the record's result_url.
+const MaxInlineResponse = 256 << 10
+
+// Announce publishes a finished job's record on its model's results
+// subject, with its V2 response inline as "response" when it is given and
+// no larger than MaxInlineResponse. The job id is the message id, so a
+// repeat is dropped. It waits for JetStream to have stored it, so that a
+// worker that then acknowledges the job (and dies) cannot leave it
+// unannounced: an announcement published without waiting was lost, now
+// and then, to a kill.
+func (q *Queue) Announce(rec *Record, response []byte) error {
+	msg, err := announcement(rec, response)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID)); err != nil {
+		return fmt.Errorf("announce job %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// announcement is the message announcing a finished job.
+func announcement(rec *Record, response []byte) (*nats.Msg, error) {
+	b, err := json.Marshal(rec.Public())
+	if err != nil {
+		return nil, fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	if len(response) > 0 && len(response) <= MaxInlineResponse {
+		b = append(b[:len(b)-1], `,"response":`...)
+		b = append(append(b, response...), '}')
+	}
+	msg := nats.NewMsg(ResultSubject(rec.Model))
+	msg.Data = b
+	msg.Header.Set(HeaderJobID, rec.ID)
+	if rec.Webhook != "" {
+		msg.Header.Set(HeaderWebhook, rec.Webhook)
+	}
+	if rec.Batch != "" {
+		msg.Header.Set(HeaderBatch, rec.Batch)
+	}
+	return msg, nil
+}
+
+// Announcement is what inferq.results.<model> carries: a finished job's
+// record and, for a succeeded job whose response is small enough, the
+// response.
+type Announcement struct {
+	Record
+	Response json.RawMessage `json:"response,omitempty"`
+}
+
+// FollowResults calls fn with each announcement of model's finished jobs,
+// in order, with its sequence in the results stream, until ctx ends or fn
+// returns an error. It starts after sequence after; with after 0, all
+// retained announcements when fromStart, else only new ones. An ordered
+// consumer carries it, so nothing is skipped or repeated.
+func (q *Queue) FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error {
+	return q.follow(ctx, ResultSubject(model), after, fromStart, nil, fn)
+}
+
+// FollowAllResults calls fn with each announcement of every model's
+// finished jobs from now on, in order, until ctx ends or fn returns an
+// error. ready, when set, is called once the consumer exists: every job
+// finished after that is followed.
+func (q *Queue) FollowAllResults(ctx context.Context, ready func(), fn func(data []byte) error) error {
+	return q.follow(ctx, resultPrefix+">", 0, false, ready, func(_ uint64, data []byte) error { return fn(data) })
+}
+
+func (q *Queue) follow(ctx context.Context, subject string, after uint64, fromStart bool, ready func(), fn func(seq uint64, data []byte) error) error {
+	model := subject
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverNewPolicy}
+	switch {
+	case after > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+	case fromStart:
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	}
+	cons, err := q.js.OrderedConsumer(ctx, ResultStream, cfg)
+	if err != nil {
+		return fmt.Errorf("follow results of %s: %w", model, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("follow results of %s: %w", model, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	if ready != nil {
+		ready()
+	}
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow results of %s: %w", model, err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("follow results of %s: %w", model, err)
+		}
+		if err := fn(meta.Sequence.Stream, m.Data()); err != nil {
+			return err
+		}
+	}
+}
+
+// WebhookConsumer creates or updates the durable consumer that webhook
+// dispatchers share: every announcement of every model, each delivered
+// to one dispatcher, at most maxDeliver times.
+func (q *Queue) WebhookConsumer(ctx context.Context, maxDeliver int) (jetstream.Consumer, error) {
+	c, err := q.js.CreateOrUpdateConsumer(ctx, ResultStream, jetstream.ConsumerConfig{
+		Durable:       "inferq-webhooks",
+		Description:   "inferq webhook dispatchers",
+		FilterSubject: resultPrefix + ">",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxDeliver:    maxDeliver,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up webhook consumer: %w", err)
+	}
+	return c, nil
+}
+
+// ResultsPosition is the sequence of the last announcement in the results
+// stream: following from it gets only what is announced after this call.
+func (q *Queue) ResultsPosition(ctx context.Context) (uint64, error) {
+	s, err := q.js.Stream(ctx, ResultStream)
+	if err != nil {
+		return 0, fmt.Errorf("results stream: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("results stream: %w", err)
+	}
+	return info.State.LastSeq, nil
+}

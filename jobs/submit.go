@@ -1,0 +1,316 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/inferq/inferq/tensor"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PayloadStore keeps request bodies too large to travel in a message; the
+// storage package's stores are.
+type PayloadStore interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// StorePayloads makes Submit put request bodies larger than maxInMessage
+// bytes in store, and send the message with a reference to them (a claim
+// check) instead. Workers fetch them with LoadPayload.
+func (q *Queue) StorePayloads(store PayloadStore, maxInMessage int) {
+	q.payloads, q.maxInMessage = store, maxInMessage
+}
+
+// PayloadKey is where the body of a job too large for a message is kept.
+func PayloadKey(id string) string { return "payloads/" + id + ".bin" }
+
+// LoadPayload returns the body of a job message: its data, or the object
+// its HeaderPayload names.
+func (q *Queue) LoadPayload(ctx context.Context, header nats.Header, data []byte) ([]byte, error) {
+	key := header.Get(HeaderPayload)
+	if key == "" {
+		return data, nil
+	}
+	if q.payloads == nil {
+		return nil, fmt.Errorf("job payload %s is in storage, and this worker has none configured", key)
+	}
+	rc, err := q.payloads.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("fetch job payload: %w", err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("fetch job payload %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// DropPayload deletes the stored body of a finished job, if it has one.
+func (q *Queue) DropPayload(ctx context.Context, header nats.Header) error {
+	key := header.Get(HeaderPayload)
+	if key == "" || q.payloads == nil {
+		return nil
+	}
+	return q.payloads.Delete(ctx, key)
+}
+
+// Job is a request on its way to a model.
+type Job struct {
+	ID    string
+	Model string
+	// Version pins a model version; 0 runs the default version.
+	Version int64
+	Request *tensor.Request
+	// Priority picks the subject, and so the consumer, the job goes to.
+	Priority Priority
+	// Record and Revision are the job's record as it was queued, when the
+	// message carries it: a hint that saves a read, checked by the
+	// compare-and-set of the first update.
+	Record   *Record
+	Revision uint64
+	// Trace carries the W3C trace context (traceparent, tracestate) the
+	// job continues, as message headers; the worker reads it from there.
+	Trace nats.Header
+}
+
+// Submit stores the job's record and publishes the job, returning once
+// JetStream has acknowledged both: only then is the job safe to promise.
+func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
+	msg, err := q.message(ctx, job)
+	if err != nil {
+		return err
+	}
+	return q.enqueue(ctx, msg, rec)
+}
+
+// message is job's message, its body stored apart when too large.
+func (q *Queue) message(ctx context.Context, job *Job) (*nats.Msg, error) {
+	msg, err := EncodeJob(job)
+	if err != nil {
+		return nil, err
+	}
+	if q.payloads != nil && q.maxInMessage > 0 && len(msg.Data) > q.maxInMessage {
+		key := PayloadKey(job.ID)
+		if err := q.payloads.Put(ctx, key, bytes.NewReader(msg.Data)); err != nil {
+			return nil, fmt.Errorf("store the payload of job %s: %w", job.ID, err)
+		}
+		msg.Data = nil
+		msg.Header.Set(HeaderPayload, key)
+	}
+	return msg, nil
+}
+
+// Resubmit publishes again the message of a job whose record is still
+// queued: a client retrying a submission whose answer it never got (or
+// got as a 503 while a cluster lost a node) completes it. JetStream drops
+// the message if the first publish made it, within its duplicate window;
+// past that, a second message of a queued job runs it once all the same
+// (the record's compare-and-set lets one run finish it). A job no longer
+// queued is left alone.
+func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
+	rec, rev, err := q.Records.get(ctx, job.ID)
+	if err != nil {
+		return err
+	}
+	if rec.Status != Queued {
+		return nil
+	}
+	msg, err := q.message(ctx, job)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	msg.Header.Set(HeaderRecord, string(b))
+	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
+	return retry(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		return err
+	})
+}
+
+// enqueue stores the record of a new job and publishes its message, with
+// the record's id as the message id, returning once JetStream has
+// acknowledged both. A write whose outcome is unknown (a timeout while a
+// node of a cluster goes, or a leader moves) is made again until
+// enqueueBudget has passed: the record's id is new, so a record that
+// exists on a retry is this one, and JetStream drops a repeated publish
+// of the same message id. A job JetStream refused has its record failed
+// (see notQueued).
+func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
+	deadline := time.Now().Add(enqueueBudget)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	var rev uint64
+	err = retry(ctx, deadline, func(ctx context.Context, again bool) error {
+		var err error
+		rev, err = q.Records.kv.Create(ctx, rec.ID, b)
+		if again && errors.Is(err, jetstream.ErrKeyExists) {
+			// Ours, stored by a try whose answer was lost (the id is
+			// new). A replica that lags may not have it yet: try again.
+			e, gerr := q.Records.kv.Get(ctx, rec.ID)
+			if gerr != nil {
+				return fmt.Errorf("read back record %s: %v", rec.ID, gerr) // not an API error: retried
+			}
+			rev, err = e.Revision(), nil
+		}
+		return err
+	})
+	if err != nil {
+		q.notQueued(ctx, rec.ID, err)
+		return fmt.Errorf("store record %s: %w", rec.ID, err)
+	}
+	// The record travels with the job, so that the worker can mark it
+	// running with one compare-and-set instead of a read and a write.
+	msg.Header.Set(HeaderRecord, string(b))
+	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
+	err = retry(ctx, deadline, func(ctx context.Context, _ bool) error {
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		return err
+	})
+	if err != nil {
+		q.notQueued(ctx, rec.ID, err)
+		if isFull(err) {
+			return fmt.Errorf("publish job %s: %w", rec.ID, ErrQueueFull)
+		}
+		return fmt.Errorf("publish job %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// enqueueBudget is how long enqueue keeps trying a write whose outcome is
+// unknown: past a JetStream leader election on a cluster (a few seconds).
+const enqueueBudget = 10 * time.Second
+
+// NotQueued begins the error of a job whose submission JetStream refused.
+const NotQueued = "could not be queued: "
+
+// notQueued fails the record of a job that JetStream refused (a full
+// queue), so that it never runs. A write whose outcome is unknown (no
+// answer in time) leaves the record as it is: failing it could land after
+// a retry of the same submission (its Idempotency-Key) had queued the
+// job, and fail a job accepted; a record left queued with no message is
+// completed by such a retry (Resubmit), or stays queued, unseen by a
+// client who was answered 503 and never told its id.
+func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
+	var apiErr *jetstream.APIError
+	if !isFull(cause) && (!errors.As(cause, &apiErr) || apiErr.Code == 503) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = q.Records.Update(ctx, id, func(r *Record) error {
+		if r.Status != Queued {
+			return ErrConflict
+		}
+		r.Status, r.Error = Failed, NotQueued+cause.Error()
+		return nil
+	})
+}
+
+// retry calls fn until it succeeds, fails for good (a full queue, or ctx
+// ended) or deadline passes, each try within two seconds; again says a
+// try before this one failed.
+func retry(ctx context.Context, deadline time.Time, fn func(ctx context.Context, again bool) error) error {
+	wait := 50 * time.Millisecond
+	for again := false; ; again = true {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := fn(tctx, again)
+		cancel()
+		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code != 503 {
+			return err // a definite refusal, not a lost answer
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// ErrQueueFull is returned by Submit when the model's queue holds as many
+// jobs as it may.
+var ErrQueueFull = errors.New("queue full")
+
+// isFull reports JetStream refusing a publish for a full stream.
+func isFull(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "maximum messages") || strings.Contains(msg, "maximum bytes")
+}
+
+// EncodeJob encodes a job as a NATS message on its model's subject.
+func EncodeJob(job *Job) (*nats.Msg, error) {
+	data, n, err := job.Request.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
+	}
+	msg := nats.NewMsg(RequestSubject(job.Model, job.Priority))
+	msg.Data = data
+	msg.Header.Set(HeaderJobID, job.ID)
+	msg.Header.Set(HeaderModel, job.Model)
+	if job.Version != 0 {
+		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
+	}
+	msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	for k, v := range job.Trace {
+		msg.Header[k] = v
+	}
+	return msg, nil
+}
+
+// DecodeJob decodes a queued job. An error means the message can never
+// be run and should be terminated.
+func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error) {
+	job := &Job{ID: header.Get(HeaderJobID), Model: header.Get(HeaderModel)}
+	if job.ID == "" {
+		return nil, errors.New("job message has no " + HeaderJobID + " header")
+	}
+	if v := header.Get(HeaderVersion); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return job, fmt.Errorf("job %s: %s %q is not a positive integer", job.ID, HeaderVersion, v)
+		}
+		job.Version = n
+	}
+	if v := header.Get(HeaderRecord); v != "" {
+		var rec Record
+		rev, err := strconv.ParseUint(header.Get(HeaderRecordRevision), 10, 64)
+		if err == nil && json.Unmarshal([]byte(v), &rec) == nil && rec.ID == job.ID {
+			job.Record, job.Revision = &rec, rev
+		}
+	}
+	var err error
+	if hl := header.Get(HeaderHeaderLength); hl != "" {
+		n, perr := strconv.Atoi(hl)
+		if perr != nil {
+			return job, fmt.Errorf("job %s: %s %q is not a number", job.ID, HeaderHeaderLength, hl)
+		}
+		job.Request, err = tensor.DecodeBinaryRequest(data, n, lim)
+	} else {
+		job.Request, err = tensor.DecodeRequest(data, lim)
+	}
+	if err != nil {
+		return job, fmt.Errorf("job %s: %w", job.ID, err)
+	}
+	return job, nil
+}
