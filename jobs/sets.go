@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 )
 
 // Jobs move in sets: a worker marks a whole batch running, and records
@@ -64,7 +64,7 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 		}
 		out[i] = Changed{Rec: &rec}
 	}
-	slow := make([]int, 0)
+	var slow []int
 	for i, a := range acks {
 		if a == nil {
 			if out[i].Rec == nil && out[i].Err == nil {
@@ -82,13 +82,11 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 			out[i] = Changed{Err: fmt.Errorf("update record %s: %w", changes[i].ID, err)}
 		}
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
+	var g errgroup.Group
+	g.SetLimit(32)
 	for _, i := range slow {
 		c := changes[i]
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
+		g.Go(func() error {
 			var rec *Record
 			var rev uint64
 			if c.Rec != nil && out[i].Rec == nil {
@@ -99,9 +97,10 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 			}
 			rec, rev, err := r.UpdateFrom(ctx, c.ID, rec, rev, c.Fn)
 			out[i] = Changed{Rec: rec, Rev: rev, Err: err}
+			return nil
 		})
 	}
-	wg.Wait()
+	g.Wait()
 	return out
 }
 
@@ -142,11 +141,10 @@ func (q *Queue) AnnounceAll(ctx context.Context, recs []*Record, responses [][]b
 		errs[i] = err
 	}
 	for i, a := range acks {
-		if a == nil {
-			if errs[i] != nil && !errors.Is(errs[i], jetstream.ErrTooManyStalledMsgs) {
-				continue
+		if a == nil { // not published
+			if errors.Is(errs[i], jetstream.ErrTooManyStalledMsgs) {
+				errs[i] = q.Announce(recs[i], responses[i]) // one by one, then
 			}
-			errs[i] = q.Announce(recs[i], responses[i]) // stalled: one by one
 			continue
 		}
 		if _, err := wait(ctx, a); err != nil {
