@@ -48,8 +48,9 @@ func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, er
 	var fetchers []*fetcher
 	var pumped []chan *fetched
 	for _, cons := range conss {
-		f := newFetcher(cons, w.held, limit, w.log)
+		f := newFetcher(ctx, cons, w.held, limit, w.log)
 		fetchers = append(fetchers, f)
+		go f.Run()
 		ch := make(chan *fetched, w.policy.MaxBatchSize)
 		pumped = append(pumped, ch)
 		go w.pump(ctx, f, ch)

@@ -36,6 +36,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
@@ -234,17 +235,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	// that prefers high-priority jobs. While NATS is away they cannot be
 	// set up: wait for it, as the connection reconnects by itself.
 	sources, pumped, err := w.subscribe(ctx)
-	for wait := w.opts.Backoff; err != nil; wait = min(2*wait, 30*time.Second) {
+	for wait := (pull.Backoff{Min: w.opts.Backoff, Max: 30 * time.Second}); err != nil; sources, pumped, err = w.subscribe(ctx) {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		w.log.Warn("cannot pull jobs yet; retrying", "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
+		w.log.Warn("cannot pull jobs yet; retrying", "in", wait.Next(), "err", err)
+		if !wait.Wait(ctx) {
 			return nil
-		case <-time.After(wait):
 		}
-		sources, pumped, err = w.subscribe(ctx)
 	}
 	msgs := make(chan *fetched)
 	pumpDone := make(chan struct{})

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -206,63 +207,19 @@ func (q *Queue) BatchConsumer(ctx context.Context) (jetstream.Consumer, error) {
 // TrackBatches counts the outcomes of batch jobs into their batch
 // records, from the results stream, until ctx ends. Every API process runs
 // it, on the durable consumer BatchConsumer gave; they share it, so each
-// announcement is counted once. Announcements are taken in groups and
-// counted with one update per batch.
-//
-// It pulls with Fetch requests of a bounded wait and counts each
-// announcement as it arrives, with whatever arrived beside it; when ctx
-// ends it stops asking, and counts what the request under way brings
-// until that request ends. A continuous pull (Consume) was stopped by
-// unsubscribing, and an announcement on its way at that moment reached
-// no handler: JetStream held it as delivered, and its batch looked
-// stalled for the ack wait (a minute) after a restart (TestBatchCancel,
-// now and then).
+// announcement is counted once. Announcements are taken as they arrive,
+// in groups (pull.Loop), and counted with one update per batch.
 func (q *Queue) TrackBatches(ctx context.Context, c jetstream.Consumer, log *slog.Logger) error {
-	const group = 256
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		b, err := c.Fetch(group, jetstream.FetchMaxWait(500*time.Millisecond))
-		if err == nil {
-			msgs := b.Messages()
-			for m := range msgs {
-				taken := []jetstream.Msg{m}
-			more:
-				for len(taken) < group {
-					select {
-					case m, ok := <-msgs:
-						if !ok {
-							break more
-						}
-						taken = append(taken, m)
-					default:
-						break more
-					}
-				}
-				q.countBatches(ctx, log, taken)
-			}
-			err = b.Error()
-		}
-		if err == nil {
-			backoff = 100 * time.Millisecond
-			continue
-		}
-		// NATS away or the consumer gone: try again, more slowly.
-		if ctx.Err() == nil {
-			log.Warn("tracking batches", "err", err, "retry_in", backoff)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-	return nil
+	loop := pull.Loop{Consumer: c, Max: 256, Logger: log, What: "tracking batches"}
+	return loop.Run(ctx, func(ctx context.Context, taken []jetstream.Msg) error {
+		return q.countBatches(context.WithoutCancel(ctx), log, taken)
+	})
 }
 
 // countBatches adds the outcomes that announcements report to their
-// batches' counts, one update per batch, and acknowledges them; if an
-// update fails they are handed back, to be counted again.
-func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jetstream.Msg) {
+// batches' counts, one update per batch. If an update fails it says so,
+// and the announcements are handed back, to be counted again.
+func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jetstream.Msg) error {
 	counts := map[string]*BatchCounts{}
 	for _, m := range taken {
 		id := m.Headers().Get(HeaderBatch)
@@ -290,9 +247,9 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 			c.Failed += n
 		}
 	}
-	ok := true
+	var failed error
 	for id, c := range counts {
-		_, err := q.Batches.Update(context.WithoutCancel(ctx), id, func(b *BatchRecord) error {
+		_, err := q.Batches.Update(ctx, id, func(b *BatchRecord) error {
 			b.Counts.Succeeded += c.Succeeded
 			b.Counts.Failed += c.Failed
 			b.Counts.Cancelled += c.Cancelled
@@ -300,14 +257,8 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		})
 		if err != nil && !errors.Is(err, ErrBatchNotFound) {
 			log.Warn("counting batch progress", "batch", id, "err", err)
-			ok = false
+			failed = fmt.Errorf("count batch %s: %w", id, err)
 		}
 	}
-	for _, m := range taken {
-		if ok {
-			_ = m.Ack()
-		} else {
-			_ = m.Nak()
-		}
-	}
+	return failed
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/tensor"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -227,24 +228,21 @@ func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
 // ended) or deadline passes, each try within two seconds; again says a
 // try before this one failed.
 func retry(ctx context.Context, deadline time.Time, fn func(ctx context.Context, again bool) error) error {
-	wait := 50 * time.Millisecond
+	wait := pull.Backoff{Min: 50 * time.Millisecond, Max: time.Second}
 	for again := false; ; again = true {
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := fn(tctx, again)
 		cancel()
-		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(wait.Next()).After(deadline) {
 			return err
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code != 503 {
 			return err // a definite refusal, not a lost answer
 		}
-		select {
-		case <-ctx.Done():
+		if !wait.Wait(ctx) {
 			return err
-		case <-time.After(wait):
 		}
-		wait = min(2*wait, time.Second)
 	}
 }
 

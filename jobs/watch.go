@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -79,8 +80,8 @@ func (w *Watcher) start() {
 			w.retrying = false
 			w.mu.Unlock()
 		}()
-		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-			time.Sleep(wait)
+		wait := pull.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+		for wait.Wait(context.Background()) {
 			if w.tryStart() {
 				w.catchUp()
 				return

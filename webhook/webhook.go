@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/jobs"
 )
 
@@ -153,11 +154,8 @@ type delivery struct {
 // queue, reported in progress so that JetStream does not deliver them
 // again, while other hosts' go ahead.
 //
-// It pulls with Fetch requests of a bounded wait; when ctx ends it stops
-// asking, and handles what the request under way brings until that
-// request ends. (A continuous pull stopped by unsubscribing lost an
-// announcement on its way at that moment: JetStream held it as
-// delivered until its ack wait ran out.)
+// It pulls with pull.Loop: when ctx ends it stops asking, and handles
+// what the request under way brings until that request ends.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	if d.cons == nil {
 		if err := d.Subscribe(ctx); err != nil {
@@ -194,52 +192,29 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { d.keepWaiting(ctx, sched) })
 
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		room := maxHeld - sched.held()
-		if room <= 0 {
-			select {
-			case <-freed:
-			case <-ctx.Done():
+	loop := pull.Loop{Consumer: d.cons, Max: d.opts.Concurrency, Freed: freed,
+		Room:   func() int { return maxHeld - sched.held() },
+		Logger: d.opts.Logger, What: "webhooks: pulling results"}
+	return loop.Run(ctx, func(_ context.Context, msgs []jetstream.Msg) error {
+		for _, m := range msgs {
+			dl, ok := d.decode(m)
+			if !ok {
+				_ = m.Ack() // most jobs: nothing to call
+				continue
 			}
-			continue
-		}
-		b, err := d.cons.Fetch(min(room, d.opts.Concurrency), jetstream.FetchMaxWait(500*time.Millisecond))
-		if err == nil {
-			for m := range b.Messages() {
-				dl, ok := d.decode(m)
-				if !ok {
-					_ = m.Ack() // most jobs: nothing to call
-					continue
-				}
-				name := hostOf(dl.rec.Webhook)
-				start, queued := sched.add(name, dl)
-				switch {
-				case start:
-					launch(name, dl)
-				case !queued:
-					d.deliveries.WithLabelValues("deferred").Inc()
-					d.opts.Logger.Info("webhook deferred: its host has too many deliveries waiting", "job", dl.rec.ID, "host", name)
-					_ = m.NakWithDelay(d.retryWait(m))
-				}
+			name := hostOf(dl.rec.Webhook)
+			start, queued := sched.add(name, dl)
+			switch {
+			case start:
+				launch(name, dl)
+			case !queued:
+				d.deliveries.WithLabelValues("deferred").Inc()
+				d.opts.Logger.Info("webhook deferred: its host has too many deliveries waiting", "job", dl.rec.ID, "host", name)
+				_ = m.NakWithDelay(d.retryWait(m))
 			}
-			err = b.Error()
 		}
-		if err == nil {
-			backoff = 100 * time.Millisecond
-			continue
-		}
-		// NATS away or the consumer gone: try again, more slowly.
-		if ctx.Err() == nil {
-			d.opts.Logger.Warn("webhooks: pulling results", "err", err, "retry_in", backoff)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-	return nil
+		return pull.Kept
+	})
 }
 
 // keepWaiting reports the deliveries waiting for their host in progress,

@@ -31,6 +31,7 @@ import (
 	"github.com/inferq/inferq/console"
 	"github.com/inferq/inferq/consumer"
 	"github.com/inferq/inferq/internal/embednats"
+	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
@@ -302,14 +303,12 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	q, err := jobs.Setup(ctx, js, qopts)
 	// A NATS cluster still forming (its nodes starting together, as a
 	// StatefulSet's do) places no replicated stream yet: wait for it.
-	for wait, until := time.Second, time.Now().Add(2*time.Minute); err != nil && clusterForming(err) && time.Now().Before(until); wait = min(2*wait, 10*time.Second) {
-		log.Warn("cannot set the queue up yet; retrying", "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
+	wait, until := pull.Backoff{Min: time.Second, Max: 10 * time.Second}, time.Now().Add(2*time.Minute)
+	for ; err != nil && clusterForming(err) && time.Now().Before(until); q, err = jobs.Setup(ctx, js, qopts) {
+		log.Warn("cannot set the queue up yet; retrying", "in", wait.Next(), "err", err)
+		if !wait.Wait(ctx) {
 			return ctx.Err()
-		case <-time.After(wait):
 		}
-		q, err = jobs.Setup(ctx, js, qopts)
 	}
 	if err != nil {
 		return err
