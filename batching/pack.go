@@ -131,8 +131,10 @@ func dataEnd(dt tensor.Datatype, data []byte, n int64) (int, error) {
 	return at, nil
 }
 
-// Lines is what a request packed from several carries in its parameters,
-// and its response in its own. For requests laid end to end by Pack:
+// Lines is how a job was packed from several requests (a batch file's
+// lines): it travels beside the job's request (jobs.HeaderLines), and in
+// the parameters of the job's stored response, which only inferq reads.
+// As JSON, for requests laid end to end by Pack:
 // {"inferq_lines": [[shape, ...], ...]}, a list of shapes per request, a
 // shape per tensor; in a response also "inferq_line_errors", the requests
 // that failed, by index, with why (their outputs have no elements). For
@@ -162,14 +164,15 @@ const (
 	RowsParameter  = "inferq_line_rows"
 )
 
-// Parameters encodes l as the parameters of a packed request or response.
+// Parameters encodes l as JSON: the parameters of a packed job's stored
+// response, or the header beside its request.
 func (l *Lines) Parameters() json.RawMessage {
 	b, _ := json.Marshal(l) // never fails for ints and strings
 	return b
 }
 
-// ParseLines reads Lines from a request's or response's parameters: nil
-// when they carry none.
+// ParseLines reads Lines from its JSON (a header, or a stored response's
+// parameters): nil when it says nothing of lines.
 func ParseLines(params json.RawMessage) (*Lines, error) {
 	if len(params) == 0 || !bytes.Contains(params, []byte(`"inferq_line`)) {
 		return nil, nil

@@ -83,11 +83,8 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 // to end (see runLines); the API holds its requests to the max batch
 // size.
 func (it *item) check() error {
-	m, req := it.model, it.job.Request
-	packed, err := batching.ParseLines(req.Parameters)
-	if err != nil {
-		return err
-	}
+	m, req, packed := it.model, it.job.Request, it.job.Lines
+	var err error
 	if packed == nil || packed.Shapes == nil {
 		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
 			return err

@@ -210,7 +210,7 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, e
 	rec := NewRecord(newID, Spec{Model: model, ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook, ReplayOf: id})
 	out := nats.NewMsg(subject)
 	out.Data = m.Data
-	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength} {
+	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength, HeaderLines} {
 		if v := h.Get(k); v != "" {
 			out.Header.Set(k, v)
 		}

@@ -58,6 +58,10 @@ const (
 	// HeaderHeaderLength is the length of the JSON header of a request in
 	// the V2 binary tensor extension; absent, the body is plain V2 JSON.
 	HeaderHeaderLength = "Inference-Header-Content-Length"
+	// HeaderLines, on a job a batch file packed from several lines, is
+	// how they were packed (batching.Lines, as JSON): the worker needs it
+	// to run them a line at a time and fail only the lines at fault.
+	HeaderLines = "Inferq-Lines"
 )
 
 // RequestSubject is the subject a model's jobs of a priority are

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/tensor"
 	"github.com/nats-io/nats.go"
@@ -83,6 +84,9 @@ type Job struct {
 	// Trace carries the W3C trace context (traceparent, tracestate) the
 	// job continues, as message headers; the worker reads it from there.
 	Trace nats.Header
+	// Lines, on a job packed from a batch file's lines, says how they
+	// were packed; nil for a job of one request.
+	Lines *batching.Lines
 }
 
 // Submit stores the job's record and publishes the job, returning once
@@ -270,6 +274,9 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
 	}
 	msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	if job.Lines != nil {
+		msg.Header.Set(HeaderLines, string(job.Lines.Parameters()))
+	}
 	for k, v := range job.Trace {
 		msg.Header[k] = v
 	}
@@ -309,6 +316,13 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 	}
 	if err != nil {
 		return job, fmt.Errorf("job %s: %w", job.ID, err)
+	}
+	lines := job.Request.Parameters // queued by a release before 2026-12-01
+	if h := header.Get(HeaderLines); h != "" {
+		lines = []byte(h)
+	}
+	if job.Lines, err = batching.ParseLines(lines); err != nil {
+		return job, fmt.Errorf("job %s: %s: %w", job.ID, HeaderLines, err)
 	}
 	return job, nil
 }

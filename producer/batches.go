@@ -381,13 +381,14 @@ const endToEnd = "end to end"
 // cannot stack rows, or lines whose shapes differ).
 func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *chunk) error {
 	req := &tensor.Request{Outputs: c.outs}
+	var lines *batching.Lines
 	var err error
 	if c.key == endToEnd && len(c.reqs) > 1 {
 		var shapes [][][]int64
 		if req.Inputs, shapes, err = batching.Pack(c.reqs); err != nil {
 			return err
 		}
-		req.Parameters = (&batching.Lines{Shapes: shapes}).Parameters()
+		lines = &batching.Lines{Shapes: shapes}
 	} else if req.Inputs, err = batching.Stack(c.reqs, m.Batched); err != nil {
 		return err
 	} else if len(c.lines) > 1 {
@@ -397,9 +398,10 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 		for i, l := range c.lines {
 			rows[i] = l.Rows
 		}
-		req.Parameters = (&batching.Lines{Rows: rows}).Parameters()
+		lines = &batching.Lines{Rows: rows}
 	}
 	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.rows, Batch: batch, Lines: len(c.lines)})
+	job.Lines = lines
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		if errors.Is(err, jobs.ErrQueueFull) {
 			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()

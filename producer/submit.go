@@ -133,6 +133,10 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		err = fmt.Errorf("the request's id is %d bytes long; at most %d are kept", len(req.ID), MaxClientID)
 	}
 	if err == nil {
+		// The packing of a batch file's jobs travels in a header of its
+		// own (jobs.HeaderLines); workers still read it from the
+		// parameters of jobs queued by releases before 2026-12-01, so
+		// these names stay reserved for a release.
 		if l, perr := batching.ParseLines(req.Parameters); l != nil || perr != nil {
 			err = fmt.Errorf("request parameters named %s... are inferq's own, for the jobs it packs from batch files; remove them", "inferq_line")
 		}

@@ -357,15 +357,22 @@ func perfDirect(path string, req *tensor.Request) (float64, int, error) {
 			}
 			break // the model takes no larger batch
 		}
+		// A second at least, and three runs at least: a slow model's
+		// rate read from one or two runs is mostly the first run's
+		// warm-up at a new shape.
 		runs, start := 0, time.Now()
-		for time.Since(start) < time.Second {
+		for runs < 3 || time.Since(start) < time.Second {
 			if _, err := sess.Run(in); err != nil {
 				return 0, 0, err
 			}
 			runs++
 		}
-		if r := float64(runs*rows) / time.Since(start).Seconds(); r > best {
+		took := time.Since(start)
+		if r := float64(runs*rows) / took.Seconds(); r > best {
 			best, bestBatch = r, batch
+		}
+		if took/time.Duration(runs) > time.Second {
+			break // a larger batch would take long, for no better rate on a CPU
 		}
 	}
 	return best, bestBatch, nil
