@@ -2,7 +2,6 @@ package producer
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,14 +10,12 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
-	"github.com/go-json-experiment/json/jsontext"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/inferq/inferq/batchfile"
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
@@ -38,56 +35,6 @@ type ObjectWriter interface {
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 }
 
-// indexLine is one line of a batch's index: where the output of an input
-// line comes from.
-type indexLine struct {
-	Line     int64           `json:"line"`
-	CustomID json.RawMessage `json:"custom_id,omitempty"`
-	// OpenAI marks a line given in the form of OpenAI's Batch API, whose
-	// output line takes that form too.
-	OpenAI bool   `json:"openai,omitempty"`
-	Job    string `json:"job,omitempty"`
-	Row    int    `json:"row,omitempty"`
-	Rows   int    `json:"rows,omitempty"`
-	Error  string `json:"error,omitempty"`
-}
-
-// outputLine is one line of a batch's output.
-type outputLine struct {
-	// ID and OpenAI, for a line given in the form of OpenAI's Batch API:
-	// its output line is {"id", "custom_id", "response": {"status_code",
-	// "body"}, "error"}.
-	ID       string
-	OpenAI   bool
-	CustomID json.RawMessage `json:"custom_id"`
-	// Line is the input line's number, given only in a list of the
-	// errors alone (where the position no longer says it).
-	Line     int64           `json:"line,omitempty"`
-	Response json.RawMessage `json:"response,omitempty"`
-	Error    string          `json:"error,omitempty"`
-}
-
-func batchIndexKey(id string) string { return "batches/" + id + "/index.jsonl" }
-
-// chunk is consecutive lines of a batch file packed into one job: same
-// shapes, same shared inputs, same outputs wanted, at most a model's max
-// batch size rows.
-type chunk struct {
-	key   string
-	lines []indexLine
-	reqs  [][]tensor.Tensor
-	rows  int
-	bytes int
-	outs  []string
-}
-
-// packBytes bounds the request bytes of a job packed from a batch file's
-// lines, as model.MaxJobRows bounds its rows: the costs paid per job (a
-// record, an acknowledgement, an announcement) are shared by many small
-// lines, and a worker runs the job in slices of at most max_batch_size
-// rows.
-const packBytes = 256 << 10
-
 // createBatch reads a JSON Lines body, one V2 request per line, as it
 // arrives: each valid line joins a job (consecutive lines that can share
 // a run are packed into one), each invalid one becomes an error line of
@@ -105,7 +52,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	now := time.Now().UTC()
 	rec := &jobs.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: jobs.BatchQueued, CreatedAt: now}
-	rec.Index = batchIndexKey(rec.ID)
+	rec.Index = batchfile.IndexKey(rec.ID)
 	if err := s.opts.Batches.Create(r.Context(), rec); err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
 	}
@@ -121,7 +68,6 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	var (
 		n, invalid, jobCount int64
 		ids                  []string
-		cur                  chunk
 	)
 	// Jobs are submitted a few at a time, concurrently: each waits for
 	// JetStream's acknowledgements, and one after the other they would cap
@@ -138,19 +84,19 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		defer submitMu.Unlock()
 		return submitErr
 	}
-	flush := func() error {
-		if len(cur.lines) == 0 {
+	// submit queues a chunk the packer closed (none: nothing to do).
+	submit := func(c *batchfile.Chunk) error {
+		if c == nil {
 			return nil
 		}
 		if err := failed(); err != nil {
 			return err
 		}
-		c := cur
 		id := ulid.Make().String()
 		slots <- struct{}{}
 		submitting.Go(func() {
 			defer func() { <-slots }()
-			if err := s.submitChunk(r, m, rec.ID, id, &c); err != nil {
+			if err := s.submitChunk(r, m, rec.ID, id, c); err != nil {
 				submitMu.Lock()
 				if submitErr == nil {
 					submitErr = err
@@ -160,57 +106,42 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		})
 		ids = append(ids, id)
 		jobCount++
-		for _, l := range cur.lines {
+		for _, l := range c.Lines {
 			l.Job = id
 			if err := enc.Encode(l); err != nil {
 				return err
 			}
 		}
-		cur = chunk{}
 		return nil
 	}
-	limit := m.MaxJobRows()
 	// Lines of a sliceable model whose shapes differ (image sizes, sequence
 	// lengths) still share a job, laid end to end; the worker runs those of
 	// one shape (once padded, where the config asks) together.
-	mixable := m.Sliceable()
+	packer := batchfile.Packer{MaxRows: m.MaxJobRows(), Mixable: m.Sliceable()}
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, s.opts.MaxBatchBytes), 1<<20)
 	readErr := s.parseLines(m, body, func(line int64, text []byte, p parsedLine, perr error) error {
 		n = line
-		il := indexLine{Line: n, CustomID: p.customID, OpenAI: p.openai}
-		req, rows, key := p.req, p.rows, p.key
+		il := batchfile.IndexLine{Line: n, CustomID: p.customID, OpenAI: p.openai}
 		if perr != nil {
 			invalid++
 			il.Error = fmt.Sprintf("line %d: %v", n, perr)
 			// The lines before it go first, to keep the index in order.
-			if err := flush(); err != nil {
+			if err := submit(packer.Flush()); err != nil {
 				return err
 			}
 			return enc.Encode(il)
 		}
-		if len(cur.lines) > 0 && !(key != "" && cur.key != "" && (cur.key == key || mixable) &&
-			cur.rows+rows <= limit && cur.bytes+len(text) <= packBytes && slices.Equal(cur.outs, req.Outputs)) {
-			if err := flush(); err != nil {
-				return err
-			}
+		l := batchfile.Line{Index: il, Inputs: p.inputs, Outputs: p.req.Outputs, Rows: p.rows, Bytes: len(text), Key: p.key}
+		if err := submit(packer.Add(l)); err != nil {
+			return err
 		}
-		if len(cur.lines) > 0 && cur.key != key {
-			key = endToEnd // lines of different shapes share the job end to end
-		}
-		il.Rows = rows
-		il.Row = cur.rows
-		cur.key, cur.outs = key, req.Outputs
-		cur.lines = append(cur.lines, il)
-		cur.reqs = append(cur.reqs, p.inputs)
-		cur.rows += rows
-		cur.bytes += len(text)
 		if n%4096 == 0 && s.batchCancelled(ctx, rec.ID) {
 			return errors.New("the batch was cancelled while it was being read")
 		}
 		return nil
 	})
 	if readErr == nil {
-		readErr = flush()
+		readErr = submit(packer.Flush())
 	}
 	submitting.Wait()
 	if err := failed(); err != nil && readErr == nil {
@@ -235,7 +166,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case errors.As(readErr, &tooBig):
 			msg, code = fmt.Sprintf("the batch file exceeds the limit of %d bytes", s.opts.MaxBatchBytes), http.StatusRequestEntityTooLarge
-		case errors.As(readErr, new(lineTooLong)):
+		case errors.As(readErr, new(batchfile.LineTooLong)):
 			code = http.StatusRequestEntityTooLarge
 		case errors.Is(readErr, os.ErrDeadlineExceeded):
 			msg, code = s.bodyStalled().Error(), http.StatusRequestTimeout
@@ -269,53 +200,6 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// lineTooLong is a batch file line over the size of a request (the
-// limit, --max-body).
-type lineTooLong int64
-
-func (e lineTooLong) Error() string {
-	return fmt.Sprintf("a line is longer than %d bytes (--max-body)", int64(e))
-}
-
-// readLine reads one line, refusing lines longer than max.
-func readLine(r *bufio.Reader, max int64) ([]byte, error) {
-	var line []byte
-	for {
-		part, err := r.ReadSlice('\n')
-		line = append(line, part...)
-		if int64(len(line)) > max {
-			return nil, lineTooLong(max)
-		}
-		if err != bufio.ErrBufferFull {
-			return line, err
-		}
-	}
-}
-
-// peekCustomID finds the custom_id of a line that is not a valid request,
-// when it comes before what is wrong, so that its error line can still be
-// matched to it.
-func peekCustomID(line []byte) json.RawMessage {
-	dec := json.NewDecoder(bytes.NewReader(line))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil
-	}
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return nil
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil
-		}
-		if t == "custom_id" {
-			return v
-		}
-	}
-	return nil
-}
-
 // parsedLine is a line of a batch file, decoded and checked.
 type parsedLine struct {
 	// customID is the line's custom_id, found even in a line that is not
@@ -343,7 +227,7 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	}
 	req, err := tensor.DecodeRequest(line, s.opts.Limits)
 	if err != nil {
-		p := parsedLine{customID: peekCustomID(line)}
+		p := parsedLine{customID: batchfile.PeekCustomID(line)}
 		if env != nil {
 			p.customID, p.openai = env.CustomID, true
 		}
@@ -366,41 +250,20 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	case !m.Stackable:
 		// Lines that cannot share a run still share a job, laid end to
 		// end whatever their shapes, and run one at a time.
-		p.key = endToEnd
+		p.key = batchfile.EndToEnd
 	default:
 		p.key = batching.Key(p.inputs, m.Batched)
 	}
 	return p, nil
 }
 
-// endToEnd is the key of lines packed end to end (see batching.Pack).
-const endToEnd = "end to end"
-
-// submitChunk queues a chunk's lines as one job: stacked along the batch
-// dimension, or end to end when they cannot be stacked (a model that
-// cannot stack rows, or lines whose shapes differ).
-func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *chunk) error {
-	req := &tensor.Request{Outputs: c.outs}
-	var lines *batching.Lines
-	var err error
-	if c.key == endToEnd && len(c.reqs) > 1 {
-		var shapes [][][]int64
-		if req.Inputs, shapes, err = batching.Pack(c.reqs); err != nil {
-			return err
-		}
-		lines = &batching.Lines{Shapes: shapes}
-	} else if req.Inputs, err = batching.Stack(c.reqs, m.Batched); err != nil {
+// submitChunk queues a chunk's lines as one job.
+func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *batchfile.Chunk) error {
+	req, lines, err := c.Request(m.Batched)
+	if err != nil {
 		return err
-	} else if len(c.lines) > 1 {
-		// Each line's rows, so that a run that fails can be retried a
-		// line at a time and fail only the lines at fault.
-		rows := make([]int, len(c.lines))
-		for i, l := range c.lines {
-			rows[i] = l.Rows
-		}
-		lines = &batching.Lines{Rows: rows}
 	}
-	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.rows, Batch: batch, Lines: len(c.lines)})
+	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, Lines: len(c.Lines)})
 	job.Lines = lines
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		if errors.Is(err, jobs.ErrQueueFull) {
@@ -502,7 +365,7 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	if rec.Status == jobs.BatchRunning {
 		var ids []string
-		err := s.eachIndexGroup(ctx, rec, func(job string, _ []indexLine) error {
+		err := s.eachIndexGroup(ctx, rec, func(job string, _ []batchfile.IndexLine) error {
 			if job != "" {
 				ids = append(ids, job)
 			}
@@ -523,37 +386,13 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
 
 // eachIndexGroup calls fn with each run of consecutive index lines that
 // share a job (job empty for an error line, alone), in order.
-func (s *Server) eachIndexGroup(ctx context.Context, rec *jobs.BatchRecord, fn func(job string, lines []indexLine) error) error {
+func (s *Server) eachIndexGroup(ctx context.Context, rec *jobs.BatchRecord, fn func(job string, lines []batchfile.IndexLine) error) error {
 	rc, err := s.opts.Objects.Get(ctx, rec.Index)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	// encoding/json/v2's decoder: encoding/json's took most of the time
-	// of reading a large batch's output back.
-	dec := jsontext.NewDecoder(bufio.NewReaderSize(rc, 256<<10))
-	var group []indexLine
-	for {
-		var l indexLine
-		err := jsonv2.UnmarshalDecode(dec, &l)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read batch index: %w", err)
-		}
-		if len(group) > 0 && (l.Job == "" || l.Job != group[0].Job) {
-			if err := fn(group[0].Job, group); err != nil {
-				return err
-			}
-			group = group[:0]
-		}
-		group = append(group, l)
-	}
-	if len(group) > 0 {
-		return fn(group[0].Job, group)
-	}
-	return nil
+	return batchfile.ReadIndex(rc, fn)
 }
 
 // batchOutput streams a finished batch's output: a JSON line per input
@@ -591,7 +430,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	type group struct {
 		job   string
-		lines []indexLine
+		lines []batchfile.IndexLine
 		out   chan [][]byte
 	}
 	groups := make(chan *group, 64)
@@ -599,7 +438,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(groups)
-		readErr <- s.eachIndexGroup(ctx, rec, func(job string, lines []indexLine) error {
+		readErr <- s.eachIndexGroup(ctx, rec, func(job string, lines []batchfile.IndexLine) error {
 			g := &group{job: job, lines: slices.Clone(lines), out: make(chan [][]byte, 1)}
 			select {
 			case ahead <- struct{}{}:
@@ -637,22 +476,8 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 }
 
 // outputLines makes the output lines of one job's lines.
-func (s *Server) outputLines(ctx context.Context, batch, job string, lines []indexLine, errorsOnly bool) [][]byte {
-	fail := func(msg string) [][]byte {
-		out := make([][]byte, len(lines))
-		for i, l := range lines {
-			if l.Error != "" {
-				msg = l.Error
-			}
-			ol := newOutputLine(batch, l)
-			ol.Error = msg
-			if errorsOnly {
-				ol.Line = l.Line
-			}
-			out[i] = ol.appendLine(nil)
-		}
-		return out
-	}
+func (s *Server) outputLines(ctx context.Context, batch, job string, lines []batchfile.IndexLine, errorsOnly bool) [][]byte {
+	fail := func(msg string) [][]byte { return batchfile.Failed(batch, lines, msg, errorsOnly) }
 	if job == "" {
 		return fail("")
 	}
@@ -684,77 +509,5 @@ func (s *Server) outputLines(ctx context.Context, batch, job string, lines []ind
 	if err != nil {
 		return fail(err.Error())
 	}
-	rows := make([]int, len(lines))
-	for i, l := range lines {
-		rows[i] = l.Rows
-	}
-	parts := [][]tensor.Tensor{resp.Outputs}
-	packed, err := batching.ParseLines(resp.Parameters)
-	switch {
-	case err != nil:
-	case packed != nil && len(packed.Shapes) != len(lines):
-		err = fmt.Errorf("the result holds %d responses for %d lines", len(packed.Shapes), len(lines))
-	case packed != nil:
-		parts, err = batching.Unpack(resp.Outputs, packed.Shapes)
-	case len(lines) > 1:
-		parts, err = batching.Split(resp.Outputs, rows)
-	}
-	if err != nil {
-		return fail(err.Error())
-	}
-	out := make([][]byte, 0, len(lines))
-	for i, l := range lines {
-		ol := newOutputLine(batch, l)
-		msg, failed := packed.Failed(i)
-		switch {
-		case failed && errorsOnly:
-			ol.Error, ol.Line = msg, l.Line
-		case failed:
-			ol.Error = msg
-		case errorsOnly:
-			continue
-		default:
-			r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}
-			ol.Response = r.AppendJSON(nil)
-		}
-		out = append(out, ol.appendLine(nil))
-	}
-	return out
-}
-
-// appendLine appends l as one line of JSON. It writes the fields itself:
-// json.Marshal would check and compact the response, which AppendJSON has
-// just written compact, and that was most of the output's cost.
-func (l *outputLine) appendLine(b []byte) []byte {
-	if l.OpenAI {
-		return l.appendOpenAI(b)
-	}
-	b = append(b, `{"custom_id":`...)
-	if len(l.CustomID) == 0 {
-		b = append(b, "null"...)
-	} else if c, err := compactJSON(b, l.CustomID); err == nil {
-		b = c
-	} else {
-		b = append(b, "null"...) // not JSON: the index is damaged
-	}
-	if l.Line > 0 {
-		b = strconv.AppendInt(append(b, `,"line":`...), l.Line, 10)
-	}
-	if len(l.Response) > 0 {
-		b = append(append(b, `,"response":`...), l.Response...)
-	}
-	if l.Error != "" {
-		msg, _ := json.Marshal(l.Error)
-		b = append(append(b, `,"error":`...), msg...)
-	}
-	return append(b, "}\n"...)
-}
-
-// compactJSON appends raw to b without insignificant space.
-func compactJSON(b []byte, raw []byte) ([]byte, error) {
-	buf := bytes.NewBuffer(b)
-	if err := json.Compact(buf, raw); err != nil {
-		return b, err
-	}
-	return buf.Bytes(), nil
+	return batchfile.Assemble(batch, job, lines, resp, errorsOnly)
 }

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/inferq/inferq/batchfile"
 	"github.com/inferq/inferq/model"
 )
 
@@ -85,7 +86,7 @@ func (s *Server) parseLines(m *model.Model, body *bufio.Reader, fn func(n int64,
 		b := &lineBlock{done: make(chan struct{})}
 		for len(b.lines) < linesPerBlock && readErr == nil {
 			var line []byte
-			line, readErr = readLine(body, s.opts.MaxBodyBytes)
+			line, readErr = batchfile.ReadLine(body, s.opts.MaxBodyBytes)
 			if len(bytes.TrimSpace(line)) > 0 {
 				b.lines = append(b.lines, line)
 				read++

@@ -72,38 +72,3 @@ func checkLineURL(m *model.Model, url string) error {
 	}
 	return nil
 }
-
-// newOutputLine starts the output line of an input line of batch.
-func newOutputLine(batch string, l indexLine) outputLine {
-	return outputLine{CustomID: l.CustomID, OpenAI: l.OpenAI, ID: batch + "-" + strconv.FormatInt(l.Line, 10)}
-}
-
-// appendOpenAI writes an output line in the form of OpenAI's Batch API:
-// the response is the V2 response with status 200, or the error with
-// status 400, as the synchronous /v2/.../infer answers them.
-func (l *outputLine) appendOpenAI(b []byte) []byte {
-	b = append(b, `{"id":`...)
-	b = appendJSONQuoted(b, l.ID)
-	b = append(b, `,"custom_id":`...)
-	if c, err := compactJSON(b, l.CustomID); len(l.CustomID) > 0 && err == nil {
-		b = c
-	} else {
-		b = append(b, "null"...)
-	}
-	if l.Line > 0 {
-		b = strconv.AppendInt(append(b, `,"line":`...), l.Line, 10)
-	}
-	if l.Error != "" {
-		b = append(b, `,"response":{"status_code":400,"body":{"error":`...)
-		b = appendJSONQuoted(b, l.Error)
-		b = append(b, `}}`...)
-	} else {
-		b = append(append(append(b, `,"response":{"status_code":200,"body":`...), l.Response...), '}')
-	}
-	return append(b, `,"error":null}`+"\n"...)
-}
-
-func appendJSONQuoted(b []byte, s string) []byte {
-	q, _ := json.Marshal(s)
-	return append(b, q...)
-}

@@ -1,4 +1,4 @@
-package producer
+package batchfile
 
 import (
 	"bytes"
@@ -12,22 +12,22 @@ import (
 func TestOutputLine(t *testing.T) {
 	tests := []struct {
 		name string
-		line outputLine
+		line OutputLine
 		want map[string]any
 	}{
-		{"no custom id", outputLine{Error: "bad"}, map[string]any{"custom_id": nil, "error": "bad"}},
-		{"number id and response", outputLine{CustomID: json.RawMessage(`7`), Response: json.RawMessage(`{"outputs":[]}`)},
+		{"no custom id", OutputLine{Error: "bad"}, map[string]any{"custom_id": nil, "error": "bad"}},
+		{"number id and response", OutputLine{CustomID: json.RawMessage(`7`), Response: json.RawMessage(`{"outputs":[]}`)},
 			map[string]any{"custom_id": 7.0, "response": map[string]any{"outputs": []any{}}}},
-		{"spaced object id", outputLine{CustomID: json.RawMessage("{ \"a\" :\t[1, 2] }"), Error: "x"},
+		{"spaced object id", OutputLine{CustomID: json.RawMessage("{ \"a\" :\t[1, 2] }"), Error: "x"},
 			map[string]any{"custom_id": map[string]any{"a": []any{1.0, 2.0}}, "error": "x"}},
-		{"error with quotes and a newline", outputLine{CustomID: json.RawMessage(`"<id>"`), Error: "line 3: \"x\"\nbroken"},
+		{"error with quotes and a newline", OutputLine{CustomID: json.RawMessage(`"<id>"`), Error: "line 3: \"x\"\nbroken"},
 			map[string]any{"custom_id": "<id>", "error": "line 3: \"x\"\nbroken"}},
-		{"damaged id", outputLine{CustomID: json.RawMessage(`{"a":`), Error: "x"}, map[string]any{"custom_id": nil, "error": "x"}},
-		{"error with its line", outputLine{CustomID: json.RawMessage(`"r"`), Line: 1234, Error: "x"}, map[string]any{"custom_id": "r", "line": 1234.0, "error": "x"}},
+		{"damaged id", OutputLine{CustomID: json.RawMessage(`{"a":`), Error: "x"}, map[string]any{"custom_id": nil, "error": "x"}},
+		{"error with its line", OutputLine{CustomID: json.RawMessage(`"r"`), Line: 1234, Error: "x"}, map[string]any{"custom_id": "r", "line": 1234.0, "error": "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := tt.line.appendLine([]byte("before\n"))
+			b := tt.line.Append([]byte("before\n"))
 			b, ok := bytes.CutPrefix(b, []byte("before\n"))
 			if !ok {
 				t.Fatalf("what came before was changed: %q", b)

@@ -1,4 +1,4 @@
-package producer
+package batchfile
 
 import (
 	"bufio"
@@ -25,12 +25,12 @@ func FuzzBatchLines(f *testing.F) {
 		r := bufio.NewReaderSize(bytes.NewReader(body), 16)
 		total := 0
 		for {
-			line, err := readLine(r, 64)
+			line, err := ReadLine(r, 64)
 			if len(line) > 64 {
 				t.Fatalf("a line of %d bytes passed a limit of 64", len(line))
 			}
 			total += len(line)
-			if id := peekCustomID(line); id != nil && !json.Valid(id) {
+			if id := PeekCustomID(line); id != nil && !json.Valid(id) {
 				t.Fatalf("custom_id %q of %q is not JSON", id, line)
 			}
 			if err != nil {
