@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -349,5 +350,64 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	}
 	if runs := s.metrics(t)["inferq_batch_size,model=one,stat=count"]; runs != 100 {
 		t.Errorf("%v runs for 100 jobs of one row, one at a time: jobs were delivered again while they waited", runs)
+	}
+}
+
+// TestShutdownFinishesSyncRequests: stopping `inferq serve` while
+// synchronous infers wait stops the HTTP server first and the workers
+// after it, so the requests under way are answered, each with its output,
+// rather than cut off while their jobs go back to the queue.
+func TestShutdownFinishesSyncRequests(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(512, 600, 5))
+	d := openDirect(t, path)
+	// Rows enough for a run to take about a tenth of a second here.
+	rows := 1
+	var in []tensor.Tensor
+	for {
+		in = []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{int64(rows), 512}, Data: make([]byte, 4*512*rows)}}
+		start := time.Now()
+		d.run(t, in)
+		if time.Since(start) >= 100*time.Millisecond || rows >= 4096 {
+			break
+		}
+		rows *= 2
+	}
+	want := d.run(t, in)
+	repo := testenv.ModelRepo(t, map[string]string{
+		"slow/1/model.onnx": "@" + path, "slow/config.yaml": fmt.Sprintf("max_batch_size: %d\nintra_op_threads: 1\n", rows),
+	})
+	s := startServe(t, repo, "--drain-timeout", "30s")
+	const n = 6
+	var wg sync.WaitGroup
+	answers := make([]response, n)
+	for i := range n {
+		wg.Go(func() {
+			res, err := http.Post(s.url+"/v2/models/slow/infer", "application/json", bytes.NewReader(requestJSON(in)))
+			if err != nil {
+				answers[i].body = []byte(err.Error())
+				return
+			}
+			defer res.Body.Close()
+			answers[i].code = res.StatusCode
+			answers[i].body, _ = io.ReadAll(res.Body)
+		})
+	}
+	// Stop once the first run is under way, the others queued behind it.
+	eventually(t, 30*time.Second, "a run under way", func() bool {
+		return s.metrics(t)["inferq_queue_in_flight_jobs,model=slow"] >= 1
+	})
+	s.stop()
+	wg.Wait()
+	for i, a := range answers {
+		if a.code != http.StatusOK {
+			t.Errorf("request %d, in flight at shutdown: %d %s, want 200", i, a.code, a.body)
+			continue
+		}
+		resp, err := tensor.DecodeResponse(a.body)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		assertClose(t, fmt.Sprintf("request %d", i), resp.Outputs, want)
 	}
 }

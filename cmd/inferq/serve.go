@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -327,7 +328,18 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(jobs.NewDepthCollector(q, catalog.Names))
 
+	// Shutdown runs in this order, once ctx ends or a part fails: the HTTP
+	// server stops accepting and finishes the requests under way (a
+	// synchronous infer among them waits for its job, which this
+	// process's workers still run); then the workers drain (batches
+	// running finish, jobs not started go back to the queue); then the
+	// loops of the results stream, the autoscaler and the rest end with
+	// gctx; last, the NATS connection drains.
 	g, gctx := errgroup.WithContext(ctx)
+	apiStopped := make(chan struct{}) // closed once the HTTP server has shut down, or at once without one
+	var stopOnce sync.Once
+	stopAPI := func() { stopOnce.Do(func() { close(apiStopped) }) }
+	defer stopAPI() // a return before the server started
 	var fleet *consumer.Fleet
 	if m != modeAPI {
 		metrics, err := consumer.NewMetrics(reg)
@@ -347,6 +359,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		g.Go(func() error {
 			select {
 			case <-gctx.Done():
+				<-apiStopped
 				fleet.Stop()
 				return nil
 			case err := <-fleet.Failed():
@@ -451,11 +464,14 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return nil
 		})
 		g.Go(func() error {
+			defer stopAPI()
 			<-gctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 			defer cancel()
 			return srv.Shutdown(sctx)
 		})
+	} else {
+		stopAPI()
 	}
 	if f.metricsAddr != "" {
 		if err := serveMetrics(gctx, g, f.metricsAddr, reg, log); err != nil {
