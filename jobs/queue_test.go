@@ -197,13 +197,8 @@ func TestWatcherWatchesOnlyWhileWaited(t *testing.T) {
 			t.Fatalf("round %d: the waiter heard nothing of the change", round)
 		}
 		stop()
-		deadline := time.Now().Add(5 * time.Second)
-		for watchers(t, js) != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the watch still runs %s after its last waiter left (idle %s)", round, 5*time.Second, w.idle)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("round %d: the watch ends after its last waiter left (idle %s)", round, w.idle),
+			func() bool { return watchers(t, js) == 0 })
 	}
 }
 

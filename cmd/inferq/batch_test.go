@@ -44,18 +44,13 @@ func postBatch(t *testing.T, s *server, model string, body io.Reader) jobs.Batch
 // awaitBatch polls a batch until it is final.
 func awaitBatch(t *testing.T, s *server, id string, within time.Duration) jobs.BatchRecord {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		var rec jobs.BatchRecord
+	var rec jobs.BatchRecord
+	eventually(t, within, "batch "+id+" finished", func() bool {
+		rec = jobs.BatchRecord{}
 		do(t, "GET", s.url+"/v1/batches/"+id, nil).json(t, &rec)
-		if rec.Final() {
-			return rec
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("batch %s not finished within %v: %+v", id, within, rec)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return rec.Final()
+	})
+	return rec
 }
 
 // eachOutputLine streams a batch's output and calls fn with each line,

@@ -103,13 +103,9 @@ func TestPoisonJobsDeadLettered(t *testing.T) {
 	if err := os.Rename(staged, filepath.Join(repo, "lookup", "2")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(string(do(t, "GET", s.url+"/v2/models/lookup", nil).body), `"2"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("version 2 was not loaded within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, 30*time.Second, "version 2 loaded", func() bool {
+		return strings.Contains(string(do(t, "GET", s.url+"/v2/models/lookup", nil).body), `"2"`)
+	})
 	out, errOut, code = runCLI(t, s.url, "", "dlq", "replay", "--model", "lookup", "--all")
 	f = strings.Fields(out)
 	if code != 0 || len(f) != 2 || f[0] != again.ID {
@@ -211,13 +207,9 @@ func TestNATSRestart(t *testing.T) {
 	// NATS goes while the worker is mid-backlog.
 	s.await(t, accepted[0], 30*time.Second)
 	ns.Shutdown()
-	deadline := time.Now().Add(30 * time.Second)
-	for do(t, "GET", s.url+"/v2/health/ready", nil).code != http.StatusServiceUnavailable {
-		if time.Now().After(deadline) {
-			t.Fatal("ready still answers 200 with NATS down")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, 30*time.Second, "ready answers 503 with NATS down", func() bool {
+		return do(t, "GET", s.url+"/v2/health/ready", nil).code == http.StatusServiceUnavailable
+	})
 	start := time.Now()
 	r := do(t, "POST", s.url+"/v1/models/slow/jobs", req)
 	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
@@ -226,13 +218,9 @@ func TestNATSRestart(t *testing.T) {
 	t.Logf("with NATS down, a submission is refused in %v: %s", time.Since(start).Round(time.Millisecond), r.errorMessage(t))
 
 	ns = startNATS()
-	deadline = time.Now().Add(60 * time.Second)
-	for do(t, "GET", s.url+"/v2/health/ready", nil).code != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatal("the API did not reconnect within 60s of NATS coming back")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually(t, 60*time.Second, "the API ready again once NATS came back", func() bool {
+		return do(t, "GET", s.url+"/v2/health/ready", nil).code == http.StatusOK
+	})
 	for range 8 {
 		accepted = append(accepted, s.submit(t, "/v1/models/slow/jobs", req))
 	}
@@ -241,12 +229,8 @@ func TestNATSRestart(t *testing.T) {
 			t.Fatalf("job %s after the restart: %+v", id, rec)
 		}
 	}
-	deadline = time.Now().Add(60 * time.Second)
 	batchWait := time.Now()
-	for !batch.Final() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		do(t, "GET", s.url+"/v1/batches/"+batch.ID, nil).json(t, &batch)
-	}
+	batch = awaitBatch(t, s, batch.ID, 60*time.Second)
 	t.Logf("batch final %v after the jobs", time.Since(batchWait))
 	if batch.Status != jobs.BatchSucceeded || batch.Counts.Total != 12 || batch.Counts.Succeeded != 12 || batch.Counts.Failed != 0 {
 		t.Fatalf("batch file after the restart: %+v", batch)

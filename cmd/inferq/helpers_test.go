@@ -230,17 +230,10 @@ func do(t *testing.T, method, url string, body []byte, headers ...string) respon
 	return response{code: res.StatusCode, header: res.Header, body: b}
 }
 
-// eventually polls cond every 50ms until it holds, failing the test with
-// what after within.
+// eventually is testenv.Eventually.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, within, what, cond)
 }
 
 // submit posts a job and returns its id, failing unless it was accepted.

@@ -58,13 +58,7 @@ func TestAutoscaleToZeroAndBack(t *testing.T) {
 	if peak < 2 {
 		t.Errorf("the pool peaked at %v replicas for a backlog of 200 at 8 per replica", peak)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for replicas() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("still %v replicas 30s after the queue emptied", replicas())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	eventually(t, 30*time.Second, "no replica once the queue emptied", func() bool { return replicas() == 0 })
 	m := s.metrics(t)
 	t.Logf("peak %v replicas; %v scale-ups, %v scale-downs; %v cold starts took %.1f ms on average", peak,
 		m["inferq_scale_events_total,direction=up,model=slow"], m["inferq_scale_events_total,direction=down,model=slow"],

@@ -97,20 +97,13 @@ func TestLoopSettles(t *testing.T) {
 					return err
 				})
 			}()
-			deadline := time.Now().Add(10 * time.Second)
-			for {
+			testenv.Eventually(t, 10*time.Second, "all 10 messages settled, none unacknowledged", func() bool {
 				mu.Lock()
 				n := len(seen)
 				mu.Unlock()
 				unacked, unsent := pending(t, cons)
-				if n == tc.seen && unacked == 0 && unsent == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("settled %d of 10 messages; %d unacknowledged, %d not delivered", n, unacked, unsent)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+				return n == tc.seen && unacked == 0 && unsent == 0
+			})
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatalf("Run after ctx ended: %v, want nil", err)
@@ -182,11 +175,7 @@ func TestLoopRoom(t *testing.T) {
 				return pull.Kept
 			})
 	}()
-	for deadline := time.Now().Add(10 * time.Second); total.Load() < 20; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("handled %d of 20", total.Load())
-		}
-	}
+	testenv.Eventually(t, 10*time.Second, "all 20 handled", func() bool { return total.Load() == 20 })
 	cancel()
 	<-done
 	wg.Wait()
