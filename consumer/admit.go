@@ -69,7 +69,7 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		return
 	}
 	key := it.model.VersionString()
-	if it.lines == nil && it.model.Batchable && !w.unbatched(it.model) {
+	if it.lines == nil && it.model.Batchable && !w.runner.unbatched(it.model) {
 		key += "|" + batching.Key(it.inputs, it.model.Batched)
 	} else {
 		key += "|" + job.ID // never batched with another

@@ -3,12 +3,13 @@ package consumer
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/model"
-	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -23,31 +24,64 @@ type ranBatch struct {
 	errs    []error
 }
 
-// runBatch runs a prepared batch in ONNX Runtime. A batch that fails is
-// split and its halves run again, down to single jobs, so that one bad
-// request fails alone and the rest of its batch succeeds.
+// runBatch runs a prepared batch in ONNX Runtime, traced.
 func (w *Worker) runBatch(items []*item) *ranBatch {
-	r := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items))}
 	batch, run := w.traceBatch(items)
-	w.runIsolating(items, r.outputs, r.errs)
-	run.End()
-	batch.End()
-	return r
+	defer batch.End()
+	defer run.End()
+	return w.runner.run(items)
+}
+
+// session runs a model once: an ONNX Runtime session (onnx.Session), or
+// in tests a fake whose outputs are easy to check.
+type session interface {
+	Run(inputs []tensor.Tensor) ([]tensor.Tensor, error)
+}
+
+// runner runs a worker's batches by the strategy their jobs need, and
+// splits the outputs back per job. It knows nothing of NATS or storage:
+// what it is given is jobs' inputs, what it returns is their outputs or
+// why each failed.
+//
+// The strategies: a batch of several jobs is stacked and run once
+// (infer, runSplit); a job alone runs whole, in slices of at most the
+// max batch size when it is larger (runWhole, runUnsliced); a job of
+// requests laid end to end runs them in groups that share a run
+// (runLines, runStacked). A batch that fails is bisected down to the jobs
+// that fail on their own (runIsolating).
+type runner struct {
+	name     string // the model, for metrics
+	policy   batching.Policy
+	sessions map[int64]session
+	metrics  *Metrics
+	log      *slog.Logger
+	// noBatch holds the versions (int64) found at run time to give
+	// outputs that do not split back per request.
+	noBatch sync.Map
+}
+
+// run runs a batch. A batch that fails is split and its halves run
+// again, down to single jobs, so that one bad request fails alone and
+// the rest of its batch succeeds.
+func (r *runner) run(items []*item) *ranBatch {
+	ran := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items))}
+	r.runIsolating(items, ran.outputs, ran.errs)
+	return ran
 }
 
 // runIsolating runs items as one batch and fills in each job's outputs;
 // when the run fails it bisects, so that errs ends up set only for jobs
 // that fail on their own.
-func (w *Worker) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []error) {
+func (r *runner) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []error) {
 	m := items[0].model
-	out, dur, err := w.infer(m, items)
+	out, dur, err := r.infer(m, items)
 	if err == nil {
 		rows := 0
 		for _, it := range items {
 			rows += it.rows
 		}
-		w.opts.Metrics.batchSize.WithLabelValues(w.name).Observe(float64(rows))
-		w.opts.Metrics.inference.WithLabelValues(w.name).Observe(dur.Seconds())
+		r.metrics.batchSize.WithLabelValues(r.name).Observe(float64(rows))
+		r.metrics.inference.WithLabelValues(r.name).Observe(dur.Seconds())
 		for i, it := range items {
 			outputs[i], errs[i] = trim(it, out[i])
 		}
@@ -55,25 +89,25 @@ func (w *Worker) runIsolating(items []*item, outputs [][]tensor.Tensor, errs []e
 	}
 	if errors.Is(err, errUnsplittable) {
 		for i := range items {
-			w.runIsolating(items[i:i+1], outputs[i:i+1], errs[i:i+1])
+			r.runIsolating(items[i:i+1], outputs[i:i+1], errs[i:i+1])
 		}
 		return
 	}
-	w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+	r.metrics.failedRuns.WithLabelValues(r.name).Inc()
 	if len(items) == 1 {
-		w.log.Warn("job failed in ONNX Runtime", "job", items[0].job.ID, "version", m.Version, "err", err)
+		r.log.Warn("job failed in ONNX Runtime", "job", items[0].job.ID, "version", m.Version, "err", err)
 		errs[0] = err
 		return
 	}
-	w.log.Warn("batch failed; splitting it to find the jobs that fail", "version", m.Version, "jobs", len(items), "err", err)
+	r.log.Warn("batch failed; splitting it to find the jobs that fail", "version", m.Version, "jobs", len(items), "err", err)
 	half := len(items) / 2
-	w.runIsolating(items[:half], outputs[:half], errs[:half])
-	w.runIsolating(items[half:], outputs[half:], errs[half:])
+	r.runIsolating(items[:half], outputs[:half], errs[:half])
+	r.runIsolating(items[half:], outputs[half:], errs[half:])
 }
 
 // infer runs the batch's stacked inputs and returns each job's outputs.
-func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.Duration, error) {
-	s := w.sessions[m.Version]
+func (r *runner) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.Duration, error) {
+	s := r.sessions[m.Version]
 	if s == nil {
 		return nil, 0, fmt.Errorf("version %d is not loaded", m.Version)
 	}
@@ -83,10 +117,10 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 		var err error
 		it := items[0]
 		if it.lines != nil {
-			out, err = w.runLines(s, it)
-		} else if out, err = w.runWhole(s, m, it.inputs, it.rows); err != nil && w.unstack(it) {
-			w.log.Warn("a job packed from several requests failed in ONNX Runtime; running them one at a time to find those at fault", "job", it.job.ID, "requests", len(it.lines), "err", err)
-			out, err = w.runLines(s, it)
+			out, err = r.runLines(s, it)
+		} else if out, err = r.runWhole(s, m, it.inputs, it.rows); err != nil && r.unstack(it) {
+			r.log.Warn("a job packed from several requests failed in ONNX Runtime; running them one at a time to find those at fault", "job", it.job.ID, "requests", len(it.lines), "err", err)
+			out, err = r.runLines(s, it)
 		}
 		return [][]tensor.Tensor{out}, time.Since(start), err
 	}
@@ -104,8 +138,8 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 		// The model's metadata promised outputs batched along the first
 		// dimension, and the run says otherwise: stop batching this
 		// version. Its jobs are run one at a time from here on.
-		if _, was := w.noBatch.LoadOrStore(m.Version, true); !was {
-			w.log.Warn("model outputs do not follow the batch dimension; running its jobs one at a time from now on", "version", m.Version, "err", err)
+		if _, was := r.noBatch.LoadOrStore(m.Version, true); !was {
+			r.log.Warn("model outputs do not follow the batch dimension; running its jobs one at a time from now on", "version", m.Version, "err", err)
 		}
 	}
 	return split, dur, err
@@ -114,7 +148,7 @@ func (w *Worker) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 // runSplit runs stacked inputs once and splits the outputs back into
 // parts of rows, returning how long the run took. An error wrapping
 // errUnsplittable says the outputs did not follow the batch dimension.
-func runSplit(s *onnx.Session, in []tensor.Tensor, rows []int) ([][]tensor.Tensor, time.Duration, error) {
+func runSplit(s session, in []tensor.Tensor, rows []int) ([][]tensor.Tensor, time.Duration, error) {
 	start := time.Now()
 	out, err := s.Run(in)
 	dur := time.Since(start)
@@ -132,9 +166,9 @@ func runSplit(s *onnx.Session, in []tensor.Tensor, rows []int) ([][]tensor.Tenso
 // large request, or a batch file's lines packed together) runs in slices
 // of at most that many rows, whose outputs are joined: max_batch_size is
 // what a run may hold, whoever filled the job.
-func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, rows int) ([]tensor.Tensor, error) {
-	size := w.policy.MaxBatchSize
-	if rows <= size || !m.Sliceable() || w.unbatched(m) {
+func (r *runner) runWhole(s session, m *model.Model, in []tensor.Tensor, rows int) ([]tensor.Tensor, error) {
+	size := r.policy.MaxBatchSize
+	if rows <= size || !m.Sliceable() || r.unbatched(m) {
 		return s.Run(in)
 	}
 	var cuts []int
@@ -143,7 +177,7 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 	}
 	parts, err := batching.Split(in, cuts)
 	if err != nil {
-		return w.runUnsliced(s, m, in, rows, err)
+		return r.runUnsliced(s, m, in, rows, err)
 	}
 	outs := make([][]tensor.Tensor, len(parts))
 	for i, part := range parts {
@@ -158,7 +192,7 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 		}
 	}
 	if err != nil {
-		return w.runUnsliced(s, m, in, rows, err)
+		return r.runUnsliced(s, m, in, rows, err)
 	}
 	return joined, nil
 }
@@ -167,28 +201,28 @@ func (w *Worker) runWhole(s *onnx.Session, m *model.Model, in []tensor.Tensor, r
 // lines to run one at a time; inputs shared by the job go to each. It
 // reports false for a job that cannot be: one request, or padded inputs
 // (whose outputs are trimmed as a whole).
-func (w *Worker) unstack(it *item) bool {
+func (r *runner) unstack(it *item) bool {
 	if len(it.lineRows) < 2 || it.length != 0 {
 		return false
 	}
 	lines := make([][]tensor.Tensor, len(it.lineRows))
-	for r := range lines {
-		lines[r] = make([]tensor.Tensor, len(it.inputs))
+	for l := range lines {
+		lines[l] = make([]tensor.Tensor, len(it.inputs))
 	}
 	for i, in := range it.inputs {
 		if !it.model.Batched[i] {
-			for r := range lines {
-				lines[r][i] = in
+			for l := range lines {
+				lines[l][i] = in
 			}
 			continue
 		}
 		parts, err := batching.Split([]tensor.Tensor{in}, it.lineRows)
 		if err != nil {
-			w.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
+			r.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
 			return false
 		}
-		for r := range lines {
-			lines[r][i] = parts[r][0]
+		for l := range lines {
+			lines[l][i] = parts[l][0]
 		}
 	}
 	it.lines = lines
@@ -201,23 +235,23 @@ func (w *Worker) unstack(it *item) bool {
 // the same way, with their shapes in the response's parameters. A
 // request that fails fails alone: the parameters say why, and its outputs
 // are empty.
-func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
+func (r *runner) runLines(s session, it *item) ([]tensor.Tensor, error) {
 	outs := make([][]tensor.Tensor, len(it.lines))
 	lines := batching.Lines{Errors: map[int]string{}}
-	alone := func(r int) {
-		out, err := s.Run(it.lines[r])
+	alone := func(l int) {
+		out, err := s.Run(it.lines[l])
 		if err != nil {
-			w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
-			w.log.Warn("a request of a packed job failed in ONNX Runtime", "job", it.job.ID, "request", r+1, "of", len(it.lines), "err", err)
-			lines.Errors[r] = err.Error()
+			r.metrics.failedRuns.WithLabelValues(r.name).Inc()
+			r.log.Warn("a request of a packed job failed in ONNX Runtime", "job", it.job.ID, "request", l+1, "of", len(it.lines), "err", err)
+			lines.Errors[l] = err.Error()
 			return
 		}
-		outs[r] = selectOutputs(out, it.job.Request.Outputs)
+		outs[l] = selectOutputs(out, it.job.Request.Outputs)
 	}
-	for _, group := range w.lineGroups(it) {
-		if len(group.lines) == 1 || !w.runStacked(s, it, group, outs) {
-			for _, r := range group.lines {
-				alone(r)
+	for _, group := range r.lineGroups(it) {
+		if len(group.lines) == 1 || !r.runStacked(s, it, group, outs) {
+			for _, l := range group.lines {
+				alone(l)
 			}
 		}
 	}
@@ -231,10 +265,10 @@ func (w *Worker) runLines(s *onnx.Session, it *item) ([]tensor.Tensor, error) {
 	if first == nil {
 		return nil, fmt.Errorf("all %d requests packed in this job failed; the first: %s", len(it.lines), lines.Errors[0])
 	}
-	for r := range lines.Errors {
-		outs[r] = make([]tensor.Tensor, len(first))
+	for l := range lines.Errors {
+		outs[l] = make([]tensor.Tensor, len(first))
 		for i, t := range first {
-			outs[r][i] = tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: []int64{0}}
+			outs[l][i] = tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: []int64{0}}
 		}
 	}
 	packed, shapes, err := batching.Pack(outs)
@@ -260,14 +294,14 @@ type lineGroup struct {
 // may share a run, in order of first appearance: for a batchable model,
 // requests of the same shapes once padded, up to the max batch size in
 // rows; else each request alone.
-func (w *Worker) lineGroups(it *item) []*lineGroup {
+func (r *runner) lineGroups(it *item) []*lineGroup {
 	m := it.model
-	batch := m.Batchable && m.Sliceable() && !w.unbatched(m)
+	batch := m.Batchable && m.Sliceable() && !r.unbatched(m)
 	var groups []*lineGroup
 	open := map[string]*lineGroup{} // key to the group still open for it
-	for r, line := range it.lines {
+	for l, line := range it.lines {
 		if !batch {
-			groups = append(groups, &lineGroup{lines: []int{r}})
+			groups = append(groups, &lineGroup{lines: []int{l}})
 			continue
 		}
 		in, length, err := padInputs(m, line)
@@ -276,13 +310,13 @@ func (w *Worker) lineGroups(it *item) []*lineGroup {
 		}
 		key := batching.Key(in, m.Batched)
 		g := open[key]
-		if g == nil || g.rows+it.lineRows[r] > w.policy.MaxBatchSize {
+		if g == nil || g.rows+it.lineRows[l] > r.policy.MaxBatchSize {
 			g = &lineGroup{}
 			open[key] = g
 			groups = append(groups, g)
 		}
-		g.lines, g.inputs, g.lengths = append(g.lines, r), append(g.inputs, in), append(g.lengths, length)
-		g.rows += it.lineRows[r]
+		g.lines, g.inputs, g.lengths = append(g.lines, l), append(g.inputs, in), append(g.lengths, length)
+		g.rows += it.lineRows[l]
 	}
 	return groups
 }
@@ -291,10 +325,10 @@ func (w *Worker) lineGroups(it *item) []*lineGroup {
 // outputs back and trims them to each request's own length. It reports
 // false, having set nothing, when the run fails or its outputs do not
 // split, so that the requests run one at a time.
-func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]tensor.Tensor) bool {
+func (r *runner) runStacked(s session, it *item, g *lineGroup, outs [][]tensor.Tensor) bool {
 	rows := make([]int, len(g.lines))
-	for i, r := range g.lines {
-		rows[i] = it.lineRows[r]
+	for i, l := range g.lines {
+		rows[i] = it.lineRows[l]
 	}
 	in, err := batching.Stack(g.inputs, it.model.Batched)
 	if err != nil {
@@ -303,7 +337,7 @@ func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]te
 	parts, _, err := runSplit(s, in, rows)
 	if err != nil {
 		if !errors.Is(err, errUnsplittable) {
-			w.opts.Metrics.failedRuns.WithLabelValues(w.name).Inc()
+			r.metrics.failedRuns.WithLabelValues(r.name).Inc()
 		}
 		return false
 	}
@@ -313,8 +347,8 @@ func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]te
 			return false
 		}
 	}
-	for i, r := range g.lines {
-		outs[r] = selectOutputs(got[i], it.job.Request.Outputs)
+	for i, l := range g.lines {
+		outs[l] = selectOutputs(got[i], it.job.Request.Outputs)
 	}
 	return true
 }
@@ -323,7 +357,7 @@ func (w *Worker) runStacked(s *onnx.Session, it *item, g *lineGroup, outs [][]te
 // slices' outputs could not be joined back (one map per run, say), whole:
 // unless the model's config holds every run to one row, a bound that a
 // whole job would break.
-func (w *Worker) runUnsliced(s *onnx.Session, m *model.Model, in []tensor.Tensor, rows int, why error) ([]tensor.Tensor, error) {
+func (r *runner) runUnsliced(s session, m *model.Model, in []tensor.Tensor, rows int, why error) ([]tensor.Tensor, error) {
 	if !m.Batchable {
 		return nil, fmt.Errorf("a job of %d rows must run a row at a time (max_batch_size is 1), and it cannot be cut into rows and joined back: %w", rows, why)
 	}
@@ -331,8 +365,8 @@ func (w *Worker) runUnsliced(s *onnx.Session, m *model.Model, in []tensor.Tensor
 }
 
 // unbatched reports whether batching was switched off for m at run time.
-func (w *Worker) unbatched(m *model.Model) bool {
-	_, ok := w.noBatch.Load(m.Version)
+func (r *runner) unbatched(m *model.Model) bool {
+	_, ok := r.noBatch.Load(m.Version)
 	return ok
 }
 

@@ -57,6 +57,7 @@ type Placement struct {
 // version's config falls back to the CPU.
 func (w *Worker) Load() error {
 	w.sessions = map[int64]*onnx.Session{}
+	w.runner.sessions = map[int64]session{}
 	w.placements = nil
 	for _, m := range w.opts.Family.Versions {
 		p := m.Config.Provider(w.opts.Device)
@@ -75,6 +76,7 @@ func (w *Worker) Load() error {
 			return fmt.Errorf("model %s version %d: %w", w.name, m.Version, err)
 		}
 		w.sessions[m.Version] = s
+		w.runner.sessions[m.Version] = s
 		w.placements = append(w.placements, place)
 	}
 	return nil
@@ -91,5 +93,6 @@ func (w *Worker) unload() {
 	for v, s := range w.sessions {
 		s.Close()
 		delete(w.sessions, v)
+		delete(w.runner.sessions, v)
 	}
 }

@@ -129,9 +129,8 @@ type Worker struct {
 	// storagePause is how long the result writer waits after storage
 	// failed; 0 while it works. Only the writer touches it.
 	storagePause time.Duration
-	// noBatch holds the versions (int64) found at run time to give
-	// outputs that do not split back per request.
-	noBatch sync.Map
+	// runner runs the batches.
+	runner *runner
 	// held are the job messages fetched and not yet settled.
 	held *held
 }
@@ -173,6 +172,7 @@ func NewWorker(opts Options) (*Worker, error) {
 		opts: opts, name: opts.Family.Name, held: newHeld(), log: opts.Logger.With("model", opts.Family.Name),
 		policy: policy, instances: instances, tracer: opts.Tracer,
 	}
+	w.runner = &runner{name: w.name, policy: policy, metrics: opts.Metrics, log: w.log}
 	w.watch = newWatcher(w)
 	if _, err := batching.New[*item](w.policy, nil); err != nil {
 		return nil, fmt.Errorf("model %q: %w", w.name, err)
