@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -188,29 +187,3 @@ func (m *watcher) run(ctx context.Context, interval time.Duration) {
 
 // CapturePrefix is the folder of a model's captured jobs.
 func CapturePrefix(model string) string { return "capture/" + model + "/" }
-
-// expireCaptured deletes the captured jobs written before cutoff, as
-// results are: the objects of the 30 days up to cutoff's, each named by
-// the ULID of when it was written. It returns how many it deleted.
-func (w *Worker) expireCaptured(ctx context.Context, cutoff time.Time) int {
-	deleted := 0
-	for _, m := range w.opts.Family.Versions {
-		for day := cutoff.UTC().AddDate(0, 0, -30); !day.After(cutoff); day = day.AddDate(0, 0, 1) {
-			prefix := CapturePrefix(w.name) + m.VersionString() + "/" + day.Format("2006-01-02") + "/"
-			keys, err := w.opts.Results.List(ctx, prefix)
-			if err != nil {
-				continue
-			}
-			for _, key := range keys {
-				id, err := ulid.ParseStrict(strings.TrimSuffix(strings.TrimPrefix(key, prefix), ".jsonl"))
-				if err != nil || ulid.Time(id.Time()).After(cutoff) {
-					continue
-				}
-				if w.opts.Results.Delete(ctx, key) == nil {
-					deleted++
-				}
-			}
-		}
-	}
-	return deleted
-}

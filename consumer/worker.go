@@ -345,7 +345,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer func() { <-sweeping }()
 		go func() {
 			defer close(sweeping)
-			w.sweep(ctx, keep)
+			var versions []string
+			for _, m := range w.opts.Family.Versions {
+				versions = append(versions, m.VersionString())
+			}
+			r := retention{Model: w.name, Versions: versions, Keep: keep, Store: w.opts.Results, Logger: w.log}
+			_ = r.Run(ctx) // returns when ctx ends
 		}()
 	}
 	w.log.Info("worker started", "max_batch_size", w.policy.MaxBatchSize, "max_queue_delay", w.policy.MaxQueueDelay, "instances", w.instances)
