@@ -23,7 +23,7 @@ func (w *Worker) dispatch(ctx context.Context, work chan<- batching.Batch[*item]
 		return true
 	case <-ctx.Done():
 		for _, it := range b.Items {
-			_ = it.msg.Nak()
+			w.settle(it.msg, handBack, 0)
 		}
 		return false
 	}

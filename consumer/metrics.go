@@ -17,8 +17,10 @@ type Metrics struct {
 	// failedRuns counts ONNX Runtime runs that failed, including the runs
 	// of halves while a failed batch is split to find its bad job.
 	failedRuns *prometheus.CounterVec
-	replicas   *prometheus.GaugeVec
-	coldStart  *prometheus.HistogramVec
+	// settled counts job messages settled, by how (see settle).
+	settled   *prometheus.CounterVec
+	replicas  *prometheus.GaugeVec
+	coldStart *prometheus.HistogramVec
 	// writes and writeJobs time the result store's writes and count the
 	// jobs each carries: what tells a slow store from a slow model.
 	writes    *prometheus.HistogramVec
@@ -61,6 +63,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "inferq_failed_runs_total",
 			Help: "ONNX Runtime runs that failed, by model; a failed batch is split and rerun to isolate the jobs at fault.",
 		}, []string{"model"}),
+		settled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_job_messages_settled_total",
+			Help: "Job messages a worker settled, by model and how: ack (the job is final, or needs nothing more), hand_back (returned to the queue to run again: a retry, storage away, shutdown) and drop (terminated: it has no record).",
+		}, []string{"model", "how"}),
 		values: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inferq_monitor_values_total",
 			Help: "Finite numbers seen in models' inputs and outputs, by model, version, kind (input, output) and tensor.",
@@ -94,7 +100,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -107,7 +107,7 @@ func (w *Worker) handBackUnread(ctx context.Context, m jetstream.Msg, err error)
 	id := m.Headers().Get(jobs.HeaderJobID)
 	if rec, rerr := w.opts.Queue.Records.Get(ctx, id); rerr == nil && rec.Status.Final() {
 		w.log.Info("dropping a job that ended while its inputs could not be read", "job", id, "status", rec.Status)
-		_ = m.Ack()
+		w.settle(m, done, 0)
 		return nil
 	}
 	delay, ok := w.handBackDelay(m)
@@ -115,7 +115,7 @@ func (w *Worker) handBackUnread(ctx context.Context, m jetstream.Msg, err error)
 		return fmt.Errorf("%w: gave up after %d deliveries: %v", errHandedBack, w.opts.MaxHandBacks, err)
 	}
 	w.log.Warn("could not read a job's inputs from storage; it returns to the queue", "job", id, "in", delay, "err", err)
-	_ = m.NakWithDelay(delay)
+	w.settle(m, handBack, delay)
 	return nil
 }
 

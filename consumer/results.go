@@ -177,7 +177,7 @@ func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cau
 	if err != nil && !errors.Is(err, jobs.ErrConflict) {
 		w.log.Warn("could not hand a job back; it will be redelivered", "job", it.job.ID, "err", err)
 	}
-	_ = it.msg.NakWithDelay(delay)
+	w.settle(it.msg, handBack, delay)
 }
 
 // storedResponse reads back the response of a succeeded job small enough

@@ -7,7 +7,47 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/jobs"
+	"github.com/nats-io/nats.go/jetstream"
 )
+
+// settlement is how a job's message ends in the worker's hands. Every
+// stage decides one; settle is the one place that carries it out.
+type settlement string
+
+const (
+	// done acknowledges the message: the job is final, or needs nothing
+	// more from this delivery.
+	done settlement = "ack"
+	// handBack returns the job to the queue, to be delivered again after
+	// a delay (0: at once): a retry, storage away, a shutdown.
+	handBack settlement = "hand_back"
+	// drop terminates a message that can never run: JetStream does not
+	// deliver it again.
+	drop settlement = "drop"
+)
+
+// settle ends a job's message as decided, and counts it. A settlement
+// that does not reach NATS leaves the message to come back after its ack
+// wait, where a redelivery finds the job's record as this one left it.
+func (w *Worker) settle(m jetstream.Msg, how settlement, delay time.Duration) {
+	var err error
+	switch how {
+	case done:
+		err = m.Ack()
+	case handBack:
+		if delay > 0 {
+			err = m.NakWithDelay(delay)
+		} else {
+			err = m.Nak()
+		}
+	case drop:
+		err = m.Term()
+	}
+	w.opts.Metrics.settled.WithLabelValues(w.name, string(how)).Inc()
+	if err != nil {
+		w.log.Warn("could not settle a job's message; JetStream delivers it again after its ack wait", "job", m.Headers().Get(jobs.HeaderJobID), "how", how, "err", err)
+	}
+}
 
 var (
 	errGaveUp = errors.New("attempts exhausted")
@@ -66,24 +106,24 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			w.log.Debug("skipping finished job", "job", it.job.ID, "status", c.Rec.Status)
 			if err := w.opts.Queue.Announce(c.Rec, w.storedResponse(ctx, c.Rec)); err != nil {
 				w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
-				_ = it.msg.NakWithDelay(w.opts.Backoff)
+				w.settle(it.msg, handBack, w.opts.Backoff)
 				continue
 			}
-			_ = it.msg.Ack()
+			w.settle(it.msg, done, 0)
 		case errors.Is(c.Err, jobs.ErrJobNotFound):
 			// The record is stored before the message is published: on a
 			// cluster, a replica that lags may not have it yet. Dropped
 			// only once several deliveries found none.
 			if meta, err := it.msg.Metadata(); err == nil && meta.NumDelivered < 5 {
 				w.log.Warn("job has no record yet; trying again later", "job", it.job.ID)
-				_ = it.msg.NakWithDelay(w.opts.Backoff)
+				w.settle(it.msg, handBack, w.opts.Backoff)
 				continue
 			}
 			w.log.Warn("job has no record; dropping it", "job", it.job.ID)
-			_ = it.msg.Term()
+			w.settle(it.msg, drop, 0)
 		case c.Err != nil:
 			w.log.Warn("could not mark job running; retrying later", "job", it.job.ID, "err", c.Err)
-			_ = it.msg.NakWithDelay(w.opts.Backoff)
+			w.settle(it.msg, handBack, w.opts.Backoff)
 		default:
 			it.rec, it.rev = c.Rec, c.Rev
 			run = append(run, it)
@@ -97,7 +137,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 // or, once it has had its attempts, returns how it ends (ok false).
 func (w *Worker) retryOrFail(it *item, err error) (o outcome, retried bool) {
 	if it.attempt < it.model.Config.MaxAttempts {
-		_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+		w.settle(it.msg, handBack, w.backoff(it.attempt))
 		return outcome{}, true
 	}
 	return outcome{it: it, status: jobs.Failed, reason: fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts)}, false
@@ -145,7 +185,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 		if o.status == jobs.Failed && (it.rec == nil || !it.rec.Status.Final()) {
 			if err := w.opts.Queue.DeadLetter(ctx, it.msg, o.reason, it.attempt); err != nil {
 				w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
-				_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+				w.settle(it.msg, handBack, w.backoff(it.attempt))
 				continue
 			}
 		}
@@ -180,11 +220,11 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 		o := kept[i]
 		switch {
 		case errors.Is(c.Err, jobs.ErrConflict), errors.Is(c.Err, jobs.ErrJobNotFound):
-			_ = o.it.msg.Ack()
+			w.settle(o.it.msg, done, 0)
 			continue
 		case c.Err != nil:
 			w.log.Warn("could not record job result; it will be redelivered", "job", o.it.job.ID, "err", c.Err)
-			_ = o.it.msg.NakWithDelay(w.backoff(o.it.attempt))
+			w.settle(o.it.msg, handBack, w.backoff(o.it.attempt))
 			continue
 		}
 		// The job is final from here, whatever becomes of its message.
@@ -205,7 +245,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 			// again (the results stream drops a repeat within its
 			// duplicate window).
 			w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
-			_ = it.msg.NakWithDelay(w.backoff(it.attempt))
+			w.settle(it.msg, handBack, w.backoff(it.attempt))
 			continue
 		}
 		// A failed job's stored body stays for its dead letter's replay.
@@ -216,9 +256,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 		}
 		// A plain ack: if it is lost the job is delivered again, finds its
 		// record final, and is acknowledged then without running.
-		if err := it.msg.Ack(); err != nil {
-			w.log.Warn("could not acknowledge job", "job", it.job.ID, "err", err)
-		}
+		w.settle(it.msg, done, 0)
 	}
 }
 

@@ -10,11 +10,15 @@
 //	              that fetch from them (fetcher.go), high priority first
 //	admit.go      a fetched job checked, its inputs read, and batched
 //	settle.go     a batch marked running (start), and every job's end:
-//	              its final record, announcement and acknowledgement
-//	run.go        a batch run in ONNX Runtime, by the strategy its jobs
-//	              need, split back per job
+//	              its final record, announcement and acknowledgement;
+//	              settle, the one place a message is acknowledged,
+//	              handed back or dropped
+//	run.go        a batch run by the strategy its jobs need, split back
+//	              per job (runner, over a one-method session that ONNX
+//	              Runtime's sessions and tests' fakes provide)
 //	results.go    the results of a set of batches stored as one object
-//	retention.go  old result objects deleted
+//	retention.go  old result objects and captured jobs deleted, on a
+//	              ticker of their own (retention.Run)
 //
 // worker.go holds the pipeline that joins them (Run); held.go keeps every
 // fetched message alive until it is settled; monitoring.go and tracing.go
@@ -429,12 +433,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	returned := 0
 	for _, b := range batcher.Flush() {
 		for _, it := range b.Items {
-			_ = it.msg.Nak()
+			w.settle(it.msg, handBack, 0)
 			returned++
 		}
 	}
 	for f := range msgs {
-		_ = f.msg.Nak()
+		w.settle(f.msg, handBack, 0)
 		returned++
 	}
 	<-pumpDone

@@ -68,6 +68,9 @@ func TestConcurrentJobsMatchONNXRuntime(t *testing.T) {
 	if got := m["inferq_jobs_accepted_total,model=iris"]; got != n {
 		t.Fatalf("inferq_jobs_accepted_total = %v, want %d", got, n)
 	}
+	if got := m["inferq_job_messages_settled_total,how=ack,model=iris"]; got != n {
+		t.Fatalf("inferq_job_messages_settled_total{how=ack} = %v, want %d: a message each, acknowledged once", got, n)
+	}
 	if _, ok := m["inferq_queue_depth,model=iris"]; !ok {
 		t.Fatal("no inferq_queue_depth for iris")
 	}
