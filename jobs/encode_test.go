@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,5 +65,42 @@ func TestJobLinesTravelInAHeader(t *testing.T) {
 				t.Fatalf("lines %+v, want %+v", job.Lines, tc.want)
 			}
 		})
+	}
+}
+
+// A request the client sent in the binary extension is published as sent,
+// not encoded again, and decodes to what encoding it again would give.
+func TestJobBinaryPublishedAsSent(t *testing.T) {
+	x := make([]byte, 12)
+	for i := range x {
+		x[i] = byte(i)
+	}
+	header := `{"id":"c-1","parameters":{"binary_data_output":true},"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}}]}`
+	body := append([]byte(header), x...)
+	req, err := tensor.DecodeBinaryRequest(body, len(header), tensor.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := EncodeJob(&Job{ID: "j", Model: "m", Request: req, Binary: body, BinaryHeaderLen: len(header)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &sent.Data[0] != &body[0] || sent.Header.Get(HeaderHeaderLength) != fmt.Sprint(len(header)) {
+		t.Fatalf("published %d bytes with header length %s, not the body as sent", len(sent.Data), sent.Header.Get(HeaderHeaderLength))
+	}
+	again, err := EncodeJob(&Job{ID: "j", Model: "m", Request: req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := DecodeJob(sent.Header, sent.Data, tensor.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := DecodeJob(again.Header, again.Data, tensor.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a.Request, b.Request) {
+		t.Fatalf("as sent %+v, encoded again %+v", a.Request, b.Request)
 	}
 }

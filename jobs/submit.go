@@ -87,6 +87,12 @@ type Job struct {
 	// Lines, on a job packed from a batch file's lines, says how they
 	// were packed; nil for a job of one request.
 	Lines *batching.Lines
+	// Binary, when set, is Request in the binary tensor extension as the
+	// client sent it (its JSON header the first BinaryHeaderLen bytes),
+	// published as it is: encoding Request again would copy every tensor
+	// byte once more, and the worker decodes either alike.
+	Binary          []byte
+	BinaryHeaderLen int
 }
 
 // Submit stores the job's record and publishes the job, returning once
@@ -262,9 +268,12 @@ func isFull(err error) bool {
 
 // EncodeJob encodes a job as a NATS message on its model's subject.
 func EncodeJob(job *Job) (*nats.Msg, error) {
-	data, n, err := job.Request.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
+	data, n := job.Binary, job.BinaryHeaderLen
+	if data == nil {
+		var err error
+		if data, n, err = job.Request.MarshalBinary(); err != nil {
+			return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
+		}
 	}
 	msg := nats.NewMsg(RequestSubject(job.Model, job.Priority))
 	msg.Data = data

@@ -101,7 +101,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		s.metrics.rejected.WithLabelValues(m.Name, "too_large").Inc()
 		return nil, errorf(http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, s.opts.MaxBodyBytes)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes), r.ContentLength)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -114,6 +114,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
 	}
 	var req *tensor.Request
+	headerLen := -1 // of a binary body
 	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
 		n, perr := strconv.Atoi(hl)
 		if perr != nil {
@@ -121,6 +122,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 			return nil, errorf(http.StatusBadRequest, "%s %q is not a number", jobs.HeaderHeaderLength, hl)
 		}
 		req, err = tensor.DecodeBinaryRequest(body, n, s.opts.Limits)
+		headerLen = n
 	} else {
 		req, err = tensor.DecodeRequest(body, s.opts.Limits)
 	}
@@ -158,6 +160,9 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	}
 	tracing.Inject(ctx, spec.Trace)
 	job, rec := jobs.New(req, spec)
+	if headerLen >= 0 {
+		job.Binary, job.BinaryHeaderLen = body, headerLen // published as sent
+	}
 	id := job.ID
 	span.SetAttributes(attribute.String("inferq.job", id))
 	owner := caller(r.Context())
@@ -318,4 +323,31 @@ func (s *Server) neverQueued(ctx context.Context, id string) bool {
 		return true
 	}
 	return err == nil && rec.Status == jobs.Failed && strings.HasPrefix(rec.Error, jobs.NotQueued)
+}
+
+// maxPrealloc is the most readBody sets aside for a body before its bytes
+// arrive: a declared length alone commits no more memory than this.
+const maxPrealloc = 16 << 20
+
+// readBody reads a request body of the declared size (-1: unknown) to its
+// end into one buffer of that size, not one grown by doubling, which for
+// an image-sized tensor allocated and copied about twice its size.
+func readBody(r io.Reader, size int64) ([]byte, error) {
+	if size <= 0 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, min(size, maxPrealloc)+1) // +1: the read that finds the end needs no room
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grows as append does
+		}
+	}
 }
