@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -153,6 +154,9 @@ func checkDeployment(t *testing.T, name string, d *appsv1.Deployment) {
 		}
 	}
 	for _, c := range d.Spec.Template.Spec.Containers {
+		if limit, ok := c.Resources.Limits[corev1.ResourceMemory]; ok && strings.HasPrefix(c.Image, "inferq:") {
+			checkMemoryLimit(t, name+" "+c.Name, c.Env, limit.Value())
+		}
 		if len(c.Args) > 0 && c.Args[0] == "worker" {
 			grace := d.Spec.Template.Spec.TerminationGracePeriodSeconds
 			if grace == nil || *grace < 70 || !strings.Contains(strings.Join(c.Args, " "), "--drain-timeout 60s") {
@@ -160,6 +164,47 @@ func checkDeployment(t *testing.T, name string, d *appsv1.Deployment) {
 			}
 		}
 	}
+}
+
+// checkMemoryLimit holds an inferq container with a memory limit to a
+// GOMEMLIMIT below it, so that Go's heap stays under the limit instead of
+// drifting toward twice its live size, and leaves room for what is not
+// Go's (ONNX Runtime, CUDA): at most three quarters of the limit.
+func checkMemoryLimit(t *testing.T, name string, env []corev1.EnvVar, limit int64) {
+	t.Helper()
+	for _, e := range env {
+		if e.Name != "GOMEMLIMIT" {
+			continue
+		}
+		n, err := goMemLimit(e.Value)
+		if err != nil {
+			t.Errorf("%s: GOMEMLIMIT %q: %v", name, e.Value, err)
+		} else if n <= 0 || n > limit*3/4 {
+			t.Errorf("%s: GOMEMLIMIT %s is not within three quarters of the memory limit (%d bytes)", name, e.Value, limit)
+		}
+		return
+	}
+	t.Errorf("%s: a memory limit and no GOMEMLIMIT below it (docs/performance.md#memory)", name)
+}
+
+// goMemLimit reads a GOMEMLIMIT as the Go runtime does: bytes, or a number
+// with B, KiB, MiB, GiB or TiB.
+func goMemLimit(v string) (int64, error) {
+	unit := int64(1)
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, unit = n, u.size
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("not a size the Go runtime reads: %w", err)
+	}
+	return n * unit, nil
 }
 
 // podRefs lists the Secrets and ConfigMaps a pod uses, as "Kind/name",
