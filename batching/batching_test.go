@@ -435,6 +435,23 @@ func TestSharedInputs(t *testing.T) {
 					t.Errorf("shared input %s = %v %x, want it once as %v %x", stacked[i].Name, stacked[i].Shape, stacked[i].Data, tt.a[i].Shape, tt.a[i].Data)
 				}
 			}
+			// StackInto takes the stacked input's buffer from its caller,
+			// and only that one: the shared inputs are the requests' own.
+			var lent [][]byte
+			into, err := StackInto([][]tensor.Tensor{tt.a, tt.b}, batched, func(n int) []byte {
+				b := make([]byte, 0, n)
+				lent = append(lent, b)
+				return b
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(lent) != 1 || &into[0].Data[0] != &lent[0][:1][0] || !bytes.Equal(into[0].Data, stacked[0].Data) {
+				t.Errorf("StackInto took %d buffers, and x is in one of them: %v", len(lent), len(lent) == 1 && &into[0].Data[0] == &lent[0][:1][0])
+			}
+			if &into[1].Data[0] != &tt.a[1].Data[0] {
+				t.Error("StackInto copied a shared input")
+			}
 		})
 	}
 }

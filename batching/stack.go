@@ -51,6 +51,14 @@ func Key(inputs []tensor.Tensor, batched []bool) string {
 // batched marks false are not stacked: every request must carry the same
 // value, which the batch takes once. batched nil stacks every input.
 func Stack(requests [][]tensor.Tensor, batched []bool) ([]tensor.Tensor, error) {
+	return StackInto(requests, batched, func(n int) []byte { return make([]byte, 0, n) })
+}
+
+// StackInto is Stack taking the buffer of each input it stacks from
+// buf(n), which returns an empty slice with room for n bytes. Inputs it
+// does not stack (one request, or an input batched marks false) are the
+// requests' own, not from buf.
+func StackInto(requests [][]tensor.Tensor, batched []bool, buf func(n int) []byte) ([]tensor.Tensor, error) {
 	if len(requests) == 0 {
 		return nil, fmt.Errorf("stack: no requests")
 	}
@@ -83,7 +91,7 @@ func Stack(requests [][]tensor.Tensor, batched []bool) ([]tensor.Tensor, error) 
 			size += len(t.Data)
 			rows += t.Shape[0]
 		}
-		data := make([]byte, 0, size)
+		data := buf(size)
 		for _, req := range requests {
 			data = append(data, req[i].Data...)
 		}

@@ -250,3 +250,24 @@ func counted(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// The buffers batches are stacked into come back empty, with room for what
+// was asked, rounded up to a power of two so that batches of nearby sizes
+// share them.
+func TestStackBuffers(t *testing.T) {
+	var p stackBuffers
+	for _, tc := range []struct{ n, cap int }{{1, 1}, {3, 4}, {4, 4}, {110_592, 131_072}, {16 * 110_592, 2_097_152}} {
+		b := p.get(tc.n)
+		if len(b) != 0 || cap(b) < tc.n {
+			t.Fatalf("get(%d): len %d cap %d", tc.n, len(b), cap(b))
+		}
+		if cap(b) == tc.n || cap(b) == tc.cap {
+			p.put(append(b, 1))
+			continue
+		}
+		t.Fatalf("get(%d) made a buffer of %d bytes, want %d", tc.n, cap(b), tc.cap)
+	}
+	if b := p.get(100); len(b) != 0 || cap(b) < 100 {
+		t.Fatalf("a buffer given back came out with len %d cap %d", len(b), cap(b))
+	}
+}
