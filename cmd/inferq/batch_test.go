@@ -492,11 +492,10 @@ func TestBatchCancel(t *testing.T) {
 	}
 	s.stop()
 	s = startServe(t, repo, "--data", data)
-	deadline := time.Now().Add(30 * time.Second)
-	for rec.Counts.Cancelled < 200 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+	testenv.Poll(30*time.Second, func() bool {
 		do(t, "GET", s.url+"/v1/batches/"+rec.ID, nil).json(t, &rec)
-	}
+		return rec.Counts.Cancelled >= 200
+	})
 	if rec.Status != jobs.BatchCancelled || rec.Counts.Cancelled != 200 || rec.Counts.Succeeded != 0 {
 		t.Fatalf("batch after cancel: %+v", rec)
 	}

@@ -62,15 +62,16 @@ func startProcess(t testing.TB, args ...string) *process {
 			p.cmd.Wait()
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if res, err := http.Get(p.url + "/v2/health/ready"); err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return p
-			}
+	ready := testenv.Poll(60*time.Second, func() bool {
+		res, err := http.Get(p.url + "/v2/health/ready")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+	if ready {
+		return p
 	}
 	out, _ := os.ReadFile(logf.Name())
 	t.Fatalf("inferq did not become ready:\n%s", out)

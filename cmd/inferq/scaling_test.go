@@ -152,14 +152,12 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	}
 	submitters.Wait()
 	var scale scaling.ModelScale
-	deadline := time.Now().Add(30 * time.Second)
-	for scale.Desired < 2 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		r := do(t, "GET", scaler+"/v1/scaling/slow", nil)
-		if r.code == http.StatusOK {
+	testenv.Poll(30*time.Second, func() bool {
+		if r := do(t, "GET", scaler+"/v1/scaling/slow", nil); r.code == http.StatusOK {
 			r.json(t, &scale)
 		}
-	}
+		return scale.Desired >= 2
+	})
 	if scale.Desired < 2 {
 		t.Errorf("the scaler asked for %d replicas with a backlog of 120 at 5 each", scale.Desired)
 	}

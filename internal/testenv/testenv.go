@@ -170,11 +170,21 @@ func ModelRepo(t testing.TB, files map[string]string) string {
 // what once within has passed.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Poll(within, cond) {
+		t.Fatalf("not within %v: %s", within, what)
+	}
+}
+
+// Poll polls cond every 20ms until it holds or within has passed, and
+// reports whether it held: Eventually for callers that fail their own way
+// (with a process's log, say) or go on either way.
+func Poll(within time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
