@@ -177,7 +177,7 @@ test-short: onnxruntime testmodels minio promtool
 
 # The end-to-end benchmarks run once each (each does its own repetitions);
 # the micro-benchmarks of package tensor run for Go's usual second.
-bench: onnxruntime minio
+bench: onnxruntime minio testmodels
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cmd/...
 	$(GO) test -run '^$$' -bench . ./tensor ./monitor
 
