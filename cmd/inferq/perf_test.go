@@ -33,10 +33,15 @@ func TestPerf(t *testing.T) {
 		if st.Requests == 0 || st.Errors != 0 || st.PerSecond <= 0 || st.RowsPerSec != 2*st.PerSecond || st.P50ms <= 0 || st.P99ms < st.P50ms || st.OfDirect <= 0 {
 			t.Errorf("step %+v", st)
 		}
+		// The server's own figures, from its /metrics (in this test the
+		// server shares the process with the clients).
+		if st.ServerCPU == nil || *st.ServerCPU <= 0 || st.ServerRSS == nil || *st.ServerRSS < 1 {
+			t.Errorf("step %+v: no server CPU or memory", st)
+		}
 	}
 
 	rows, err := csv.NewReader(strings.NewReader(run("--concurrency", "2", "--mode", "jobs", "--format", "csv"))).ReadAll()
-	if err != nil || len(rows) != 2 || rows[0][0] != "concurrency" || rows[1][0] != "2" || rows[1][2] != "0" {
+	if err != nil || len(rows) != 2 || rows[0][0] != "concurrency" || rows[1][0] != "2" || rows[1][2] != "0" || rows[0][9] != "server_cpu_us_per_request" || rows[1][9] == "" {
 		t.Fatalf("csv %v %v", rows, err)
 	}
 	if table := run("--concurrency", "1"); !strings.Contains(table, "requests/s") || !strings.Contains(table, "JSON requests") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/csv"
@@ -23,6 +24,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/tensor"
 )
@@ -40,7 +44,11 @@ model's metadata (--rows rows, dynamic dimensions after the first from
 --dims) or read from --input (a V2 JSON request), sent as JSON or, with
 --binary, as V2 binary tensors both ways (binary_data_output). With --onnx, ONNX Runtime runs the same
 request in this process at several batch sizes, and its best rows per
-second is reported beside each step as the ratio to read.
+second is reported beside each step as the ratio to read. Each step also
+reports the server's CPU per request and its resident memory, from its
+/metrics (process_cpu_seconds_total, process_resident_memory_bytes): the
+whole of ` + "`inferq serve`" + `; with separate API and worker processes, the API's
+alone.
 `
 
 // perfStep is one concurrency's result.
@@ -56,6 +64,11 @@ type perfStep struct {
 	// OfDirect is RowsPerSec as a share of ONNX Runtime's own best rate
 	// in process, with --onnx.
 	OfDirect float64 `json:"of_onnxruntime,omitempty"`
+	// ServerCPU is the server process's CPU time over the step per
+	// request, in microseconds, and ServerRSS its resident memory at the
+	// end of the step, in MiB, from its /metrics; nil when it has none.
+	ServerCPU *float64 `json:"server_cpu_us_per_request,omitempty"`
+	ServerRSS *float64 `json:"server_rss_mib,omitempty"`
 }
 
 type perfReport struct {
@@ -189,7 +202,12 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	for _, c := range steps {
+		cpu0, _, before := serverProcess(ctx, call, base)
 		st := runPerfStep(ctx, c, *dur, one)
+		if cpu1, rss, after := serverProcess(ctx, call, base); before == nil && after == nil && st.Requests > 0 {
+			perRequest, mib := (cpu1-cpu0)*1e6/float64(st.Requests), rss/(1<<20)
+			st.ServerCPU, st.ServerRSS = &perRequest, &mib
+		}
 		st.RowsPerSec = st.PerSecond * float64(reqRows)
 		if rep.Direct != nil && *rep.Direct > 0 {
 			st.OfDirect = st.RowsPerSec / *rep.Direct
@@ -200,6 +218,30 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	return writePerf(stdout, *format, rep)
+}
+
+// serverProcess reads the server process's CPU seconds and resident bytes
+// from its /metrics.
+func serverProcess(ctx context.Context, call func(*http.Request) (*http.Response, error), base string) (cpu, rss float64, err error) {
+	r, _ := http.NewRequestWithContext(ctx, "GET", base+"/metrics", nil)
+	res, err := call(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("GET /metrics: %s", res.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		return 0, 0, fmt.Errorf("GET /metrics: %w", err)
+	}
+	c, m := fams["process_cpu_seconds_total"], fams["process_resident_memory_bytes"]
+	if c == nil || m == nil || len(c.Metric) == 0 || len(m.Metric) == 0 {
+		return 0, 0, errors.New("the server's /metrics has no process figures")
+	}
+	return c.Metric[0].GetCounter().GetValue(), m.Metric[0].GetGauge().GetValue(), nil
 }
 
 // runPerfStep runs c clients of one for d and measures them.
@@ -389,11 +431,13 @@ func writePerf(w io.Writer, format string, rep perfReport) error {
 		return err
 	case "csv":
 		cw := csv.NewWriter(w)
-		cw.Write([]string{"concurrency", "requests", "errors", "requests_per_second", "rows_per_second", "p50_ms", "p90_ms", "p99_ms", "of_onnxruntime"})
+		cw.Write([]string{"concurrency", "requests", "errors", "requests_per_second", "rows_per_second", "p50_ms", "p90_ms", "p99_ms", "of_onnxruntime",
+			"server_cpu_us_per_request", "server_rss_mib"})
 		for _, s := range rep.Steps {
 			cw.Write([]string{strconv.Itoa(s.Concurrency), strconv.FormatInt(s.Requests, 10), strconv.FormatInt(s.Errors, 10),
 				fmt.Sprintf("%.1f", s.PerSecond), fmt.Sprintf("%.1f", s.RowsPerSec), fmt.Sprintf("%.2f", s.P50ms),
-				fmt.Sprintf("%.2f", s.P90ms), fmt.Sprintf("%.2f", s.P99ms), fmt.Sprintf("%.3f", s.OfDirect)})
+				fmt.Sprintf("%.2f", s.P90ms), fmt.Sprintf("%.2f", s.P99ms), fmt.Sprintf("%.3f", s.OfDirect),
+				optional(s.ServerCPU, "%.0f"), optional(s.ServerRSS, "%.0f")})
 		}
 		cw.Flush()
 		return cw.Error()
@@ -407,13 +451,22 @@ func writePerf(w io.Writer, format string, rep perfReport) error {
 	if rep.Direct != nil {
 		fmt.Fprintf(w, "ONNX Runtime alone, in this process: %.0f rows/s at batch %d\n", *rep.Direct, rep.Batch)
 	}
-	fmt.Fprintln(tw, "concurrency\trequests/s\trows/s\tp50 ms\tp90 ms\tp99 ms\terrors\tof ONNX Runtime\t")
+	fmt.Fprintln(tw, "concurrency\trequests/s\trows/s\tp50 ms\tp90 ms\tp99 ms\terrors\tof ONNX Runtime\tserver CPU µs/request\tserver RSS MiB\t")
 	for _, s := range rep.Steps {
 		of := "–"
 		if rep.Direct != nil {
 			of = fmt.Sprintf("%.2f", s.OfDirect)
 		}
-		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", s.Concurrency, s.PerSecond, s.RowsPerSec, s.P50ms, s.P90ms, s.P99ms, s.Errors, of)
+		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t\n", s.Concurrency, s.PerSecond, s.RowsPerSec, s.P50ms, s.P90ms, s.P99ms, s.Errors, of,
+			cmp.Or(optional(s.ServerCPU, "%.0f"), "–"), cmp.Or(optional(s.ServerRSS, "%.0f"), "–"))
 	}
 	return tw.Flush()
+}
+
+// optional formats v, or nothing when it is nil.
+func optional(v *float64, format string) string {
+	if v == nil {
+		return ""
+	}
+	return fmt.Sprintf(format, *v)
 }

@@ -18,7 +18,8 @@ import (
 // serve` in a process of its own, one row a request, V2 binary requests
 // and outputs, synchronous infer (and async jobs for the classifier); ONNX
 // Runtime alone at its best batch size in this process. Reported as
-// ratios: <model>_<mode>_of_ort. INFERQ_BENCH_DURATION sets each step's
+// ratios, <model>_<mode>_of_ort, with the server's CPU per request beside
+// them (<model>_<mode>_server_cpu_us/req). INFERQ_BENCH_DURATION sets each step's
 // length (default 8s).
 func BenchmarkRealModels(b *testing.B) {
 	step := 8 * time.Second
@@ -73,6 +74,9 @@ func BenchmarkRealModels(b *testing.B) {
 				b.Logf("%s %s: %.1f requests/s (p50 %.0f ms, p99 %.0f ms), ONNX Runtime alone %.1f rows/s: %.2f",
 					m.name, mode, st.PerSecond, st.P50ms, st.P99ms, *direct, ratio)
 				b.ReportMetric(ratio, fmt.Sprintf("%s_%s_of_ort", m.name, mode))
+				if st.ServerCPU != nil {
+					b.ReportMetric(*st.ServerCPU, fmt.Sprintf("%s_%s_server_cpu_us/req", m.name, mode))
+				}
 			}
 		}
 	}
