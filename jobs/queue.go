@@ -148,6 +148,9 @@ type Queue struct {
 	// StorePayloads).
 	payloads     PayloadStore
 	maxInMessage int
+	// ackTimeout bounds how long a set of announcements waits for its
+	// acknowledgements; zero is AckTimeout.
+	ackTimeout time.Duration
 }
 
 // Setup creates or updates the streams and the bucket and returns the

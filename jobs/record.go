@@ -171,6 +171,9 @@ type Records struct {
 	// js publishes sets of changes (see UpdateAll); nil changes them one
 	// by one.
 	js jetstream.JetStream
+	// ackTimeout bounds how long a set waits for its acknowledgements;
+	// zero is AckTimeout.
+	ackTimeout time.Duration
 }
 
 // Create stores a new record; it fails if the id exists.

@@ -1,10 +1,12 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +18,16 @@ import (
 // asynchronously and waited for once, so that a batch of 32 jobs costs a
 // round trip to JetStream per step instead of 32 in turn; what each job
 // writes is unchanged (see docs/nats.md).
+
+// AckTimeout is how long a set of writes waits for JetStream to
+// acknowledge them. An acknowledgement can be lost without the connection
+// dropping (a stream's leader killed with the write in flight), and an
+// asynchronous publish has no timeout of its own unless its JetStream
+// context sets one (jetstream.WithPublishAsyncTimeout, which inferq's
+// commands set to this): without a bound, a worker would wait for ever.
+// A write that timed out is handed back and made again; one that was
+// stored after all is found so.
+const AckTimeout = 10 * time.Second
 
 // Change is one job's record changing: Fn applied to the record as the
 // caller last read it (Rec at revision Rev; nil to read it), stored if
@@ -65,6 +77,8 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 		out[i] = Changed{Rec: &rec}
 	}
 	var slow []int
+	wctx, cancel := context.WithTimeout(ctx, cmp.Or(r.ackTimeout, AckTimeout))
+	defer cancel()
 	for i, a := range acks {
 		if a == nil {
 			if out[i].Rec == nil && out[i].Err == nil {
@@ -72,7 +86,7 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 			}
 			continue
 		}
-		ack, err := wait(ctx, a)
+		ack, err := wait(wctx, a)
 		switch {
 		case err == nil:
 			out[i].Rev = ack.Sequence
@@ -116,7 +130,7 @@ func wait(ctx context.Context, a jetstream.PubAckFuture) (*jetstream.PubAck, err
 	case err := <-a.Err():
 		return nil, err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for JetStream to store it: %w", ctx.Err())
+		return nil, fmt.Errorf("no acknowledgement from JetStream: %w", ctx.Err())
 	}
 }
 
@@ -140,6 +154,8 @@ func (q *Queue) AnnounceAll(ctx context.Context, recs []*Record, responses [][]b
 		}
 		errs[i] = err
 	}
+	wctx, cancel := context.WithTimeout(ctx, cmp.Or(q.ackTimeout, AckTimeout))
+	defer cancel()
 	for i, a := range acks {
 		if a == nil { // not published
 			if errors.Is(errs[i], jetstream.ErrTooManyStalledMsgs) {
@@ -147,7 +163,7 @@ func (q *Queue) AnnounceAll(ctx context.Context, recs []*Record, responses [][]b
 			}
 			continue
 		}
-		if _, err := wait(ctx, a); err != nil {
+		if _, err := wait(wctx, a); err != nil {
 			errs[i] = fmt.Errorf("announce job %s: %w", recs[i].ID, err)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/inferq/inferq/internal/testenv"
 )
 
 // TestUpdateAll: a set of changes is stored as each would be alone: from
@@ -132,4 +134,36 @@ func TestAnnounceAll(t *testing.T) {
 			t.Errorf("job %s announced %d times", id, n)
 		}
 	}
+}
+
+// A set whose acknowledgements never come (a stream's leader killed with
+// the writes in flight: here, a subscriber that takes them and never
+// answers) ends within the ack timeout, each change and announcement with
+// an error, so that a worker hands its jobs back instead of waiting for
+// ever.
+func TestSetsAcknowledgementsLost(t *testing.T) {
+	nc := testenv.Connect(t, testenv.JetStream(t))
+	sub, err := nc.SubscribeSync(">") // every write, none answered
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	js := newJetStream(t, nc)
+	const timeout = 300 * time.Millisecond
+	r := &Records{js: js, ackTimeout: timeout}
+	q := &Queue{js: js, ackTimeout: timeout}
+	rec := &Record{ID: "j", Model: "m", Status: Queued, CreatedAt: time.Now().UTC()}
+	ctx := context.Background() // no deadline: the timeout is the set's own
+
+	start := time.Now()
+	out := r.UpdateAll(ctx, []Change{{ID: "j", Rec: rec, Rev: 1, Fn: func(r *Record) error { r.Status = Running; return nil }}})
+	if out[0].Err == nil || time.Since(start) > 10*timeout {
+		t.Fatalf("UpdateAll = %+v after %v, want an error within about %v", out[0], time.Since(start), timeout)
+	}
+	start = time.Now()
+	errs := q.AnnounceAll(ctx, []*Record{rec}, [][]byte{nil})
+	if errs[0] == nil || time.Since(start) > 10*timeout {
+		t.Fatalf("AnnounceAll = %v after %v, want an error within about %v", errs, time.Since(start), timeout)
+	}
+	t.Logf("UpdateAll: %v; AnnounceAll: %v", out[0].Err, errs[0])
 }

@@ -296,7 +296,9 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	defer nc.Close()
 	// Workers publish each batch's records and announcements at once and
 	// handle each one's outcome; room for a few large sets in flight.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<14))
+	// Their acknowledgements can be lost with a node (see jobs.AckTimeout):
+	// the timeout also lets go of the client's bookkeeping of each.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<14), jetstream.WithPublishAsyncTimeout(jobs.AckTimeout))
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
