@@ -118,7 +118,15 @@ func startWorkerProcess(t *testing.T, args ...string) int {
 	}
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(90 * time.Second): // well past its drain timeout
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("worker %d did not stop within 90s of SIGTERM; killed", cmd.Process.Pid)
+		}
 		if t.Failed() {
 			t.Logf("worker %d output:\n%s", cmd.Process.Pid, out.String())
 		}
