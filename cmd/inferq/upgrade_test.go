@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,12 +101,11 @@ func TestQueueOfAnEarlierRelease(t *testing.T) {
 			d := openDirect(t, irisPath(t))
 			// rows is x as the input of a request, rows of width wide.
 			rows := func(x []float32, wide int) []tensor.Tensor {
-				t.Helper()
-				req, err := tensor.DecodeRequest(fmt.Appendf(nil, `{"inputs":[{"name":"x","shape":[%d,%d],"datatype":"FP32","data":%s}]}`, len(x)/wide, wide, mustJSON(t, x)), tensor.Limits{})
-				if err != nil {
-					t.Fatal(err)
+				data := make([]byte, 0, 4*len(x))
+				for _, v := range x {
+					data = binary.LittleEndian.AppendUint32(data, math.Float32bits(v))
 				}
-				return req.Inputs
+				return []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{int64(len(x) / wide), int64(wide)}, Data: data}}
 			}
 			row := func(x []float32) []tensor.Tensor { return rows(x, 4) }
 			for _, j := range want.Jobs {
@@ -237,13 +238,4 @@ func readJSON(t *testing.T, path string, v any) {
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-}
-
-func mustJSON(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
