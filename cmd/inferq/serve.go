@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,6 +102,7 @@ type serveFlags struct {
 	device                string
 	overrides             consumer.Overrides
 	logLevel, logFormat   string
+	memoryLimit           string
 }
 
 // serveCmd runs serve, api or worker. onListen, when set, is told the HTTP
@@ -127,6 +129,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/HTTP collector for traces, such as http://otel-collector:4318 (default $OTEL_EXPORTER_OTLP_ENDPOINT); empty traces nothing")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", fmt.Sprintf("Go's soft memory limit, which makes the garbage collector return memory before a container's limit is met: auto ($GOMEMLIMIT, else %d%% of the container's memory limit, if it has one), off, or a size such as 800MiB", int(100*memoryShare(m))))
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
 	fs.Int64Var(&f.maxQueued, "max-queued", 1_000_000, "most jobs waiting per model (and priority); past it submissions get 429")
 	fs.Int64Var(&f.maxQueuedBytes, "max-queued-bytes", 10<<30, "most bytes of waiting jobs, all models together; past it submissions get 429 (bodies over --max-message-bytes are in storage and count only their reference)")
@@ -221,6 +224,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		return fmt.Errorf("--webhook-allow: %w", err)
 	}
 	hookPolicy := webhook.Policy{Allow: allow}
+	restoreMemoryLimit, err := setMemoryLimit(f.memoryLimit, memoryShare(m), memlimit.FromCgroup, log)
+	if err != nil {
+		return err
+	}
+	defer restoreMemoryLimit()
 	lib, err := findORT()
 	if err != nil {
 		return err
