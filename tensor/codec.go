@@ -429,12 +429,18 @@ func appendValue(out, tok []byte, quoted bool, dt Datatype, lim Limits) ([]byte,
 		if dt != FP64 {
 			bits = 32
 		}
-		f, err := strconv.ParseFloat(s, bits)
-		if err != nil {
-			if errors.Is(err, strconv.ErrRange) {
-				return nil, fmt.Errorf("%s is out of range for %s", s, dt)
+		f, ok := parseShortDecimal(tok)
+		if ok && bits == 32 {
+			f = float64(float32(f)) // what ParseFloat(s, 32) returns
+		}
+		if !ok {
+			var err error
+			if f, err = strconv.ParseFloat(s, bits); err != nil {
+				if errors.Is(err, strconv.ErrRange) {
+					return nil, fmt.Errorf("%s is out of range for %s", s, dt)
+				}
+				return nil, fmt.Errorf("%s is not a number", s)
 			}
-			return nil, fmt.Errorf("%s is not a number", s)
 		}
 		if dt == FP16 && math.Abs(f) > 65504 {
 			return nil, fmt.Errorf("%s is out of range for FP16", s)

@@ -201,13 +201,16 @@ func perfCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 	}
+	// A step's closing reading opens the next.
+	cpu0, _, before := serverProcess(ctx, call, base)
 	for _, c := range steps {
-		cpu0, _, before := serverProcess(ctx, call, base)
 		st := runPerfStep(ctx, c, *dur, one)
-		if cpu1, rss, after := serverProcess(ctx, call, base); before == nil && after == nil && st.Requests > 0 {
+		cpu1, rss, after := serverProcess(ctx, call, base)
+		if before == nil && after == nil && st.Requests > 0 {
 			perRequest, mib := (cpu1-cpu0)*1e6/float64(st.Requests), rss/(1<<20)
 			st.ServerCPU, st.ServerRSS = &perRequest, &mib
 		}
+		cpu0, before = cpu1, after
 		st.RowsPerSec = st.PerSecond * float64(reqRows)
 		if rep.Direct != nil && *rep.Direct > 0 {
 			st.OfDirect = st.RowsPerSec / *rep.Direct

@@ -1,0 +1,98 @@
+package tensor
+
+// Reading JSON numbers fast. A V2 JSON request of an image holds hundreds
+// of thousands of numbers, and strconv.ParseFloat, which reads every form
+// Go's syntax allows (underscores, hex, infinities) before converting,
+// took a quarter of an image job's server CPU. Most numbers a client
+// writes are short decimals, which convert exactly in one floating-point
+// operation; those are read here, and everything else by strconv.
+
+// exactPow10 are the powers of ten a float64 holds exactly.
+var exactPow10 = [...]float64{
+	1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+}
+
+// parseShortDecimal converts a JSON number whose digits, without the
+// decimal point, make an integer m below 2^53 and whose value is m times
+// a power of ten within ±22: m and the power are exact in a float64, so
+// one multiplication or division rounds once, correctly (Clinger's fast
+// path, which strconv takes too). Its result converted to float32 is
+// the correctly rounded float32 as well: rounding first to 53 bits and
+// then to 24 gives the same as rounding once when 53 ≥ 2·24+2
+// (Figueroa, "When is double rounding innocuous?", 1995). ok is false for
+// anything else (more digits, larger exponents, text that is not such a
+// number), which the caller reads with strconv.
+func parseShortDecimal(s []byte) (f float64, ok bool) {
+	i := 0
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		i++
+	}
+	var m uint64
+	var intDigits, fracDigits int
+	for ; i < len(s) && s[i]-'0' < 10; i++ {
+		m = m*10 + uint64(s[i]-'0')
+		intDigits++
+		if m >= 1<<53 {
+			return 0, false
+		}
+	}
+	if intDigits == 0 {
+		return 0, false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		for ; i < len(s) && s[i]-'0' < 10; i++ {
+			m = m*10 + uint64(s[i]-'0')
+			fracDigits++
+			if m >= 1<<53 {
+				return 0, false
+			}
+		}
+		if fracDigits == 0 {
+			return 0, false
+		}
+	}
+	exp := -fracDigits
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		expNeg := false
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			expNeg = s[i] == '-'
+			i++
+		}
+		e, digits := 0, 0
+		for ; i < len(s) && s[i]-'0' < 10; i++ {
+			e = e*10 + int(s[i]-'0')
+			digits++
+			if e > 1000 {
+				return 0, false
+			}
+		}
+		if digits == 0 {
+			return 0, false
+		}
+		if expNeg {
+			e = -e
+		}
+		exp += e
+	}
+	if i != len(s) {
+		return 0, false
+	}
+	f = float64(m)
+	switch {
+	case m == 0:
+	case exp < -22 || exp > 22:
+		return 0, false
+	case exp < 0:
+		f /= exactPow10[-exp]
+	default:
+		f *= exactPow10[exp]
+	}
+	if neg {
+		f = -f
+	}
+	return f, true
+}
