@@ -38,9 +38,9 @@ func TestParseShortDecimal(t *testing.T) {
 		{"0", true}, {"-0", true}, {"0.0", true}, {"-0.0", true}, {"1", true}, {"-1", true},
 		{"42", true}, {"0.5", true}, {"0.12345678", true}, {"-0.4853516", true},
 		{"1e22", true}, {"1E-22", true}, {"1.5e+3", true}, {"-2.5E-7", true}, {"123456.789e-3", true},
-		{"9007199254740991", true},   // 2^53 - 1
-		{"9007199254740992", false},  // 2^53: its neighbours round
-		{"9007199254740993", false},  // strconv rounds it
+		{"9007199254740991", true},  // 2^53 - 1
+		{"9007199254740992", false}, // 2^53: its neighbours round
+		{"9007199254740993", false}, // strconv rounds it
 		{"0.1234567890123456789", false},
 		{"1e23", false}, {"1e-23", false}, {"0.0000000000000000000001", true}, {"0.00000000000000000000001", false},
 		{"1e99999999999", false},
