@@ -35,7 +35,7 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 	for i, it := range items {
 		switch {
 		case errs[i] != nil:
-			if o, ok := w.retryOrFail(it, errs[i]); !ok {
+			if o, ok := w.retryOrFail(ctx, it, errs[i]); !ok {
 				ended = append(ended, o)
 			}
 		case refs[i] != nil:
@@ -164,6 +164,11 @@ func (w *Worker) put(ctx context.Context, key string, data []byte, items []*item
 func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cause error) {
 	if _, ok := w.handBackDelay(it.msg); !ok {
 		w.complete(ctx, it, jobs.Failed, fmt.Sprintf("its result could not be stored; gave up after %d deliveries: %v", w.opts.MaxHandBacks, cause), nil, nil)
+		return
+	}
+	if it.unmarked {
+		// Stored as queued still: nothing to undo.
+		w.settle(it.msg, handBack, delay)
 		return
 	}
 	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/inferq/inferq/jobs"
@@ -58,12 +59,14 @@ var (
 // start marks each job running, the whole set in one go, and returns
 // those that should run: a job already final (cancelled, or finished
 // before a redelivery) is acknowledged and dropped, one past its attempts
-// or its deadline ends.
+// or its deadline ends. A job delivered for the first time with its
+// record in the message is not written yet when the worker waits
+// Options.RunningAfter before marking (see markRunningAfter): its record
+// is changed in hand, and stored with the final one if the run is quick.
 func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
-	changes := make([]jobs.Change, len(items))
-	for i, it := range items {
-		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.job.Revision, Fn: func(r *jobs.Record) error {
+	fn := func(it *item) func(r *jobs.Record) error {
+		return func(r *jobs.Record) error {
 			if r.Status.Final() {
 				return jobs.ErrConflict
 			}
@@ -85,11 +88,31 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			r.Attempts = it.attempt
 			r.ModelVersion = it.model.VersionString()
 			return nil
-		}}
+		}
+	}
+	started := make([]jobs.Changed, len(items))
+	var changes []jobs.Change
+	var written []int
+	for i, it := range items {
+		if w.opts.RunningAfter > 0 && it.job.Record != nil && it.job.Revision > 0 && firstDelivery(it.msg) {
+			// A first delivery: no earlier run can have left the record
+			// running, so the record the message carries is the one to
+			// start from.
+			rec := *it.job.Record
+			err := fn(it)(&rec)
+			started[i] = jobs.Changed{Rec: &rec, Rev: it.job.Revision, Err: err}
+			it.unmarked = err == nil
+			continue
+		}
+		changes = append(changes, jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.job.Revision, Fn: fn(it)})
+		written = append(written, i)
+	}
+	for j, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+		started[written[j]] = c
 	}
 	var run []*item
 	var ended []outcome
-	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+	for i, c := range started {
 		it := items[i]
 		switch {
 		case errors.Is(c.Err, errGaveUp):
@@ -135,8 +158,10 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 
 // retryOrFail returns a job whose run failed to the queue with a backoff,
 // or, once it has had its attempts, returns how it ends (ok false).
-func (w *Worker) retryOrFail(it *item, err error) (o outcome, retried bool) {
+func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) (o outcome, retried bool) {
 	if it.attempt < it.model.Config.MaxAttempts {
+		// The attempt counts: the record says so before the job returns.
+		w.markRunning(ctx, []*item{it})
 		w.settle(it.msg, handBack, w.backoff(it.attempt))
 		return outcome{}, true
 	}
@@ -207,6 +232,10 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 			if r.Attempts < it.attempt {
 				r.Attempts = it.attempt
 			}
+			if r.StartedAt == nil && it.rec != nil {
+				// Read again, as stored before the job was marked.
+				r.StartedAt, r.Worker = it.rec.StartedAt, it.rec.Worker
+			}
 			if it.model != nil {
 				r.ModelVersion = it.model.VersionString()
 			}
@@ -269,4 +298,71 @@ func (w *Worker) backoff(attempt int) time.Duration {
 		}
 	}
 	return d
+}
+
+// firstDelivery reports a message JetStream delivers for the first time.
+func firstDelivery(m jetstream.Msg) bool {
+	meta, err := m.Metadata()
+	return err == nil && meta.NumDelivered == 1
+}
+
+// markRunning stores the running record of each job among items that
+// start left unmarked, the set in one go. A job whose record changed
+// meanwhile (cancelled) stays unmarked: its final write finds out.
+func (w *Worker) markRunning(ctx context.Context, items []*item) {
+	var changes []jobs.Change
+	var marked []*item
+	for _, it := range items {
+		if !it.unmarked {
+			continue
+		}
+		started := it.rec
+		changes = append(changes, jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.rev, Fn: func(r *jobs.Record) error {
+			if r.Status != jobs.Queued {
+				return jobs.ErrConflict
+			}
+			r.Status, r.StartedAt, r.Worker = started.Status, started.StartedAt, started.Worker
+			r.Attempts, r.ModelVersion = started.Attempts, started.ModelVersion
+			return nil
+		}})
+		marked = append(marked, it)
+	}
+	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+		if c.Err != nil {
+			if !errors.Is(c.Err, jobs.ErrConflict) {
+				w.log.Debug("could not mark a job running", "job", marked[i].job.ID, "err", c.Err)
+			}
+			continue
+		}
+		marked[i].rec, marked[i].rev, marked[i].unmarked = c.Rec, c.Rev, false
+	}
+}
+
+// lateMark marks a batch's jobs running once it has run for
+// Options.RunningAfter.
+type lateMark struct {
+	timer *time.Timer
+	done  chan struct{}
+}
+
+// markRunningAfter arms the marking of items that start left unmarked;
+// nil when there are none.
+func (w *Worker) markRunningAfter(ctx context.Context, items []*item) *lateMark {
+	if !slices.ContainsFunc(items, func(it *item) bool { return it.unmarked }) {
+		return nil
+	}
+	l := &lateMark{done: make(chan struct{})}
+	l.timer = time.AfterFunc(w.opts.RunningAfter, func() {
+		defer close(l.done)
+		w.markRunning(ctx, items)
+	})
+	return l
+}
+
+// stop disarms the marking, or, if it has begun, waits for it to end: the
+// items are the caller's again when it returns.
+func (l *lateMark) stop() {
+	if l != nil && !l.timer.Stop() {
+		<-l.done
+	}
 }

@@ -109,6 +109,11 @@ type Options struct {
 	// asked and answers are published, and captured jobs written.
 	// Default 1m.
 	StatsInterval time.Duration
+	// RunningAfter is how long a batch of first deliveries runs before
+	// its jobs' records say running: one that finishes sooner goes from
+	// queued to its final state in one write, a write a job fewer (see
+	// docs/nats.md). 0 marks every batch running before it runs.
+	RunningAfter time.Duration
 }
 
 // Result layouts.
@@ -207,6 +212,9 @@ type item struct {
 	attempt int
 	rec     *jobs.Record
 	rev     uint64
+	// unmarked: rec says running, but the stored record (at rev) still
+	// says queued; see Options.RunningAfter and markRunning.
+	unmarked bool
 	// trace is the job's trace context, and admitted when the worker
 	// took it (see tracing.go).
 	trace    context.Context
@@ -306,7 +314,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 		executors.Go(func() {
 			for items := range prepared {
+				late := w.markRunningAfter(workCtx, items)
 				r := w.runBatch(items)
+				late.stop()
 				for _, it := range items {
 					w.held.markRan(it.msg)
 				}

@@ -48,7 +48,8 @@ func BenchmarkServerCPU(b *testing.B) {
 		s := &server{url: p.url}
 		for range b.N {
 			before := processCPU(b, p.cmd.Process.Pid)
-			done := s.metricsB(b)["inferq_jobs_finished_total,model=iris,status=succeeded"]
+			m := s.metricsB(b)
+			done, batches := m["inferq_jobs_finished_total,model=iris,status=succeeded"], m["inferq_batch_size,model=iris,stat=count"]
 			start := time.Now()
 			profiled := make(chan struct{})
 			go func() {
@@ -68,7 +69,9 @@ func BenchmarkServerCPU(b *testing.B) {
 			<-profiled
 			cpu := processCPU(b, p.cmd.Process.Pid) - before
 			rate[size] = float64(n) / elapsed.Seconds()
-			b.Logf("max batch %d: %d jobs in %v, %.0f jobs/s, server CPU %.0f µs/job", size, n, elapsed.Round(time.Millisecond), rate[size], float64(cpu.Microseconds())/float64(n))
+			// Rows a batch: how much the batcher had to share out.
+			perBatch := float64(n) / (s.metricsB(b)["inferq_batch_size,model=iris,stat=count"] - batches)
+			b.Logf("max batch %d: %d jobs in %v, %.0f jobs/s, server CPU %.0f µs/job, %.1f jobs a batch", size, n, elapsed.Round(time.Millisecond), rate[size], float64(cpu.Microseconds())/float64(n), perBatch)
 			b.ReportMetric(float64(cpu.Microseconds())/float64(n), fmt.Sprintf("cpu_us/job_batch%d", size))
 		}
 		b.ReportMetric(rate[size], fmt.Sprintf("jobs/s_batch%d", size))

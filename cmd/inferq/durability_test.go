@@ -91,7 +91,10 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + slow, "slow/config.yaml": "max_batch_size: 4\nmax_queue_delay: 1ms\n"})
 	data := t.TempDir()
 	natsPort := testenv.FreePort(t)
-	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--nats-token", testNATSToken, "--ack-wait", "3s", "--log-level", "warn"}
+	args := []string{"serve", "--models", repo, "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", natsPort), "--nats-token", testNATSToken, "--ack-wait", "3s", "--log-level", "warn",
+		// The victim is caught running: its record says so 10ms into
+		// the run.
+		"--running-after", "10ms"}
 
 	p := startProcess(t, args...)
 	s := &server{url: p.url}

@@ -21,6 +21,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/webhook"
+	"github.com/nats-io/nats.go"
 )
 
 type sseEvent struct{ id, name, data string }
@@ -147,12 +148,13 @@ func TestResultStreamResumes(t *testing.T) {
 // GET /v1/jobs/{id}/events sends the record at each change of state and
 // ends after the final one. The job runs for a while, as the record
 // bucket keeps only each job's newest state: a state that lasts a
-// millisecond may be gone before the stream reads it.
+// millisecond may be gone before the stream reads it, and its record says
+// running once it has run for --running-after.
 func TestJobEvents(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "slow.onnx")
 	writeFile(t, path, onnxbuild.Repeat(512, 3000, 5))
 	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_queue_delay: 300ms\n"})
-	s := startServe(t, repo)
+	s := startServe(t, repo, "--running-after", "10ms")
 	in := []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 512}, Data: make([]byte, 4*512)}}
 	id := s.submit(t, "/v1/models/slow/jobs", requestJSON(in))
 	events, drop := openSSE(t, s.url+"/v1/jobs/"+id+"/events", "")
@@ -415,5 +417,71 @@ func TestQueueBytesBound(t *testing.T) {
 	}
 	if m := s.metrics(t); m["inferq_queue_pending_jobs,model=lookup"] != float64(accepted) {
 		t.Errorf("pending %v, want the %d accepted jobs kept", m["inferq_queue_pending_jobs,model=lookup"], accepted)
+	}
+}
+
+// A quick job's record is written twice, queued and final: the running
+// record waits for --running-after, and the job is done before it. With
+// --running-after 0 each run is marked first, a write more. The writes
+// are counted as JetStream stores them, from a subscriber on the bucket's
+// subjects.
+func TestRunningRecordWrittenOnlyForSlowRuns(t *testing.T) {
+	for _, tc := range []struct {
+		runningAfter string
+		want         []string // each job's statuses, as written
+	}{
+		{"1h", []string{"queued", "succeeded"}},
+		{"0", []string{"queued", "running", "succeeded"}},
+	} {
+		t.Run("running-after="+tc.runningAfter, func(t *testing.T) {
+			repo, _ := fixtures(t, map[string]string{"lookup": "max_batch_size: 4\n"})
+			s, nc := startServeNATS(t, repo, "--running-after", tc.runningAfter)
+			var mu sync.Mutex
+			written := map[string][]string{}
+			sub, err := nc.Subscribe("$KV."+jobs.RecordBucket+".>", func(m *nats.Msg) {
+				var rec jobs.Record
+				if err := json.Unmarshal(m.Data, &rec); err != nil {
+					t.Errorf("record %s: %v", m.Subject, err)
+					return
+				}
+				mu.Lock()
+				written[rec.ID] = append(written[rec.ID], string(rec.Status))
+				mu.Unlock()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for i := range 12 {
+				id := s.submit(t, "/v1/models/lookup/jobs", lookupRequest(int64(i%10)))
+				ids = append(ids, id)
+			}
+			for _, id := range ids {
+				if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded || rec.StartedAt == nil || rec.Attempts != 1 {
+					t.Fatalf("job %s: %s, started %v, attempts %d", id, rec.Status, rec.StartedAt, rec.Attempts)
+				}
+			}
+			eventually(t, 10*time.Second, "every final record seen", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, id := range ids {
+					if w := written[id]; len(w) == 0 || w[len(w)-1] != "succeeded" {
+						return false
+					}
+				}
+				return true
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range ids {
+				if !slices.Equal(written[id], tc.want) {
+					t.Errorf("job %s written %v, want %v", id, written[id], tc.want)
+				}
+			}
+		})
 	}
 }

@@ -98,6 +98,7 @@ type serveFlags struct {
 	webhookBackoff        time.Duration
 	drainTimeout          time.Duration
 	ackWait               time.Duration
+	runningAfter          time.Duration
 	maxHandBacks          int
 	device                string
 	overrides             consumer.Overrides
@@ -167,6 +168,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	}
 	if m != modeAPI {
 		fs.DurationVar(&f.ackWait, "ack-wait", 60*time.Second, "how long a job delivered to a worker that died waits before it is delivered again")
+		fs.DurationVar(&f.runningAfter, "running-after", 100*time.Millisecond, "how long a batch runs before its jobs' records say running: a job done sooner goes from queued to its final state with one JetStream write fewer; 0 marks each batch running before it runs")
 		fs.DurationVar(&f.statsInterval, "stats-interval", time.Minute, "how often workers publish the statistics of what models are asked and answer, and write captured jobs")
 		fs.StringVar(&f.device, "device", "", "where this process runs every model: cpu, cuda, cuda:N, tensorrt or tensorrt:N; empty runs each where its config.yaml says")
 		fs.IntVar(&f.overrides.MaxBatchSize, "max-batch-size", 0, "this process's max batch size for every model, over their configs (a GPU worker wants larger batches than a CPU one on the same queue); 0 keeps each model's")
@@ -358,7 +360,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
-			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks,
+			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
