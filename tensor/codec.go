@@ -297,6 +297,9 @@ func decodeData(raw []byte, dt Datatype, want int64, lim Limits) ([]byte, error)
 	out := make([]byte, 0, want*size)
 	var n int64
 	depth := 0
+	// FP32 and FP64 take a short decimal as it is (FP16 checks its range
+	// in appendValue).
+	short := dt == FP32 || dt == FP64
 	for i := 0; i < len(raw); {
 		switch c := raw[i]; c {
 		case ' ', '\t', '\n', '\r', ',':
@@ -327,6 +330,19 @@ func decodeData(raw []byte, dt Datatype, want int64, lim Limits) ([]byte, error)
 			tok = raw[i:end]
 			i = end
 		} else {
+			if n >= want {
+				return nil, fmt.Errorf("data has more elements than the %d its shape needs", want)
+			}
+			if short {
+				// Most of an image's numbers: read as the scan finds
+				// their end.
+				if f, m, ok := shortDecimalPrefix(raw[i:]); ok && (i+m == len(raw) || isDelim(raw[i+m])) {
+					out = appendFloat(out, dt, f)
+					n++
+					i += m
+					continue
+				}
+			}
 			j := i
 			for j < len(raw) && !isDelim(raw[j]) {
 				j++

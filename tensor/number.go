@@ -24,6 +24,15 @@ var exactPow10 = [...]float64{
 // anything else (more digits, larger exponents, text that is not such a
 // number), which the caller reads with strconv.
 func parseShortDecimal(s []byte) (f float64, ok bool) {
+	f, n, ok := shortDecimalPrefix(s)
+	return f, ok && n == len(s)
+}
+
+// shortDecimalPrefix reads a short decimal (see parseShortDecimal) at the
+// start of s and returns it and its length: the caller checks what
+// follows, so that an array's numbers are read in the one pass that finds
+// where each ends.
+func shortDecimalPrefix(s []byte) (f float64, n int, ok bool) {
 	i := 0
 	neg := len(s) > 0 && s[0] == '-'
 	if neg {
@@ -35,11 +44,11 @@ func parseShortDecimal(s []byte) (f float64, ok bool) {
 		m = m*10 + uint64(s[i]-'0')
 		intDigits++
 		if m >= 1<<53 {
-			return 0, false
+			return 0, 0, false
 		}
 	}
 	if intDigits == 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	if i < len(s) && s[i] == '.' {
 		i++
@@ -47,11 +56,11 @@ func parseShortDecimal(s []byte) (f float64, ok bool) {
 			m = m*10 + uint64(s[i]-'0')
 			fracDigits++
 			if m >= 1<<53 {
-				return 0, false
+				return 0, 0, false
 			}
 		}
 		if fracDigits == 0 {
-			return 0, false
+			return 0, 0, false
 		}
 	}
 	exp := -fracDigits
@@ -67,25 +76,22 @@ func parseShortDecimal(s []byte) (f float64, ok bool) {
 			e = e*10 + int(s[i]-'0')
 			digits++
 			if e > 1000 {
-				return 0, false
+				return 0, 0, false
 			}
 		}
 		if digits == 0 {
-			return 0, false
+			return 0, 0, false
 		}
 		if expNeg {
 			e = -e
 		}
 		exp += e
 	}
-	if i != len(s) {
-		return 0, false
-	}
 	f = float64(m)
 	switch {
 	case m == 0:
 	case exp < -22 || exp > 22:
-		return 0, false
+		return 0, 0, false
 	case exp < 0:
 		f /= exactPow10[-exp]
 	default:
@@ -94,5 +100,5 @@ func parseShortDecimal(s []byte) (f float64, ok bool) {
 	if neg {
 		f = -f
 	}
-	return f, true
+	return f, i, true
 }

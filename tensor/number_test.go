@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -92,4 +93,56 @@ func FuzzParseShortDecimal(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) { checkShortDecimal(t, s) })
+}
+
+// decodeData reads an array's short decimals as it scans for where each
+// ends: every element, in any layout of whitespace and nesting, reads as
+// strconv reads it, whether it took the fast path or not.
+func TestDecodeDataAgreesWithStrconv(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	seps := []string{",", ", ", " ,\n", "\t,\r\n"}
+	for _, dt := range []Datatype{FP32, FP64} {
+		for round := range 200 {
+			n := 1 + rng.IntN(64)
+			var nums []string
+			raw := []byte("[")
+			for i := range n {
+				var s string
+				switch rng.IntN(3) {
+				case 0:
+					s = strconv.FormatFloat(rng.NormFloat64()*math.Pow(10, float64(rng.IntN(10)-5)), "efg"[rng.IntN(3)], rng.IntN(12)-1, 32)
+				case 1:
+					s = strconv.FormatFloat(rng.NormFloat64(), 'g', -1, 64) // 17 digits: strconv's
+				default:
+					s = strconv.Itoa(rng.IntN(2000) - 1000)
+				}
+				nums = append(nums, s)
+				if i > 0 {
+					raw = append(raw, seps[rng.IntN(len(seps))]...)
+				}
+				if round%2 == 1 {
+					s = "[" + s + "]" // nested, as a shape [n,1] writes it
+				}
+				raw = append(raw, s...)
+			}
+			raw = append(raw, ']')
+			out, err := decodeData(raw, dt, int64(n), Limits{MaxDepth: 8})
+			if err != nil {
+				t.Fatalf("%s %s: %v", dt, raw, err)
+			}
+			for i, s := range nums {
+				if dt == FP32 {
+					want, _ := strconv.ParseFloat(s, 32)
+					if got := math.Float32frombits(binary.LittleEndian.Uint32(out[4*i:])); math.Float32bits(got) != math.Float32bits(float32(want)) {
+						t.Fatalf("FP32 element %d %q = %v, strconv %v", i, s, got, float32(want))
+					}
+					continue
+				}
+				want, _ := strconv.ParseFloat(s, 64)
+				if got := math.Float64frombits(binary.LittleEndian.Uint64(out[8*i:])); math.Float64bits(got) != math.Float64bits(want) {
+					t.Fatalf("FP64 element %d %q = %v, strconv %v", i, s, got, want)
+				}
+			}
+		}
+	}
 }
