@@ -94,7 +94,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	var changes []jobs.Change
 	var written []int
 	for i, it := range items {
-		if w.opts.RunningAfter > 0 && it.job.Record != nil && it.job.Revision > 0 && firstDelivery(it.msg) {
+		if w.opts.RunningAfter > 0 && it.job.Record != nil && it.job.Revision > 0 && firstDelivery(it.msg, w.since) {
 			// A first delivery: no earlier run can have left the record
 			// running, so the record the message carries is the one to
 			// start from.
@@ -300,10 +300,17 @@ func (w *Worker) backoff(attempt int) time.Duration {
 	return d
 }
 
-// firstDelivery reports a message JetStream delivers for the first time.
-func firstDelivery(m jetstream.Msg) bool {
+// firstDelivery reports a message JetStream delivers for the first time
+// and stored after since, when this worker started. JetStream's count of
+// deliveries is not trusted for older messages: a NATS server killed with
+// its consumers' latest state unwritten (an embedded one dies with a
+// worker that crashed) delivers again as if for the first time, and a
+// job whose run crashed the process before its record said running would
+// then never have that run counted, and crash it again for ever. Those
+// are marked running before they run, from their stored record.
+func firstDelivery(m jetstream.Msg, since time.Time) bool {
 	meta, err := m.Metadata()
-	return err == nil && meta.NumDelivered == 1
+	return err == nil && meta.NumDelivered == 1 && meta.Timestamp.After(since)
 }
 
 // markRunning stores the running record of each job among items that

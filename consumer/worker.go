@@ -109,10 +109,11 @@ type Options struct {
 	// asked and answers are published, and captured jobs written.
 	// Default 1m.
 	StatsInterval time.Duration
-	// RunningAfter is how long a batch of first deliveries runs before
-	// its jobs' records say running: one that finishes sooner goes from
-	// queued to its final state in one write, a write a job fewer (see
-	// docs/nats.md). 0 marks every batch running before it runs.
+	// RunningAfter is how long a batch of first deliveries (of jobs
+	// queued since the worker started) runs before its jobs' records say
+	// running: one that finishes sooner goes from queued to its final
+	// state in one write, a write a job fewer (see docs/nats.md). 0 marks
+	// every batch running before it runs.
 	RunningAfter time.Duration
 }
 
@@ -142,6 +143,8 @@ type Worker struct {
 	runner *runner
 	// held are the job messages fetched and not yet settled.
 	held *held
+	// since is when Run began: see firstDelivery.
+	since time.Time
 }
 
 // NewWorker checks opts and returns a Worker; sessions load in Run.
@@ -225,6 +228,7 @@ type item struct {
 // then stops fetching, finishes the batches in hand, returns the jobs not
 // started to the queue, and returns.
 func (w *Worker) Run(ctx context.Context) error {
+	w.since = time.Now()
 	if w.sessions == nil {
 		if err := w.Load(); err != nil {
 			return err

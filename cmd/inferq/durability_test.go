@@ -192,8 +192,11 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Read to the end of the stream: a submission the kill cut off may
+	// have been stored without its answer reaching the client, so there
+	// can be announcements of jobs not among ids, before theirs.
 	seen := map[string]int{}
-	for len(seen) < len(ids) {
+	for {
 		msgs, err := cons.Fetch(len(ids), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -211,14 +214,14 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 			break
 		}
 	}
-	n = len(ids)
 	for _, id := range ids {
 		if seen[id] != 1 {
 			t.Errorf("job %s announced %d times", id, seen[id])
 		}
 	}
-	if len(seen) != n {
-		t.Errorf("%d jobs announced, want %d", len(seen), n)
+	// Beyond them, at most the one submission the kill cut off.
+	if len(seen) > len(ids)+1 {
+		t.Errorf("%d jobs announced, want %d (or one more, accepted as the kill came)", len(seen), len(ids))
 	}
 }
 
