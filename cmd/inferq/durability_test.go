@@ -24,12 +24,14 @@ import (
 	"github.com/inferq/inferq/jobs"
 )
 
-// inferqBinary builds the inferq binary once per test run; INFERQ_BINARY
-// names one to use instead (a benchmark of an earlier release, side by
-// side).
+// inferqBinary builds the inferq binary once per test run;
+// INFERQ_TEST_BINARY names one to use instead (a benchmark of an earlier
+// release, side by side). Not INFERQ_BINARY: every command reads
+// INFERQ_<FLAG> from the environment, and that one is inferq perf's
+// --binary.
 func inferqBinary(t testing.TB) string {
 	t.Helper()
-	if bin := os.Getenv("INFERQ_BINARY"); bin != "" {
+	if bin := os.Getenv("INFERQ_TEST_BINARY"); bin != "" {
 		return bin
 	}
 	return testenv.Binary(t, "github.com/inferq/inferq/cmd/inferq")

@@ -41,11 +41,6 @@ func BenchmarkRealModels(b *testing.B) {
 		files[m.name+"/config.yaml"] = m.config
 	}
 	p := startProcess(b, "serve", "--models", testenv.ModelRepo(b, files), "--data", b.TempDir(), "--log-level", "error")
-	// perf, like every command, reads INFERQ_<FLAG> from the environment,
-	// and INFERQ_BINARY (which inferq binary the benchmarks start) would
-	// be its --binary.
-	b.Setenv("INFERQ_BINARY", os.Getenv("INFERQ_BINARY"))
-	os.Unsetenv("INFERQ_BINARY")
 	for range b.N {
 		for _, m := range models {
 			var direct *float64
