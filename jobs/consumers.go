@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -122,8 +121,8 @@ func (q *Queue) Models(ctx context.Context) ([]string, error) {
 	}
 	names := stream.ConsumerNames(ctx)
 	for n := range names.Name() {
-		if m, ok := strings.CutPrefix(n, "inferq-"); ok {
-			seen[modelOfToken(strings.TrimSuffix(m, "-high"))] = true
+		if m, _, ok := ModelOfConsumer(n); ok {
+			seen[m] = true
 		}
 	}
 	if err := names.Err(); err != nil {

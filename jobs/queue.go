@@ -88,6 +88,23 @@ func ConsumerName(model string, p Priority) string {
 	return "inferq-" + Token(model)
 }
 
+// ModelOfConsumer is the model and priority whose jobs the durable
+// consumer called name takes, the inverse of ConsumerName; ok is false
+// for a name ConsumerName never gives.
+func ModelOfConsumer(name string) (model string, p Priority, ok bool) {
+	token, ok := strings.CutPrefix(name, "inferq-")
+	if !ok || token == "" {
+		return "", Normal, false
+	}
+	if t, high := strings.CutSuffix(token, "@high"); high {
+		token, p = t, High
+	}
+	if token == "" || strings.Contains(token, "@") {
+		return "", Normal, false
+	}
+	return modelOfToken(token), p, true
+}
+
 // oldHighConsumerName is what releases before 2026-11-26 named a model's
 // high-priority consumer: the name of model "<model>-high"'s normal one,
 // so that each of those models' workers set the consumer's filter to its

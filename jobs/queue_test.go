@@ -251,3 +251,22 @@ func TestWatcherStartsAfterOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestModelOfConsumer: consumer names read back as the model and
+// priority they were made for, and nothing else reads as a model.
+func TestModelOfConsumer(t *testing.T) {
+	for _, model := range []string{"m", "m-high", "resnet50-v1.5", "a~b-high"} {
+		for _, p := range []Priority{Normal, High} {
+			name := ConsumerName(model, p)
+			got, gotP, ok := ModelOfConsumer(name)
+			if !ok || got != modelOfToken(Token(model)) || gotP != p {
+				t.Errorf("ModelOfConsumer(%q) = %q, %q, %v; want %q, %q", name, got, gotP, ok, model, p)
+			}
+		}
+	}
+	for _, name := range []string{"inferq-", "inferq-@high", "batches", "inferq-a@b", "inferq-x@high@high"} {
+		if m, _, ok := ModelOfConsumer(name); ok {
+			t.Errorf("ModelOfConsumer(%q) = %q; want no model", name, m)
+		}
+	}
+}

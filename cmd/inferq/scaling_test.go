@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/scaling"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // A burst of jobs makes the in-process pool grow, the pool drains the
@@ -173,4 +176,61 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 		t.Fatalf("jobs ran on %v, want both worker processes", byWorker)
 	}
 	t.Logf("jobs by worker: %v; the scaler asked for %d replicas (%s)", byWorker, scale.Desired, scale.Reason)
+}
+
+// TestScalerListsEachModelOnce: what `inferq scaler` serves to KEDA names
+// each model whose workers have run once, whatever its priorities and
+// however its name is spelled: model m run at high priority is not also
+// "m@high", and a model named m-high is its own model, not m's high
+// priority.
+func TestScalerListsEachModelOnce(t *testing.T) {
+	ns := testenv.JetStream(t)
+	js, err := jetstream.New(testenv.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	q, err := jobs.Setup(ctx, js, jobs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		model string
+		p     jobs.Priority
+	}{{"m", jobs.High}, {"m", jobs.Normal}, {"m-high", jobs.Normal}, {"resnet50-v1.5", jobs.High}, {"iris", jobs.Normal}} {
+		if _, err := q.Consumer(ctx, c.model, c.p, jobs.ConsumerOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- scalerCmd(ctx, []string{"--nats", ns.ClientURL(), "--http", "127.0.0.1:0", "--interval", "50ms"}, testWriter{t}, func(a string) { addr <- a })
+	}()
+	var url string
+	select {
+	case a := <-addr:
+		url = "http://" + a
+	case err := <-done:
+		t.Fatalf("scaler stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the scaler did not start")
+	}
+	defer func() { cancel(); <-done }()
+	want := []string{"iris", "m", "m-high", "resnet50-v1.5"}
+	var got []string
+	testenv.Poll(10*time.Second, func() bool {
+		var out struct {
+			Models map[string]scaling.ModelScale `json:"models"`
+		}
+		if r := do(t, "GET", url+"/v1/scaling", nil); r.code == http.StatusOK {
+			r.json(t, &out)
+		}
+		got = slices.Sorted(maps.Keys(out.Models))
+		return len(got) >= len(want)
+	})
+	if !slices.Equal(got, want) {
+		t.Fatalf("the scaler decides for %v; want %v", got, want)
+	}
 }
