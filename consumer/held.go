@@ -79,6 +79,22 @@ func (h *held) Waiting() int {
 	return len(h.msgs) - h.ran
 }
 
+// handBackAll hands every held message back to the queue, for delivery
+// at once, and returns how many it handed back. Settling one of them
+// afterwards fails harmlessly: JetStream has it back already.
+func (h *held) handBackAll() int {
+	h.mu.Lock()
+	msgs := make([]*heldMsg, 0, len(h.msgs))
+	for m := range h.msgs {
+		msgs = append(msgs, m)
+	}
+	h.mu.Unlock()
+	for _, m := range msgs {
+		_ = m.Nak()
+	}
+	return len(msgs)
+}
+
 // heartbeat marks every held message in progress each interval until done
 // is closed. A message held longer than maxHold is no longer kept alive,
 // so that one a bug left unsettled is delivered again rather than never.

@@ -26,11 +26,10 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 		outputs = append(outputs, r.outputs...)
 		errs = append(errs, r.errs...)
 	}
-	refs, bodies := w.storeResults(ctx, items, outputs, errs)
-	if w.storagePause > 0 {
-		// Storage is away: hold the pipeline (and so the fetching) back.
-		defer time.Sleep(w.storagePause)
+	if w.abandoned.Load() {
+		return // handed back at the drain timeout
 	}
+	refs, bodies := w.storeResults(ctx, items, outputs, errs)
 	var ended []outcome
 	for i, it := range items {
 		switch {

@@ -145,7 +145,15 @@ type Worker struct {
 	held *held
 	// since is when Run began: see firstDelivery.
 	since time.Time
+	// abandoned is set when the drain timeout passed with work in hand:
+	// its jobs are back in the queue, and nothing more is written for
+	// them.
+	abandoned atomic.Bool
 }
+
+// terminateWait is how long a worker waits, past its drain timeout, for
+// the runs it ended to return.
+const terminateWait = 5 * time.Second
 
 // NewWorker checks opts and returns a Worker; sessions load in Run.
 func NewWorker(opts Options) (*Worker, error) {
@@ -234,7 +242,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	defer w.unload()
+	// A run still under way past the drain timeout keeps its sessions:
+	// unloading them under it would crash the process.
+	stuck := false
+	defer func() {
+		if !stuck {
+			w.unload()
+		}
+	}()
 
 	// Every message fetched is kept alive until it is settled, wherever
 	// it waits (see held).
@@ -346,6 +361,11 @@ func (w *Worker) Run(ctx context.Context) error {
 					}
 				}
 				w.finishBatches(workCtx, group)
+				if w.storagePause > 0 {
+					// Storage is away: hold the pipeline (and so the
+					// fetching) back, but not a shutdown.
+					sleep(ctx, w.storagePause)
+				}
 			}
 		})
 	}
@@ -432,24 +452,64 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// Drain: stop fetching; what was fetched and not started goes back to
 	// the queue at once, for this or another worker; batches running
-	// finish.
+	// finish, within the drain timeout.
 	for _, src := range sources {
 		src.Drain()
 	}
-	close(work)
-	preparers.Wait()
-	close(prepared)
-	executors.Wait()
-	close(ran)
-	writers.Wait()
-	stopWatching()
-	<-watched
 	returned := 0
 	for _, b := range batcher.Flush() {
 		for _, it := range b.Items {
 			w.settle(it.msg, handBack, 0)
 			returned++
 		}
+	}
+	close(work)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		preparers.Wait()
+		close(prepared)
+		executors.Wait()
+		close(ran)
+		writers.Wait()
+	}()
+	drainTimer := time.NewTimer(w.opts.DrainTimeout)
+	defer drainTimer.Stop()
+	select {
+	case <-drained:
+	case <-drainTimer.C:
+		// A batch outlived the drain timeout (a stuck or very slow run):
+		// its jobs, and every other job still held, go back to the queue
+		// now, for another worker, without an attempt counted; the runs
+		// under way are ended, and what they and the writer bring after
+		// is dropped (abandoned).
+		w.abandoned.Store(true)
+		cancelWork()
+		// The pull under way ends first, so that nothing handed back is
+		// delivered again into it.
+		for f := range msgs {
+			w.settle(f.msg, handBack, 0)
+			returned++
+		}
+		<-pumpDone
+		n := w.held.handBackAll()
+		returned += n
+		w.log.Warn("batches still running at the drain timeout; their jobs go back to the queue", "drain_timeout", w.opts.DrainTimeout, "jobs", n)
+		for v, s := range w.sessions {
+			if err := s.Terminate(); err != nil {
+				w.log.Warn("could not end a run under way", "version", v, "err", err)
+			}
+		}
+		select {
+		case <-drained:
+		case <-time.After(terminateWait):
+			stuck = true
+			w.log.Error("a run did not end when told to; its sessions stay loaded", "waited", terminateWait)
+		}
+	}
+	stopWatching()
+	if !stuck {
+		<-watched
 	}
 	for f := range msgs {
 		w.settle(f.msg, handBack, 0)
@@ -458,4 +518,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-pumpDone
 	w.log.Info("worker stopped", "returned_to_queue", returned)
 	return nil
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }

@@ -161,6 +161,9 @@ type Session struct {
 	sess    *ort.DynamicAdvancedSession
 	inputs  []IO
 	outputs []IO
+	// runOpts are every run's options, through which Terminate ends the
+	// runs under way.
+	runOpts *ort.RunOptions
 }
 
 // NewSession loads the model at path with the given signature (from
@@ -205,12 +208,29 @@ func (r *Runtime) NewSession(path string, sig Signature, opts SessionOptions) (*
 	if err != nil {
 		return nil, fmt.Errorf("load model %s: %w", path, err)
 	}
-	return &Session{sess: s, inputs: sig.Inputs, outputs: sig.Outputs}, nil
+	ro, err := ort.NewRunOptions()
+	if err != nil {
+		s.Destroy()
+		return nil, fmt.Errorf("load model %s: create run options: %w", path, err)
+	}
+	return &Session{sess: s, inputs: sig.Inputs, outputs: sig.Outputs, runOpts: ro}, nil
 }
 
-// Close releases the session.
+// Close releases the session. No run may be under way.
 func (s *Session) Close() error {
+	s.runOpts.Destroy()
 	return s.sess.Destroy()
+}
+
+// Terminate makes the runs under way, and every later one, fail soon
+// with an error instead of finishing: for a worker that must stop while
+// a run is stuck or far from done. It is safe to call concurrently with
+// Run.
+func (s *Session) Terminate() error {
+	if err := s.runOpts.Terminate(); err != nil {
+		return fmt.Errorf("terminate runs: %w", err)
+	}
+	return nil
 }
 
 // Run runs the model once on inputs, given in the signature's order, and
@@ -243,7 +263,7 @@ func (s *Session) Run(inputs []tensor.Tensor) ([]tensor.Tensor, error) {
 			}
 		}
 	}()
-	if err := s.sess.Run(in, out); err != nil {
+	if err := s.sess.RunWithOptions(in, out, s.runOpts); err != nil {
 		return nil, fmt.Errorf("ONNX Runtime: %s", strings.TrimPrefix(err.Error(), "Error running network: "))
 	}
 	result := make([]tensor.Tensor, len(out))

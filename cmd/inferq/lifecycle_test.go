@@ -22,6 +22,7 @@ import (
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/webhook"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 type sseEvent struct{ id, name, data string }
@@ -483,5 +484,72 @@ func TestRunningRecordWrittenOnlyForSlowRuns(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDrainTimeoutBoundsAStuckBatch: a worker told to stop while a batch
+// runs far longer than --drain-timeout stops soon after the timeout, not
+// when the batch would have finished, and hands its job back to the
+// queue at once (not after its ack wait), where another worker finds it.
+func TestDrainTimeoutBoundsAStuckBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a slow model; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	path := filepath.Join(t.TempDir(), "slow.onnx")
+	writeFile(t, path, onnxbuild.Repeat(2048, 2000, 3)) // about a quarter of a second a row
+	repo := testenv.ModelRepo(t, map[string]string{"slow/1/model.onnx": "@" + path, "slow/config.yaml": "max_batch_size: 512\nintra_op_threads: 1\n"})
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", t.TempDir(), "--log-level", "warn"}
+	s := startAPI(t, common...)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- serveCmd(ctx, append([]string{"--drain-timeout", "1s", "--running-after", "0", "--ack-wait", "10m"}, common...), testWriter{t}, modeWorker, nil)
+	}()
+	d := openDirect(t, path)
+	// A single job of 256 rows: a run of a minute or more on one thread.
+	id := s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(randSource(1), d.sig.Inputs, 256)))
+	eventually(t, time.Minute, "the job runs", func() bool {
+		var rec jobs.Record
+		do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
+		return rec.Status == jobs.Running
+	})
+	stopped := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("worker: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not stop within 30s of being told to, with a drain timeout of 1s")
+	}
+	t.Logf("the worker stopped %v after it was told to", time.Since(stopped).Round(time.Millisecond))
+	js, err := jetstream.New(testenv.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The job can be taken again now, not after its ack wait (10m).
+	c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("slow", jobs.Normal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for m := range b.Messages() {
+		got = append(got, m.Headers().Get(jobs.HeaderJobID))
+	}
+	if len(got) != 1 || got[0] != id {
+		t.Fatalf("after the stop the queue of slow gave %v; want job %s back at once", got, id)
+	}
+	var rec jobs.Record
+	do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
+	if rec.Status.Final() {
+		t.Fatalf("the stopped worker ended the job: %+v", rec)
 	}
 }
