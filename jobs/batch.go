@@ -54,6 +54,9 @@ type BatchRecord struct {
 	// Index is the storage key of the batch's index: a JSON line per
 	// input line, naming its job (and rows in it) or its error.
 	Index string `json:"-"`
+	// counted is the jobs (by Record.BatchSeq) whose outcomes are in
+	// Counts.
+	counted seqSet
 }
 
 // Final reports whether the batch will change no more.
@@ -105,8 +108,9 @@ func batchStored(rec *BatchRecord) any {
 	type stored BatchRecord
 	return struct {
 		*stored
-		Index string `json:"index_key"`
-	}{(*stored)(rec), rec.Index}
+		Index   string `json:"index_key"`
+		Counted seqSet `json:"counted,omitempty"`
+	}{(*stored)(rec), rec.Index, rec.counted}
 }
 
 // Get returns the record of batch id.
@@ -148,12 +152,13 @@ func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, err
 	}
 	var s struct {
 		BatchRecord
-		Index string `json:"index_key"`
+		Index   string `json:"index_key"`
+		Counted seqSet `json:"counted"`
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
 	}
-	s.BatchRecord.Index = s.Index
+	s.BatchRecord.Index, s.BatchRecord.counted = s.Index, s.Counted
 	return &s.BatchRecord, e.Revision(), nil
 }
 
@@ -217,10 +222,13 @@ func (q *Queue) TrackBatches(ctx context.Context, c jetstream.Consumer, log *slo
 }
 
 // countBatches adds the outcomes that announcements report to their
-// batches' counts, one update per batch. If an update fails it says so,
-// and the announcements are handed back, to be counted again.
+// batches' counts, one update per batch. Each job is counted once,
+// however often it is announced or its announcement delivered: the batch
+// record keeps which of its jobs it has counted, in the same write as the
+// counts. If an update fails it says so, and the announcements are handed
+// back; those already counted are skipped when they come again.
 func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jetstream.Msg) error {
-	counts := map[string]*BatchCounts{}
+	outcomes := map[string][]*Record{}
 	for _, m := range taken {
 		id := m.Headers().Get(HeaderBatch)
 		if id == "" {
@@ -230,29 +238,14 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		if json.Unmarshal(m.Data(), &rec) != nil {
 			continue
 		}
-		n := int64(max(rec.Lines, 1))
-		c := counts[id]
-		if c == nil {
-			c = &BatchCounts{}
-			counts[id] = c
-		}
-		switch rec.Status {
-		case Succeeded:
-			failed := min(int64(rec.LinesFailed), n)
-			c.Succeeded += n - failed
-			c.Failed += failed
-		case Cancelled:
-			c.Cancelled += n
-		default:
-			c.Failed += n
-		}
+		outcomes[id] = append(outcomes[id], &rec)
 	}
 	var failed error
-	for id, c := range counts {
+	for id, recs := range outcomes {
 		_, err := q.Batches.Update(ctx, id, func(b *BatchRecord) error {
-			b.Counts.Succeeded += c.Succeeded
-			b.Counts.Failed += c.Failed
-			b.Counts.Cancelled += c.Cancelled
+			for _, rec := range recs {
+				b.count(rec)
+			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, ErrBatchNotFound) {
@@ -261,4 +254,23 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		}
 	}
 	return failed
+}
+
+// count adds the outcome of a finished job of the batch to its counts,
+// unless it was counted before.
+func (b *BatchRecord) count(rec *Record) {
+	if rec.BatchSeq > 0 && !b.counted.add(rec.BatchSeq) {
+		return
+	}
+	n := int64(max(rec.Lines, 1))
+	switch rec.Status {
+	case Succeeded:
+		failed := min(int64(rec.LinesFailed), n)
+		b.Counts.Succeeded += n - failed
+		b.Counts.Failed += failed
+	case Cancelled:
+		b.Counts.Cancelled += n
+	default:
+		b.Counts.Failed += n
+	}
 }

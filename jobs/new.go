@@ -29,6 +29,8 @@ type Spec struct {
 	// how many of its lines the job packs.
 	Batch string
 	Lines int
+	// BatchSeq numbers the job among its batch's, from 1.
+	BatchSeq int64
 	// ReplayOf is the failed job a replay runs again.
 	ReplayOf string
 	// ClientID and Rows are the request's "id" and batch dimension; New
@@ -61,7 +63,7 @@ func NewRecord(id string, spec Spec) *Record {
 	rec := &Record{
 		ID: id, Model: spec.Model, Status: Queued, CreatedAt: time.Now().UTC(),
 		ClientID: spec.ClientID, Rows: spec.Rows, Priority: spec.Priority, Webhook: spec.Webhook,
-		Batch: spec.Batch, Lines: spec.Lines, ReplayOf: spec.ReplayOf,
+		Batch: spec.Batch, Lines: spec.Lines, BatchSeq: spec.BatchSeq, ReplayOf: spec.ReplayOf,
 	}
 	if spec.Version > 0 {
 		rec.ModelVersion = strconv.FormatInt(spec.Version, 10)

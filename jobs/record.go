@@ -80,6 +80,10 @@ type Record struct {
 	// its lines the job packs.
 	Batch string `json:"batch_id,omitempty"`
 	Lines int    `json:"lines,omitempty"`
+	// BatchSeq numbers a batch's jobs from 1 in the order they were
+	// made, so that each is counted into its batch once however often it
+	// is announced (0: a job of an earlier release, counted as announced).
+	BatchSeq int64 `json:"batch_seq,omitempty"`
 	// LinesFailed is how many of a succeeded job's lines failed on their
 	// own: lines laid end to end run one at a time, and one that ONNX
 	// Runtime fails on does not fail the others.

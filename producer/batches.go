@@ -92,11 +92,11 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		if err := failed(); err != nil {
 			return err
 		}
-		id := ulid.Make().String()
+		id, seq := ulid.Make().String(), jobCount+1
 		slots <- struct{}{}
 		submitting.Go(func() {
 			defer func() { <-slots }()
-			if err := s.submitChunk(r, m, rec.ID, id, c); err != nil {
+			if err := s.submitChunk(r, m, rec.ID, id, seq, c); err != nil {
 				submitMu.Lock()
 				if submitErr == nil {
 					submitErr = err
@@ -258,12 +258,12 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 }
 
 // submitChunk queues a chunk's lines as one job.
-func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, c *batchfile.Chunk) error {
+func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, seq int64, c *batchfile.Chunk) error {
 	req, lines, err := c.Request(m.Batched)
 	if err != nil {
 		return err
 	}
-	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, Lines: len(c.Lines)})
+	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, BatchSeq: seq, Lines: len(c.Lines)})
 	job.Lines = lines
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		if errors.Is(err, jobs.ErrQueueFull) {
