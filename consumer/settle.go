@@ -124,9 +124,13 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 		case errors.Is(c.Err, jobs.ErrConflict):
 			// Finished before (or cancelled). If its worker died between
 			// the record and the acknowledgement, its announcement may
-			// have died too: announce again; the results stream drops the
-			// repeat if the first one made it.
+			// have died too: announce again while the results stream
+			// drops the repeat if the first one made it.
 			w.log.Debug("skipping finished job", "job", it.job.ID, "status", c.Rec.Status)
+			if !w.opts.Queue.CanAnnounceAgain(c.Rec) {
+				w.settle(it.msg, done, 0)
+				continue
+			}
 			if err := w.opts.Queue.Announce(c.Rec, w.storedResponse(ctx, c.Rec)); err != nil {
 				w.log.Warn("could not announce a finished job; it will be redelivered to try again", "job", it.job.ID, "err", err)
 				w.settle(it.msg, handBack, w.opts.Backoff)

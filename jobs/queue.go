@@ -168,6 +168,8 @@ type Queue struct {
 	// ackTimeout bounds how long a set of announcements waits for its
 	// acknowledgements; zero is AckTimeout.
 	ackTimeout time.Duration
+	// dupWindow is how long the streams drop a repeated message id.
+	dupWindow time.Duration
 }
 
 // Setup creates or updates the streams and the bucket and returns the
@@ -273,7 +275,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}}, nil
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, dupWindow: opts.DuplicateWindow}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing
@@ -289,7 +291,10 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 		}
 		kvs[i] = kv
 	}
-	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0], js: js}, Batches: &Batches{kv: kvs[2]}}
+	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0], js: js}, Batches: &Batches{kv: kvs[2]}, dupWindow: 2 * time.Minute}
+	if s, err := js.Stream(ctx, ResultStream); err == nil && s.CachedInfo().Config.Duplicates > 0 {
+		q.dupWindow = s.CachedInfo().Config.Duplicates
+	}
 	// Set up by releases from 2026-12-01 on; without it no worker
 	// status is read.
 	if w, err := js.KeyValue(ctx, WorkerBucket); err == nil {

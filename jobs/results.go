@@ -35,6 +35,22 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 	return nil
 }
 
+// CanAnnounceAgain reports whether a finished job may be announced again
+// now without being announced twice: for a worker that finds it final
+// when its message comes back, whose writer (a worker killed after its
+// record, the API cancelling it) may not have announced it. The results
+// stream drops a repeat if the first made it, but only within its
+// duplicate window: past it (a cancelled job that waited long in a deep
+// queue) webhooks and batch counts would see the job twice. A quarter of
+// the window is kept in hand for clocks that disagree between hosts.
+func (q *Queue) CanAnnounceAgain(rec *Record) bool {
+	window := q.dupWindow
+	if window <= 0 {
+		window = 2 * time.Minute
+	}
+	return rec.FinishedAt != nil && time.Since(*rec.FinishedAt) < window-window/4
+}
+
 // announcement is the message announcing a finished job.
 func announcement(rec *Record, response []byte) (*nats.Msg, error) {
 	b, err := json.Marshal(rec.Public())

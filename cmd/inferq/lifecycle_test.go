@@ -553,3 +553,59 @@ func TestDrainTimeoutBoundsAStuckBatch(t *testing.T) {
 		t.Fatalf("the stopped worker ended the job: %+v", rec)
 	}
 }
+
+// TestCancelledJobAnnouncedOnce: a job cancelled while queued is
+// announced by the API; the worker that later takes its message finds it
+// cancelled and, past the duplicate window (where a repeat would no
+// longer be dropped), does not announce it again.
+func TestCancelledJobAnnouncedOnce(t *testing.T) {
+	ns := testenv.JetStream(t)
+	const window = time.Second
+	common := []string{"--nats", ns.ClientURL(), "--models", filepath.Join(testenv.Root(t), "testdata/models"), "--storage", t.TempDir(), "--log-level", "warn", "--duplicate-window", window.String()}
+	s := startAPI(t, common...)
+	id := s.submit(t, "/v1/models/iris/jobs", []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`))
+	if r := do(t, "DELETE", s.url+"/v1/jobs/"+id, nil); r.code != http.StatusOK {
+		t.Fatalf("cancel: %d %s", r.code, r.body)
+	}
+	var rec jobs.Record
+	do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
+	if rec.Status != jobs.Cancelled || rec.FinishedAt == nil {
+		t.Fatalf("after cancel: %+v", rec)
+	}
+	// The window passes before any worker takes the message.
+	time.Sleep(time.Until(rec.FinishedAt.Add(window + 100*time.Millisecond)))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveCmd(ctx, common, testWriter{t}, modeWorker, nil) }()
+	defer func() { cancel(); <-done }()
+	js, err := jetstream.New(testenv.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the worker takes the cancelled job's message", func() bool {
+		c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("iris", jobs.Normal))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.AckFloor.Stream >= 1 && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	cons, err := js.OrderedConsumer(context.Background(), jobs.ResultStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{jobs.ResultSubject("iris")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		m, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			break
+		}
+		if m.Headers().Get(jobs.HeaderJobID) == id {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the cancelled job was announced %d times; want once", n)
+	}
+}
