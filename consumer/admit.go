@@ -40,7 +40,7 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 	}
 	if job == nil {
 		w.log.Error("undecodable job message", "err", err)
-		_ = m.TermWithReason("undecodable")
+		w.settle(m, drop, 0)
 		return
 	}
 	it.job = job

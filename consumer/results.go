@@ -171,10 +171,9 @@ func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cau
 		return
 	}
 	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
-		if r.Status != jobs.Running {
-			return jobs.ErrConflict
+		if _, err := r.Apply(jobs.Requeue, time.Now().UTC(), ""); err != nil {
+			return err
 		}
-		r.Status, r.StartedAt = jobs.Queued, nil
 		r.Attempts = max(0, r.Attempts-1)
 		return nil
 	})

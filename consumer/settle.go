@@ -82,8 +82,9 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			if it.attempt > it.model.Config.MaxAttempts {
 				return errGaveUp
 			}
-			r.Status = jobs.Running
-			r.StartedAt = &now
+			if _, err := r.Apply(jobs.Start, now, ""); err != nil {
+				return err
+			}
 			r.Worker = w.opts.Name
 			r.Attempts = it.attempt
 			r.ModelVersion = it.model.VersionString()
@@ -189,6 +190,17 @@ type outcome struct {
 	response []byte
 }
 
+// event is the lifecycle event that ends the job as o says.
+func (o outcome) event() jobs.Event {
+	switch o.status {
+	case jobs.Succeeded:
+		return jobs.Succeed
+	case jobs.Expired:
+		return jobs.Expire
+	}
+	return jobs.Fail
+}
+
 // complete ends one job (see completeAll).
 func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
 	w.completeAll(ctx, []outcome{{it: it, status: status, reason: reason, result: result, response: response}})
@@ -206,12 +218,12 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	for _, o := range outs {
 		defer w.traceFinish(o.it, o.status).End()
 	}
-	// The letter goes first: a job whose letter cannot be written is left
-	// to come back, rather than failed without one.
+	// The letter goes first (jobs.Effects): a job whose letter cannot be
+	// written is left to come back, rather than failed without one.
 	kept := outs[:0:0]
 	for _, o := range outs {
 		it := o.it
-		if o.status == jobs.Failed && (it.rec == nil || !it.rec.Status.Final()) {
+		if t, err := jobs.Next(jobs.Running, o.event()); err == nil && t.Writes&jobs.WriteDeadLetter != 0 && (it.rec == nil || !it.rec.Status.Final()) {
 			if err := w.opts.Queue.DeadLetter(ctx, it.msg, o.reason, it.attempt); err != nil {
 				w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
 				w.settle(it.msg, handBack, w.backoff(it.attempt))
@@ -225,10 +237,9 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	for i, o := range kept {
 		it := o.it
 		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *jobs.Record) error {
-			if r.Status.Final() {
-				return jobs.ErrConflict
+			if _, err := r.Apply(o.event(), now, o.reason); err != nil {
+				return err
 			}
-			r.Status, r.Error, r.FinishedAt = o.status, o.reason, &now
 			r.Result = o.result
 			if o.status == jobs.Succeeded {
 				r.LinesFailed = it.linesFailed
@@ -330,10 +341,12 @@ func (w *Worker) markRunning(ctx context.Context, items []*item) {
 		started := it.rec
 		changes = append(changes, jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.rev, Fn: func(r *jobs.Record) error {
 			if r.Status != jobs.Queued {
-				return jobs.ErrConflict
+				return jobs.ErrConflict // moved on meanwhile (cancelled)
 			}
-			r.Status, r.StartedAt, r.Worker = started.Status, started.StartedAt, started.Worker
-			r.Attempts, r.ModelVersion = started.Attempts, started.ModelVersion
+			if _, err := r.Apply(jobs.Start, *started.StartedAt, ""); err != nil {
+				return err
+			}
+			r.Worker, r.Attempts, r.ModelVersion = started.Worker, started.Attempts, started.ModelVersion
 			return nil
 		}})
 		marked = append(marked, it)

@@ -12,6 +12,12 @@
 //
 // where <model> is the model's Token: its name with '.' written '~'.
 //
+// A job's states and every change between them are in lifecycle.go: a
+// transition table (status, event → status, and what else is written, in
+// order), applied to a record by Record.Apply wherever a job changes: the
+// API (cancel), the workers (start, requeue, the end of a run), batch
+// files and the queue itself (a refused submission).
+//
 // queue.go sets the streams and buckets up; submit.go queues a job and
 // encodes its message; new.go makes a job and its record; record.go and
 // sets.go keep and change records; consumers.go holds the workers'

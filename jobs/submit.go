@@ -225,12 +225,10 @@ func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	now := time.Now().UTC()
 	_, _ = q.Records.Update(ctx, id, func(r *Record) error {
-		if r.Status != Queued {
-			return ErrConflict
-		}
-		r.Status, r.Error = Failed, NotQueued+cause.Error()
-		return nil
+		_, err := r.Apply(Refuse, now, NotQueued+cause.Error())
+		return err
 	})
 }
 

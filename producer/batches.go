@@ -291,11 +291,8 @@ func (s *Server) cancelJobs(ctx context.Context, ids []string) {
 		wg.Go(func() {
 			defer func() { <-slots }()
 			rec, err := s.opts.Records.Update(ctx, id, func(rec *jobs.Record) error {
-				if rec.Status != jobs.Queued {
-					return jobs.ErrConflict
-				}
-				rec.Status, rec.FinishedAt, rec.Error = jobs.Cancelled, &now, "the batch was cancelled"
-				return nil
+				_, err := rec.Apply(jobs.Cancel, now, "the batch was cancelled")
+				return err
 			})
 			if err == nil {
 				_ = s.opts.Queue.Announce(rec, nil)

@@ -470,13 +470,7 @@ func (s *Server) expire(rec *jobs.Record) *jobs.Record {
 	if err != nil || f.Default() == nil {
 		return rec
 	}
-	keep := f.Default().Config.ResultRetention
-	if keep > 0 && time.Since(*rec.FinishedAt) > keep {
-		rec.Status = jobs.Expired
-		rec.Result = nil
-		rec.Error = fmt.Sprintf("the result was deleted: model %s keeps results for %s (result_retention)", rec.Model, keep)
-	}
-	return rec
+	return rec.AsRead(time.Now(), f.Default().Config.ResultRetention)
 }
 
 func checkID(id string) error {

@@ -80,11 +80,8 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 	}
 	now := time.Now().UTC()
 	rec, err := s.opts.Records.Update(r.Context(), id, func(rec *jobs.Record) error {
-		if rec.Status != jobs.Queued {
-			return jobs.ErrConflict
-		}
-		rec.Status, rec.FinishedAt, rec.Error = jobs.Cancelled, &now, "cancelled by request"
-		return nil
+		_, err := rec.Apply(jobs.Cancel, now, "cancelled by request")
+		return err
 	})
 	if errors.Is(err, jobs.ErrConflict) {
 		rec.Error = fmt.Sprintf("job %s is %s; only a queued job can be cancelled", id, rec.Status)
