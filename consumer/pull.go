@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
@@ -134,7 +135,7 @@ func (w *Worker) handBackDelay(m jetstream.Msg) (time.Duration, bool) {
 	if n >= uint64(w.opts.MaxHandBacks) {
 		return 0, false
 	}
-	return min(w.opts.Backoff<<min(n-1, 5), 30*time.Second), true
+	return retry.Delay(w.opts.Backoff, 30*time.Second, int(n)), true
 }
 
 // prefer forwards messages from high and normal to out until both are

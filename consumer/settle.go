@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -304,15 +305,10 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	}
 }
 
+// backoff is how long a job waits after its run failed before attempt
+// attempt+1.
 func (w *Worker) backoff(attempt int) time.Duration {
-	d := w.opts.Backoff
-	for range max(0, attempt-1) {
-		d *= 2
-		if d >= 30*time.Second {
-			return 30 * time.Second
-		}
-	}
-	return d
+	return retry.Delay(w.opts.Backoff, 30*time.Second, attempt)
 }
 
 // firstDelivery reports a message JetStream delivers for the first time

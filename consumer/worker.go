@@ -40,7 +40,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/inferq/inferq/batching"
-	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
@@ -266,12 +266,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	// that prefers high-priority jobs. While NATS is away they cannot be
 	// set up: wait for it, as the connection reconnects by itself.
 	sources, pumped, err := w.subscribe(ctx)
-	for wait := (pull.Backoff{Min: w.opts.Backoff, Max: 30 * time.Second}); err != nil; sources, pumped, err = w.subscribe(ctx) {
+	for wait := retry.New(w.opts.Backoff, 30*time.Second); err != nil; sources, pumped, err = w.subscribe(ctx) {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		w.log.Warn("cannot pull jobs yet; retrying", "in", wait.Next(), "err", err)
-		if !wait.Wait(ctx) {
+		d := wait.Next()
+		w.log.Warn("cannot pull jobs yet; retrying", "in", d, "err", err)
+		if !retry.Sleep(ctx, d) {
 			return nil
 		}
 	}
@@ -364,7 +365,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				if w.storagePause > 0 {
 					// Storage is away: hold the pipeline (and so the
 					// fetching) back, but not a shutdown.
-					sleep(ctx, w.storagePause)
+					retry.Sleep(ctx, w.storagePause)
 				}
 			}
 		})
@@ -518,14 +519,4 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-pumpDone
 	w.log.Info("worker stopped", "returned_to_queue", returned)
 	return nil
-}
-
-// sleep waits d, or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/batching"
-	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/tensor"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -147,7 +147,7 @@ func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
 	}
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	return retry(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
+	return tryUntil(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
 		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
 		return err
 	})
@@ -168,7 +168,7 @@ func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
 		return fmt.Errorf("encode record %s: %w", rec.ID, err)
 	}
 	var rev uint64
-	err = retry(ctx, deadline, func(ctx context.Context, again bool) error {
+	err = tryUntil(ctx, deadline, func(ctx context.Context, again bool) error {
 		var err error
 		rev, err = q.Records.kv.Create(ctx, rec.ID, b)
 		if again && errors.Is(err, jetstream.ErrKeyExists) {
@@ -190,7 +190,7 @@ func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
 	// running with one compare-and-set instead of a read and a write.
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	err = retry(ctx, deadline, func(ctx context.Context, _ bool) error {
+	err = tryUntil(ctx, deadline, func(ctx context.Context, _ bool) error {
 		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
 		return err
 	})
@@ -232,23 +232,24 @@ func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
 	})
 }
 
-// retry calls fn until it succeeds, fails for good (a full queue, or ctx
+// tryUntil calls fn until it succeeds, fails for good (a full queue, or ctx
 // ended) or deadline passes, each try within two seconds; again says a
 // try before this one failed.
-func retry(ctx context.Context, deadline time.Time, fn func(ctx context.Context, again bool) error) error {
-	wait := pull.Backoff{Min: 50 * time.Millisecond, Max: time.Second}
+func tryUntil(ctx context.Context, deadline time.Time, fn func(ctx context.Context, again bool) error) error {
+	wait := retry.New(50*time.Millisecond, time.Second)
 	for again := false; ; again = true {
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := fn(tctx, again)
 		cancel()
-		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(wait.Next()).After(deadline) {
+		d := wait.Next()
+		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(d).After(deadline) {
 			return err
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code != 503 {
 			return err // a definite refusal, not a lost answer
 		}
-		if !wait.Wait(ctx) {
+		if !retry.Sleep(ctx, d) {
 			return err
 		}
 	}

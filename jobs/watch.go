@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -80,7 +80,7 @@ func (w *Watcher) start() {
 			w.retrying = false
 			w.mu.Unlock()
 		}()
-		wait := pull.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+		wait := retry.New(100*time.Millisecond, 5*time.Second)
 		for wait.Wait(context.Background()) {
 			if w.tryStart() {
 				w.catchUp()

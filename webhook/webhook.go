@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
 )
 
@@ -267,7 +268,7 @@ func (d *Dispatcher) retryWait(m jetstream.Msg) time.Duration {
 	if meta, err := m.Metadata(); err == nil {
 		attempt = int(meta.NumDelivered)
 	}
-	return min(d.opts.Backoff<<min(attempt-1, 16), 10*time.Minute)
+	return retry.Delay(d.opts.Backoff, 10*time.Minute, attempt)
 }
 
 func (d *Dispatcher) handle(ctx context.Context, dl delivery) {

@@ -33,7 +33,7 @@ import (
 	"github.com/inferq/inferq/console"
 	"github.com/inferq/inferq/consumer"
 	"github.com/inferq/inferq/internal/embednats"
-	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
@@ -318,10 +318,11 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	q, err := jobs.Setup(ctx, js, qopts)
 	// A NATS cluster still forming (its nodes starting together, as a
 	// StatefulSet's do) places no replicated stream yet: wait for it.
-	wait, until := pull.Backoff{Min: time.Second, Max: 10 * time.Second}, time.Now().Add(2*time.Minute)
+	wait, until := retry.New(time.Second, 10*time.Second), time.Now().Add(2*time.Minute)
 	for ; err != nil && clusterForming(err) && time.Now().Before(until); q, err = jobs.Setup(ctx, js, qopts) {
-		log.Warn("cannot set the queue up yet; retrying", "in", wait.Next(), "err", err)
-		if !wait.Wait(ctx) {
+		d := wait.Next()
+		log.Warn("cannot set the queue up yet; retrying", "in", d, "err", err)
+		if !retry.Sleep(ctx, d) {
 			return ctx.Err()
 		}
 	}

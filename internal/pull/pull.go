@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/internal/retry"
 )
 
 // Handler handles messages that arrived together, at most Loop.Max of
@@ -77,7 +79,7 @@ func (l *Loop) Run(ctx context.Context, handle Handler) error {
 	if what == "" {
 		what = "pulling messages"
 	}
-	backoff := Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	backoff := retry.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		n := max
 		if l.Room != nil {
@@ -105,10 +107,11 @@ func (l *Loop) Run(ctx context.Context, handle Handler) error {
 			backoff.Reset()
 			continue
 		}
+		d := backoff.Next()
 		if ctx.Err() == nil {
-			log.Warn(what, "err", err, "retry_in", backoff.Next())
+			log.Warn(what, "err", err, "retry_in", d)
 		}
-		backoff.Wait(ctx)
+		retry.Sleep(ctx, d)
 	}
 	return nil
 }
@@ -140,8 +143,11 @@ func deliver(ctx context.Context, msgs <-chan jetstream.Msg, max int, handle Han
 			}
 		case errors.Is(err, Kept):
 		default:
+			// Handed back with a delay growing with its deliveries, so
+			// that a failure that lasts (a record that cannot be
+			// written) is not retried in a tight loop.
 			for _, m := range group {
-				_ = m.Nak()
+				_ = m.NakWithDelay(handBackDelay(m))
 			}
 			if errors.As(err, &stop) {
 				return stop.err
@@ -151,35 +157,12 @@ func deliver(ctx context.Context, msgs <-chan jetstream.Msg, max int, handle Han
 	return nil
 }
 
-// Backoff is a delay that doubles from Min up to Max with each Wait, and
-// starts again from Min after Reset.
-type Backoff struct {
-	Min, Max time.Duration
-	cur      time.Duration
-}
-
-// Next is the delay the next Wait waits.
-func (b *Backoff) Next() time.Duration {
-	if b.cur == 0 {
-		return b.Min
+// handBackDelay is how long a message a handler handed back waits before
+// it comes again: from 100ms, doubling with its deliveries, up to 5s.
+func handBackDelay(m jetstream.Msg) time.Duration {
+	n := 1
+	if meta, err := m.Metadata(); err == nil {
+		n = int(meta.NumDelivered)
 	}
-	return b.cur
+	return retry.Delay(100*time.Millisecond, 5*time.Second, n)
 }
-
-// Wait waits the next delay, or until ctx ends, and doubles the delay. It
-// reports whether the delay passed.
-func (b *Backoff) Wait(ctx context.Context) bool {
-	d := b.Next()
-	b.cur = min(2*d, b.Max)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// Reset starts the delays again from Min.
-func (b *Backoff) Reset() { b.cur = 0 }

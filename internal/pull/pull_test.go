@@ -183,25 +183,3 @@ func TestLoopRoom(t *testing.T) {
 		t.Fatalf("held %d messages at once, room was 3", most.Load())
 	}
 }
-
-func TestBackoff(t *testing.T) {
-	b := pull.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond}
-	var got []time.Duration
-	for range 5 {
-		got = append(got, b.Next())
-		b.Wait(t.Context())
-	}
-	b.Reset()
-	got = append(got, b.Next())
-	want := []time.Duration{1, 2, 4, 5, 5, 1}
-	for i := range want {
-		if got[i] != want[i]*time.Millisecond {
-			t.Fatalf("delays %v, want %v ms", got, want)
-		}
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	if (&pull.Backoff{Min: time.Hour, Max: time.Hour}).Wait(ctx) {
-		t.Fatal("Wait with ctx ended reported its delay passed")
-	}
-}
