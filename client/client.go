@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // Client talks to one inferq API. The zero value is not usable; use New.
@@ -108,7 +108,7 @@ func decode(res *http.Response, v any, ok ...int) error {
 
 // Submit submits a V2 request (JSON) to model and returns the job's
 // record.
-func (c *Client) Submit(ctx context.Context, model string, request []byte, opts JobOptions) (*jobs.Record, error) {
+func (c *Client) Submit(ctx context.Context, model string, request []byte, opts JobOptions) (*record.Record, error) {
 	path := "/v1/models/" + url.PathEscape(model) + "/jobs"
 	if opts.Version > 0 {
 		path = fmt.Sprintf("/v1/models/%s/versions/%d/jobs", url.PathEscape(model), opts.Version)
@@ -130,12 +130,12 @@ func (c *Client) Submit(ctx context.Context, model string, request []byte, opts 
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.Record
+	var rec record.Record
 	return &rec, decode(res, &rec)
 }
 
 // Job returns a job's record, waiting up to wait for it to be final.
-func (c *Client) Job(ctx context.Context, id string, wait time.Duration) (*jobs.Record, error) {
+func (c *Client) Job(ctx context.Context, id string, wait time.Duration) (*record.Record, error) {
 	path := "/v1/jobs/" + url.PathEscape(id)
 	if wait > 0 {
 		path += "?wait=" + wait.String()
@@ -144,12 +144,12 @@ func (c *Client) Job(ctx context.Context, id string, wait time.Duration) (*jobs.
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.Record
+	var rec record.Record
 	return &rec, decode(res, &rec)
 }
 
 // Await polls a job until it is final or ctx ends.
-func (c *Client) Await(ctx context.Context, id string) (*jobs.Record, error) {
+func (c *Client) Await(ctx context.Context, id string) (*record.Record, error) {
 	for {
 		rec, err := c.Job(ctx, id, 30*time.Second)
 		if err != nil || rec.Status.Final() {
@@ -175,12 +175,12 @@ func (c *Client) Result(ctx context.Context, id string) ([]byte, error) {
 }
 
 // Cancel cancels a queued job.
-func (c *Client) Cancel(ctx context.Context, id string) (*jobs.Record, error) {
+func (c *Client) Cancel(ctx context.Context, id string) (*record.Record, error) {
 	res, err := c.do(ctx, "DELETE", "/v1/jobs/"+url.PathEscape(id), nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.Record
+	var rec record.Record
 	return &rec, decode(res, &rec)
 }
 
@@ -271,12 +271,12 @@ func (c *Client) watchOnce(ctx context.Context, model string, last *string, fn f
 }
 
 // CreateBatch uploads a JSON Lines batch file to model, streaming it.
-func (c *Client) CreateBatch(ctx context.Context, model string, body io.Reader) (*jobs.BatchRecord, error) {
+func (c *Client) CreateBatch(ctx context.Context, model string, body io.Reader) (*record.BatchRecord, error) {
 	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/batches", body, http.Header{"Content-Type": {"application/jsonl"}})
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.BatchRecord
+	var rec record.BatchRecord
 	return &rec, decode(res, &rec)
 }
 
@@ -304,12 +304,12 @@ func (c *Client) Monitoring(ctx context.Context, model string) (json.RawMessage,
 }
 
 // Batch returns a batch's record.
-func (c *Client) Batch(ctx context.Context, id string) (*jobs.BatchRecord, error) {
+func (c *Client) Batch(ctx context.Context, id string) (*record.BatchRecord, error) {
 	res, err := c.do(ctx, "GET", "/v1/batches/"+url.PathEscape(id), nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.BatchRecord
+	var rec record.BatchRecord
 	return &rec, decode(res, &rec)
 }
 
@@ -341,7 +341,7 @@ func (c *Client) copyOutput(ctx context.Context, path string, w io.Writer) error
 
 // DeadLetters returns a page of a model's failed jobs, oldest first,
 // after the dead letter with seq after (0 for the first page).
-func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]jobs.DeadLetter, error) {
+func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]record.DeadLetter, error) {
 	path := fmt.Sprintf("/v1/models/%s/dead-letters?after=%d", url.PathEscape(model), after)
 	if limit > 0 {
 		path += fmt.Sprintf("&limit=%d", limit)
@@ -351,7 +351,7 @@ func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, li
 		return nil, err
 	}
 	var page struct {
-		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+		DeadLetters []record.DeadLetter `json:"dead_letters"`
 	}
 	if err := decode(res, &page); err != nil {
 		return nil, err
@@ -361,12 +361,12 @@ func (c *Client) DeadLetters(ctx context.Context, model string, after uint64, li
 
 // Replay queues a failed job's request again as a new job and returns the
 // new job's record.
-func (c *Client) Replay(ctx context.Context, model, id string) (*jobs.Record, error) {
+func (c *Client) Replay(ctx context.Context, model, id string) (*record.Record, error) {
 	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/dead-letters/"+url.PathEscape(id)+"/replay", nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var rec jobs.Record
+	var rec record.Record
 	return &rec, decode(res, &rec)
 }
 

@@ -20,6 +20,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // Queue is what the sampler reads of the queue; *jobs.Queue is one.
@@ -196,9 +197,9 @@ func (s *Sampler) finished(data []byte) error {
 	}
 	w.done++
 	switch a.Status {
-	case jobs.Succeeded:
+	case record.Succeeded:
 		w.succeeded++
-	case jobs.Failed, jobs.Expired:
+	case record.Failed, record.Expired:
 		w.failed++
 	}
 	if a.FinishedAt != nil && !a.CreatedAt.IsZero() && len(w.latencies) < 100000 {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/monitor"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -37,7 +37,7 @@ type snapKey struct{ version, batch string }
 type finishedGroup struct {
 	items   []*item
 	outputs [][]tensor.Tensor
-	refs    []*jobs.ResultRef
+	refs    []*record.ResultRef
 	bodies  [][]byte
 }
 
@@ -49,7 +49,7 @@ func newWatcher(w *Worker) *watcher {
 // observe hands a group of finished jobs to run, to add the succeeded
 // ones (those with a result) to the statistics and capture the sampled
 // share of them. It waits only while run is 64 groups behind.
-func (m *watcher) observe(items []*item, outputs [][]tensor.Tensor, refs []*jobs.ResultRef, bodies [][]byte) {
+func (m *watcher) observe(items []*item, outputs [][]tensor.Tensor, refs []*record.ResultRef, bodies [][]byte) {
 	m.finished <- finishedGroup{items, outputs, refs, bodies}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,7 +40,7 @@ func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, er
 	// count: a slow store must not starve the model.
 	limit := max(2*w.policy.MaxBatchSize*w.instances, 16)
 	var conss []jetstream.Consumer
-	for _, p := range []jobs.Priority{jobs.High, jobs.Normal} {
+	for _, p := range []record.Priority{record.High, record.Normal} {
 		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
 		if err != nil {
 			return nil, nil, fmt.Errorf("model %s: pull jobs: %w", w.name, err)

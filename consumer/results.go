@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/oklog/ulid/v2"
 	"go.opentelemetry.io/otel/codes"
@@ -46,7 +47,7 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 			if it.job.Record != nil && it.job.Record.Batch != "" {
 				body = nil // batch output is read from storage, not streamed
 			}
-			ended = append(ended, outcome{it: it, status: jobs.Succeeded, result: refs[i], response: body})
+			ended = append(ended, outcome{it: it, status: record.Succeeded, result: refs[i], response: body})
 		}
 	}
 	w.completeAll(ctx, ended)
@@ -60,8 +61,8 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 // outage) sends its job back to the queue without counting the attempt,
 // and the worker pauses before the next write: a result is never lost,
 // and no job fails, because storage was briefly away.
-func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) ([]*jobs.ResultRef, [][]byte) {
-	refs := make([]*jobs.ResultRef, len(items))
+func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) ([]*record.ResultRef, [][]byte) {
+	refs := make([]*record.ResultRef, len(items))
 	bodies := make([][]byte, len(items))
 	var buf []byte
 	for i, it := range items {
@@ -78,7 +79,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 		} else {
 			buf = resp.AppendJSON(buf)
 		}
-		refs[i] = &jobs.ResultRef{Offset: int64(start), Length: int64(len(buf) - start), HeaderLength: int64(headerLen)}
+		refs[i] = &record.ResultRef{Offset: int64(start), Length: int64(len(buf) - start), HeaderLength: int64(headerLen)}
 		buf = append(buf, '\n')
 	}
 	if len(buf) == 0 {
@@ -106,7 +107,7 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 					failed[i] = true
 					return err
 				}
-				refs[i] = &jobs.ResultRef{Key: key, Length: refs[i].Length, Whole: true, HeaderLength: refs[i].HeaderLength}
+				refs[i] = &record.ResultRef{Key: key, Length: refs[i].Length, Whole: true, HeaderLength: refs[i].HeaderLength}
 				return nil
 			})
 		}
@@ -162,7 +163,7 @@ func (w *Worker) put(ctx context.Context, key string, data []byte, items []*item
 // MaxHandBacks deliveries the job fails instead.
 func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cause error) {
 	if _, ok := w.handBackDelay(it.msg); !ok {
-		w.complete(ctx, it, jobs.Failed, fmt.Sprintf("its result could not be stored; gave up after %d deliveries: %v", w.opts.MaxHandBacks, cause), nil, nil)
+		w.complete(ctx, it, record.Failed, fmt.Sprintf("its result could not be stored; gave up after %d deliveries: %v", w.opts.MaxHandBacks, cause), nil, nil)
 		return
 	}
 	if it.unmarked {
@@ -170,14 +171,14 @@ func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cau
 		w.settle(it.msg, handBack, delay)
 		return
 	}
-	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *jobs.Record) error {
-		if _, err := r.Apply(jobs.Requeue, time.Now().UTC(), ""); err != nil {
+	_, _, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, it.rec, it.rev, func(r *record.Record) error {
+		if _, err := r.Apply(record.Requeue, time.Now().UTC(), ""); err != nil {
 			return err
 		}
 		r.Attempts = max(0, r.Attempts-1)
 		return nil
 	})
-	if err != nil && !errors.Is(err, jobs.ErrConflict) {
+	if err != nil && !errors.Is(err, record.ErrConflict) {
 		w.log.Warn("could not hand a job back; it will be redelivered", "job", it.job.ID, "err", err)
 	}
 	w.settle(it.msg, handBack, delay)
@@ -187,9 +188,9 @@ func (w *Worker) requeue(ctx context.Context, it *item, delay time.Duration, cau
 // to travel inline in its announcement, so that an announcement made again
 // carries it as the first would have; nil for any other job, or when it
 // cannot be read (the announcement then points at result_url alone).
-func (w *Worker) storedResponse(ctx context.Context, rec *jobs.Record) []byte {
+func (w *Worker) storedResponse(ctx context.Context, rec *record.Record) []byte {
 	r := rec.Result
-	if rec.Status != jobs.Succeeded || r == nil || r.Length > jobs.MaxInlineResponse {
+	if rec.Status != record.Succeeded || r == nil || r.Length > jobs.MaxInlineResponse {
 		return nil
 	}
 	b, err := w.readRange(ctx, r)
@@ -222,7 +223,7 @@ func inlineJSON(resp *tensor.Response, binaryLength int64) []byte {
 }
 
 // readRange reads a stored result whole.
-func (w *Worker) readRange(ctx context.Context, r *jobs.ResultRef) ([]byte, error) {
+func (w *Worker) readRange(ctx context.Context, r *record.ResultRef) ([]byte, error) {
 	rc, err := w.opts.Results.GetRange(ctx, r.Key, r.Offset, r.Length)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -66,12 +67,12 @@ var (
 // is changed in hand, and stored with the final one if the run is quick.
 func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
-	fn := func(it *item) func(r *jobs.Record) error {
-		return func(r *jobs.Record) error {
+	fn := func(it *item) func(r *record.Record) error {
+		return func(r *record.Record) error {
 			if r.Status.Final() {
-				return jobs.ErrConflict
+				return record.ErrConflict
 			}
-			if r.Deadline != nil && now.After(*r.Deadline) && r.Status == jobs.Queued {
+			if r.Deadline != nil && now.After(*r.Deadline) && r.Status == record.Queued {
 				return errExpired
 			}
 			// Attempts count the runs begun, from the record: a job
@@ -83,7 +84,7 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			if it.attempt > it.model.Config.MaxAttempts {
 				return errGaveUp
 			}
-			if _, err := r.Apply(jobs.Start, now, ""); err != nil {
+			if _, err := r.Apply(record.Start, now, ""); err != nil {
 				return err
 			}
 			r.Worker = w.opts.Name
@@ -119,11 +120,11 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 		switch {
 		case errors.Is(c.Err, errGaveUp):
 			it.rec, it.rev = c.Rec, c.Rev
-			ended = append(ended, outcome{it: it, status: jobs.Failed, reason: fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1)})
+			ended = append(ended, outcome{it: it, status: record.Failed, reason: fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1)})
 		case errors.Is(c.Err, errExpired):
 			it.rec, it.rev = c.Rec, c.Rev
-			ended = append(ended, outcome{it: it, status: jobs.Expired, reason: fmt.Sprintf("its deadline, %s, passed before it could start", c.Rec.Deadline.Format(time.RFC3339Nano))})
-		case errors.Is(c.Err, jobs.ErrConflict):
+			ended = append(ended, outcome{it: it, status: record.Expired, reason: fmt.Sprintf("its deadline, %s, passed before it could start", c.Rec.Deadline.Format(time.RFC3339Nano))})
+		case errors.Is(c.Err, record.ErrConflict):
 			// Finished before (or cancelled). If its worker died between
 			// the record and the acknowledgement, its announcement may
 			// have died too: announce again while the results stream
@@ -171,13 +172,13 @@ func (w *Worker) retryOrFail(ctx context.Context, it *item, err error) (o outcom
 		w.settle(it.msg, handBack, w.backoff(it.attempt))
 		return outcome{}, true
 	}
-	return outcome{it: it, status: jobs.Failed, reason: fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts)}, false
+	return outcome{it: it, status: record.Failed, reason: fmt.Sprintf("%v (attempt %d of %d)", err, it.attempt, it.model.Config.MaxAttempts)}, false
 }
 
 // finishFailed ends a job that can never run.
 func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 	w.log.Warn("job cannot run", "job", it.job.ID, "err", err)
-	w.complete(ctx, it, jobs.Failed, err.Error(), nil, nil)
+	w.complete(ctx, it, record.Failed, err.Error(), nil, nil)
 }
 
 // outcome is how a job ends: its final status, why, and for a succeeded
@@ -185,25 +186,25 @@ func (w *Worker) finishFailed(ctx context.Context, it *item, err error) {
 // carries.
 type outcome struct {
 	it       *item
-	status   jobs.Status
+	status   record.Status
 	reason   string
-	result   *jobs.ResultRef
+	result   *record.ResultRef
 	response []byte
 }
 
 // event is the lifecycle event that ends the job as o says.
-func (o outcome) event() jobs.Event {
+func (o outcome) event() record.Event {
 	switch o.status {
-	case jobs.Succeeded:
-		return jobs.Succeed
-	case jobs.Expired:
-		return jobs.Expire
+	case record.Succeeded:
+		return record.Succeed
+	case record.Expired:
+		return record.Expire
 	}
-	return jobs.Fail
+	return record.Fail
 }
 
 // complete ends one job (see completeAll).
-func (w *Worker) complete(ctx context.Context, it *item, status jobs.Status, reason string, result *jobs.ResultRef, response []byte) {
+func (w *Worker) complete(ctx context.Context, it *item, status record.Status, reason string, result *record.ResultRef, response []byte) {
 	w.completeAll(ctx, []outcome{{it: it, status: status, reason: reason, result: result, response: response}})
 }
 
@@ -219,12 +220,12 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	for _, o := range outs {
 		defer w.traceFinish(o.it, o.status).End()
 	}
-	// The letter goes first (jobs.Effects): a job whose letter cannot be
+	// The letter goes first (record.Effects): a job whose letter cannot be
 	// written is left to come back, rather than failed without one.
 	kept := outs[:0:0]
 	for _, o := range outs {
 		it := o.it
-		if t, err := jobs.Next(jobs.Running, o.event()); err == nil && t.Writes&jobs.WriteDeadLetter != 0 && (it.rec == nil || !it.rec.Status.Final()) {
+		if t, err := record.Next(record.Running, o.event()); err == nil && t.Writes&record.WriteDeadLetter != 0 && (it.rec == nil || !it.rec.Status.Final()) {
 			if err := w.opts.Queue.DeadLetter(ctx, it.msg, o.reason, it.attempt); err != nil {
 				w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
 				w.settle(it.msg, handBack, w.backoff(it.attempt))
@@ -237,12 +238,12 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	changes := make([]jobs.Change, len(kept))
 	for i, o := range kept {
 		it := o.it
-		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *jobs.Record) error {
+		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *record.Record) error {
 			if _, err := r.Apply(o.event(), now, o.reason); err != nil {
 				return err
 			}
 			r.Result = o.result
-			if o.status == jobs.Succeeded {
+			if o.status == record.Succeeded {
 				r.LinesFailed = it.linesFailed
 			}
 			if r.Attempts < it.attempt {
@@ -259,12 +260,12 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 		}}
 	}
 	var final []outcome
-	var recs []*jobs.Record
+	var recs []*record.Record
 	var responses [][]byte
 	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
 		o := kept[i]
 		switch {
-		case errors.Is(c.Err, jobs.ErrConflict), errors.Is(c.Err, jobs.ErrJobNotFound):
+		case errors.Is(c.Err, record.ErrConflict), errors.Is(c.Err, jobs.ErrJobNotFound):
 			w.settle(o.it.msg, done, 0)
 			continue
 		case c.Err != nil:
@@ -294,7 +295,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 			continue
 		}
 		// A failed job's stored body stays for its dead letter's replay.
-		if final[i].status != jobs.Failed {
+		if final[i].status != record.Failed {
 			if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
 				w.log.Warn("could not delete a finished job's payload", "job", it.job.ID, "err", err)
 			}
@@ -335,11 +336,11 @@ func (w *Worker) markRunning(ctx context.Context, items []*item) {
 			continue
 		}
 		started := it.rec
-		changes = append(changes, jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.rev, Fn: func(r *jobs.Record) error {
-			if r.Status != jobs.Queued {
-				return jobs.ErrConflict // moved on meanwhile (cancelled)
+		changes = append(changes, jobs.Change{ID: it.job.ID, Rec: it.job.Record, Rev: it.rev, Fn: func(r *record.Record) error {
+			if r.Status != record.Queued {
+				return record.ErrConflict // moved on meanwhile (cancelled)
 			}
-			if _, err := r.Apply(jobs.Start, *started.StartedAt, ""); err != nil {
+			if _, err := r.Apply(record.Start, *started.StartedAt, ""); err != nil {
 				return err
 			}
 			r.Worker, r.Attempts, r.ModelVersion = started.Worker, started.Attempts, started.ModelVersion
@@ -349,7 +350,7 @@ func (w *Worker) markRunning(ctx context.Context, items []*item) {
 	}
 	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
 		if c.Err != nil {
-			if !errors.Is(c.Err, jobs.ErrConflict) {
+			if !errors.Is(c.Err, record.ErrConflict) {
 				w.log.Debug("could not mark a job running", "job", marked[i].job.ID, "err", c.Err)
 			}
 			continue

@@ -8,7 +8,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tracing"
 )
 
@@ -73,7 +73,7 @@ func (w *Worker) traceWrite(items []*item, key string) trace.Span {
 }
 
 // traceFinish starts the span of a job's final record and announcement.
-func (w *Worker) traceFinish(it *item, status jobs.Status) trace.Span {
+func (w *Worker) traceFinish(it *item, status record.Status) trace.Span {
 	ctx := it.trace
 	if ctx == nil {
 		ctx = context.Background()

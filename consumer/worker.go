@@ -44,6 +44,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
 )
@@ -221,7 +222,7 @@ type item struct {
 	// inputs were padded: outputs are trimmed back to it. 0 when not.
 	length  int64
 	attempt int
-	rec     *jobs.Record
+	rec     *record.Record
 	rev     uint64
 	// unmarked: rec says running, but the stored record (at rev) still
 	// says queued; see Options.RunningAfter and markRunning.
@@ -396,7 +397,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// The counters alerts watch start at 0, so that the first failure is
 	// an increase, not the start of a series.
 	w.opts.Metrics.failedRuns.WithLabelValues(w.name)
-	for _, st := range []jobs.Status{jobs.Succeeded, jobs.Failed} {
+	for _, st := range []record.Status{record.Succeeded, record.Failed} {
 		w.opts.Metrics.finished.WithLabelValues(w.name, string(st))
 	}
 

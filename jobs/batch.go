@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/pull"
+	"github.com/inferq/inferq/record"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -18,70 +19,6 @@ const BatchBucket = "INFERQ_BATCHES"
 
 // HeaderBatch, on an announcement, is the batch its job belongs to.
 const HeaderBatch = "Inferq-Batch-Id"
-
-// Batch states. Succeeded, Failed and Cancelled are final.
-const (
-	BatchQueued    = "queued"    // the file is still being read
-	BatchRunning   = "running"   // every line is queued or done
-	BatchSucceeded = "succeeded" // every line has an outcome, at least one a success
-	BatchFailed    = "failed"    // the file could not be read to the end (QueuedAt unset), or every line failed
-	BatchCancelled = "cancelled"
-)
-
-// BatchCounts counts a batch's lines.
-type BatchCounts struct {
-	Total     int64 `json:"total"`
-	Succeeded int64 `json:"succeeded"`
-	Failed    int64 `json:"failed"`
-	Cancelled int64 `json:"cancelled,omitempty"`
-}
-
-// Done is the lines with an outcome.
-func (c BatchCounts) Done() int64 { return c.Succeeded + c.Failed + c.Cancelled }
-
-// BatchRecord is a batch file's record, as the API serves it.
-type BatchRecord struct {
-	ID         string      `json:"id"`
-	Model      string      `json:"model"`
-	Status     string      `json:"status"`
-	Counts     BatchCounts `json:"counts"`
-	CreatedAt  time.Time   `json:"created_at"`
-	QueuedAt   *time.Time  `json:"queued_at,omitempty"`
-	FinishedAt *time.Time  `json:"finished_at,omitempty"`
-	Error      string      `json:"error,omitempty"`
-	// Jobs is the number of jobs the lines were packed into.
-	Jobs int64 `json:"jobs"`
-	// Index is the storage key of the batch's index: a JSON line per
-	// input line, naming its job (and rows in it) or its error.
-	Index string `json:"-"`
-	// counted is the jobs (by Record.BatchSeq) whose outcomes are in
-	// Counts.
-	counted seqSet
-}
-
-// Final reports whether the batch will change no more.
-func (b *BatchRecord) Final() bool {
-	return b.Status == BatchSucceeded || b.Status == BatchFailed || b.Status == BatchCancelled
-}
-
-// settle marks a running batch final once every line has an outcome:
-// succeeded, or failed when every line failed (as OpenAI's Batch API and
-// SageMaker call a batch none of whose requests could be served). Its
-// output, the reason of each line, stays to be read.
-func (b *BatchRecord) settle(now time.Time) {
-	if b.Status != BatchRunning || b.Counts.Done() < b.Counts.Total {
-		return
-	}
-	b.Status, b.FinishedAt = BatchSucceeded, &now
-	if c := b.Counts; c.Total > 0 && c.Failed == c.Total {
-		b.Status = BatchFailed
-		b.Error = fmt.Sprintf("every one of its %d lines failed; the output says why, line by line", c.Total)
-	}
-}
-
-// Read reports whether the batch's file was read to the end, so that its
-// output (possibly all errors) can be served.
-func (b *BatchRecord) Read() bool { return b.QueuedAt != nil }
 
 // Batches keeps batch records in a key-value bucket.
 type Batches struct {
@@ -92,7 +29,7 @@ type Batches struct {
 var ErrBatchNotFound = errors.New("batch not found")
 
 // Create stores a new batch record.
-func (b *Batches) Create(ctx context.Context, rec *BatchRecord) error {
+func (b *Batches) Create(ctx context.Context, rec *record.BatchRecord) error {
 	v, err := json.Marshal(batchStored(rec))
 	if err != nil {
 		return err
@@ -104,24 +41,24 @@ func (b *Batches) Create(ctx context.Context, rec *BatchRecord) error {
 }
 
 // batchStored is how a record is stored: with its index key.
-func batchStored(rec *BatchRecord) any {
-	type stored BatchRecord
+func batchStored(rec *record.BatchRecord) any {
+	type stored record.BatchRecord
 	return struct {
 		*stored
-		Index   string `json:"index_key"`
-		Counted seqSet `json:"counted,omitempty"`
-	}{(*stored)(rec), rec.Index, rec.counted}
+		Index   string        `json:"index_key"`
+		Counted record.SeqSet `json:"counted,omitempty"`
+	}{(*stored)(rec), rec.Index, rec.Counted}
 }
 
 // Get returns the record of batch id.
-func (b *Batches) Get(ctx context.Context, id string) (*BatchRecord, error) {
+func (b *Batches) Get(ctx context.Context, id string) (*record.BatchRecord, error) {
 	rec, _, err := b.get(ctx, id)
 	return rec, err
 }
 
 // Recent returns the newest batch records, at most n, newest first, of
 // the models keep accepts. Batch ids are ULIDs: their order is their age.
-func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) bool) ([]*BatchRecord, error) {
+func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) bool) ([]*record.BatchRecord, error) {
 	lister, err := b.kv.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list batches: %w", err)
@@ -131,7 +68,7 @@ func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) boo
 		ids = append(ids, k)
 	}
 	slices.Sort(ids)
-	var out []*BatchRecord
+	var out []*record.BatchRecord
 	for i := len(ids) - 1; i >= 0 && len(out) < n; i-- {
 		rec, _, err := b.get(ctx, ids[i])
 		if err != nil || !keep(rec.Model) {
@@ -142,7 +79,7 @@ func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) boo
 	return out, nil
 }
 
-func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, error) {
+func (b *Batches) get(ctx context.Context, id string) (*record.BatchRecord, uint64, error) {
 	e, err := b.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
 		return nil, 0, fmt.Errorf("%w: %s", ErrBatchNotFound, id)
@@ -151,14 +88,14 @@ func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, err
 		return nil, 0, fmt.Errorf("read batch %s: %w", id, err)
 	}
 	var s struct {
-		BatchRecord
-		Index   string `json:"index_key"`
-		Counted seqSet `json:"counted"`
+		record.BatchRecord
+		Index   string        `json:"index_key"`
+		Counted record.SeqSet `json:"counted"`
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
 	}
-	s.BatchRecord.Index, s.BatchRecord.counted = s.Index, s.Counted
+	s.BatchRecord.Index, s.BatchRecord.Counted = s.Index, s.Counted
 	return &s.BatchRecord, e.Revision(), nil
 }
 
@@ -166,7 +103,7 @@ func (b *Batches) get(ctx context.Context, id string) (*BatchRecord, uint64, err
 // another writer got there first. If fn returns an error the record is
 // left alone. A running batch whose lines all have an outcome is marked
 // succeeded.
-func (b *Batches) Update(ctx context.Context, id string, fn func(*BatchRecord) error) (*BatchRecord, error) {
+func (b *Batches) Update(ctx context.Context, id string, fn func(*record.BatchRecord) error) (*record.BatchRecord, error) {
 	for {
 		rec, rev, err := b.get(ctx, id)
 		if err != nil {
@@ -175,7 +112,7 @@ func (b *Batches) Update(ctx context.Context, id string, fn func(*BatchRecord) e
 		if err := fn(rec); err != nil {
 			return rec, err
 		}
-		rec.settle(time.Now().UTC())
+		rec.Settle(time.Now().UTC())
 		v, err := json.Marshal(batchStored(rec))
 		if err != nil {
 			return nil, err
@@ -228,13 +165,13 @@ func (q *Queue) TrackBatches(ctx context.Context, c jetstream.Consumer, log *slo
 // counts. If an update fails it says so, and the announcements are handed
 // back; those already counted are skipped when they come again.
 func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jetstream.Msg) error {
-	outcomes := map[string][]*Record{}
+	outcomes := map[string][]*record.Record{}
 	for _, m := range taken {
 		id := m.Headers().Get(HeaderBatch)
 		if id == "" {
 			continue
 		}
-		var rec Record
+		var rec record.Record
 		if json.Unmarshal(m.Data(), &rec) != nil {
 			continue
 		}
@@ -242,9 +179,9 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 	}
 	var failed error
 	for id, recs := range outcomes {
-		_, err := q.Batches.Update(ctx, id, func(b *BatchRecord) error {
+		_, err := q.Batches.Update(ctx, id, func(b *record.BatchRecord) error {
 			for _, rec := range recs {
-				b.count(rec)
+				b.Count(rec)
 			}
 			return nil
 		})
@@ -254,23 +191,4 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		}
 	}
 	return failed
-}
-
-// count adds the outcome of a finished job of the batch to its counts,
-// unless it was counted before.
-func (b *BatchRecord) count(rec *Record) {
-	if rec.BatchSeq > 0 && !b.counted.add(rec.BatchSeq) {
-		return
-	}
-	n := int64(max(rec.Lines, 1))
-	switch rec.Status {
-	case Succeeded:
-		failed := min(int64(rec.LinesFailed), n)
-		b.Counts.Succeeded += n - failed
-		b.Counts.Failed += failed
-	case Cancelled:
-		b.Counts.Cancelled += n
-	default:
-		b.Counts.Failed += n
-	}
 }

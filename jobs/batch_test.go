@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/record"
 )
 
 // TestBatchCountsEachJobOnce: the tracker counts a job into its batch once,
@@ -21,7 +22,7 @@ func TestBatchCountsEachJobOnce(t *testing.T) {
 	defer cancel()
 	now := time.Now().UTC()
 	for _, id := range []string{"a", "b"} {
-		if err := q.Batches.Create(ctx, &BatchRecord{ID: id, Model: "m", Status: BatchRunning, CreatedAt: now, QueuedAt: &now, Counts: BatchCounts{Total: 10}}); err != nil {
+		if err := q.Batches.Create(ctx, &record.BatchRecord{ID: id, Model: "m", Status: record.BatchRunning, CreatedAt: now, QueuedAt: &now, Counts: record.BatchCounts{Total: 10}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -39,21 +40,21 @@ func TestBatchCountsEachJobOnce(t *testing.T) {
 	}
 	tracking := make(chan error, 1)
 	go func() { tracking <- q.TrackBatches(ctx, c, slog.New(slog.DiscardHandler)) }()
-	announce := func(batch string, seq int64, status Status) {
+	announce := func(batch string, seq int64, status record.Status) {
 		t.Helper()
-		rec := &Record{ID: fmt.Sprintf("%s-%d", batch, seq), Model: "m", Status: status, Batch: batch, BatchSeq: seq, Lines: 2, CreatedAt: now}
+		rec := &record.Record{ID: fmt.Sprintf("%s-%d", batch, seq), Model: "m", Status: status, Batch: batch, BatchSeq: seq, Lines: 2, CreatedAt: now}
 		if err := q.Announce(rec, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for seq := int64(1); seq <= 4; seq++ {
-		announce("a", seq, Succeeded)
-		announce("b", seq, Succeeded)
+		announce("a", seq, record.Succeeded)
+		announce("b", seq, record.Succeeded)
 	}
-	counts := func(id string) BatchCounts {
+	counts := func(id string) record.BatchCounts {
 		b, err := q.Batches.Get(ctx, id)
 		if err != nil {
-			return BatchCounts{Total: -1}
+			return record.BatchCounts{Total: -1}
 		}
 		return b.Counts
 	}
@@ -69,21 +70,21 @@ func TestBatchCountsEachJobOnce(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "batch b counted", func() bool { return counts("b").Succeeded == 8 })
 	// A job announced again (a new message: a different id defeats the
 	// duplicate window), and a cancelled one to end the batches.
-	msg, err := announcement(&Record{ID: "a-1", Model: "m", Status: Succeeded, Batch: "a", BatchSeq: 1, Lines: 2, CreatedAt: now}, nil)
+	msg, err := announcement(&record.Record{ID: "a-1", Model: "m", Status: record.Succeeded, Batch: "a", BatchSeq: 1, Lines: 2, CreatedAt: now}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := q.js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	announce("a", 5, Cancelled)
-	announce("b", 5, Cancelled)
+	announce("a", 5, record.Cancelled)
+	announce("b", 5, record.Cancelled)
 	testenv.Eventually(t, 10*time.Second, "both batches final", func() bool {
 		a, errA := q.Batches.Get(ctx, "a")
 		b, errB := q.Batches.Get(ctx, "b")
 		return errA == nil && errB == nil && a.Final() && b.Final()
 	})
-	want := BatchCounts{Total: 10, Succeeded: 8, Cancelled: 2}
+	want := record.BatchCounts{Total: 10, Succeeded: 8, Cancelled: 2}
 	for _, id := range []string{"a", "b"} {
 		if got := counts(id); got != want {
 			t.Errorf("batch %s counts %+v, want %+v", id, got, want)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/record"
 )
 
 // ConsumerOptions configure a model's durable consumer.
@@ -24,7 +26,7 @@ type ConsumerOptions struct {
 
 // Consumer creates or updates the durable consumer of a model's jobs of
 // priority p.
-func (q *Queue) Consumer(ctx context.Context, model string, p Priority, opts ConsumerOptions) (jetstream.Consumer, error) {
+func (q *Queue) Consumer(ctx context.Context, model string, p record.Priority, opts ConsumerOptions) (jetstream.Consumer, error) {
 	if opts.AckWait <= 0 {
 		opts.AckWait = 60 * time.Second
 	}
@@ -58,10 +60,10 @@ func (q *Queue) Consumer(ctx context.Context, model string, p Priority, opts Con
 // consumer holding this one's name. Jobs the deleted consumer delivered
 // and nobody acknowledged stay in the stream, and come again to the
 // model's new consumer.
-func (q *Queue) retireOldConsumer(ctx context.Context, model string, p Priority) error {
+func (q *Queue) retireOldConsumer(ctx context.Context, model string, p record.Priority) error {
 	subject := RequestSubject(model, p)
 	old := ConsumerName(model, p)
-	if p == High {
+	if p == record.High {
 		old = oldHighConsumerName(model)
 	}
 	c, err := q.js.Consumer(ctx, RequestStream, old)
@@ -73,7 +75,7 @@ func (q *Queue) retireOldConsumer(ctx context.Context, model string, p Priority)
 	}
 	filter := c.CachedInfo().Config.FilterSubject
 	stale := filter != subject // this model's name, another model's jobs
-	if p == High {
+	if p == record.High {
 		stale = filter == subject // this model's jobs, its old name
 	}
 	if !stale {
@@ -136,7 +138,7 @@ func (q *Queue) Models(ctx context.Context) ([]string, error) {
 // counts the stream's messages on its subject as pending.
 func (q *Queue) Depth(ctx context.Context, model string) (Depth, error) {
 	var d Depth
-	for _, p := range []Priority{Normal, High} {
+	for _, p := range []record.Priority{record.Normal, record.High} {
 		c, err := q.js.Consumer(ctx, RequestStream, ConsumerName(model, p))
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			n, err := q.waiting(ctx, RequestSubject(model, p))

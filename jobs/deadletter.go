@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/record"
 )
 
 // DeadLetterStream keeps a copy of every job that ended failed: its
@@ -109,33 +111,16 @@ func headerValue(s string) string {
 	return s
 }
 
-// DeadLetter is a failed job kept for inspection and replay.
-type DeadLetter struct {
-	// Seq is the letter's place in the dead-letter stream.
-	Seq      uint64    `json:"seq"`
-	JobID    string    `json:"job_id"`
-	Model    string    `json:"model"`
-	Error    string    `json:"error"`
-	Attempts int       `json:"attempts"`
-	FailedAt time.Time `json:"failed_at"`
-	Priority Priority  `json:"priority,omitempty"`
-	// Bytes is the size of the request as queued (0 for one whose body is
-	// kept in storage).
-	Bytes int `json:"bytes"`
-	// Batch is the batch file the job came from, if any.
-	Batch string `json:"batch_id,omitempty"`
-}
-
-func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+func deadLetterOf(m *jetstream.RawStreamMsg) record.DeadLetter {
 	h := m.Header
-	d := DeadLetter{
+	d := record.DeadLetter{
 		Seq: m.Sequence, JobID: h.Get(HeaderJobID), Model: h.Get(HeaderModel),
 		Error: h.Get(HeaderError), Bytes: len(m.Data),
 	}
 	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
 	d.FailedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt))
-	if h.Get(HeaderSubject) == RequestSubject(d.Model, High) {
-		d.Priority = High
+	if h.Get(HeaderSubject) == RequestSubject(d.Model, record.High) {
+		d.Priority = record.High
 	}
 	if rec := recordOf(h); rec != nil {
 		d.Batch = rec.Batch
@@ -144,12 +129,12 @@ func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 }
 
 // recordOf is the record a job message carries, if it carries one.
-func recordOf(h nats.Header) *Record {
+func recordOf(h nats.Header) *record.Record {
 	v := h.Get(HeaderRecord)
 	if v == "" {
 		return nil
 	}
-	var rec Record
+	var rec record.Record
 	if json.Unmarshal([]byte(v), &rec) != nil {
 		return nil
 	}
@@ -158,12 +143,12 @@ func recordOf(h nats.Header) *Record {
 
 // DeadLetters returns up to limit of a model's dead letters, oldest
 // first, from those after stream sequence after (0 for the start).
-func (q *Queue) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]DeadLetter, error) {
+func (q *Queue) DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]record.DeadLetter, error) {
 	s, err := q.js.Stream(ctx, DeadLetterStream)
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", DeadLetterStream, err)
 	}
-	var out []DeadLetter
+	var out []record.DeadLetter
 	seq := after + 1
 	for len(out) < limit {
 		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(deadPrefix+Token(model)+".*"))
@@ -186,7 +171,7 @@ var ErrNoDeadLetter = errors.New("no dead letter for this job")
 // whose record names the failed job in ReplayOf, and removes the letter.
 // The new job keeps the old one's priority, webhook and request; not its
 // deadline (long passed, most likely) nor its batch (which has ended).
-func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, error) {
+func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*record.Record, error) {
 	s, err := q.js.Stream(ctx, DeadLetterStream)
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", DeadLetterStream, err)
@@ -200,12 +185,12 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*Record, e
 	}
 	h := m.Header
 	subject := h.Get(HeaderSubject)
-	if subject != RequestSubject(model, Normal) && subject != RequestSubject(model, High) {
-		subject = RequestSubject(model, Normal)
+	if subject != RequestSubject(model, record.Normal) && subject != RequestSubject(model, record.High) {
+		subject = RequestSubject(model, record.Normal)
 	}
 	old := recordOf(h)
 	if old == nil {
-		old = &Record{}
+		old = &record.Record{}
 	}
 	rec := NewRecord(newID, Spec{Model: model, ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook, ReplayOf: id})
 	out := nats.NewMsg(subject)

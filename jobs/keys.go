@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/record"
 )
 
 // ErrKeyReused is a claim of an idempotency key already tied to a job
@@ -51,12 +53,12 @@ func (q *Queue) ReclaimKey(ctx context.Context, owner, key, old, id, digest stri
 		_, err = q.keys.Create(ctx, k, []byte(id+" "+digest))
 	} else if err == nil {
 		if cur, _, _ := strings.Cut(string(e.Value()), " "); cur != old {
-			return ErrConflict
+			return record.ErrConflict
 		}
 		_, err = q.keys.Update(ctx, k, []byte(id+" "+digest), e.Revision())
 	}
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return ErrConflict
+		return record.ErrConflict
 	}
 	if err != nil {
 		return fmt.Errorf("idempotency key: %w", err)

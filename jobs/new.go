@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -20,7 +21,7 @@ type Spec struct {
 	// Version pins a model version; 0 runs the default version when the
 	// job starts.
 	Version  int64
-	Priority Priority
+	Priority record.Priority
 	// Deadline, when set, is when a job not started expires.
 	Deadline time.Time
 	// Webhook is called when the job finishes.
@@ -44,7 +45,7 @@ type Spec struct {
 
 // New makes a job of req as spec says, and its record as it is queued. Every way into the queue (the API, batch files, the
 // native client, a replay) makes its jobs here; Queue.Submit queues them.
-func New(req *tensor.Request, spec Spec) (*Job, *Record) {
+func New(req *tensor.Request, spec Spec) (*Job, *record.Record) {
 	if spec.ClientID == "" {
 		spec.ClientID = req.ID
 	}
@@ -59,9 +60,9 @@ func New(req *tensor.Request, spec Spec) (*Job, *Record) {
 }
 
 // NewRecord is the record of a new job id, queued now, as spec says.
-func NewRecord(id string, spec Spec) *Record {
-	rec := &Record{
-		ID: id, Model: spec.Model, Status: Queued, CreatedAt: time.Now().UTC(),
+func NewRecord(id string, spec Spec) *record.Record {
+	rec := &record.Record{
+		ID: id, Model: spec.Model, Status: record.Queued, CreatedAt: time.Now().UTC(),
 		ClientID: spec.ClientID, Rows: spec.Rows, Priority: spec.Priority, Webhook: spec.Webhook,
 		Batch: spec.Batch, Lines: spec.Lines, BatchSeq: spec.BatchSeq, ReplayOf: spec.ReplayOf,
 	}

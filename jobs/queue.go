@@ -12,11 +12,12 @@
 //
 // where <model> is the model's Token: its name with '.' written '~'.
 //
-// A job's states and every change between them are in lifecycle.go: a
-// transition table (status, event → status, and what else is written, in
-// order), applied to a record by Record.Apply wherever a job changes: the
-// API (cancel), the workers (start, requeue, the end of a run), batch
-// files and the queue itself (a refused submission).
+// A job's record, its states and every change between them are package
+// record's (lifecycle.go: a transition table of status, event → status
+// and what else is written, in order), applied by Record.Apply wherever a
+// job changes: the API (cancel), the workers (start, requeue, the end of
+// a run), batch files and the queue itself (a refused submission). This
+// package stores them.
 //
 // queue.go sets the streams and buckets up; submit.go queues a job and
 // encodes its message; new.go makes a job and its record; record.go and
@@ -32,6 +33,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/record"
 )
 
 // Names in NATS.
@@ -73,8 +76,8 @@ const (
 // RequestSubject is the subject a model's jobs of a priority are
 // published on: inferq.requests.<model> for normal jobs and
 // inferq.requests.<model>.high for high-priority ones.
-func RequestSubject(model string, p Priority) string {
-	if p == High {
+func RequestSubject(model string, p record.Priority) string {
+	if p == record.High {
 		return requestPrefix + Token(model) + ".high"
 	}
 	return requestPrefix + Token(model)
@@ -87,8 +90,8 @@ func ResultSubject(model string) string { return resultPrefix + Token(model) }
 // of a priority: inferq-<token> for normal jobs, inferq-<token>@high for
 // high-priority ones. No token holds '@', so no two models share a
 // consumer (see retireOldConsumer for the names of earlier releases).
-func ConsumerName(model string, p Priority) string {
-	if p == High {
+func ConsumerName(model string, p record.Priority) string {
+	if p == record.High {
 		return "inferq-" + Token(model) + "@high"
 	}
 	return "inferq-" + Token(model)
@@ -97,16 +100,16 @@ func ConsumerName(model string, p Priority) string {
 // ModelOfConsumer is the model and priority whose jobs the durable
 // consumer called name takes, the inverse of ConsumerName; ok is false
 // for a name ConsumerName never gives.
-func ModelOfConsumer(name string) (model string, p Priority, ok bool) {
+func ModelOfConsumer(name string) (model string, p record.Priority, ok bool) {
 	token, ok := strings.CutPrefix(name, "inferq-")
 	if !ok || token == "" {
-		return "", Normal, false
+		return "", record.Normal, false
 	}
 	if t, high := strings.CutSuffix(token, "@high"); high {
-		token, p = t, High
+		token, p = t, record.High
 	}
 	if token == "" || strings.Contains(token, "@") {
-		return "", Normal, false
+		return "", record.Normal, false
 	}
 	return modelOfToken(token), p, true
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/record"
 )
 
 // setup starts an embedded NATS server and sets the queue up on it.
@@ -35,7 +36,7 @@ func newJetStream(t *testing.T, nc *nats.Conn) jetstream.JetStream {
 
 // queueJob publishes a bare job message of model and priority, as the
 // API would (without a record), and returns its id.
-func queueJob(t *testing.T, js jetstream.JetStream, model string, p Priority, id string) {
+func queueJob(t *testing.T, js jetstream.JetStream, model string, p record.Priority, id string) {
 	t.Helper()
 	msg := nats.NewMsg(RequestSubject(model, p))
 	msg.Header.Set(HeaderJobID, id)
@@ -70,13 +71,13 @@ func fetchIDs(t *testing.T, c jetstream.Consumer, n int) []string {
 func TestConsumerNamesDoNotCollide(t *testing.T) {
 	q, js := setup(t)
 	ctx := context.Background()
-	queueJob(t, js, "m", High, "job-of-m")
-	queueJob(t, js, "m-high", Normal, "job-of-m-high")
-	high, err := q.Consumer(ctx, "m", High, ConsumerOptions{})
+	queueJob(t, js, "m", record.High, "job-of-m")
+	queueJob(t, js, "m-high", record.Normal, "job-of-m-high")
+	high, err := q.Consumer(ctx, "m", record.High, ConsumerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	normal, err := q.Consumer(ctx, "m-high", Normal, ConsumerOptions{})
+	normal, err := q.Consumer(ctx, "m-high", record.Normal, ConsumerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,15 +101,15 @@ func TestConsumerRetiresOldHighPriorityName(t *testing.T) {
 			q, js := setup(t)
 			ctx := context.Background()
 			old, err := js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
-				Durable: "inferq-m-high", FilterSubject: RequestSubject("m", High),
+				Durable: "inferq-m-high", FilterSubject: RequestSubject("m", record.High),
 				AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: -1,
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			queueJob(t, js, "m", High, "started-before")
-			queueJob(t, js, "m", High, "waiting")
-			queueJob(t, js, "m-high", Normal, "job-of-m-high")
+			queueJob(t, js, "m", record.High, "started-before")
+			queueJob(t, js, "m", record.High, "waiting")
+			queueJob(t, js, "m-high", record.Normal, "job-of-m-high")
 			b, err := old.Fetch(1, jetstream.FetchMaxWait(time.Second))
 			if err != nil {
 				t.Fatal(err)
@@ -117,8 +118,8 @@ func TestConsumerRetiresOldHighPriorityName(t *testing.T) {
 			}
 
 			open := map[string]func() (jetstream.Consumer, error){
-				"m":      func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m", High, ConsumerOptions{}) },
-				"m-high": func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m-high", Normal, ConsumerOptions{}) },
+				"m":      func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m", record.High, ConsumerOptions{}) },
+				"m-high": func() (jetstream.Consumer, error) { return q.Consumer(ctx, "m-high", record.Normal, ConsumerOptions{}) },
 			}
 			second := map[string]string{"m": "m-high", "m-high": "m"}[first]
 			cons := map[string]jetstream.Consumer{}
@@ -137,10 +138,10 @@ func TestConsumerRetiresOldHighPriorityName(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if info.Config.FilterSubject != RequestSubject("m-high", Normal) {
+			if info.Config.FilterSubject != RequestSubject("m-high", record.Normal) {
 				t.Errorf("model m-high's consumer %s filters %s", info.Name, info.Config.FilterSubject)
 			}
-			if c, err := js.Consumer(ctx, RequestStream, "inferq-m-high"); err == nil && c.CachedInfo().Config.FilterSubject == RequestSubject("m", High) {
+			if c, err := js.Consumer(ctx, RequestStream, "inferq-m-high"); err == nil && c.CachedInfo().Config.FilterSubject == RequestSubject("m", record.High) {
 				t.Error("the old high-priority consumer inferq-m-high is still there")
 			} else if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				t.Fatal(err)
@@ -178,19 +179,19 @@ func TestWatcherWatchesOnlyWhileWaited(t *testing.T) {
 	}
 	for round := range 2 {
 		id := fmt.Sprintf("job-%d", round)
-		if err := q.Records.Create(ctx, &Record{ID: id, Status: Queued}); err != nil {
+		if err := q.Records.Create(ctx, &record.Record{ID: id, Status: record.Queued}); err != nil {
 			t.Fatal(err)
 		}
 		changed, stop := w.Wait(id)
 		if n := watchers(t, js); n != 1 {
 			t.Fatalf("round %d: %d watches of the records while one waiter waits", round, n)
 		}
-		if _, err := q.Records.Update(ctx, id, func(r *Record) error { r.Status = Running; return nil }); err != nil {
+		if _, err := q.Records.Update(ctx, id, func(r *record.Record) error { r.Status = record.Running; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case rec := <-changed:
-			if rec.ID != id || rec.Status != Running {
+			if rec.ID != id || rec.Status != record.Running {
 				t.Fatalf("round %d: the waiter heard %+v", round, rec)
 			}
 		case <-time.After(5 * time.Second):
@@ -215,7 +216,7 @@ func TestWatcherStartsAfterOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Records.Create(ctx, &Record{ID: "job", Status: Queued}); err != nil {
+	if err := q.Records.Create(ctx, &record.Record{ID: "job", Status: record.Queued}); err != nil {
 		t.Fatal(err)
 	}
 	w := q.Records.Watch(nil)
@@ -233,16 +234,16 @@ func TestWatcherStartsAfterOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []Status{Running, Succeeded} {
-		if _, err := oq.Records.Update(ctx, "job", func(r *Record) error { r.Status = s; return nil }); err != nil {
+	for _, s := range []record.Status{record.Running, record.Succeeded} {
+		if _, err := oq.Records.Update(ctx, "job", func(r *record.Record) error { r.Status = s; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		// (Should the watch start just before the change, the catch-up
 		// may tell of the state before it, queued: skipped.)
-		for heard := Status(""); heard != s; {
+		for heard := record.Status(""); heard != s; {
 			select {
 			case rec := <-changed:
-				if heard = rec.Status; heard != s && heard != Queued {
+				if heard = rec.Status; heard != s && heard != record.Queued {
 					t.Fatalf("the waiter heard %s; want %s", heard, s)
 				}
 			case <-time.After(15 * time.Second):
@@ -256,7 +257,7 @@ func TestWatcherStartsAfterOutage(t *testing.T) {
 // priority they were made for, and nothing else reads as a model.
 func TestModelOfConsumer(t *testing.T) {
 	for _, model := range []string{"m", "m-high", "resnet50-v1.5", "a~b-high"} {
-		for _, p := range []Priority{Normal, High} {
+		for _, p := range []record.Priority{record.Normal, record.High} {
 			name := ConsumerName(model, p)
 			got, gotP, ok := ModelOfConsumer(name)
 			if !ok || got != modelOfToken(Token(model)) || gotP != p {

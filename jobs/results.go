@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/inferq/inferq/record"
 )
 
 // MaxInlineResponse is the largest V2 response an announcement carries;
@@ -22,7 +24,7 @@ const MaxInlineResponse = 256 << 10
 // worker that then acknowledges the job (and dies) cannot leave it
 // unannounced: an announcement published without waiting was lost, now
 // and then, to a kill.
-func (q *Queue) Announce(rec *Record, response []byte) error {
+func (q *Queue) Announce(rec *record.Record, response []byte) error {
 	msg, err := announcement(rec, response)
 	if err != nil {
 		return err
@@ -43,7 +45,7 @@ func (q *Queue) Announce(rec *Record, response []byte) error {
 // duplicate window: past it (a cancelled job that waited long in a deep
 // queue) webhooks and batch counts would see the job twice. A quarter of
 // the window is kept in hand for clocks that disagree between hosts.
-func (q *Queue) CanAnnounceAgain(rec *Record) bool {
+func (q *Queue) CanAnnounceAgain(rec *record.Record) bool {
 	window := q.dupWindow
 	if window <= 0 {
 		window = 2 * time.Minute
@@ -52,7 +54,7 @@ func (q *Queue) CanAnnounceAgain(rec *Record) bool {
 }
 
 // announcement is the message announcing a finished job.
-func announcement(rec *Record, response []byte) (*nats.Msg, error) {
+func announcement(rec *record.Record, response []byte) (*nats.Msg, error) {
 	b, err := json.Marshal(rec.Public())
 	if err != nil {
 		return nil, fmt.Errorf("encode record %s: %w", rec.ID, err)
@@ -77,7 +79,7 @@ func announcement(rec *Record, response []byte) (*nats.Msg, error) {
 // record and, for a succeeded job whose response is small enough, the
 // response.
 type Announcement struct {
-	Record
+	record.Record
 	Response json.RawMessage `json:"response,omitempty"`
 }
 

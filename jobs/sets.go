@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/inferq/inferq/record"
 )
 
 // Jobs move in sets: a worker marks a whole batch running, and records
@@ -34,16 +36,16 @@ const AckTimeout = 10 * time.Second
 // nobody wrote since, else applied again to what was written.
 type Change struct {
 	ID  string
-	Rec *Record
+	Rec *record.Record
 	Rev uint64
-	Fn  func(*Record) error
+	Fn  func(*record.Record) error
 }
 
 // Changed is the outcome of a Change, as Records.UpdateFrom returns it:
 // the record as stored (or, when Fn refused, as Fn saw it), its revision,
 // and the error.
 type Changed struct {
-	Rec *Record
+	Rec *record.Record
 	Rev uint64
 	Err error
 }
@@ -101,7 +103,7 @@ func (r *Records) UpdateAll(ctx context.Context, changes []Change) []Changed {
 	for _, i := range slow {
 		c := changes[i]
 		g.Go(func() error {
-			var rec *Record
+			var rec *record.Record
 			var rev uint64
 			if c.Rec != nil && out[i].Rec == nil {
 				// Not published (the publisher was stalled): from the
@@ -144,7 +146,7 @@ func isWrongLastSequence(err error) bool {
 // AnnounceAll announces finished jobs as Announce does, each with its
 // response (responses[i] for recs[i]; nil for none), publishing all at
 // once and waiting once. It returns each announcement's error.
-func (q *Queue) AnnounceAll(ctx context.Context, recs []*Record, responses [][]byte) []error {
+func (q *Queue) AnnounceAll(ctx context.Context, recs []*record.Record, responses [][]byte) []error {
 	errs := make([]error, len(recs))
 	acks := make([]jetstream.PubAckFuture, len(recs))
 	for i, rec := range recs {

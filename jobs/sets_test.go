@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/record"
 )
 
 // TestUpdateAll: a set of changes is stored as each would be alone: from
@@ -19,12 +20,12 @@ func TestUpdateAll(t *testing.T) {
 	q, _ := setup(t)
 	ctx := context.Background()
 	type start struct {
-		rec *Record
+		rec *record.Record
 		rev uint64
 	}
 	starts := map[string]start{}
 	for _, id := range []string{"fresh", "stale", "unread", "refused"} {
-		rec := &Record{ID: id, Model: "m", Status: Queued, CreatedAt: time.Now().UTC()}
+		rec := &record.Record{ID: id, Model: "m", Status: record.Queued, CreatedAt: time.Now().UTC()}
 		_, rev, err := q.Records.create(ctx, rec)
 		if err != nil {
 			t.Fatal(err)
@@ -32,18 +33,18 @@ func TestUpdateAll(t *testing.T) {
 		starts[id] = start{rec, rev}
 	}
 	// Someone else writes "stale" after it was read.
-	if _, err := q.Records.Update(ctx, "stale", func(r *Record) error { r.Attempts = 5; return nil }); err != nil {
+	if _, err := q.Records.Update(ctx, "stale", func(r *record.Record) error { r.Attempts = 5; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	run := func(r *Record) error {
+	run := func(r *record.Record) error {
 		if r.Status.Final() {
-			return ErrConflict
+			return record.ErrConflict
 		}
-		r.Status = Running
+		r.Status = record.Running
 		r.Attempts++
 		return nil
 	}
-	refuse := func(*Record) error { return ErrConflict }
+	refuse := func(*record.Record) error { return record.ErrConflict }
 	changes := []Change{
 		{ID: "fresh", Rec: starts["fresh"].rec, Rev: starts["fresh"].rev, Fn: run},
 		{ID: "stale", Rec: starts["stale"].rec, Rev: starts["stale"].rev, Fn: run},
@@ -55,13 +56,13 @@ func TestUpdateAll(t *testing.T) {
 	tests := []struct {
 		id       string
 		err      error
-		status   Status
+		status   record.Status
 		attempts int
 	}{
-		{"fresh", nil, Running, 1},
-		{"stale", nil, Running, 6},
-		{"unread", nil, Running, 1},
-		{"refused", ErrConflict, Queued, 0},
+		{"fresh", nil, record.Running, 1},
+		{"stale", nil, record.Running, 6},
+		{"unread", nil, record.Running, 1},
+		{"refused", record.ErrConflict, record.Queued, 0},
 		{"missing", ErrJobNotFound, "", 0},
 	}
 	for i, tt := range tests {
@@ -86,7 +87,7 @@ func TestUpdateAll(t *testing.T) {
 		})
 	}
 	// The caller's records are left as they were read.
-	if starts["fresh"].rec.Status != Queued {
+	if starts["fresh"].rec.Status != record.Queued {
 		t.Errorf("the caller's record was changed: %+v", starts["fresh"].rec)
 	}
 }
@@ -96,10 +97,10 @@ func TestUpdateAll(t *testing.T) {
 func TestAnnounceAll(t *testing.T) {
 	q, _ := setup(t)
 	ctx := context.Background()
-	var recs []*Record
+	var recs []*record.Record
 	var responses [][]byte
 	for i := range 40 {
-		recs = append(recs, &Record{ID: fmt.Sprintf("job-%d", i), Model: "m", Status: Succeeded})
+		recs = append(recs, &record.Record{ID: fmt.Sprintf("job-%d", i), Model: "m", Status: record.Succeeded})
 		responses = append(responses, fmt.Appendf(nil, `{"id":"job-%d"}`, i))
 	}
 	for round := range 2 { // the second round is dropped as repeats
@@ -152,16 +153,16 @@ func TestSetsAcknowledgementsLost(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	r := &Records{js: js, ackTimeout: timeout}
 	q := &Queue{js: js, ackTimeout: timeout}
-	rec := &Record{ID: "j", Model: "m", Status: Queued, CreatedAt: time.Now().UTC()}
+	rec := &record.Record{ID: "j", Model: "m", Status: record.Queued, CreatedAt: time.Now().UTC()}
 	ctx := context.Background() // no deadline: the timeout is the set's own
 
 	start := time.Now()
-	out := r.UpdateAll(ctx, []Change{{ID: "j", Rec: rec, Rev: 1, Fn: func(r *Record) error { r.Status = Running; return nil }}})
+	out := r.UpdateAll(ctx, []Change{{ID: "j", Rec: rec, Rev: 1, Fn: func(r *record.Record) error { r.Status = record.Running; return nil }}})
 	if out[0].Err == nil || time.Since(start) > 10*timeout {
 		t.Fatalf("UpdateAll = %+v after %v, want an error within about %v", out[0], time.Since(start), timeout)
 	}
 	start = time.Now()
-	errs := q.AnnounceAll(ctx, []*Record{rec}, [][]byte{nil})
+	errs := q.AnnounceAll(ctx, []*record.Record{rec}, [][]byte{nil})
 	if errs[0] == nil || time.Since(start) > 10*timeout {
 		t.Fatalf("AnnounceAll = %v after %v, want an error within about %v", errs, time.Since(start), timeout)
 	}

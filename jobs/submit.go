@@ -13,6 +13,7 @@ import (
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/internal/retry"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,11 +76,11 @@ type Job struct {
 	Version int64
 	Request *tensor.Request
 	// Priority picks the subject, and so the consumer, the job goes to.
-	Priority Priority
+	Priority record.Priority
 	// Record and Revision are the job's record as it was queued, when the
 	// message carries it: a hint that saves a read, checked by the
 	// compare-and-set of the first update.
-	Record   *Record
+	Record   *record.Record
 	Revision uint64
 	// Trace carries the W3C trace context (traceparent, tracestate) the
 	// job continues, as message headers; the worker reads it from there.
@@ -97,7 +98,7 @@ type Job struct {
 
 // Submit stores the job's record and publishes the job, returning once
 // JetStream has acknowledged both: only then is the job safe to promise.
-func (q *Queue) Submit(ctx context.Context, job *Job, rec *Record) error {
+func (q *Queue) Submit(ctx context.Context, job *Job, rec *record.Record) error {
 	msg, err := q.message(ctx, job)
 	if err != nil {
 		return err
@@ -134,7 +135,7 @@ func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
 	if err != nil {
 		return err
 	}
-	if rec.Status != Queued {
+	if rec.Status != record.Queued {
 		return nil
 	}
 	msg, err := q.message(ctx, job)
@@ -161,7 +162,7 @@ func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
 // exists on a retry is this one, and JetStream drops a repeated publish
 // of the same message id. A job JetStream refused has its record failed
 // (see notQueued).
-func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *Record) error {
+func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *record.Record) error {
 	deadline := time.Now().Add(enqueueBudget)
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -226,8 +227,8 @@ func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	now := time.Now().UTC()
-	_, _ = q.Records.Update(ctx, id, func(r *Record) error {
-		_, err := r.Apply(Refuse, now, NotQueued+cause.Error())
+	_, _ = q.Records.Update(ctx, id, func(r *record.Record) error {
+		_, err := r.Apply(record.Refuse, now, NotQueued+cause.Error())
 		return err
 	})
 }
@@ -306,7 +307,7 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 		job.Version = n
 	}
 	if v := header.Get(HeaderRecord); v != "" {
-		var rec Record
+		var rec record.Record
 		rev, err := strconv.ParseUint(header.Get(HeaderRecordRevision), 10, 64)
 		if err == nil && json.Unmarshal([]byte(v), &rec) == nil && rec.ID == job.ID {
 			job.Record, job.Revision = &rec, rev

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/retry"
+	"github.com/inferq/inferq/record"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -37,7 +38,7 @@ type Watcher struct {
 	mu      sync.Mutex
 	kw      jetstream.KeyWatcher // nil while no watch runs
 	ended   chan struct{}        // closed when the running watch's loop ends
-	waiters map[string]map[chan *Record]struct{}
+	waiters map[string]map[chan *record.Record]struct{}
 	idler   *time.Timer // stops the watch once nobody has waited for idle
 	// retrying: a goroutine tries to start the watch, which could not.
 	retrying bool
@@ -55,7 +56,7 @@ func (r *Records) Watch(log *slog.Logger) *Watcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Watcher{kv: r.kv, idle: IdleWatch, log: log, waiters: map[string]map[chan *Record]struct{}{}}
+	return &Watcher{kv: r.kv, idle: IdleWatch, log: log, waiters: map[string]map[chan *record.Record]struct{}{}}
 }
 
 // start makes sure the watch runs while anyone waits. It returns once it
@@ -181,7 +182,7 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 	if len(chans) == 0 || len(value) == 0 {
 		return
 	}
-	var rec Record
+	var rec record.Record
 	if json.Unmarshal(value, &rec) != nil {
 		return
 	}
@@ -207,16 +208,16 @@ func (w *Watcher) onUpdate(id string, value []byte) {
 // function that stops the watch. Register before reading the record, so
 // no change falls between the two: Wait returns once the bucket's watch
 // runs.
-func (w *Watcher) Wait(id string) (<-chan *Record, func()) {
+func (w *Watcher) Wait(id string) (<-chan *record.Record, func()) {
 	// Room for the few states of a job, so that a reader slower than the
 	// changes still sees each that the watch delivered; one further
 	// behind loses the oldest. (The bucket keeps a job's newest state
 	// alone, so a state replaced within milliseconds may not be
 	// delivered at all.)
-	ch := make(chan *Record, 8)
+	ch := make(chan *record.Record, 8)
 	w.mu.Lock()
 	if w.waiters[id] == nil {
-		w.waiters[id] = map[chan *Record]struct{}{}
+		w.waiters[id] = map[chan *record.Record]struct{}{}
 	}
 	w.waiters[id][ch] = struct{}{}
 	if w.idler != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -42,8 +43,8 @@ func New(ctx context.Context, js jetstream.JetStream) (*Client, error) {
 type Options struct {
 	// Version pins a model version; 0 is the default version.
 	Version int64
-	// Priority is jobs.High or jobs.Normal.
-	Priority jobs.Priority
+	// Priority is record.High or record.Normal.
+	Priority record.Priority
 	// Deadline expires the job if it has not started by then.
 	Deadline time.Time
 	// Webhook is called when the job finishes.
@@ -52,7 +53,7 @@ type Options struct {
 
 // Submit queues req for model and returns the job's record once JetStream
 // has stored it.
-func (c *Client) Submit(ctx context.Context, model string, req *tensor.Request, opts Options) (*jobs.Record, error) {
+func (c *Client) Submit(ctx context.Context, model string, req *tensor.Request, opts Options) (*record.Record, error) {
 	if len(req.Inputs) == 0 {
 		return nil, errors.New("natsclient: the request has no inputs")
 	}
@@ -64,7 +65,7 @@ func (c *Client) Submit(ctx context.Context, model string, req *tensor.Request, 
 }
 
 // Job returns a job's record.
-func (c *Client) Job(ctx context.Context, id string) (*jobs.Record, error) {
+func (c *Client) Job(ctx context.Context, id string) (*record.Record, error) {
 	rec, err := c.q.Records.Get(ctx, id)
 	if err != nil {
 		return nil, err

@@ -19,14 +19,15 @@ import (
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
 // BatchStore keeps batch records; *jobs.Batches is one.
 type BatchStore interface {
-	Create(ctx context.Context, rec *jobs.BatchRecord) error
-	Get(ctx context.Context, id string) (*jobs.BatchRecord, error)
-	Update(ctx context.Context, id string, fn func(*jobs.BatchRecord) error) (*jobs.BatchRecord, error)
+	Create(ctx context.Context, rec *record.BatchRecord) error
+	Get(ctx context.Context, id string) (*record.BatchRecord, error)
+	Update(ctx context.Context, id string, fn func(*record.BatchRecord) error) (*record.BatchRecord, error)
 }
 
 // ObjectWriter writes batch indexes; the storage package's stores are.
@@ -51,7 +52,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	now := time.Now().UTC()
-	rec := &jobs.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: jobs.BatchQueued, CreatedAt: now}
+	rec := &record.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: record.BatchQueued, CreatedAt: now}
 	rec.Index = batchfile.IndexKey(rec.ID)
 	if err := s.opts.Batches.Create(r.Context(), rec); err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
@@ -173,22 +174,22 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		case errors.As(readErr, &refused):
 			code, retryAfter = refused.code, refused.retryAfter
 		}
-		rec, _ = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
-			if b.Status != jobs.BatchCancelled {
-				b.Status, b.Error, b.FinishedAt = jobs.BatchFailed, msg, &done
+		rec, _ = s.opts.Batches.Update(ctx, rec.ID, func(b *record.BatchRecord) error {
+			if b.Status != record.BatchCancelled {
+				b.Status, b.Error, b.FinishedAt = record.BatchFailed, msg, &done
 			}
 			b.Counts.Total, b.Jobs = n, jobCount
 			return nil
 		})
 		return &httpError{code: code, retryAfter: retryAfter, msg: fmt.Sprintf("batch %s failed after %d lines: %s", rec.ID, n, msg)}
 	}
-	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
+	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *record.BatchRecord) error {
 		b.Counts.Total = n
 		b.Counts.Failed += invalid
 		b.Jobs = jobCount
 		b.QueuedAt = &done
-		if b.Status == jobs.BatchQueued {
-			b.Status = jobs.BatchRunning
+		if b.Status == record.BatchQueued {
+			b.Status = record.BatchRunning
 		}
 		return nil
 	})
@@ -278,7 +279,7 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 
 func (s *Server) batchCancelled(ctx context.Context, id string) bool {
 	b, err := s.opts.Batches.Get(ctx, id)
-	return err == nil && b.Status == jobs.BatchCancelled
+	return err == nil && b.Status == record.BatchCancelled
 }
 
 // cancelJobs cancels those of ids still queued, a few at a time.
@@ -290,8 +291,8 @@ func (s *Server) cancelJobs(ctx context.Context, ids []string) {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			rec, err := s.opts.Records.Update(ctx, id, func(rec *jobs.Record) error {
-				_, err := rec.Apply(jobs.Cancel, now, "the batch was cancelled")
+			rec, err := s.opts.Records.Update(ctx, id, func(rec *record.Record) error {
+				_, err := rec.Apply(record.Cancel, now, "the batch was cancelled")
 				return err
 			})
 			if err == nil {
@@ -302,7 +303,7 @@ func (s *Server) cancelJobs(ctx context.Context, ids []string) {
 	wg.Wait()
 }
 
-func (s *Server) batchRecord(ctx context.Context, id string) (*jobs.BatchRecord, error) {
+func (s *Server) batchRecord(ctx context.Context, id string) (*record.BatchRecord, error) {
 	if s.opts.Batches == nil {
 		return nil, errorf(http.StatusNotFound, "batch files are not served here")
 	}
@@ -321,7 +322,7 @@ func (s *Server) batchRecord(ctx context.Context, id string) (*jobs.BatchRecord,
 
 // batchFor reads the record of the batch the request names, for a request
 // whose token may use the batch's model.
-func (s *Server) batchFor(r *http.Request) (*jobs.BatchRecord, error) {
+func (s *Server) batchFor(r *http.Request) (*record.BatchRecord, error) {
 	rec, err := s.batchRecord(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return nil, err
@@ -354,13 +355,13 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := context.WithoutCancel(r.Context())
 	now := time.Now().UTC()
-	if _, err := s.opts.Batches.Update(ctx, rec.ID, func(b *jobs.BatchRecord) error {
-		b.Status, b.FinishedAt = jobs.BatchCancelled, &now
+	if _, err := s.opts.Batches.Update(ctx, rec.ID, func(b *record.BatchRecord) error {
+		b.Status, b.FinishedAt = record.BatchCancelled, &now
 		return nil
 	}); err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
 	}
-	if rec.Status == jobs.BatchRunning {
+	if rec.Status == record.BatchRunning {
 		var ids []string
 		err := s.eachIndexGroup(ctx, rec, func(job string, _ []batchfile.IndexLine) error {
 			if job != "" {
@@ -383,7 +384,7 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
 
 // eachIndexGroup calls fn with each run of consecutive index lines that
 // share a job (job empty for an error line, alone), in order.
-func (s *Server) eachIndexGroup(ctx context.Context, rec *jobs.BatchRecord, fn func(job string, lines []batchfile.IndexLine) error) error {
+func (s *Server) eachIndexGroup(ctx context.Context, rec *record.BatchRecord, fn func(job string, lines []batchfile.IndexLine) error) error {
 	rc, err := s.opts.Objects.Get(ctx, rec.Index)
 	if err != nil {
 		return err
@@ -415,7 +416,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 		})
 		return nil
 	}
-	if rec.Status == jobs.BatchFailed && !rec.Read() {
+	if rec.Status == record.BatchFailed && !rec.Read() {
 		// The file could not be read to the end, and nothing of it ran.
 		writeJSON(w, http.StatusConflict, map[string]any{
 			"error": fmt.Sprintf("batch %s failed and has no output: %s", rec.ID, rec.Error),
@@ -483,10 +484,10 @@ func (s *Server) outputLines(ctx context.Context, batch, job string, lines []bat
 		return fail("the job's record is unavailable: " + err.Error())
 	}
 	rec = s.expire(rec)
-	if errorsOnly && rec.Status == jobs.Succeeded && rec.Result != nil && rec.LinesFailed == 0 {
+	if errorsOnly && rec.Status == record.Succeeded && rec.Result != nil && rec.LinesFailed == 0 {
 		return nil // every line succeeded: no need to read the result
 	}
-	if rec.Status != jobs.Succeeded || rec.Result == nil {
+	if rec.Status != record.Succeeded || rec.Result == nil {
 		msg := rec.Error
 		if msg == "" {
 			msg = "job " + rec.ID + " is " + string(rec.Status)

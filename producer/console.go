@@ -9,6 +9,7 @@ import (
 
 	"github.com/inferq/inferq/console"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // Live is the console's live figures; *console.Sampler is one.
@@ -20,7 +21,7 @@ type Live interface {
 
 // RecentBatches lists batch records; *jobs.Batches is one.
 type RecentBatches interface {
-	Recent(ctx context.Context, n int, keep func(model string) bool) ([]*jobs.BatchRecord, error)
+	Recent(ctx context.Context, n int, keep func(model string) bool) ([]*record.BatchRecord, error)
 }
 
 // consoleFigures streams the console's figures of the models the token
@@ -95,7 +96,7 @@ func (s *Server) consoleJobs(w http.ResponseWriter, r *http.Request) error {
 		limit = n
 	}
 	recent := s.opts.Live.Recent(name, r.URL.Query().Get("status"))
-	recs := make([]*jobs.Record, 0, min(limit, len(recent)))
+	recs := make([]*record.Record, 0, min(limit, len(recent)))
 	for i := range recent[:min(limit, len(recent))] {
 		recs = append(recs, recent[i].Record.Public())
 	}
@@ -121,7 +122,7 @@ func (s *Server) listBatches(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: err.Error()}
 	}
 	if recs == nil {
-		recs = []*jobs.BatchRecord{}
+		recs = []*record.BatchRecord{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"batches": recs})
 	return nil

@@ -10,13 +10,14 @@ import (
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/record"
 )
 
 // DeadLetters keeps the jobs that failed for an operator to inspect and
 // replay; *jobs.Queue is one.
 type DeadLetters interface {
-	DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]jobs.DeadLetter, error)
-	Replay(ctx context.Context, model, id, newID string) (*jobs.Record, error)
+	DeadLetters(ctx context.Context, model string, after uint64, limit int) ([]record.DeadLetter, error)
+	Replay(ctx context.Context, model, id, newID string) (*record.Record, error)
 }
 
 // Bounds of one page of dead letters.
@@ -52,7 +53,7 @@ func (s *Server) listDeadLetters(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "dead letters are unavailable: " + err.Error()}
 	}
 	if list == nil {
-		list = []jobs.DeadLetter{}
+		list = []record.DeadLetter{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"dead_letters": list})
 	return nil

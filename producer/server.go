@@ -27,6 +27,7 @@ import (
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
 )
@@ -41,8 +42,8 @@ type Catalog interface {
 
 // Queue stores jobs; *jobs.Queue is one.
 type Queue interface {
-	Submit(ctx context.Context, job *jobs.Job, rec *jobs.Record) error
-	Announce(rec *jobs.Record, response []byte) error
+	Submit(ctx context.Context, job *jobs.Job, rec *record.Record) error
+	Announce(rec *record.Record, response []byte) error
 	ClaimKey(ctx context.Context, owner, key, id, digest string) (existing string, err error)
 	ReleaseKey(ctx context.Context, owner, key string) error
 	ReclaimKey(ctx context.Context, owner, key, old, id, digest string) error
@@ -51,8 +52,8 @@ type Queue interface {
 
 // Records reads and updates job records; *jobs.Records is one.
 type Records interface {
-	Get(ctx context.Context, id string) (*jobs.Record, error)
-	Update(ctx context.Context, id string, fn func(*jobs.Record) error) (*jobs.Record, error)
+	Get(ctx context.Context, id string) (*record.Record, error)
+	Update(ctx context.Context, id string, fn func(*record.Record) error) (*record.Record, error)
 }
 
 // Results reads stored results; the storage package's stores are.
@@ -68,7 +69,7 @@ type WorkerStatuses interface {
 
 // Watcher signals changes of a job's record; *jobs.Watcher is one.
 type Watcher interface {
-	Wait(id string) (<-chan *jobs.Record, func())
+	Wait(id string) (<-chan *record.Record, func())
 }
 
 // Options configure a Server. Catalog, Queue, Records, Results and Watcher
@@ -447,9 +448,9 @@ func (s *Server) lookup(r *http.Request) (*model.Model, error) {
 // per job in S3 (the job layout), result_url is a presigned URL of it,
 // unless the result is binary: its header length travels in a header
 // that only the API sends.
-func (s *Server) public(ctx context.Context, rec *jobs.Record) *jobs.Record {
+func (s *Server) public(ctx context.Context, rec *record.Record) *record.Record {
 	p := rec.Public()
-	if s.opts.Presign != nil && rec.Status == jobs.Succeeded && rec.Result != nil && rec.Result.Whole && rec.Result.HeaderLength == 0 {
+	if s.opts.Presign != nil && rec.Status == record.Succeeded && rec.Result != nil && rec.Result.Whole && rec.Result.HeaderLength == 0 {
 		if u, err := s.opts.Presign(ctx, rec.Result.Key); err == nil {
 			p.ResultURL = u
 		} else {
@@ -462,8 +463,8 @@ func (s *Server) public(ctx context.Context, rec *jobs.Record) *jobs.Record {
 // expire shows a succeeded job whose result is past its model's
 // result_retention as expired: its result has been, or is about to be,
 // deleted.
-func (s *Server) expire(rec *jobs.Record) *jobs.Record {
-	if rec.Status != jobs.Succeeded || rec.FinishedAt == nil {
+func (s *Server) expire(rec *record.Record) *record.Record {
+	if rec.Status != record.Succeeded || rec.FinishedAt == nil {
 		return rec
 	}
 	f, err := s.opts.Catalog.Family(rec.Model)
@@ -482,7 +483,7 @@ func checkID(id string) error {
 
 // record reads job id's record, for a request whose token may use the
 // job's model.
-func (s *Server) record(r *http.Request, id string) (*jobs.Record, error) {
+func (s *Server) record(r *http.Request, id string) (*record.Record, error) {
 	rec, err := s.opts.Records.Get(r.Context(), id)
 	if errors.Is(err, jobs.ErrJobNotFound) {
 		if s.opts.RecordRetention > 0 {
@@ -512,7 +513,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 		}
 		wait = min(d, s.opts.MaxWait)
 	}
-	var changed <-chan *jobs.Record
+	var changed <-chan *record.Record
 	if wait > 0 {
 		ch, stop := s.opts.Watcher.Wait(id)
 		defer stop()
@@ -570,7 +571,7 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if rec.Status != jobs.Succeeded {
+	if rec.Status != record.Succeeded {
 		if rec.Error == "" {
 			rec.Error = fmt.Sprintf("job %s is %s; it has no result yet", id, rec.Status)
 		}
@@ -584,7 +585,7 @@ func (s *Server) getResult(w http.ResponseWriter, r *http.Request) error {
 // stored, JSON, or in the binary tensor extension when the job asked for
 // binary outputs (with its Inference-Header-Content-Length). A client
 // that accepts only JSON gets a binary result converted to JSON.
-func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, rec *jobs.Record) error {
+func (s *Server) sendResult(w http.ResponseWriter, r *http.Request, rec *record.Record) error {
 	id := rec.ID
 	ref := rec.Result
 	if ref == nil {

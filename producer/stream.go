@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // ResultStream follows a model's finished jobs; *jobs.Queue is one.
@@ -79,11 +79,11 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	now := time.Now().UTC()
-	rec, err := s.opts.Records.Update(r.Context(), id, func(rec *jobs.Record) error {
-		_, err := rec.Apply(jobs.Cancel, now, "cancelled by request")
+	rec, err := s.opts.Records.Update(r.Context(), id, func(rec *record.Record) error {
+		_, err := rec.Apply(record.Cancel, now, "cancelled by request")
 		return err
 	})
-	if errors.Is(err, jobs.ErrConflict) {
+	if errors.Is(err, record.ErrConflict) {
 		rec.Error = fmt.Sprintf("job %s is %s; only a queued job can be cancelled", id, rec.Status)
 		writeJSON(w, http.StatusConflict, rec.Public())
 		return nil
@@ -115,7 +115,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	send := func(rec *jobs.Record) error {
+	send := func(rec *record.Record) error {
 		b, _ := json.Marshal(rec.Public())
 		return out.event("", string(rec.Status), b)
 	}

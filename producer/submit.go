@@ -25,6 +25,7 @@ import (
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
@@ -44,7 +45,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 // and batcher as any other, and the answer waits for its result.
 func (s *Server) infer(w http.ResponseWriter, r *http.Request) error {
 	// Watch before submitting, so that no change falls in between.
-	var changed <-chan *jobs.Record
+	var changed <-chan *record.Record
 	var stop func()
 	rec, err := s.accept(w, r, func(id string) { changed, stop = s.opts.Watcher.Wait(id) })
 	if stop != nil {
@@ -67,7 +68,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request) error {
 			return nil // the client left; the job runs on, pollable by id
 		}
 	}
-	if rec.Status != jobs.Succeeded {
+	if rec.Status != record.Succeeded {
 		return errorf(http.StatusBadRequest, "job %s %s: %s", id, rec.Status, rec.Error)
 	}
 	return s.sendResult(w, r, rec)
@@ -79,7 +80,7 @@ const jobIDHeader = "Inferq-Job-Id"
 // accept validates a job request and stores it in the queue, returning
 // its record. before, when given, is called with the job id before the
 // job is published.
-func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (_ *jobs.Record, err error) {
+func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(id string)) (_ *record.Record, err error) {
 	ctx, span := s.opts.Tracer.Start(tracing.FromHTTP(r.Context(), r.Header), "inferq.accept",
 		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("inferq.model", r.PathValue("model"))))
 	defer func() {
@@ -281,7 +282,7 @@ func (s *Server) jobOptions(h http.Header, spec *jobs.Spec) error {
 	if k := h.Get("Idempotency-Key"); len(k) > MaxIdempotencyKey {
 		return fmt.Errorf("Idempotency-Key is %d bytes long; at most %d", len(k), MaxIdempotencyKey)
 	}
-	p, err := jobs.ParsePriority(h.Get(headerPriority))
+	p, err := record.ParsePriority(h.Get(headerPriority))
 	if err != nil {
 		return fmt.Errorf("%s: %w", headerPriority, err)
 	}
@@ -322,7 +323,7 @@ func (s *Server) neverQueued(ctx context.Context, id string) bool {
 	if errors.Is(err, jobs.ErrJobNotFound) {
 		return true
 	}
-	return err == nil && rec.Status == jobs.Failed && strings.HasPrefix(rec.Error, jobs.NotQueued)
+	return err == nil && rec.Status == record.Failed && strings.HasPrefix(rec.Error, jobs.NotQueued)
 }
 
 // maxPrealloc is the most readBody sets aside for a body before its bytes

@@ -28,6 +28,7 @@ import (
 	"github.com/inferq/inferq/internal/pull"
 	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // SignatureHeader carries the HMAC-SHA256 of a delivery: "t=<unix
@@ -144,7 +145,7 @@ func (d *Dispatcher) Subscribe(ctx context.Context) error {
 // delivery is a job's webhook to call.
 type delivery struct {
 	msg jetstream.Msg
-	rec jobs.Record
+	rec record.Record
 }
 
 // Run delivers webhooks until ctx ends, then waits for the calls in
@@ -300,7 +301,7 @@ func (d *Dispatcher) handle(ctx context.Context, dl delivery) {
 	}
 }
 
-func (d *Dispatcher) call(ctx context.Context, rec jobs.Record, body []byte) error {
+func (d *Dispatcher) call(ctx context.Context, rec record.Record, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, "POST", rec.Webhook, bytes.NewReader(body))
 	if err != nil {
 		return err

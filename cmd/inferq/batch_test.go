@@ -17,13 +17,13 @@ import (
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
 // postBatch uploads a JSON Lines body and returns the batch record.
-func postBatch(t *testing.T, s *server, model string, body io.Reader) jobs.BatchRecord {
+func postBatch(t *testing.T, s *server, model string, body io.Reader) record.BatchRecord {
 	t.Helper()
 	res, err := http.Post(s.url+"/v1/models/"+model+"/batches", "application/jsonl", body)
 	if err != nil {
@@ -34,7 +34,7 @@ func postBatch(t *testing.T, s *server, model string, body io.Reader) jobs.Batch
 	if res.StatusCode != http.StatusAccepted || res.Header.Get("Location") == "" {
 		t.Fatalf("POST batches: %d %s", res.StatusCode, b)
 	}
-	var rec jobs.BatchRecord
+	var rec record.BatchRecord
 	if err := json.Unmarshal(b, &rec); err != nil {
 		t.Fatal(err)
 	}
@@ -42,11 +42,11 @@ func postBatch(t *testing.T, s *server, model string, body io.Reader) jobs.Batch
 }
 
 // awaitBatch polls a batch until it is final.
-func awaitBatch(t *testing.T, s *server, id string, within time.Duration) jobs.BatchRecord {
+func awaitBatch(t *testing.T, s *server, id string, within time.Duration) record.BatchRecord {
 	t.Helper()
-	var rec jobs.BatchRecord
+	var rec record.BatchRecord
 	eventually(t, within, "batch "+id+" finished", func() bool {
-		rec = jobs.BatchRecord{}
+		rec = record.BatchRecord{}
 		do(t, "GET", s.url+"/v1/batches/"+id, nil).json(t, &rec)
 		return rec.Final()
 	})
@@ -114,7 +114,7 @@ func TestBatchFile(t *testing.T) {
 		t.Errorf("%d lines made %d jobs: lines were not packed", n, rec.Jobs)
 	}
 	rec = awaitBatch(t, s, rec.ID, time.Minute)
-	if rec.Status != jobs.BatchSucceeded || rec.Counts.Total != n || rec.Counts.Failed != int64(len(bad)) || rec.Counts.Succeeded != n-int64(len(bad)) {
+	if rec.Status != record.BatchSucceeded || rec.Counts.Total != n || rec.Counts.Failed != int64(len(bad)) || rec.Counts.Succeeded != n-int64(len(bad)) {
 		t.Fatalf("batch %+v", rec)
 	}
 	i := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
@@ -201,8 +201,8 @@ func TestBatchFileReadErrors(t *testing.T) {
 				t.Fatalf("%d %s, want %d and %q", r.code, r.body, tt.code, tt.want)
 			}
 			id := strings.Fields(r.errorMessage(t))[1]
-			var rec jobs.BatchRecord
-			if do(t, "GET", s.url+"/v1/batches/"+id, nil).json(t, &rec); rec.Status != jobs.BatchFailed {
+			var rec record.BatchRecord
+			if do(t, "GET", s.url+"/v1/batches/"+id, nil).json(t, &rec); rec.Status != record.BatchFailed {
 				t.Fatalf("batch %+v, want failed", rec)
 			}
 		})
@@ -240,7 +240,7 @@ func TestBatchFileMaxBatchOne(t *testing.T) {
 		t.Errorf("%d lines made %d jobs: lines were not packed", n, rec.Jobs)
 	}
 	rec = awaitBatch(t, s, rec.ID, time.Minute)
-	if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != n {
+	if rec.Status != record.BatchSucceeded || rec.Counts.Succeeded != n {
 		t.Fatalf("batch %+v", rec)
 	}
 	assertOutputLines(t, s, rec.ID, n, func(i int) ([]tensor.Tensor, string) { return d.run(t, inputs[i]), "" })
@@ -334,7 +334,7 @@ func TestBatchFilePackedLines(t *testing.T) {
 			}
 			rec = awaitBatch(t, s, rec.ID, time.Minute)
 			failed := int64(len(c.bad) + len(c.ort))
-			if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != int64(c.n)-failed || rec.Counts.Failed != failed {
+			if rec.Status != record.BatchSucceeded || rec.Counts.Succeeded != int64(c.n)-failed || rec.Counts.Failed != failed {
 				t.Fatalf("batch %+v", rec)
 			}
 			errs := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output?only=errors", nil)
@@ -451,7 +451,7 @@ func TestBatchFileStreams(t *testing.T) {
 	rec := postBatch(t, s, "wide", pr)
 	rec = awaitBatch(t, s, rec.ID, 5*time.Minute)
 	close(stop)
-	if rec.Status != jobs.BatchSucceeded || rec.Counts.Succeeded != n {
+	if rec.Status != record.BatchSucceeded || rec.Counts.Succeeded != n {
 		t.Fatalf("batch %+v", rec)
 	}
 	t.Logf("%d lines, %d MB uploaded in %d jobs; live heap peaked at %d MB", n, sent.Load()>>20, rec.Jobs, peak.Load()>>20)
@@ -479,7 +479,7 @@ func TestBatchCancel(t *testing.T) {
 		fmt.Fprintf(&body, `{"custom_id":%d,"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`+"\n", i)
 	}
 	rec := postBatch(t, s, "iris", strings.NewReader(body.String()))
-	if rec.Status != jobs.BatchRunning || rec.Counts.Total != 200 {
+	if rec.Status != record.BatchRunning || rec.Counts.Total != 200 {
 		t.Fatalf("batch %+v", rec)
 	}
 	if r := do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output", nil); r.code != http.StatusConflict {
@@ -487,7 +487,7 @@ func TestBatchCancel(t *testing.T) {
 	}
 	r := do(t, "DELETE", s.url+"/v1/batches/"+rec.ID, nil)
 	r.json(t, &rec)
-	if r.code != http.StatusOK || rec.Status != jobs.BatchCancelled {
+	if r.code != http.StatusOK || rec.Status != record.BatchCancelled {
 		t.Fatalf("cancel: %d %s", r.code, r.body)
 	}
 	s.stop()
@@ -496,7 +496,7 @@ func TestBatchCancel(t *testing.T) {
 		do(t, "GET", s.url+"/v1/batches/"+rec.ID, nil).json(t, &rec)
 		return rec.Counts.Cancelled >= 200
 	})
-	if rec.Status != jobs.BatchCancelled || rec.Counts.Cancelled != 200 || rec.Counts.Succeeded != 0 {
+	if rec.Status != record.BatchCancelled || rec.Counts.Cancelled != 200 || rec.Counts.Succeeded != 0 {
 		t.Fatalf("batch after cancel: %+v", rec)
 	}
 	r = do(t, "GET", s.url+"/v1/batches/"+rec.ID+"/output", nil)

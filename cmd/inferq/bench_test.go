@@ -27,6 +27,7 @@ import (
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -423,14 +424,14 @@ func irisBatchFile(n int) []byte {
 // runBatchFile uploads a batch file and polls it until it ends. It returns
 // its final record, how long the upload took, and how long until the
 // batch ended.
-func runBatchFile(b *testing.B, s *server, model string, data []byte) (jobs.BatchRecord, time.Duration, time.Duration) {
+func runBatchFile(b *testing.B, s *server, model string, data []byte) (record.BatchRecord, time.Duration, time.Duration) {
 	b.Helper()
 	start := time.Now()
 	res, err := http.Post(s.url+"/v1/models/"+model+"/batches", "application/jsonl", bytes.NewReader(data))
 	if err != nil {
 		b.Fatal(err)
 	}
-	var rec jobs.BatchRecord
+	var rec record.BatchRecord
 	json.NewDecoder(res.Body).Decode(&rec)
 	res.Body.Close()
 	uploaded := time.Since(start)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -80,7 +81,7 @@ func TestBinaryOutputs(t *testing.T) {
 			check(t, "infer", got, header)
 
 			id := s.submit(t, "/v1/models/identities/jobs", tt.body)
-			if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+			if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 				t.Fatalf("job %+v", rec)
 			}
 			got, header = getBinaryResult(t, s, id, "")

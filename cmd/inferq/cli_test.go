@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -43,12 +43,12 @@ func TestCLI(t *testing.T) {
 
 	// submit prints the record; get reads it back.
 	out, _, code = cli(req, "submit", "--model", "iris", "--priority", "high")
-	var rec jobs.Record
-	if code != 0 || json.Unmarshal([]byte(out), &rec) != nil || rec.Priority != jobs.High {
+	var rec record.Record
+	if code != 0 || json.Unmarshal([]byte(out), &rec) != nil || rec.Priority != record.High {
 		t.Fatalf("submit: %d %s", code, out)
 	}
 	out, _, code = cli("", "get", "--wait", "10s", rec.ID)
-	if code != 0 || json.Unmarshal([]byte(out), &rec) != nil || rec.Status != jobs.Succeeded {
+	if code != 0 || json.Unmarshal([]byte(out), &rec) != nil || rec.Status != record.Succeeded {
 		t.Fatalf("get: %d %s", code, out)
 	}
 	if out, _, code = cli("", "get", "--result", rec.ID); code != 0 || !strings.Contains(out, `"model_name":"iris"`) {

@@ -14,7 +14,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/inferq/inferq/client"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // clientFlags are the flags every client command takes.
@@ -96,7 +96,7 @@ func printOutcome(ctx context.Context, c *client.Client, id string, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	if rec.Status != jobs.Succeeded {
+	if rec.Status != record.Succeeded {
 		printJSON(stdout, rec)
 		return errJobFailed
 	}
@@ -248,7 +248,7 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	bar.Finish()
 	fmt.Fprintf(progress, "batch %s %s: %d succeeded, %d failed, %d cancelled\n", rec.ID, rec.Status, rec.Counts.Succeeded, rec.Counts.Failed, rec.Counts.Cancelled)
-	if rec.Status == jobs.BatchFailed && !rec.Read() {
+	if rec.Status == record.BatchFailed && !rec.Read() {
 		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
 	}
 	if *errs != "" {
@@ -262,7 +262,7 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else {
 		err = writeTo(*output, write)
 	}
-	if err == nil && rec.Status == jobs.BatchFailed {
+	if err == nil && rec.Status == record.BatchFailed {
 		// Every line failed: the output, written, says why.
 		err = fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
 	}

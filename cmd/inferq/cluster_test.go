@@ -19,6 +19,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // onCluster is inferq on a three-node JetStream cluster of nats-server
@@ -103,7 +104,7 @@ func startLoad(t *testing.T, url string, clients int) *clusterLoad {
 					b, _ := io.ReadAll(res.Body)
 					res.Body.Close()
 					if res.StatusCode == http.StatusAccepted {
-						var rec jobs.Record
+						var rec record.Record
 						if err := json.Unmarshal(b, &rec); err != nil {
 							t.Errorf("202 with %s", b)
 						}
@@ -185,7 +186,7 @@ func (o *onCluster) checkExactlyOnce(t *testing.T, accepted []string) {
 		if seen[a.ID] == 1 {
 			done++
 		}
-		if a.Status != jobs.Succeeded || !bytes.Contains(a.Response, []byte(`"outputs"`)) {
+		if a.Status != record.Succeeded || !bytes.Contains(a.Response, []byte(`"outputs"`)) {
 			t.Errorf("job %s: %s %s, response %.100s", a.ID, a.Status, a.Error, a.Response)
 		}
 		if a.Attempts > 1 {

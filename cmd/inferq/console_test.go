@@ -14,7 +14,7 @@ import (
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // chromium is Debian's headless browser, which `make test` installs where
@@ -137,9 +137,9 @@ func TestConsole(t *testing.T) {
 
 	// A failed job, replayed from the dead letters.
 	poison := acceptedID(t, as(t, ops, "POST", s.url+"/v1/models/lookup/jobs", []byte(`{"inputs":[{"name":"idx","shape":[1],"datatype":"INT64","data":[42]}]}`)))
-	var rec jobs.Record
+	var rec record.Record
 	as(t, ops, "GET", s.url+"/v1/jobs/"+poison+"?wait=30s", nil).json(t, &rec)
-	if rec.Status != jobs.Failed {
+	if rec.Status != record.Failed {
 		t.Fatalf("poison job: %+v", rec)
 	}
 	goTo("#/dead-letters/lookup")
@@ -148,7 +148,7 @@ func TestConsole(t *testing.T) {
 	run("replay", chromedp.Click(chromedp.CSS(fmt.Sprintf(`[data-replay="%s"]`, poison))),
 		chromedp.WaitVisible(chromedp.Search("//p[contains(., 'Replayed as')]")))
 	replayed := strings.TrimSpace(strings.TrimPrefix(text(`[role="status"]`), "Replayed as"))
-	var again jobs.Record
+	var again record.Record
 	as(t, ops, "GET", s.url+"/v1/jobs/"+replayed, nil).json(t, &again)
 	if again.ReplayOf != poison {
 		t.Errorf("replayed job %q: %+v, want replay_of %s", replayed, again, poison)

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/client"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 const dlqUsage = `usage: inferq dlq list   [--model M] [--json]
@@ -73,7 +73,7 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case *all && len(ids) > 0:
 		return errors.New("give --all or job ids, not both")
 	case *all:
-		if err := eachDeadLetter(ctx, c, *model, func(d jobs.DeadLetter) { ids = append(ids, d.JobID) }); err != nil {
+		if err := eachDeadLetter(ctx, c, *model, func(d record.DeadLetter) { ids = append(ids, d.JobID) }); err != nil {
 			return err
 		}
 	case len(ids) == 0:
@@ -99,7 +99,7 @@ func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func listDeadLetters(ctx context.Context, c *client.Client, models []string, asJSON bool, stdout io.Writer) error {
 	if asJSON {
 		for _, m := range models {
-			if err := eachDeadLetter(ctx, c, m, func(d jobs.DeadLetter) { printJSON(stdout, d) }); err != nil {
+			if err := eachDeadLetter(ctx, c, m, func(d record.DeadLetter) { printJSON(stdout, d) }); err != nil {
 				return err
 			}
 		}
@@ -109,7 +109,7 @@ func listDeadLetters(ctx context.Context, c *client.Client, models []string, asJ
 	fmt.Fprintln(tw, "MODEL\tJOB_ID\tFAILED_AT\tATTEMPTS\tERROR")
 	var err error
 	for _, m := range models {
-		err = eachDeadLetter(ctx, c, m, func(d jobs.DeadLetter) {
+		err = eachDeadLetter(ctx, c, m, func(d record.DeadLetter) {
 			msg := d.Error
 			if len(msg) > 100 {
 				msg = msg[:100] + "…"
@@ -127,7 +127,7 @@ func listDeadLetters(ctx context.Context, c *client.Client, models []string, asJ
 }
 
 // eachDeadLetter calls fn with every dead letter of model, page by page.
-func eachDeadLetter(ctx context.Context, c *client.Client, model string, fn func(jobs.DeadLetter)) error {
+func eachDeadLetter(ctx context.Context, c *client.Client, model string, fn func(record.DeadLetter)) error {
 	var after uint64
 	for {
 		page, err := c.DeadLetters(ctx, model, after, 1000)

@@ -22,6 +22,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // inferqBinary builds the inferq binary once per test run;
@@ -128,7 +129,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 			if err != nil {
 				return
 			}
-			var rec jobs.Record
+			var rec record.Record
 			err = json.NewDecoder(res.Body).Decode(&rec)
 			res.Body.Close()
 			if err != nil || res.StatusCode != http.StatusAccepted {
@@ -142,9 +143,9 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	victim := ids[victimAt]
 	deadline := time.Now().Add(time.Minute)
 	for {
-		var rec jobs.Record
+		var rec record.Record
 		do(t, "GET", s.url+"/v1/jobs/"+victim, nil).json(t, &rec)
-		if rec.Status == jobs.Running {
+		if rec.Status == record.Running {
 			break
 		}
 		if rec.Status.Final() || time.Now().After(deadline) {
@@ -169,7 +170,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 	retried := 0
 	for _, id := range ids {
 		rec := s.await(t, id, 2*time.Minute)
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %s after restart: %+v", id, rec)
 		}
 		if rec.Attempts > 1 {
@@ -205,7 +206,7 @@ func TestAcceptedJobsSurviveKill(t *testing.T) {
 		}
 		got := 0
 		for m := range msgs.Messages() {
-			var rec jobs.Record
+			var rec record.Record
 			if err := json.Unmarshal(m.Data(), &rec); err != nil {
 				t.Fatal(err)
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -47,7 +48,7 @@ func TestConcurrentJobsMatchONNXRuntime(t *testing.T) {
 	wg.Wait()
 	for i, id := range ids {
 		rec := s.await(t, id, time.Minute)
-		if rec.Status != jobs.Succeeded || rec.ModelVersion != "1" || rec.Attempts != 1 {
+		if rec.Status != record.Succeeded || rec.ModelVersion != "1" || rec.Attempts != 1 {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		res := s.result(t, id)
@@ -90,7 +91,7 @@ func TestOutputsFilterAndVersions(t *testing.T) {
 	body := `{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[6.3,3.3,6.0,2.5]}],"outputs":[{"name":"label"}]}`
 	id := s.submit(t, "/v1/models/iris/versions/1/jobs", []byte(body))
 	rec := s.await(t, id, 30*time.Second)
-	if rec.ModelVersion != "1" || rec.Status != jobs.Succeeded {
+	if rec.ModelVersion != "1" || rec.Status != record.Succeeded {
 		t.Fatalf("pinned job: %+v", rec)
 	}
 	res := s.result(t, id)
@@ -179,13 +180,13 @@ func TestResultBeforeFinish(t *testing.T) {
 	if r.code != http.StatusConflict {
 		t.Fatalf("early result: %d %s", r.code, r.body)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	r.json(t, &rec)
 	if rec.ID != last || rec.Status.Final() || !strings.Contains(rec.Error, "has no result yet") {
 		t.Fatalf("409 body: %s", r.body)
 	}
 	for _, id := range ids {
-		if rec := s.await(t, id, 2*time.Minute); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 2*time.Minute); rec.Status != record.Succeeded {
 			t.Fatalf("job %s: %+v", id, rec)
 		}
 	}
@@ -281,13 +282,13 @@ func TestDottedModelName(t *testing.T) {
 	body := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[6.3,3.3,6.0,2.5]}]}`)
 	ids := []string{s.submit(t, "/v1/models/"+name+"/jobs", body)}
 	r := do(t, "POST", s.url+"/v1/models/"+name+"/jobs", body, "Inferq-Priority", "high")
-	var rec jobs.Record
+	var rec record.Record
 	if r.json(t, &rec); r.code != http.StatusAccepted {
 		t.Fatalf("high-priority job: %d %s", r.code, r.body)
 	}
 	ids = append(ids, rec.ID)
 	for _, id := range ids {
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded || rec.Model != name {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded || rec.Model != name {
 			t.Fatalf("job %s: %+v", id, rec)
 		}
 		if got := s.result(t, id); got.ModelName != name || len(got.Outputs) != 2 {
@@ -311,7 +312,7 @@ func TestDottedModelName(t *testing.T) {
 		t.Fatalf("synchronous call: %d %s", r.code, r.body)
 	}
 	batch := postBatch(t, s, name, strings.NewReader(string(body)+"\n"+string(body)+"\n"))
-	if b := awaitBatch(t, s, batch.ID, 30*time.Second); b.Status != jobs.BatchSucceeded || b.Counts.Succeeded != 2 {
+	if b := awaitBatch(t, s, batch.ID, 30*time.Second); b.Status != record.BatchSucceeded || b.Counts.Succeeded != 2 {
 		t.Fatalf("batch file: %+v", b)
 	}
 	js, err := jetstream.New(nc)

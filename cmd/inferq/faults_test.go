@@ -20,6 +20,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -51,19 +52,19 @@ func TestPoisonJobsDeadLettered(t *testing.T) {
 	}
 	poison := s.submit(t, "/v1/models/lookup/jobs", lookup(42))
 	for _, id := range good {
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 			t.Fatalf("good job beside the poison one: %+v", rec)
 		}
 	}
 	rec := s.await(t, poison, 60*time.Second)
-	if rec.Status != jobs.Failed || rec.Attempts != 3 || !strings.Contains(rec.Error, "idx=42") || !strings.Contains(rec.Error, "attempt 3 of 3") {
+	if rec.Status != record.Failed || rec.Attempts != 3 || !strings.Contains(rec.Error, "idx=42") || !strings.Contains(rec.Error, "attempt 3 of 3") {
 		t.Fatalf("poison job: %+v, want failed after 3 attempts with ONNX Runtime's reason", rec)
 	}
 
 	// The dead letters hold it, and only it.
 	r := do(t, "GET", s.url+"/v1/models/lookup/dead-letters", nil)
 	var page struct {
-		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+		DeadLetters []record.DeadLetter `json:"dead_letters"`
 	}
 	r.json(t, &page)
 	if r.code != http.StatusOK || len(page.DeadLetters) != 1 {
@@ -87,7 +88,7 @@ func TestPoisonJobsDeadLettered(t *testing.T) {
 		t.Fatalf("dlq replay: %d\n%s%s", code, out, errOut)
 	}
 	again := s.await(t, f[1], 60*time.Second)
-	if again.Status != jobs.Failed || again.ReplayOf != poison {
+	if again.Status != record.Failed || again.ReplayOf != poison {
 		t.Fatalf("replay before the fix: %+v, want failed, replay_of %s", again, poison)
 	}
 	if got := deadLetterIDs(t, s); !slices.Equal(got, []string{again.ID}) {
@@ -112,7 +113,7 @@ func TestPoisonJobsDeadLettered(t *testing.T) {
 		t.Fatalf("dlq replay --all: %d\n%s%s", code, out, errOut)
 	}
 	fixed := s.await(t, f[1], 30*time.Second)
-	if fixed.Status != jobs.Succeeded || fixed.ReplayOf != again.ID || fixed.ModelVersion != "2" {
+	if fixed.Status != record.Succeeded || fixed.ReplayOf != again.ID || fixed.ModelVersion != "2" {
 		t.Fatalf("replay after the fix: %+v, want succeeded on version 2", fixed)
 	}
 	res := s.result(t, fixed.ID)
@@ -139,7 +140,7 @@ func deadLetterIDs(t *testing.T, s *server) []string {
 		t.Fatalf("dead letters: %d %s", r.code, r.body)
 	}
 	var page struct {
-		DeadLetters []jobs.DeadLetter `json:"dead_letters"`
+		DeadLetters []record.DeadLetter `json:"dead_letters"`
 	}
 	r.json(t, &page)
 	var ids []string
@@ -197,7 +198,7 @@ func TestNATSRestart(t *testing.T) {
 		file.Write(req)
 		file.WriteByte('\n')
 	}
-	var batch jobs.BatchRecord
+	var batch record.BatchRecord
 	if r := do(t, "POST", s.url+"/v1/models/slow/batches", file.Bytes()); r.code != http.StatusAccepted {
 		t.Fatalf("batch file: %d %s", r.code, r.body)
 	} else {
@@ -225,14 +226,14 @@ func TestNATSRestart(t *testing.T) {
 		accepted = append(accepted, s.submit(t, "/v1/models/slow/jobs", req))
 	}
 	for _, id := range accepted {
-		if rec := s.await(t, id, 90*time.Second); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 90*time.Second); rec.Status != record.Succeeded {
 			t.Fatalf("job %s after the restart: %+v", id, rec)
 		}
 	}
 	batchWait := time.Now()
 	batch = awaitBatch(t, s, batch.ID, 60*time.Second)
 	t.Logf("batch final %v after the jobs", time.Since(batchWait))
-	if batch.Status != jobs.BatchSucceeded || batch.Counts.Total != 12 || batch.Counts.Succeeded != 12 || batch.Counts.Failed != 0 {
+	if batch.Status != record.BatchSucceeded || batch.Counts.Total != 12 || batch.Counts.Succeeded != 12 || batch.Counts.Failed != 0 {
 		t.Fatalf("batch file after the restart: %+v", batch)
 	}
 	// Exactly once: one announcement per accepted job in the results
@@ -258,7 +259,7 @@ func TestNATSRestart(t *testing.T) {
 				continue // the batch file's job: its output is read from storage
 			}
 			seen[a.ID]++
-			if a.Status == jobs.Succeeded && len(a.Response) == 0 {
+			if a.Status == record.Succeeded && len(a.Response) == 0 {
 				t.Errorf("job %s announced without its response", a.ID)
 			}
 		}
@@ -310,7 +311,7 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 	}
 	for _, id := range ids {
 		rec := s.await(t, id, 60*time.Second)
-		if rec.Status != jobs.Succeeded || rec.Attempts != 1 {
+		if rec.Status != record.Succeeded || rec.Attempts != 1 {
 			t.Errorf("job %s: %+v, want succeeded on its first attempt", id, rec)
 		}
 	}
@@ -328,7 +329,7 @@ func TestSlowBatchNotRedelivered(t *testing.T) {
 		more = append(more, s.submit(t, "/v1/models/one/jobs", requestJSON(one)))
 	}
 	for _, id := range more {
-		if rec := s.await(t, id, 60*time.Second); rec.Status != jobs.Succeeded || rec.Attempts != 1 {
+		if rec := s.await(t, id, 60*time.Second); rec.Status != record.Succeeded || rec.Attempts != 1 {
 			t.Errorf("queued job %s: %+v, want succeeded on its first attempt", id, rec)
 		}
 	}

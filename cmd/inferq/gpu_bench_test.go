@@ -20,6 +20,7 @@ import (
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -115,7 +116,7 @@ func TestGPUServesOnDevice(t *testing.T) {
 		for i := range 3 {
 			in := randomInputs(rng, sig.Inputs, 1, gpuDims(name)...)
 			id := s.submit(t, "/v1/models/"+name+"/jobs", requestJSON(in))
-			if rec := s.await(t, id, 120*time.Second); rec.Status != jobs.Succeeded {
+			if rec := s.await(t, id, 120*time.Second); rec.Status != record.Succeeded {
 				t.Fatalf("model %s job %d: %+v", name, i, rec)
 			}
 			want, err := cpu.Run(in)

@@ -18,6 +18,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -88,7 +89,7 @@ func TestProviderRefusedOrFallsBack(t *testing.T) {
 	x := tensor.Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 4}, Data: f32(5.1, 3.5, 1.4, 0.2)}
 	for _, m := range []string{"falls", "iris"} {
 		id := s.submit(t, "/v1/models/"+m+"/jobs", []byte(irisJob))
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 			t.Fatalf("model %s: %+v", m, rec)
 		}
 		assertClose(t, m, s.result(t, id).Outputs, d.run(t, []tensor.Tensor{x}))
@@ -167,7 +168,7 @@ func TestMixedWorkersShareQueue(t *testing.T) {
 	ran := map[string]int{}
 	for i, id := range ids {
 		rec := s.await(t, id, 120*time.Second)
-		if rec.Status != jobs.Succeeded || rec.Attempts != 1 {
+		if rec.Status != record.Succeeded || rec.Attempts != 1 {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		ran[rec.Worker]++

@@ -25,8 +25,8 @@ import (
 	"github.com/x448/float16"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -251,7 +251,7 @@ func (s *server) submit(t *testing.T, path string, body []byte) string {
 	if r.code != http.StatusAccepted {
 		t.Fatalf("POST %s: %d %s", path, r.code, r.body)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	r.json(t, &rec)
 	if loc := r.header.Get("Location"); loc != "/v1/jobs/"+rec.ID {
 		t.Fatalf("Location %q for job %s", loc, rec.ID)
@@ -260,7 +260,7 @@ func (s *server) submit(t *testing.T, path string, body []byte) string {
 }
 
 // await long-polls a job until it is final.
-func (s *server) await(t *testing.T, id string, within time.Duration) *jobs.Record {
+func (s *server) await(t *testing.T, id string, within time.Duration) *record.Record {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -268,7 +268,7 @@ func (s *server) await(t *testing.T, id string, within time.Duration) *jobs.Reco
 		if r.code != http.StatusOK {
 			t.Fatalf("GET job %s: %d %s", id, r.code, r.body)
 		}
-		var rec jobs.Record
+		var rec record.Record
 		r.json(t, &rec)
 		if rec.Status.Final() {
 			return &rec

@@ -19,6 +19,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/webhook"
 	"github.com/nats-io/nats.go"
@@ -106,7 +107,7 @@ func TestResultStreamResumes(t *testing.T) {
 				if err := json.Unmarshal([]byte(ev.data), &a); err != nil {
 					t.Fatal(err)
 				}
-				if a.Status != jobs.Succeeded || len(a.Response) == 0 || a.ResultURL == "" || a.Result != nil {
+				if a.Status != record.Succeeded || len(a.Response) == 0 || a.ResultURL == "" || a.Result != nil {
 					t.Fatalf("announcement %s", ev.data)
 				}
 				resp, err := tensor.DecodeResponse(a.Response)
@@ -162,7 +163,7 @@ func TestJobEvents(t *testing.T) {
 	defer drop()
 	var states []string
 	for ev := range events {
-		var rec jobs.Record
+		var rec record.Record
 		if err := json.Unmarshal([]byte(ev.data), &rec); err != nil || rec.ID != id || string(rec.Status) != ev.name {
 			t.Fatalf("event %+v: %v", ev, err)
 		}
@@ -182,7 +183,7 @@ func TestQueuedJobLifecycle(t *testing.T) {
 	data := t.TempDir()
 	// First only an API: no worker for lookup.
 	s := startServe(t, repo, "--data", data, "--only", "none")
-	post := func(idx int64, header ...string) (int, jobs.Record, http.Header) {
+	post := func(idx int64, header ...string) (int, record.Record, http.Header) {
 		t.Helper()
 		req, _ := http.NewRequest("POST", s.url+"/v1/models/lookup/jobs", strings.NewReader(string(lookupRequest(idx))))
 		for i := 0; i+1 < len(header); i += 2 {
@@ -193,16 +194,16 @@ func TestQueuedJobLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer res.Body.Close()
-		var rec jobs.Record
+		var rec record.Record
 		json.NewDecoder(res.Body).Decode(&rec)
 		return res.StatusCode, rec, res.Header
 	}
 
 	_, cancelled, _ := post(1)
 	r := do(t, "DELETE", s.url+"/v1/jobs/"+cancelled.ID, nil)
-	var rec jobs.Record
+	var rec record.Record
 	r.json(t, &rec)
-	if r.code != http.StatusOK || rec.Status != jobs.Cancelled {
+	if r.code != http.StatusOK || rec.Status != record.Cancelled {
 		t.Fatalf("cancel: %d %s", r.code, r.body)
 	}
 	if r := do(t, "DELETE", s.url+"/v1/jobs/"+cancelled.ID, nil); r.code != http.StatusConflict {
@@ -233,7 +234,7 @@ func TestQueuedJobLifecycle(t *testing.T) {
 	}
 	for i := range 6 {
 		code, rec, _ := post(int64(i%10), "Inferq-Priority", "high")
-		if code != 202 || rec.Priority != jobs.High {
+		if code != 202 || rec.Priority != record.High {
 			t.Fatalf("high-priority job: %d %+v", code, rec)
 		}
 		high = append(high, rec.ID)
@@ -248,15 +249,15 @@ func TestQueuedJobLifecycle(t *testing.T) {
 
 	// Now with workers, on the same data.
 	s = startServe(t, repo, "--data", data)
-	if rec := s.await(t, cancelled.ID, 30*time.Second); rec.Status != jobs.Cancelled || rec.Attempts != 0 {
+	if rec := s.await(t, cancelled.ID, 30*time.Second); rec.Status != record.Cancelled || rec.Attempts != 0 {
 		t.Errorf("cancelled job: %+v", rec)
 	}
-	if rec := s.await(t, expiring.ID, 30*time.Second); rec.Status != jobs.Expired || !strings.Contains(rec.Error, "deadline") {
+	if rec := s.await(t, expiring.ID, 30*time.Second); rec.Status != record.Expired || !strings.Contains(rec.Error, "deadline") {
 		t.Errorf("job past its deadline: %+v", rec)
 	}
 	finished := func(id string) time.Time {
 		rec := s.await(t, id, 30*time.Second)
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("%+v", rec)
 		}
 		return *rec.FinishedAt
@@ -313,14 +314,14 @@ func TestWebhook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	json.NewDecoder(res.Body).Decode(&rec)
 	res.Body.Close()
 	for i := range 3 {
 		select {
 		case c := <-calls:
 			var a jobs.Announcement
-			if err := json.Unmarshal(c.body, &a); err != nil || a.ID != rec.ID || a.Status != jobs.Succeeded || len(a.Response) == 0 {
+			if err := json.Unmarshal(c.body, &a); err != nil || a.ID != rec.ID || a.Status != record.Succeeded || len(a.Response) == 0 {
 				t.Fatalf("call %d: %s (%v)", i, c.body, err)
 			}
 			// Verify the signature as a receiver would.
@@ -440,7 +441,7 @@ func TestRunningRecordWrittenOnlyForSlowRuns(t *testing.T) {
 			var mu sync.Mutex
 			written := map[string][]string{}
 			sub, err := nc.Subscribe("$KV."+jobs.RecordBucket+".>", func(m *nats.Msg) {
-				var rec jobs.Record
+				var rec record.Record
 				if err := json.Unmarshal(m.Data, &rec); err != nil {
 					t.Errorf("record %s: %v", m.Subject, err)
 					return
@@ -462,7 +463,7 @@ func TestRunningRecordWrittenOnlyForSlowRuns(t *testing.T) {
 				ids = append(ids, id)
 			}
 			for _, id := range ids {
-				if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded || rec.StartedAt == nil || rec.Attempts != 1 {
+				if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded || rec.StartedAt == nil || rec.Attempts != 1 {
 					t.Fatalf("job %s: %s, started %v, attempts %d", id, rec.Status, rec.StartedAt, rec.Attempts)
 				}
 			}
@@ -512,9 +513,9 @@ func TestDrainTimeoutBoundsAStuckBatch(t *testing.T) {
 	// A single job of 256 rows: a run of a minute or more on one thread.
 	id := s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(randSource(1), d.sig.Inputs, 256)))
 	eventually(t, time.Minute, "the job runs", func() bool {
-		var rec jobs.Record
+		var rec record.Record
 		do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
-		return rec.Status == jobs.Running
+		return rec.Status == record.Running
 	})
 	stopped := time.Now()
 	cancel()
@@ -532,7 +533,7 @@ func TestDrainTimeoutBoundsAStuckBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The job can be taken again now, not after its ack wait (10m).
-	c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("slow", jobs.Normal))
+	c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("slow", record.Normal))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +548,7 @@ func TestDrainTimeoutBoundsAStuckBatch(t *testing.T) {
 	if len(got) != 1 || got[0] != id {
 		t.Fatalf("after the stop the queue of slow gave %v; want job %s back at once", got, id)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
 	if rec.Status.Final() {
 		t.Fatalf("the stopped worker ended the job: %+v", rec)
@@ -567,9 +568,9 @@ func TestCancelledJobAnnouncedOnce(t *testing.T) {
 	if r := do(t, "DELETE", s.url+"/v1/jobs/"+id, nil); r.code != http.StatusOK {
 		t.Fatalf("cancel: %d %s", r.code, r.body)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
-	if rec.Status != jobs.Cancelled || rec.FinishedAt == nil {
+	if rec.Status != record.Cancelled || rec.FinishedAt == nil {
 		t.Fatalf("after cancel: %+v", rec)
 	}
 	// The window passes before any worker takes the message.
@@ -584,7 +585,7 @@ func TestCancelledJobAnnouncedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "the worker takes the cancelled job's message", func() bool {
-		c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("iris", jobs.Normal))
+		c, err := js.Consumer(context.Background(), jobs.RequestStream, jobs.ConsumerName("iris", record.Normal))
 		if err != nil {
 			return false
 		}

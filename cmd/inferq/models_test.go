@@ -16,7 +16,7 @@ import (
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -57,7 +57,7 @@ func fixtures(t *testing.T, configs map[string]string) (repo string, files map[s
 
 // runAll submits every request at once, waits for each job and returns
 // its record and result, in order.
-func runAll(t *testing.T, s *server, model string, reqs [][]tensor.Tensor) ([]*jobs.Record, []*tensor.Response) {
+func runAll(t *testing.T, s *server, model string, reqs [][]tensor.Tensor) ([]*record.Record, []*tensor.Response) {
 	t.Helper()
 	ids := make([]string, len(reqs))
 	var wg sync.WaitGroup
@@ -69,7 +69,7 @@ func runAll(t *testing.T, s *server, model string, reqs [][]tensor.Tensor) ([]*j
 				errs <- string(r.body)
 				return
 			}
-			var rec jobs.Record
+			var rec record.Record
 			r.json(t, &rec)
 			ids[i] = rec.ID
 		})
@@ -79,11 +79,11 @@ func runAll(t *testing.T, s *server, model string, reqs [][]tensor.Tensor) ([]*j
 	for e := range errs {
 		t.Fatalf("%s: submit refused: %s", model, e)
 	}
-	recs := make([]*jobs.Record, len(reqs))
+	recs := make([]*record.Record, len(reqs))
 	results := make([]*tensor.Response, len(reqs))
 	for i, id := range ids {
 		recs[i] = s.await(t, id, time.Minute)
-		if recs[i].Status == jobs.Succeeded {
+		if recs[i].Status == record.Succeeded {
 			results[i] = s.result(t, id)
 		}
 	}
@@ -179,7 +179,7 @@ func TestModelKindsMatchONNXRuntime(t *testing.T) {
 			}
 			recs, results := runAll(t, s, tt.model, reqs)
 			for i, rec := range recs {
-				if rec.Status != jobs.Succeeded {
+				if rec.Status != record.Succeeded {
 					t.Fatalf("job %d: %+v", i, rec)
 				}
 				assertClose(t, tt.model, results[i].Outputs, d.run(t, reqs[i]))
@@ -223,7 +223,7 @@ func TestShapelessModel(t *testing.T) {
 	}
 	recs, results := runAll(t, s, "shapeless", reqs)
 	for i, rec := range recs {
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %d (shape %v): %+v", i, reqs[i][0].Shape, rec)
 		}
 		assertClose(t, "shapeless", results[i].Outputs, d.run(t, reqs[i]))
@@ -265,9 +265,9 @@ func TestExternalData(t *testing.T) {
 	for {
 		r := do(t, "POST", s.url+"/v1/models/nodata/jobs", requestJSON(randomInputs(rng, d.sig.Inputs, 1)))
 		if r.code == http.StatusAccepted {
-			var rec jobs.Record
+			var rec record.Record
 			r.json(t, &rec)
-			if rec = *s.await(t, rec.ID, time.Minute); rec.Status != jobs.Succeeded {
+			if rec = *s.await(t, rec.ID, time.Minute); rec.Status != record.Succeeded {
 				t.Fatalf("job on the model once its weights arrived: %+v", rec)
 			}
 			break
@@ -283,7 +283,7 @@ func TestExternalData(t *testing.T) {
 	}
 	recs, results := runAll(t, s, "ext", reqs)
 	for i, rec := range recs {
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		assertClose(t, "ext", results[i].Outputs, d.run(t, reqs[i]))
@@ -314,7 +314,7 @@ padding:
 	}
 	recs, results := runAll(t, s, "maskedsum", reqs)
 	for i, rec := range recs {
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		assertClose(t, fmt.Sprintf("job %d (length %d)", i, reqs[i][0].Shape[1]), results[i].Outputs, d.run(t, reqs[i]))
@@ -348,12 +348,12 @@ func TestFailureIsolation(t *testing.T) {
 	recs, results := runAll(t, s, "lookup", reqs)
 	for i, rec := range recs {
 		if i == bad {
-			if rec.Status != jobs.Failed || !strings.Contains(rec.Error, "ONNX Runtime: ") || !strings.Contains(rec.Error, "idx=99") {
+			if rec.Status != record.Failed || !strings.Contains(rec.Error, "ONNX Runtime: ") || !strings.Contains(rec.Error, "idx=99") {
 				t.Errorf("bad job: %+v, want failed with ONNX Runtime's message", rec)
 			}
 			continue
 		}
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		assertClose(t, "lookup", results[i].Outputs, d.run(t, reqs[i]))
@@ -443,7 +443,7 @@ func TestModelRepositoryReload(t *testing.T) {
 		t.Helper()
 		id := s.submit(t, path, requestJSON(in))
 		rec := s.await(t, id, 30*time.Second)
-		if rec.Status != jobs.Succeeded || rec.ModelVersion != want {
+		if rec.Status != record.Succeeded || rec.ModelVersion != want {
 			t.Fatalf("%s: %+v, want succeeded on version %s", path, rec, want)
 		}
 		assertClose(t, path, s.result(t, id).Outputs, d.run(t, in))
@@ -510,7 +510,7 @@ func TestResultRetention(t *testing.T) {
 	d := openDirect(t, files["lookup"])
 	in := []tensor.Tensor{{Name: "idx", Datatype: tensor.Int64, Shape: []int64{1}, Data: binary.LittleEndian.AppendUint64(nil, 3)}}
 	id := s.submit(t, "/v1/models/lookup/jobs", requestJSON(in))
-	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+	if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 		t.Fatalf("%+v", rec)
 	}
 	assertClose(t, "fresh result", s.result(t, id).Outputs, d.run(t, in))
@@ -521,9 +521,9 @@ func TestResultRetention(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		files, _ := os.ReadDir(objects)
-		var rec jobs.Record
+		var rec record.Record
 		do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
-		if len(files) == 0 && rec.Status == jobs.Expired {
+		if len(files) == 0 && rec.Status == record.Expired {
 			if !strings.Contains(rec.Error, "result_retention") || rec.ResultURL != "" {
 				t.Fatalf("expired record: %+v", rec)
 			}

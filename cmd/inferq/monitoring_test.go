@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/monitor"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -101,7 +101,7 @@ func TestPredictionMonitoring(t *testing.T) {
 		file.WriteByte('\n')
 	}
 	batch := postBatch(t, s, "same", &file)
-	if b := awaitBatch(t, s, batch.ID, time.Minute); b.Status != jobs.BatchSucceeded {
+	if b := awaitBatch(t, s, batch.ID, time.Minute); b.Status != record.BatchSucceeded {
 		t.Fatalf("batch: %+v", b)
 	}
 	eventually(t, 30*time.Second, "the batch's statistics make a baseline", func() bool {

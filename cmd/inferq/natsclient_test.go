@@ -14,6 +14,7 @@ import (
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/natsclient"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -65,13 +66,13 @@ func TestNATSClient(t *testing.T) {
 		select {
 		case r := <-results:
 			if r.ID == bad.ID {
-				if r.Status != jobs.Failed || !strings.Contains(r.Error, "dimension 1 must be 4") {
+				if r.Status != record.Failed || !strings.Contains(r.Error, "dimension 1 must be 4") {
 					t.Errorf("invalid job: %+v", r.Record)
 				}
 				continue
 			}
 			resp, err := r.Response()
-			if err != nil || r.Status != jobs.Succeeded {
+			if err != nil || r.Status != record.Succeeded {
 				t.Fatalf("job %s: %+v %v", r.ID, r.Record, err)
 			}
 			assertClose(t, r.ID, resp.Outputs, want[r.ID])
@@ -85,7 +86,7 @@ func TestNATSClient(t *testing.T) {
 	if len(want) > 0 {
 		t.Fatalf("no results for %v", want)
 	}
-	if rec, err := c.Job(ctx, bad.ID); err != nil || rec.Status != jobs.Failed {
+	if rec, err := c.Job(ctx, bad.ID); err != nil || rec.Status != record.Failed {
 		t.Fatalf("record of the invalid job: %+v %v", rec, err)
 	}
 	nc.Flush()

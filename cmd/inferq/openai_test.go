@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -36,7 +36,7 @@ func TestOpenAIBatchLines(t *testing.T) {
 		line("wrong-model", "POST", "/v2/models/resnet/infer", flowers[0]) +
 		line("wrong-version", "POST", "/v2/models/iris/versions/2/infer", flowers[0])
 	rec := postBatch(t, s, "iris", strings.NewReader(file))
-	if got := awaitBatch(t, s, rec.ID, 30*time.Second); got.Status != jobs.BatchSucceeded || got.Counts.Succeeded != 3 || got.Counts.Failed != 3 {
+	if got := awaitBatch(t, s, rec.ID, 30*time.Second); got.Status != record.BatchSucceeded || got.Counts.Succeeded != 3 || got.Counts.Failed != 3 {
 		t.Fatalf("batch %+v, want succeeded with 3 lines failed", got)
 	}
 	type openAIOut struct {
@@ -103,7 +103,7 @@ func TestBatchOfFailedLinesFails(t *testing.T) {
 		`{"custom_id":"b","inputs":[{"name":"y","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}` + "\n"
 	rec := postBatch(t, s, "iris", strings.NewReader(bad))
 	got := awaitBatch(t, s, rec.ID, 30*time.Second)
-	if got.Status != jobs.BatchFailed || got.Counts.Failed != 2 || !strings.Contains(got.Error, "every one of its 2 lines failed") {
+	if got.Status != record.BatchFailed || got.Counts.Failed != 2 || !strings.Contains(got.Error, "every one of its 2 lines failed") {
 		t.Fatalf("batch %+v, want failed, every line failed", got)
 	}
 	if n := eachOutputLine(t, s, rec.ID, func(i int, o batchOut, raw []byte) {
@@ -124,7 +124,7 @@ func TestBatchOfFailedLinesFails(t *testing.T) {
 	}
 
 	rec = postBatch(t, s, "iris", strings.NewReader(bad+irisJob+"\n"))
-	if got := awaitBatch(t, s, rec.ID, 30*time.Second); got.Status != jobs.BatchSucceeded || got.Counts.Succeeded != 1 {
+	if got := awaitBatch(t, s, rec.ID, 30*time.Second); got.Status != record.BatchSucceeded || got.Counts.Succeeded != 1 {
 		t.Fatalf("batch with one good line: %+v, want succeeded", got)
 	}
 }

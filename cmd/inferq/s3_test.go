@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 )
@@ -44,7 +44,7 @@ func TestS3Results(t *testing.T) {
 	}
 	for _, id := range ids {
 		rec := s.await(t, id, 30*time.Second)
-		if rec.Status != jobs.Succeeded || !strings.HasPrefix(rec.ResultURL, "http://"+m.Endpoint+"/results/results/iris/"+id+".json?") {
+		if rec.Status != record.Succeeded || !strings.HasPrefix(rec.ResultURL, "http://"+m.Endpoint+"/results/results/iris/"+id+".json?") {
 			t.Fatalf("record %+v: want a presigned URL of the job's object", rec)
 		}
 		res, err := http.Get(rec.ResultURL) // no credentials: the URL carries them
@@ -90,12 +90,12 @@ func TestLargeInputClaimCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec jobs.Record
+	var rec record.Record
 	response{body: mustRead(t, res)}.json(t, &rec)
 	if res.StatusCode != http.StatusAccepted {
 		t.Fatalf("submit %d MiB: %d %+v", len(body)>>20, res.StatusCode, rec)
 	}
-	if got := s.await(t, rec.ID, time.Minute); got.Status != jobs.Succeeded {
+	if got := s.await(t, rec.ID, time.Minute); got.Status != record.Succeeded {
 		t.Fatalf("large job: %+v", got)
 	}
 	assertClose(t, "large job", s.result(t, rec.ID).Outputs, d.run(t, req.Inputs))
@@ -143,7 +143,7 @@ func TestStorageOutage(t *testing.T) {
 	m.Start()
 	for i, id := range ids {
 		rec := s.await(t, id, 2*time.Minute)
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %d after the outage: %+v", i, rec)
 		}
 		if rec.Attempts > 1 {
@@ -179,14 +179,14 @@ func TestInputsByReference(t *testing.T) {
 		return []byte(`{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","parameters":{"inferq_object":"` + key + `"}}]}`)
 	}
 	id := s.submit(t, "/v1/models/iris/jobs", ref("inputs/iris/two-flowers.raw"))
-	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+	if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 		t.Fatalf("job by reference: %+v", rec)
 	}
 	assertClose(t, "by reference", s.result(t, id).Outputs, d.run(t, []tensor.Tensor{x}))
 
 	for key, want := range map[string]string{"inputs/iris/missing.raw": "not found", "inputs/iris/short.raw": "do not fit"} {
 		id := s.submit(t, "/v1/models/iris/jobs", ref(key))
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, key) || !strings.Contains(rec.Error, want) {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Failed || !strings.Contains(rec.Error, key) || !strings.Contains(rec.Error, want) {
 			t.Errorf("%s: %+v, want failed saying %q", key, rec, want)
 		}
 	}
@@ -196,7 +196,7 @@ func TestInputsByReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	id = s.submit(t, "/v1/models/iris/jobs", ref("inputs/iris/dir"))
-	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, "not found") {
+	if rec := s.await(t, id, 30*time.Second); rec.Status != record.Failed || !strings.Contains(rec.Error, "not found") {
 		t.Errorf("a folder: %+v, want failed, not found", rec)
 	}
 	// Keys that are no keys, and keys outside the model's inputs (its

@@ -18,6 +18,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/scaling"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -46,7 +47,7 @@ func TestAutoscaleToZeroAndBack(t *testing.T) {
 		if r := replicas(); r > peak {
 			peak = r
 		}
-		var rec jobs.Record
+		var rec record.Record
 		do(t, "GET", s.url+"/v1/jobs/"+ids[len(ids)-1], nil).json(t, &rec)
 		if rec.Status.Final() || time.Now().After(deadline) {
 			break
@@ -54,7 +55,7 @@ func TestAutoscaleToZeroAndBack(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for _, id := range ids {
-		if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, time.Minute); rec.Status != record.Succeeded {
 			t.Fatalf("job %s: %+v", id, rec)
 		}
 	}
@@ -68,7 +69,7 @@ func TestAutoscaleToZeroAndBack(t *testing.T) {
 		m["inferq_replica_start_seconds,model=slow,stat=count"], 1000*m["inferq_replica_start_seconds,model=slow,stat=sum"]/m["inferq_replica_start_seconds,model=slow,stat=count"])
 	// And back from zero for one more job.
 	id := s.submit(t, "/v1/models/slow/jobs", requestJSON(randomInputs(randSource(999), d.sig.Inputs, 1)))
-	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+	if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 		t.Fatalf("job after scale to zero: %+v", rec)
 	}
 }
@@ -167,7 +168,7 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	byWorker := map[string]int{}
 	for _, id := range ids {
 		rec := s.await(t, id, 2*time.Minute)
-		if rec.Status != jobs.Succeeded || rec.Attempts != 1 || rec.Worker == "" {
+		if rec.Status != record.Succeeded || rec.Attempts != 1 || rec.Worker == "" {
 			t.Fatalf("job %s: %+v", id, rec)
 		}
 		byWorker[rec.Worker]++
@@ -197,8 +198,8 @@ func TestScalerListsEachModelOnce(t *testing.T) {
 	}
 	for _, c := range []struct {
 		model string
-		p     jobs.Priority
-	}{{"m", jobs.High}, {"m", jobs.Normal}, {"m-high", jobs.Normal}, {"resnet50-v1.5", jobs.High}, {"iris", jobs.Normal}} {
+		p     record.Priority
+	}{{"m", record.High}, {"m", record.Normal}, {"m-high", record.Normal}, {"resnet50-v1.5", record.High}, {"iris", record.Normal}} {
 		if _, err := q.Consumer(ctx, c.model, c.p, jobs.ConsumerOptions{}); err != nil {
 			t.Fatal(err)
 		}

@@ -22,7 +22,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // TestTokensFileAndTLS: the API served over HTTPS with a tokens file. A
@@ -53,7 +53,7 @@ func TestTokensFileAndTLS(t *testing.T) {
 	}
 	accepted := func(r response) string {
 		t.Helper()
-		var rec jobs.Record
+		var rec record.Record
 		if r.code != http.StatusAccepted || json.Unmarshal(r.body, &rec) != nil {
 			t.Fatalf("submit: %d %s", r.code, r.body)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -57,7 +58,7 @@ func TestSoak(t *testing.T) {
 	var mu sync.Mutex
 	want := map[string]int64{}    // accepted job -> the row it asked for
 	announced := map[string]int{} // job -> announcements
-	status := map[string]jobs.Status{}
+	status := map[string]record.Status{}
 	outputs := map[string][]byte{} // succeeded job -> its output data
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -88,7 +89,7 @@ func TestSoak(t *testing.T) {
 				continue
 			}
 			var out []byte
-			if a.Status == jobs.Succeeded {
+			if a.Status == record.Succeeded {
 				if resp, err := tensor.DecodeResponse(a.Response); err == nil && len(resp.Outputs) == 1 {
 					out = resp.Outputs[0].Data
 				}
@@ -149,7 +150,7 @@ func TestSoak(t *testing.T) {
 						time.Sleep(200 * time.Millisecond)
 						continue
 					}
-					var rec jobs.Record
+					var rec record.Record
 					err = json.NewDecoder(res.Body).Decode(&rec)
 					res.Body.Close()
 					if res.StatusCode == http.StatusAccepted && err == nil {
@@ -225,7 +226,7 @@ func TestSoak(t *testing.T) {
 	var succeeded, failed, other, lost, duplicated int
 	var lostIDs, wrong []string
 	for id, idx := range want {
-		if status[id] == jobs.Succeeded && !bytes.Equal(outputs[id], f32(float32(3*idx), float32(3*idx+1), float32(3*idx+2))) {
+		if status[id] == record.Succeeded && !bytes.Equal(outputs[id], f32(float32(3*idx), float32(3*idx+1), float32(3*idx+2))) {
 			wrong = append(wrong, id)
 		}
 		switch n := announced[id]; {
@@ -237,9 +238,9 @@ func TestSoak(t *testing.T) {
 			duplicated++
 		}
 		switch status[id] {
-		case jobs.Succeeded:
+		case record.Succeeded:
 			succeeded++
-		case jobs.Failed:
+		case record.Failed:
 			failed++
 		default:
 			other++

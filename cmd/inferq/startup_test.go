@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // TestStartTogether: two APIs, two workers and a scaler started at the
@@ -66,7 +66,7 @@ func TestStartTogether(t *testing.T) {
 			}
 			for _, s := range apis {
 				id := s.submit(t, "/v1/models/iris/jobs", []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`))
-				if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+				if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 					t.Fatalf("job %+v", rec)
 				}
 			}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // irisJob is a one-row request of the bundled iris model.
@@ -52,7 +53,7 @@ func as(t *testing.T, token, method, url string, body []byte, headers ...string)
 
 func acceptedID(t *testing.T, r response) string {
 	t.Helper()
-	var rec jobs.Record
+	var rec record.Record
 	if r.code != http.StatusAccepted {
 		t.Fatalf("submit: %d %s", r.code, r.body)
 	}
@@ -91,7 +92,7 @@ func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
 
 	for range 3 {
 		id := s.submit(t, "/v1/models/iris/jobs", irisRef("inputs/iris/folder"))
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Failed || !strings.Contains(rec.Error, "not found") {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Failed || !strings.Contains(rec.Error, "not found") {
 			t.Fatalf("a folder as input: %+v, want failed, not found", rec)
 		}
 	}
@@ -99,14 +100,14 @@ func TestUnreadableInputsDoNotJamTheQueue(t *testing.T) {
 	// Unreadable for good: failed after its hand-backs, with the reason.
 	id := s.submit(t, "/v1/models/iris/jobs", irisRef("inputs/iris/loop"))
 	rec := s.await(t, id, 60*time.Second)
-	if rec.Status != jobs.Failed || !strings.Contains(rec.Error, "gave up after 3 deliveries") || !strings.Contains(rec.Error, "symbolic links") {
+	if rec.Status != record.Failed || !strings.Contains(rec.Error, "gave up after 3 deliveries") || !strings.Contains(rec.Error, "symbolic links") {
 		t.Fatalf("an input that cannot be read: %+v, want failed after 3 deliveries", rec)
 	}
 
 	// The queue takes and runs as many jobs as it holds.
 	for range 3 {
 		id := s.submit(t, "/v1/models/iris/jobs", []byte(irisJob))
-		if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 			t.Fatalf("a good job after the bad ones: %+v", rec)
 		}
 	}
@@ -201,9 +202,9 @@ func TestIdempotencyKeysPerCaller(t *testing.T) {
 	if second == first || r.header.Get("Idempotent-Replayed") != "" {
 		t.Fatalf("another tenant's same key got job %s (the first was %s), replayed %q", second, first, r.header.Get("Idempotent-Replayed"))
 	}
-	var rec jobs.Record
+	var rec record.Record
 	as(t, b, "GET", s.url+"/v1/jobs/"+second+"?wait=30s", nil).json(t, &rec)
-	if rec.Status != jobs.Succeeded {
+	if rec.Status != record.Succeeded {
 		t.Fatalf("the second tenant's job: %+v", rec)
 	}
 	if r := do(t, "POST", s.url+"/v1/models/iris/jobs", []byte(irisJob), "Authorization", "Bearer "+a,
@@ -324,7 +325,7 @@ func TestEmbeddedNATSNeedsToken(t *testing.T) {
 	nc.Close()
 	// The server's own clients are let in too.
 	id := s.submit(t, "/v1/models/iris/jobs", []byte(irisJob))
-	if rec := s.await(t, id, 30*time.Second); rec.Status != jobs.Succeeded {
+	if rec := s.await(t, id, 30*time.Second); rec.Status != record.Succeeded {
 		t.Fatalf("a job: %+v", rec)
 	}
 }
@@ -538,14 +539,14 @@ func TestTenantsIsolated(t *testing.T) {
 		if id == jobB {
 			r = as(t, b, "GET", s.url+"/v1/jobs/"+id+"?wait=30s", nil)
 		}
-		var rec jobs.Record
+		var rec record.Record
 		r.json(t, &rec)
-		if rec.Status != jobs.Succeeded {
+		if rec.Status != record.Succeeded {
 			t.Fatalf("job %s: %s", id, r.body)
 		}
 	}
 	batch := as(t, a, "POST", s.url+"/v1/models/alpha/batches", []byte(irisJob+"\n"))
-	var brec jobs.BatchRecord
+	var brec record.BatchRecord
 	batch.json(t, &brec)
 
 	for _, c := range []struct {

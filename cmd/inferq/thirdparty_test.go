@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -93,7 +93,7 @@ func TestScikitLearnSequenceOfMaps(t *testing.T) {
 	}
 	wg.Wait()
 	for i, id := range ids {
-		if rec := s.await(t, id, time.Minute); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, time.Minute); rec.Status != record.Succeeded {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 		got := s.result(t, id).Outputs
@@ -270,7 +270,7 @@ func assertJobs(t *testing.T, s *server, model string, inputs [][]tensor.Tensor,
 	}
 	wg.Wait()
 	for i, id := range ids {
-		if rec := s.await(t, id, 2*time.Minute); rec.Status != jobs.Succeeded {
+		if rec := s.await(t, id, 2*time.Minute); rec.Status != record.Succeeded {
 			t.Fatalf("%s job %d: %+v", model, i, rec)
 		}
 		assertClose(t, fmt.Sprintf("%s job %d", model, i), s.result(t, id).Outputs, ref.run(t, inputs[i]))

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/inferq/inferq/internal/testenv"
-	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 )
 
 // otlpReceiver is an OTLP/HTTP trace receiver, as a collector is: it
@@ -109,7 +109,7 @@ func TestTraces(t *testing.T) {
 	trace, _ := hex.DecodeString(traceHex)
 	parent, _ := hex.DecodeString(parentHex)
 	id := acceptedID(t, do(t, "POST", s.url+"/v1/models/iris/jobs", []byte(irisJob), "traceparent", "00-"+traceHex+"-"+parentHex+"-01"))
-	if rec := s.await(t, id, 60*time.Second); rec.Status != jobs.Succeeded {
+	if rec := s.await(t, id, 60*time.Second); rec.Status != record.Succeeded {
 		t.Fatalf("job: %+v", rec)
 	}
 	names := []string{"inferq.accept", "inferq.queue_wait", "inferq.batch", "inferq.run", "inferq.write", "inferq.finish"}

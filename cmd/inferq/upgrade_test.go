@@ -18,6 +18,7 @@ import (
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -110,12 +111,12 @@ func TestQueueOfAnEarlierRelease(t *testing.T) {
 			row := func(x []float32) []tensor.Tensor { return rows(x, 4) }
 			for _, j := range want.Jobs {
 				rec := s.await(t, j.ID, time.Minute)
-				if rec.Status != jobs.Succeeded || rec.Attempts != 1 || string(rec.Priority) != j.Priority && j.Priority != "" {
+				if rec.Status != record.Succeeded || rec.Attempts != 1 || string(rec.Priority) != j.Priority && j.Priority != "" {
 					t.Fatalf("job %s queued by %s: %+v", j.ID, release, rec)
 				}
 				assertClose(t, "job "+j.ID, s.result(t, j.ID).Outputs, d.run(t, row(j.X)))
 			}
-			if rec := s.await(t, want.Cancelled, time.Minute); rec.Status != jobs.Cancelled || rec.Attempts != 0 {
+			if rec := s.await(t, want.Cancelled, time.Minute); rec.Status != record.Cancelled || rec.Attempts != 0 {
 				t.Errorf("job cancelled under %s: %+v", release, rec)
 			}
 
@@ -128,7 +129,7 @@ func TestQueueOfAnEarlierRelease(t *testing.T) {
 			}{{want.Batch, d, 4}, {want.Unstackable, openDirect(t, total), 3}} {
 				b := awaitBatch(t, s, c.batch.ID, time.Minute)
 				n := int64(len(c.batch.Lines))
-				if b.Status != jobs.BatchSucceeded || b.Counts.Total != n || b.Counts.Succeeded != n {
+				if b.Status != record.BatchSucceeded || b.Counts.Total != n || b.Counts.Succeeded != n {
 					t.Fatalf("batch file queued by %s: %+v", release, b)
 				}
 				lines := eachOutputLine(t, s, b.ID, func(i int, o batchOut, raw []byte) {

@@ -1,15 +1,15 @@
-package jobs
+package record
 
 import "slices"
 
-// seqSet is a set of positive sequence numbers kept as sorted, disjoint,
+// SeqSet is a set of positive sequence numbers kept as sorted, disjoint,
 // non-adjacent closed ranges: a batch's jobs counted so far, which finish
 // roughly in order, so that the set stays a few ranges long however many
 // jobs the batch has.
-type seqSet [][2]int64
+type SeqSet [][2]int64
 
-// add puts n in the set and reports whether it was not there before.
-func (s *seqSet) add(n int64) bool {
+// Add puts n in the set and reports whether it was not there before.
+func (s *SeqSet) Add(n int64) bool {
 	r := *s
 	// i is the first range that ends at or after n-1: the one n could
 	// join from the left, or the first wholly after n.
@@ -41,8 +41,8 @@ func (s *seqSet) add(n int64) bool {
 	return true
 }
 
-// has reports whether n is in the set.
-func (s seqSet) has(n int64) bool {
+// Has reports whether n is in the set.
+func (s SeqSet) Has(n int64) bool {
 	i, found := slices.BinarySearchFunc(s, n, func(e [2]int64, t int64) int {
 		switch {
 		case e[1] < t:
