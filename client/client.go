@@ -4,7 +4,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -240,34 +239,22 @@ func (c *Client) watchOnce(ctx context.Context, model string, last *string, fn f
 		return decode(res, nil)
 	}
 	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	sc.Buffer(nil, 16<<20)
-	var ev Event
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "":
-			if ev.Data != nil {
-				if err := fn(ev); err != nil {
-					return fnError{err}
-				}
-				if ev.ID != "" {
-					*last = ev.ID
-				}
-			}
-			ev = Event{}
-		case strings.HasPrefix(line, "id: "):
-			ev.ID = line[4:]
-		case strings.HasPrefix(line, "event: "):
-			ev.Name = line[7:]
-		case strings.HasPrefix(line, "data: "):
-			ev.Data = []byte(line[6:])
+	events := NewEventReader(res.Body)
+	for {
+		ev, err := events.Next()
+		if errors.Is(err, io.EOF) {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(ev); err != nil {
+			return fnError{err}
+		}
+		if ev.ID != "" {
+			*last = ev.ID
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	return io.ErrUnexpectedEOF
 }
 
 // CreateBatch uploads a JSON Lines batch file to model, streaming it.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/inferq/inferq/client"
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
@@ -53,24 +53,13 @@ func openSSE(t *testing.T, url, lastID string, headers ...string) (<-chan sseEve
 	go func() {
 		defer close(ch)
 		defer res.Body.Close()
-		sc := bufio.NewScanner(res.Body)
-		sc.Buffer(nil, 1<<20)
-		var ev sseEvent
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if ev.data != "" {
-					ch <- ev
-				}
-				ev = sseEvent{}
-			case strings.HasPrefix(line, "id: "):
-				ev.id = line[4:]
-			case strings.HasPrefix(line, "event: "):
-				ev.name = line[7:]
-			case strings.HasPrefix(line, "data: "):
-				ev.data = line[6:]
+		events := client.NewEventReader(res.Body)
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				return
 			}
+			ch <- sseEvent{id: ev.ID, name: ev.Name, data: string(ev.Data)}
 		}
 	}()
 	return ch, cancel

@@ -57,6 +57,24 @@ function spark(values, label) {
 
 // --- the figures stream: fetch, so that the token goes in a header ---
 
+// sseData is the data of one server-sent event block (its lines without
+// the blank line that ends it), as the HTML standard parses it: "data"
+// lines joined by newlines, one space after the colon dropped; null when
+// the block has no data (a comment, a keep-alive). The console's one SSE
+// reader.
+function sseData(block) {
+  let data = null;
+  for (const line of block.split(/\r\n|\r|\n/)) {
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    if (field !== "data") continue;
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    data = data === null ? value : data + "\n" + value;
+  }
+  return data;
+}
+
 async function follow() {
   if (stream) return;
   stream = new AbortController();
@@ -75,8 +93,8 @@ async function follow() {
       while ((i = buf.indexOf("\n\n")) >= 0) {
         const block = buf.slice(0, i);
         buf = buf.slice(i + 2);
-        const data = block.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("");
-        if (!data) continue;
+        const data = sseData(block);
+        if (data === null) continue;
         const msg = JSON.parse(data);
         for (const [m, pts] of Object.entries(msg.models)) {
           figures[m] = msg.full ? pts : (figures[m] || []).concat(pts).slice(-300);

@@ -26,6 +26,34 @@ FINAL = ("succeeded", "failed", "cancelled", "expired")
 BINARY_OUTPUTS = {"binary_data_output": True}
 
 
+
+def sse_events(stream: Iterable[bytes]) -> Iterator[dict]:
+    """Yields the server-sent events of a text/event-stream body, read line
+    by line, as the HTML standard parses them: ``data`` lines joined by
+    newlines, the one space after a colon dropped, comments and unknown
+    fields ignored, an event dispatched at a blank line when it has data,
+    and its ``id`` the last one the stream set. The one SSE reader of the
+    Python client."""
+    last_id = ""
+    name, data = "", None
+    for raw in stream:
+        for line in raw.decode("utf-8").splitlines():
+            if line == "":
+                if data is not None:
+                    yield {"id": last_id, "event": name, "data": "\n".join(data)}
+                name, data = "", None
+                continue
+            field, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                data = (data or []) + [value]
+            elif field == "event":
+                name = value
+            elif field == "id" and "\0" not in value:
+                last_id = value
+
+
 class Client:
     """A client of one inferq server.
 
@@ -179,21 +207,11 @@ class Client:
             path = self._path(model, None, "/results") + ("?from=start" if from_start and not last else "")
             try:
                 with self._request("GET", path, headers=h, timeout=60) as res:
-                    ev: dict[str, str] = {}
-                    for raw in res:
-                        line = raw.decode("utf-8").rstrip("\r\n")
-                        if line == "":
-                            if ev.get("data"):
-                                rec = json.loads(ev["data"])
-                                rec["event_id"] = ev.get("id")
-                                last = ev.get("id") or last
-                                yield rec
-                            ev = {}
-                        elif line.startswith(":"):
-                            continue
-                        else:
-                            k, _, v = line.partition(":")
-                            ev[k] = v[1:] if v.startswith(" ") else v
+                    for ev in sse_events(res):
+                        rec = json.loads(ev["data"])
+                        rec["event_id"] = ev["id"] or None
+                        last = ev["id"] or last
+                        yield rec
             except (OSError, errors.Unavailable):
                 if not reconnect:
                     raise

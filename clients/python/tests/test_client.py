@@ -128,3 +128,17 @@ def test_async_client(server):
         return [o["label"].tolist() for o in outs]
 
     assert asyncio.run(main()) == [[0, 2]] * 4
+
+
+@pytest.mark.parametrize("stream,want", [
+    ([b"id: 1\n", b"event: result\n", b"data: {}\n", b"\n"], [{"id": "1", "event": "result", "data": "{}"}]),
+    ([b"data: a\n", b"data: b\n", b"data:\n", b"\n"], [{"id": "", "event": "", "data": "a\nb\n"}]),
+    ([b"data:x\r\n", b"\r\n"], [{"id": "", "event": "", "data": "x"}]),
+    ([b": keep-alive\n", b"retry: 5\n", b"data: x\n", b"\n"], [{"id": "", "event": "", "data": "x"}]),
+    ([b"event: ping\n", b"\n", b"id: 5\n", b"data: a\n", b"\n", b"data: b\n", b"\n"],
+     [{"id": "5", "event": "", "data": "a"}, {"id": "5", "event": "", "data": "b"}]),
+    ([b"data: a\n", b"\n", b"data: unfinished\n"], [{"id": "", "event": "", "data": "a"}]),
+])
+def test_sse_events(stream, want):
+    from inferq.client import sse_events
+    assert list(sse_events(stream)) == want
