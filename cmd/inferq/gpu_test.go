@@ -8,6 +8,7 @@ package main
 // of ONNX Runtime, `make gpu-check` runs the same paths on the GPU.
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // listedWorkers returns GET /v1/models's workers of model.
@@ -65,7 +67,7 @@ func TestProviderRefusedOrFallsBack(t *testing.T) {
 		"falls/1/model.onnx": "@" + irisPath(t), "falls/config.yaml": "execution_provider: cuda\nfallback: cpu\ngpu:\n  device_id: 0\n  cudnn_conv_algo_search: heuristic\n",
 		"iris/1/model.onnx": "@" + irisPath(t),
 	})
-	s := startServe(t, repo)
+	s, nc := startServeNATS(t, repo)
 	var refused []jobs.WorkerStatus
 	eventually(t, 20*time.Second, "the workers report", func() bool {
 		refused = listedWorkers(t, s, "gpuonly")
@@ -76,7 +78,19 @@ func TestProviderRefusedOrFallsBack(t *testing.T) {
 		t.Errorf("the GPU-only model's worker status: %+v, want the reason and the way out", w)
 	}
 	id := s.submit(t, "/v1/models/gpuonly/jobs", []byte(irisJob))
-	time.Sleep(time.Second) // a worker that took it would have run it by now
+	// Nothing here takes it: it waits in the queue, delivered to nobody,
+	// for a GPU worker.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := jobs.Open(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := q.Depth(context.Background(), "gpuonly"); err != nil || d.Pending != 1 || d.InFlight != 0 {
+		t.Errorf("the queue of the model no worker here can run: %+v (%v); want its job waiting, delivered to none", d, err)
+	}
 	if r := do(t, "GET", s.url+"/v1/jobs/"+id, nil); !strings.Contains(string(r.body), `"status":"queued"`) {
 		t.Errorf("a job of the model no worker here can run: %s, want it queued for a GPU worker", r.body)
 	}

@@ -139,7 +139,10 @@ func TestStorageOutage(t *testing.T) {
 		t.Errorf("ready with storage down: %d %s", r.code, r.body)
 	}
 	submit(30) // accepted while storage is away: they wait
-	time.Sleep(3 * time.Second)
+	// Storage comes back once the worker has failed to write to it.
+	eventually(t, time.Minute, "a result write failed while storage was down", func() bool {
+		return s.metrics(t)["inferq_result_write_seconds,model=lookup,outcome=error,stat=count"] > 0
+	})
 	m.Start()
 	for i, id := range ids {
 		rec := s.await(t, id, 2*time.Minute)
