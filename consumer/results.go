@@ -34,6 +34,9 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 	var ended []outcome
 	for i, it := range items {
 		switch {
+		case errors.Is(errs[i], errResultTooLarge):
+			// Another run would make the same result: no retry.
+			ended = append(ended, outcome{it: it, status: record.Failed, reason: errs[i].Error()})
 		case errs[i] != nil:
 			if o, ok := w.retryOrFail(ctx, it, errs[i]); !ok {
 				ended = append(ended, o)
@@ -78,6 +81,11 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 			buf, headerLen = resp.AppendBinary(buf, req.WantsBinary)
 		} else {
 			buf = resp.AppendJSON(buf)
+		}
+		if limit := w.opts.MaxResultBytes; limit > 0 && int64(len(buf)-start) > limit {
+			errs[i] = fmt.Errorf("%w: its result is %d bytes, more than this server keeps for one job (--max-result-bytes %d); ask for fewer outputs or rows a job", errResultTooLarge, len(buf)-start, limit)
+			buf = buf[:start]
+			continue
 		}
 		refs[i] = &record.ResultRef{Offset: int64(start), Length: int64(len(buf) - start), HeaderLength: int64(headerLen)}
 		buf = append(buf, '\n')
@@ -140,6 +148,9 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	}
 	return refs, bodies
 }
+
+// errResultTooLarge fails a job whose result is past Options.MaxResultBytes.
+var errResultTooLarge = errors.New("result too large")
 
 // put writes one result object holding the results of items' jobs, and
 // measures and traces the write.

@@ -405,7 +405,10 @@ func selectOutputs(all []tensor.Tensor, names []string) []tensor.Tensor {
 		return all
 	}
 	out := make([]tensor.Tensor, 0, len(names))
-	for _, n := range names {
+	for i, n := range names {
+		if slices.Contains(names[:i], n) {
+			continue // asked twice (a job queued before the API refused that): once is enough
+		}
 		for _, t := range all {
 			if t.Name == n {
 				out = append(out, t)

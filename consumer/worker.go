@@ -81,6 +81,9 @@ type Options struct {
 	// Backoff is the delay before the first retry of a failed run; each
 	// further retry doubles it, up to 30s. Default 1s.
 	Backoff time.Duration
+	// MaxResultBytes bounds one job's result as stored; a job whose
+	// result is larger fails with the reason. 0 is no bound.
+	MaxResultBytes int64
 	// MaxHandBacks bounds how often a job is handed back to the queue
 	// without a run counted (its inputs or its result could not be read
 	// or written, storage being away) before it ends failed, so that no

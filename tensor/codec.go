@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"unsafe"
 
@@ -211,9 +212,12 @@ func decodeRequest(header, binaryData []byte, lim Limits) (*Request, error) {
 	if r.BinaryAll, _, err = binaryParam(w.Parameters, "binary_data_output"); err != nil {
 		return nil, err
 	}
-	for _, o := range w.Outputs {
+	for i, o := range w.Outputs {
 		if o.Name == "" {
 			return nil, invalidf("an entry of outputs has no name")
+		}
+		if slices.Contains(r.Outputs[:i], o.Name) {
+			return nil, invalidf("output %q is asked for twice in outputs; name each output once", o.Name)
 		}
 		r.Outputs = append(r.Outputs, o.Name)
 		v, ok, err := binaryParam(o.Parameters, "binary_data")

@@ -94,6 +94,7 @@ func TestDecodeRequestErrors(t *testing.T) {
 		{"tensor member in other case", `{"inputs":[{"name":"x","DataType":"FP32","shape":[1],"data":[1]}]}`, `inputs[0]: unknown member "DataType"`},
 		{"null data", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":null}]}`, "has no data"},
 		{"unnamed output", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],"outputs":[{}]}`, "outputs has no name"},
+		{"an output asked for twice", `{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}],"outputs":[{"name":"y"},{"name":"z"},{"name":"y"}]}`, "asked for twice"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -214,3 +214,28 @@ func TestNATSOverTLS(t *testing.T) {
 	}
 	s.submit(t, "/v1/models/lookup/jobs", lookupRequest(1))
 }
+
+// TestResultBounds: a tiny request cannot make a huge result. An output
+// asked for twice is a 400 at submission (repeating one made a 5 MB
+// request store 250 MB), and a result past --max-result-bytes fails its
+// job with the reason, at once, while a small one still succeeds.
+func TestResultBounds(t *testing.T) {
+	s := startServe(t, filepath.Join(testenv.Root(t), "testdata/models"), "--max-result-bytes", "400")
+	row := "5.1,3.5,1.4,0.2"
+	twice := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[` + row + `]}],"outputs":[{"name":"probabilities"},{"name":"label"},{"name":"probabilities"}]}`)
+	for _, path := range []string{"/v1/models/iris/jobs", "/v2/models/iris/infer"} {
+		if r := do(t, "POST", s.url+path, twice); r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "asked for twice") {
+			t.Errorf("POST %s with an output asked for twice: %d %s, want 400 saying so", path, r.code, r.body)
+		}
+	}
+	small := s.submit(t, "/v1/models/iris/jobs", []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[`+row+`]}],"outputs":[{"name":"label"}]}`))
+	rows := strings.TrimSuffix(strings.Repeat(row+",", 32), ",")
+	large := s.submit(t, "/v1/models/iris/jobs", []byte(`{"inputs":[{"name":"x","shape":[32,4],"datatype":"FP32","data":[`+rows+`]}]}`))
+	if rec := s.await(t, small, 30*time.Second); rec.Status != record.Succeeded {
+		t.Errorf("a small result: %+v", rec)
+	}
+	rec := s.await(t, large, 30*time.Second)
+	if rec.Status != record.Failed || !strings.Contains(rec.Error, "--max-result-bytes 400") || rec.Attempts != 1 {
+		t.Errorf("a result past --max-result-bytes: %+v; want failed at once, with the reason", rec)
+	}
+}

@@ -101,6 +101,7 @@ type serveFlags struct {
 	ackWait               time.Duration
 	runningAfter          time.Duration
 	maxHandBacks          int
+	maxResultBytes        int64
 	device                string
 	overrides             consumer.Overrides
 	logLevel, logFormat   string
@@ -176,6 +177,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.IntVar(&f.overrides.MaxBatchSize, "max-batch-size", 0, "this process's max batch size for every model, over their configs (a GPU worker wants larger batches than a CPU one on the same queue); 0 keeps each model's")
 		fs.DurationVar(&f.overrides.MaxQueueDelay, "max-queue-delay", 0, "this process's max queue delay for every model, over their configs; 0 keeps each model's")
 		fs.IntVar(&f.overrides.Instances, "instances", 0, "this process's instances (sessions in parallel) of every model, over their configs; 0 keeps each model's")
+		fs.Int64Var(&f.maxResultBytes, "max-result-bytes", 256<<20, "largest result one job may store, in bytes; a job whose result is larger fails with the reason (0: no bound)")
 		fs.IntVar(&f.maxHandBacks, "max-hand-backs", 100, "deliveries after which a job whose inputs or result storage cannot read or write fails, instead of returning to the queue again (each waits longer, up to 30s)")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
 		fs.IntVar(&f.minReplicas, "min-replicas", 1, "fewest worker replicas per model in this process; 0 lets an idle model scale to zero")
@@ -363,7 +365,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
-			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, RunningAfter: f.runningAfter,
+			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, MaxResultBytes: f.maxResultBytes, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
