@@ -45,6 +45,11 @@ func ParseTokens(r io.Reader) ([]Token, error) {
 		}
 		f := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' || r == ',' })
 		tok := Token{Secret: f[0], Models: f[1:]}
+		if len(tok.Models) == 0 && strings.ContainsRune(line, ',') {
+			// "TOKEN ," reads as a list of models left empty, which would
+			// grant every model.
+			return nil, fmt.Errorf("line %d: a comma but no model after the token; list its models, or write the token alone to let it use every model", n)
+		}
 		if len(tok.Secret) < MinTokenLength {
 			return nil, fmt.Errorf("line %d: a token of %d characters is too short to be secret; use at least %d (openssl rand -hex 16)", n, len(tok.Secret), MinTokenLength)
 		}

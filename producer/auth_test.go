@@ -18,6 +18,8 @@ func TestParseTokens(t *testing.T) {
 		{"two tokens", a + "\n" + b + " iris\n", []Token{{Secret: a, Models: []string{}}, {Secret: b, Models: []string{"iris"}}}, ""},
 		{"short", "secret\n", nil, "line 1: a token of 6 characters is too short"},
 		{"bad model", a + " ../etc\n", nil, `line 1: "../etc" is not a model name`},
+		{"a comma and no model", a + " ,\n", nil, "line 1: a comma but no model"},
+		{"commas only", b + " , ,\n", nil, "line 1: a comma but no model"},
 		{"repeated", a + "\n# again\n" + a + " iris\n", nil, "line 3: the token of line 1 again"},
 	}
 	for _, tt := range tests {
