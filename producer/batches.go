@@ -327,8 +327,9 @@ func (s *Server) batchFor(r *http.Request) (*record.BatchRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := allow(r, rec.Model); err != nil {
-		return nil, err
+	if !mayUse(r.Context(), rec.Model) {
+		// As if unknown: a refusal would confirm that the id exists.
+		return nil, errorf(http.StatusNotFound, "batch %s not found", rec.ID)
 	}
 	return rec, nil
 }

@@ -160,6 +160,9 @@ func (s *Server) setBaseline(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		if !mayUse(r.Context(), b.Model) {
+			return errorf(http.StatusNotFound, "batch %s not found", req.Batch)
+		}
 		if b.Model != name {
 			return errorf(http.StatusBadRequest, "batch %s is of model %s, not %s", req.Batch, b.Model, name)
 		}

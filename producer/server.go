@@ -485,6 +485,11 @@ func checkID(id string) error {
 // job's model.
 func (s *Server) record(r *http.Request, id string) (*record.Record, error) {
 	rec, err := s.opts.Records.Get(r.Context(), id)
+	if err == nil && !mayUse(r.Context(), rec.Model) {
+		// Another tenant's job reads as no job at all: a refusal would
+		// confirm that the id exists.
+		err = jobs.ErrJobNotFound
+	}
 	if errors.Is(err, jobs.ErrJobNotFound) {
 		if s.opts.RecordRetention > 0 {
 			return nil, errorf(http.StatusNotFound, "job %s not found (records are kept for %s)", id, s.opts.RecordRetention)
@@ -493,9 +498,6 @@ func (s *Server) record(r *http.Request, id string) (*record.Record, error) {
 	}
 	if err != nil {
 		return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
-	}
-	if err := allow(r, rec.Model); err != nil {
-		return nil, err
 	}
 	return s.expire(rec), nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/record"
+	"github.com/oklog/ulid/v2"
 )
 
 // irisJob is a one-row request of the bundled iris model.
@@ -549,26 +550,45 @@ func TestTenantsIsolated(t *testing.T) {
 	var brec record.BatchRecord
 	batch.json(t, &brec)
 
+	// A job or batch of another tenant reads as an unknown id (404, the
+	// same words), so that a refusal never confirms it exists; a model
+	// named in the path is refused (403).
+	unknown := ulid.Make().String()
 	for _, c := range []struct {
 		tok, method, path string
 		body              []byte
+		id                string // for a 404: the id the path names
 	}{
-		{b, "GET", "/v1/jobs/" + jobA, nil},
-		{b, "GET", "/v1/jobs/" + jobA + "/result", nil},
-		{b, "GET", "/v1/jobs/" + jobA + "/events", nil},
-		{b, "DELETE", "/v1/jobs/" + jobA, nil},
-		{a, "GET", "/v1/jobs/" + jobB + "/result", nil},
-		{b, "POST", "/v1/models/alpha/jobs", []byte(irisJob)},
-		{b, "GET", "/v1/models/alpha/results", nil},
-		{b, "GET", "/v1/models/alpha/dead-letters", nil},
-		{b, "POST", "/v1/models/alpha/dead-letters/" + jobA + "/replay", nil},
-		{b, "GET", "/v1/batches/" + brec.ID, nil},
-		{b, "GET", "/v1/batches/" + brec.ID + "/output", nil},
-		{b, "DELETE", "/v1/batches/" + brec.ID, nil},
+		{b, "GET", "/v1/jobs/" + jobA, nil, jobA},
+		{b, "GET", "/v1/jobs/" + jobA + "/result", nil, jobA},
+		{b, "GET", "/v1/jobs/" + jobA + "/events", nil, jobA},
+		{b, "DELETE", "/v1/jobs/" + jobA, nil, jobA},
+		{a, "GET", "/v1/jobs/" + jobB + "/result", nil, jobB},
+		{b, "POST", "/v1/models/alpha/jobs", []byte(irisJob), ""},
+		{b, "GET", "/v1/models/alpha/results", nil, ""},
+		{b, "GET", "/v1/models/alpha/dead-letters", nil, ""},
+		{b, "POST", "/v1/models/alpha/dead-letters/" + jobA + "/replay", nil, ""},
+		{b, "GET", "/v1/batches/" + brec.ID, nil, brec.ID},
+		{b, "GET", "/v1/batches/" + brec.ID + "/output", nil, brec.ID},
+		{b, "DELETE", "/v1/batches/" + brec.ID, nil, brec.ID},
 	} {
-		if r := as(t, c.tok, c.method, s.url+c.path, c.body); r.code != http.StatusForbidden {
-			t.Errorf("%s %s by the other tenant: %d %s, want 403", c.method, c.path, r.code, r.body)
+		r := as(t, c.tok, c.method, s.url+c.path, c.body)
+		if c.id == "" {
+			if r.code != http.StatusForbidden {
+				t.Errorf("%s %s by the other tenant: %d %s, want 403", c.method, c.path, r.code, r.body)
+			}
+			continue
 		}
+		u := as(t, c.tok, c.method, s.url+strings.Replace(c.path, c.id, unknown, 1), c.body)
+		if r.code != http.StatusNotFound || u.code != http.StatusNotFound || strings.Replace(r.errorMessage(t), c.id, unknown, 1) != u.errorMessage(t) {
+			t.Errorf("%s %s by the other tenant: %d %s; an unknown id: %d %s; want the same 404", c.method, c.path, r.code, r.body, u.code, u.body)
+		}
+	}
+	// A baseline of b's model from a's batch: as for an unknown batch.
+	r := as(t, b, "POST", s.url+"/v1/models/beta/monitoring/baseline", []byte(`{"batch":"`+brec.ID+`"}`))
+	u := as(t, b, "POST", s.url+"/v1/models/beta/monitoring/baseline", []byte(`{"batch":"`+unknown+`"}`))
+	if r.code != http.StatusNotFound || u.code != http.StatusNotFound || strings.Replace(r.errorMessage(t), brec.ID, unknown, 1) != u.errorMessage(t) {
+		t.Errorf("a baseline from another tenant's batch: %d %s; from an unknown one: %d %s; want the same 404", r.code, r.body, u.code, u.body)
 	}
 	// Stored inputs: b names a's, in its own model and in the shared one.
 	for _, path := range []string{"/v1/models/beta/jobs", "/v1/models/shared/jobs"} {
