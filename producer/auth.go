@@ -13,6 +13,9 @@ import (
 	"strings"
 
 	"github.com/inferq/inferq/model"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Token is an API token and the models it may use.
@@ -161,4 +164,23 @@ func allow(r *http.Request, m string) error {
 		return nil
 	}
 	return errorf(http.StatusForbidden, "this API token may not use model %s", m)
+}
+
+// MetricsHandler serves g's metrics for Prometheus, to a scrape that
+// carries token as Authorization: Bearer <token> when token is set (as
+// Prometheus's authorization: credentials sends it), to any otherwise.
+func MetricsHandler(g prometheus.Gatherer, token string) http.Handler {
+	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	if token == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := bearer(r.Header.Get("Authorization"))
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="inferq metrics"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong metrics token: send Authorization: Bearer <--metrics-token>"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -22,7 +22,6 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/inferq/inferq/jobs"
@@ -87,6 +86,10 @@ type Options struct {
 	// MaxBatchBytes bounds a batch file, which is read as it arrives, not
 	// held in memory. Default 16 GiB.
 	MaxBatchBytes int64
+	// MetricsToken, when set, is the token /metrics needs, as
+	// Authorization: Bearer <token>: the metrics show every model's
+	// traffic and prediction distribution, whatever a tenant's token.
+	MetricsToken string
 	// Tokens, when not empty, are the API tokens: every request but health
 	// and metrics must carry one as Authorization: Bearer <token>, and
 	// may use only the models its token grants. SetTokens replaces them.
@@ -261,7 +264,7 @@ func (s *Server) routes() {
 	handle("GET /v2/health/live", s.live)
 	handle("GET /v2/health/ready", s.ready)
 	if s.opts.Gatherer != nil {
-		s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+		s.mux.Handle("GET /metrics", MetricsHandler(s.opts.Gatherer, s.opts.MetricsToken))
 		s.patterns = append(s.patterns, "GET /metrics")
 	}
 	s.mux.Handle("/", s.wrap("other", func(w http.ResponseWriter, r *http.Request) error {

@@ -239,3 +239,31 @@ func TestResultBounds(t *testing.T) {
 		t.Errorf("a result past --max-result-bytes: %+v; want failed at once, with the reason", rec)
 	}
 }
+
+// TestMetricsToken: with --metrics-token, /metrics (which shows every
+// model's traffic and prediction distribution) needs that token; an API
+// token, even one for every model, is not it; health stays open.
+func TestMetricsToken(t *testing.T) {
+	const api, scrape = "0123456789abcdef0123456789abcdef", "metrics-0123456789abcdef01234567"
+	s := startServe(t, filepath.Join(testenv.Root(t), "testdata/models"), "--api-tokens", api, "--metrics-token", scrape)
+	for _, c := range []struct {
+		name, token string
+		want        int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"an API token", api, http.StatusUnauthorized},
+		{"the metrics token", scrape, http.StatusOK},
+	} {
+		var h []string
+		if c.token != "" {
+			h = []string{"Authorization", "Bearer " + c.token}
+		}
+		r := do(t, "GET", s.url+"/metrics", nil, h...)
+		if r.code != c.want || (c.want == http.StatusOK && !strings.Contains(string(r.body), "inferq_")) {
+			t.Errorf("/metrics with %s: %d %.200s, want %d", c.name, r.code, r.body, c.want)
+		}
+	}
+	if r := do(t, "GET", s.url+"/v2/health/live", nil); r.code != http.StatusOK {
+		t.Errorf("liveness without a token: %d", r.code)
+	}
+}

@@ -26,7 +26,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
@@ -92,6 +91,7 @@ type serveFlags struct {
 	maxConns              int
 	natsToken             string
 	metricsAddr           string
+	metricsToken          string
 	pprofAddr             string
 	otlpEndpoint          string
 	statsInterval         time.Duration
@@ -166,6 +166,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.StringVar(&f.natsToken, "nats-token", "", "token native clients of the embedded NATS server must give (prefer INFERQ_NATS_TOKEN); empty generates one into DATA/nats-token")
 		fs.BoolVar(&f.natsSyncAlways, "nats-sync-always", false, "fsync every JetStream write, so accepted jobs survive a machine crash too")
 	}
+	fs.StringVar(&f.metricsToken, "metrics-token", "", "token /metrics asks for, as Authorization: Bearer <token>; the metrics show every model's traffic and prediction distribution (prefer INFERQ_METRICS_TOKEN)")
 	if m == modeWorker {
 		fs.StringVar(&f.metricsAddr, "metrics", "", "where a worker serves /metrics and /v2/health/live for Prometheus, such as :9090; empty for nowhere")
 	}
@@ -427,7 +428,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			},
 			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
 			CheckWebhook: hookPolicy.CheckURL, BodyTimeout: f.bodyTimeout, Tracer: tracer,
-			Registerer: reg, Gatherer: reg, Logger: log,
+			Registerer: reg, Gatherer: reg, MetricsToken: f.metricsToken, Logger: log,
 		})
 		if err != nil {
 			return err
@@ -491,7 +492,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		stopAPI()
 	}
 	if f.metricsAddr != "" {
-		if err := serveMetrics(gctx, g, f.metricsAddr, reg, log); err != nil {
+		if err := serveMetrics(gctx, g, f.metricsAddr, f.metricsToken, reg, log); err != nil {
 			return err
 		}
 	}
@@ -555,9 +556,9 @@ func serveDebug(ctx context.Context, g *errgroup.Group, flag, addr string, mux *
 // until ctx ends: a worker process has no API, and its metrics (jobs
 // finished, batch sizes, inference time, replicas) are the ones alerts
 // and dashboards need.
-func serveMetrics(ctx context.Context, g *errgroup.Group, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+func serveMetrics(ctx context.Context, g *errgroup.Group, addr, token string, reg *prometheus.Registry, log *slog.Logger) error {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", producer.MetricsHandler(reg, token))
 	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"live":true}` + "\n"))
