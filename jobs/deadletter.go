@@ -36,7 +36,7 @@ const (
 func DeadLetterSubject(model, id string) string { return deadPrefix + Token(model) + "." + id }
 
 func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        DeadLetterStream,
 		Description: "inferq jobs that failed, with why, for inspection and replay",
 		Subjects:    []string{deadPrefix + ">"},
@@ -54,10 +54,6 @@ func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options)
 		MaxBytes: opts.MaxQueuedBytes,
 		Discard:  jetstream.DiscardOld,
 	})
-	if err != nil {
-		return fmt.Errorf("set up stream %s: %w", DeadLetterStream, err)
-	}
-	return nil
 }
 
 // DeadLetter copies a failed job's message, with the reason it failed, to

@@ -22,7 +22,7 @@ const monitoringPrefix = "inferq.monitoring."
 func MonitoringSubject(model string) string { return monitoringPrefix + Token(model) }
 
 func setupMonitoring(ctx context.Context, js jetstream.JetStream, opts Options) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        MonitoringStream,
 		Description: "inferq model statistics: a snapshot a minute per worker and model version",
 		Subjects:    []string{monitoringPrefix + ">"},
@@ -33,10 +33,6 @@ func setupMonitoring(ctx context.Context, js jetstream.JetStream, opts Options) 
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(opts.Replicas, 1),
 	})
-	if err != nil {
-		return fmt.Errorf("set up stream %s: %w", MonitoringStream, err)
-	}
-	return nil
 }
 
 // PublishMonitoring stores a statistics snapshot of model.

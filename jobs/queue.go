@@ -208,7 +208,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if opts.DeadLetterRetention <= 0 {
 		opts.DeadLetterRetention = 14 * 24 * time.Hour
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        RequestStream,
 		Description: "inferq jobs waiting to run, one subject per model",
 		Subjects:    []string{requestPrefix + ">"},
@@ -225,9 +225,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		MaxBytes:             opts.MaxQueuedBytes,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set up stream %s: %w", RequestStream, err)
+		return nil, err
 	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err = ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        ResultStream,
 		Description: "inferq finished jobs, one subject per model",
 		Subjects:    []string{resultPrefix + ">"},
@@ -239,7 +239,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		MaxBytes:    opts.ResultStreamBytes,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set up stream %s: %w", ResultStream, err)
+		return nil, err
 	}
 	if err := setupDeadLetters(ctx, js, opts); err != nil {
 		return nil, err
@@ -247,7 +247,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err := setupMonitoring(ctx, js, opts); err != nil {
 		return nil, err
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      RecordBucket,
 		Description: "inferq job records by job id",
 		History:     1,
@@ -256,9 +256,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Replicas:    opts.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set up bucket %s: %w", RecordBucket, err)
+		return nil, err
 	}
-	keys, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	keys, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      KeyBucket,
 		Description: "inferq idempotency keys: the job each created",
 		History:     1,
@@ -267,9 +267,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Replicas:    opts.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set up bucket %s: %w", KeyBucket, err)
+		return nil, err
 	}
-	batches, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	batches, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      BatchBucket,
 		Description: "inferq batch file records by batch id",
 		History:     1,
@@ -278,7 +278,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Replicas:    opts.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("set up bucket %s: %w", BatchBucket, err)
+		return nil, err
 	}
 	workers, err := setupWorkers(ctx, js, opts.Replicas)
 	if err != nil {

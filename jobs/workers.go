@@ -64,7 +64,7 @@ type VersionPlacement struct {
 }
 
 func setupWorkers(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      WorkerBucket,
 		Description: "inferq workers: what each process serves of each model, and where",
 		History:     1,
@@ -72,10 +72,6 @@ func setupWorkers(ctx context.Context, js jetstream.JetStream, replicas int) (je
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    replicas,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("set up bucket %s: %w", WorkerBucket, err)
-	}
-	return kv, nil
 }
 
 // workerKey is the status key of a model in a process, model.worker:
