@@ -30,6 +30,9 @@ type Metrics struct {
 	values    *prometheus.CounterVec
 	nonFinite *prometheus.CounterVec
 	classes   *prometheus.CounterVec
+	// captureDropped counts captured jobs dropped because the capture
+	// writer fell behind (see captureMaxBytes).
+	captureDropped *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -88,6 +91,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time to start a replica of a model: sessions loaded, ready to pull (the cold start of scaling up, from zero included).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
 		}, []string{"model"}),
+		captureDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_capture_dropped_total",
+			Help: "Jobs sampled for data capture and dropped, by model, because the captured lines waiting to be written had reached their bound (64 MiB a worker): the result store is slower than the capture rate asks.",
+		}, []string{"model"}),
 		writes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "inferq_result_write_seconds",
 			Help:    "Time to write one result object to storage, by model and outcome (ok, error). In the batch layout one write holds the results of every batch that finished while the previous write ran.",
@@ -100,7 +107,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes, m.captureDropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -29,7 +29,30 @@ type watcher struct {
 	mu      sync.Mutex
 	snaps   map[snapKey]*monitor.Snapshot
 	capture map[string][]byte // by version: JSON lines to write
-	start   time.Time
+	// held is the captured bytes in memory: in capture, and handed to
+	// the capture writer and not yet written.
+	held  int
+	start time.Time
+	// writes carries captured lines to the capture writer (see run).
+	writes chan capturedObject
+}
+
+// Captured lines are written in objects of about captureObjectBytes, as
+// soon as a version's lines reach it, and at every flush; at most
+// captureMaxBytes are held in memory, written or waiting. Past it (the
+// store slower than the capture rate asks) samples are dropped and
+// counted (inferq_capture_dropped_total): capture never holds the server
+// back or grows it without bound.
+const (
+	captureObjectBytes = 8 << 20
+	captureMaxBytes    = 64 << 20
+)
+
+// capturedObject is a version's captured lines, to be written as one
+// object.
+type capturedObject struct {
+	version string
+	lines   []byte
 }
 
 type snapKey struct{ version, batch string }
@@ -43,7 +66,7 @@ type finishedGroup struct {
 
 func newWatcher(w *Worker) *watcher {
 	return &watcher{w: w, snaps: map[snapKey]*monitor.Snapshot{}, capture: map[string][]byte{}, start: time.Now().UTC(),
-		finished: make(chan finishedGroup, 64)}
+		finished: make(chan finishedGroup, 64), writes: make(chan capturedObject, 4)}
 }
 
 // observe hands a group of finished jobs to run, to add the succeeded
@@ -89,8 +112,43 @@ func (m *watcher) add(g finishedGroup) {
 			if refs[i] != nil && refs[i].HeaderLength > 0 && body == nil {
 				body = it.response(m.w.name, outputs[i]).AppendJSON(nil) // captured as JSON
 			}
-			m.capture[version] = appendCaptured(m.capture[version], it, version, body)
+			m.captureLine(version, appendCaptured(nil, it, version, body))
 		}
+	}
+}
+
+// captureLine keeps a captured line of version, or drops it when
+// captureMaxBytes are held, and hands the version's lines to the writer
+// once they make an object. The caller holds m.mu.
+func (m *watcher) captureLine(version string, line []byte) {
+	if m.held+len(line) > captureMaxBytes {
+		m.w.opts.Metrics.captureDropped.WithLabelValues(m.w.name).Inc()
+		return
+	}
+	m.held += len(line)
+	buf := append(m.capture[version], line...)
+	m.capture[version] = buf
+	if len(buf) < captureObjectBytes {
+		return
+	}
+	select {
+	case m.writes <- capturedObject{version, buf}:
+		m.capture[version] = nil
+	default: // the writer is busy: the lines wait, within captureMaxBytes
+	}
+}
+
+// writeCaptured writes captured objects until writes is closed.
+func (m *watcher) writeCaptured(ctx context.Context) {
+	w := m.w
+	for o := range m.writes {
+		key := CapturePrefix(w.name) + o.version + "/" + time.Now().UTC().Format("2006-01-02") + "/" + ulid.Make().String() + ".jsonl"
+		if err := w.opts.Results.Put(ctx, key, bytes.NewReader(o.lines)); err != nil {
+			w.log.Warn("could not write captured jobs; they are lost", "key", key, "lines", bytes.Count(o.lines, []byte("\n")), "err", err)
+		}
+		m.mu.Lock()
+		m.held -= len(o.lines)
+		m.mu.Unlock()
 	}
 }
 
@@ -149,9 +207,8 @@ func (m *watcher) flush(ctx context.Context) {
 		}
 	}
 	for version, lines := range capture {
-		key := CapturePrefix(w.name) + version + "/" + now.Format("2006-01-02") + "/" + ulid.Make().String() + ".jsonl"
-		if err := w.opts.Results.Put(ctx, key, bytes.NewReader(lines)); err != nil {
-			w.log.Warn("could not write captured jobs; they are lost", "key", key, "lines", bytes.Count(lines, []byte("\n")), "err", err)
+		if len(lines) > 0 {
+			m.writes <- capturedObject{version, lines}
 		}
 	}
 }
@@ -161,6 +218,23 @@ func (m *watcher) flush(ctx context.Context) {
 func (m *watcher) run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	written := make(chan struct{})
+	// The writer outlives ctx by the last flush's writes, within 5s.
+	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWrites()
+	go func() {
+		defer close(written)
+		m.writeCaptured(wctx)
+	}()
+	defer func() {
+		close(m.writes)
+		select {
+		case <-written:
+		case <-time.After(5 * time.Second):
+			cancelWrites()
+			<-written
+		}
+	}()
 	for {
 		select {
 		case g := <-m.finished:
