@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/inferq/inferq/internal/retry"
@@ -56,6 +57,9 @@ var (
 	errGaveUp = errors.New("attempts exhausted")
 	// errExpired is a job whose deadline passed before it started.
 	errExpired = errors.New("deadline passed")
+	// errUploadCut is a job of a batch whose upload was cut off before
+	// the end of its file: nobody can read its output.
+	errUploadCut = errors.New("batch upload cut off")
 )
 
 // start marks each job running, the whole set in one go, and returns
@@ -68,9 +72,13 @@ var (
 func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
 	fn := func(it *item) func(r *record.Record) error {
+		cut := r0(it).Batch != "" && w.batches.uploadCut(ctx, w.opts.Queue.Batches, r0(it).Batch)
 		return func(r *record.Record) error {
 			if r.Status.Final() {
 				return record.ErrConflict
+			}
+			if cut && r.Status == record.Queued {
+				return errUploadCut
 			}
 			if r.Deadline != nil && now.After(*r.Deadline) && r.Status == record.Queued {
 				return errExpired
@@ -121,6 +129,9 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 		case errors.Is(c.Err, errGaveUp):
 			it.rec, it.rev = c.Rec, c.Rev
 			ended = append(ended, outcome{it: it, status: record.Failed, reason: fmt.Sprintf("gave up after %d attempts that never finished: the worker running it stopped each time (crashed, killed or out of memory)", it.attempt-1)})
+		case errors.Is(c.Err, errUploadCut):
+			it.rec, it.rev = c.Rec, c.Rev
+			ended = append(ended, outcome{it: it, status: record.Cancelled, reason: fmt.Sprintf("its batch, %s, ended before its file was read to the end (its upload was cut off, or it was cancelled): a line of it that has not started does not run", c.Rec.Batch)})
 		case errors.Is(c.Err, errExpired):
 			it.rec, it.rev = c.Rec, c.Rev
 			ended = append(ended, outcome{it: it, status: record.Expired, reason: fmt.Sprintf("its deadline, %s, passed before it could start", c.Rec.Deadline.Format(time.RFC3339Nano))})
@@ -199,6 +210,8 @@ func (o outcome) event() record.Event {
 		return record.Succeed
 	case record.Expired:
 		return record.Expire
+	case record.Cancelled:
+		return record.Cancel
 	}
 	return record.Fail
 }
@@ -386,4 +399,51 @@ func (l *lateMark) stop() {
 	if l != nil && !l.timer.Stop() {
 		<-l.done
 	}
+}
+
+// r0 is the record a job's message carries, or an empty one.
+func r0(it *item) *record.Record {
+	if it.job.Record != nil {
+		return it.job.Record
+	}
+	return &record.Record{}
+}
+
+// batchStates remembers, for a few seconds, whether batches' uploads were
+// cut off (record.BatchRecord.UploadCut), so that a batch's jobs cost a
+// read of its record every few seconds, not one each.
+type batchStates struct {
+	mu    sync.Mutex
+	known map[string]batchState
+}
+
+type batchState struct {
+	cut bool
+	at  time.Time
+}
+
+// batchGetter reads batch records; *jobs.Batches is one.
+type batchGetter interface {
+	Get(ctx context.Context, id string) (*record.BatchRecord, error)
+}
+
+// uploadCut reports whether batch's upload was cut off before the end of
+// its file. A record that cannot be read says no: the job runs.
+func (s *batchStates) uploadCut(ctx context.Context, batches batchGetter, batch string) bool {
+	now := time.Now()
+	s.mu.Lock()
+	e, ok := s.known[batch]
+	s.mu.Unlock()
+	if ok && now.Sub(e.at) < 5*time.Second {
+		return e.cut
+	}
+	b, err := batches.Get(ctx, batch)
+	cut := err == nil && b.UploadCut()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.known == nil || len(s.known) > 10_000 {
+		s.known = map[string]batchState{}
+	}
+	s.known[batch] = batchState{cut: cut, at: now}
+	return cut
 }

@@ -153,6 +153,8 @@ type Worker struct {
 	// its jobs are back in the queue, and nothing more is written for
 	// them.
 	abandoned atomic.Bool
+	// batches remembers which batches' uploads were cut off.
+	batches batchStates
 }
 
 // terminateWait is how long a worker waits, past its drain timeout, for

@@ -45,9 +45,10 @@ func batchStored(rec *record.BatchRecord) any {
 	type stored record.BatchRecord
 	return struct {
 		*stored
-		Index   string        `json:"index_key"`
-		Counted record.SeqSet `json:"counted,omitempty"`
-	}{(*stored)(rec), rec.Index, rec.Counted}
+		Index     string        `json:"index_key"`
+		Counted   record.SeqSet `json:"counted,omitempty"`
+		ReadingAt *time.Time    `json:"reading_at,omitempty"`
+	}{(*stored)(rec), rec.Index, rec.Counted, rec.ReadingAt}
 }
 
 // Get returns the record of batch id.
@@ -89,13 +90,14 @@ func (b *Batches) get(ctx context.Context, id string) (*record.BatchRecord, uint
 	}
 	var s struct {
 		record.BatchRecord
-		Index   string        `json:"index_key"`
-		Counted record.SeqSet `json:"counted"`
+		Index     string        `json:"index_key"`
+		Counted   record.SeqSet `json:"counted"`
+		ReadingAt *time.Time    `json:"reading_at"`
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
 	}
-	s.BatchRecord.Index, s.BatchRecord.Counted = s.Index, s.Counted
+	s.BatchRecord.Index, s.BatchRecord.Counted, s.BatchRecord.ReadingAt = s.Index, s.Counted, s.ReadingAt
 	return &s.BatchRecord, e.Revision(), nil
 }
 
@@ -191,4 +193,45 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 		}
 	}
 	return failed
+}
+
+// FailCutUploads ends failed every batch still queued (its file being
+// read) whose reader has not said so for stalled: the API
+// process reading it stopped (crashed, killed) before the end of the
+// file, and its client never got an answer. The lines it queued and that
+// have not started are cancelled by the workers that take them
+// (record.BatchRecord.UploadCut). It returns how many it ended.
+func (q *Queue) FailCutUploads(ctx context.Context, now time.Time, stalled time.Duration) (int, error) {
+	lister, err := q.Batches.kv.ListKeys(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list batches: %w", err)
+	}
+	lastHeard := func(b *record.BatchRecord) time.Time {
+		if b.ReadingAt != nil {
+			return *b.ReadingAt
+		}
+		return b.CreatedAt
+	}
+	isStalled := func(b *record.BatchRecord) bool {
+		return b.Status == record.BatchQueued && now.Sub(lastHeard(b)) > stalled
+	}
+	n := 0
+	for id := range lister.Keys() {
+		b, err := q.Batches.Get(ctx, id)
+		if err != nil || !isStalled(b) {
+			continue
+		}
+		_, err = q.Batches.Update(ctx, id, func(b *record.BatchRecord) error {
+			if !isStalled(b) {
+				return record.ErrConflict
+			}
+			b.Status, b.FinishedAt = record.BatchFailed, &now
+			b.Error = fmt.Sprintf("its upload was cut off: the API process reading its file stopped (last heard of at %s); its lines that had not started do not run, and it has no output: upload the file again", lastHeard(b).Format(time.RFC3339Nano))
+			return nil
+		})
+		if err == nil {
+			n++
+		}
+	}
+	return n, nil
 }

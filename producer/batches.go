@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -67,9 +68,35 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	enc := json.NewEncoder(index)
 
 	var (
-		n, invalid, jobCount int64
-		ids                  []string
+		n, invalid int64
+		jobCount   atomic.Int64
+		ids        []string
 	)
+	// While the file is read, the record says so every UploadHeartbeat:
+	// a batch whose reader stops saying so (this process ended mid-upload)
+	// is ended by the others (jobs.Queue.FailCutUploads).
+	reading, stopReading := context.WithCancel(ctx)
+	heartbeat := make(chan struct{})
+	go func() {
+		defer close(heartbeat)
+		t := time.NewTicker(s.opts.UploadHeartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-reading.Done():
+				return
+			case now := <-t.C:
+				_, _ = s.opts.Batches.Update(reading, rec.ID, func(b *record.BatchRecord) error {
+					if b.Status != record.BatchQueued {
+						return record.ErrConflict
+					}
+					at := now.UTC()
+					b.ReadingAt, b.Jobs = &at, jobCount.Load()
+					return nil
+				})
+			}
+		}
+	}()
 	// Jobs are submitted a few at a time, concurrently: each waits for
 	// JetStream's acknowledgements, and one after the other they would cap
 	// a batch at a job per round trip. The index names each job as soon as
@@ -93,7 +120,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		if err := failed(); err != nil {
 			return err
 		}
-		id, seq := ulid.Make().String(), jobCount+1
+		id, seq := ulid.Make().String(), jobCount.Load()+1
 		slots <- struct{}{}
 		submitting.Go(func() {
 			defer func() { <-slots }()
@@ -106,7 +133,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			}
 		})
 		ids = append(ids, id)
-		jobCount++
+		jobCount.Add(1)
 		for _, l := range c.Lines {
 			l.Job = id
 			if err := enc.Encode(l); err != nil {
@@ -156,6 +183,8 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		readErr = fmt.Errorf("store the batch index: %w", err)
 	}
 
+	stopReading()
+	<-heartbeat
 	done := time.Now().UTC()
 	if readErr != nil {
 		// What was queued of a batch that failed does not run.
@@ -178,7 +207,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			if b.Status != record.BatchCancelled {
 				b.Status, b.Error, b.FinishedAt = record.BatchFailed, msg, &done
 			}
-			b.Counts.Total, b.Jobs = n, jobCount
+			b.Counts.Total, b.Jobs = n, jobCount.Load()
 			return nil
 		})
 		return &httpError{code: code, retryAfter: retryAfter, msg: fmt.Sprintf("batch %s failed after %d lines: %s", rec.ID, n, msg)}
@@ -186,7 +215,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *record.BatchRecord) error {
 		b.Counts.Total = n
 		b.Counts.Failed += invalid
-		b.Jobs = jobCount
+		b.Jobs = jobCount.Load()
 		b.QueuedAt = &done
 		if b.Status == record.BatchQueued {
 			b.Status = record.BatchRunning

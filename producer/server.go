@@ -83,6 +83,9 @@ type Options struct {
 	// them batch files are not served.
 	Batches BatchStore
 	Objects ObjectWriter
+	// UploadHeartbeat is how often the record of a batch whose file is
+	// being read says so. Default 10s.
+	UploadHeartbeat time.Duration
 	// MaxBatchBytes bounds a batch file, which is read as it arrives, not
 	// held in memory. Default 16 GiB.
 	MaxBatchBytes int64
@@ -192,6 +195,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.MaxWait <= 0 {
 		opts.MaxWait = 60 * time.Second
+	}
+	if opts.UploadHeartbeat <= 0 {
+		opts.UploadHeartbeat = 10 * time.Second
 	}
 	if opts.BodyTimeout <= 0 {
 		opts.BodyTimeout = 30 * time.Second

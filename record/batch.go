@@ -43,6 +43,18 @@ type BatchRecord struct {
 	// Counted is the jobs (by Record.BatchSeq) whose outcomes are in
 	// Counts; kept with the record, not served.
 	Counted SeqSet `json:"-"`
+	// ReadingAt is when the API process reading the batch's file last
+	// said it still was (every --upload-heartbeat); kept with the record,
+	// not served. A queued batch whose reader stopped saying so was cut
+	// off by that process's end.
+	ReadingAt *time.Time `json:"-"`
+}
+
+// UploadCut reports whether the batch's file stopped being read before
+// its end: the batch failed or was cancelled while queued. Its lines
+// still queued are not to run: nobody can read their output.
+func (b *BatchRecord) UploadCut() bool {
+	return !b.Read() && (b.Status == BatchFailed || b.Status == BatchCancelled)
 }
 
 // Final reports whether the batch will change no more.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -264,4 +265,81 @@ func TestConsumersExistBeforeTheAPIServes(t *testing.T) {
 			t.Errorf("consumer %s, as the API starts serving: %v", name, err)
 		}
 	}
+}
+
+// TestBatchUploadCutByCrash: the API process reading a batch file is
+// killed mid-upload (its client never gets a 202). Another API process
+// ends the batch failed, saying why, and the lines it had queued and
+// that have not started are cancelled by the worker that takes them, not
+// run: nobody could read their output. The batch once stayed queued for
+// ever while its lines ran.
+func TestBatchUploadCutByCrash(t *testing.T) {
+	ns := testenv.JetStream(t)
+	common := []string{"--nats", ns.ClientURL(), "--models", filepath.Join(testenv.Root(t), "testdata/models"), "--storage", t.TempDir(), "--log-level", "warn", "--upload-heartbeat", "200ms"}
+	a := startProcess(t, append([]string{"api"}, common...)...)
+	js, err := jetstream.New(testenv.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := jobs.Open(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An upload that never ends: lines enough for several jobs, then the
+	// client waits.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() {
+		res, err := http.Post(a.url+"/v1/models/iris/batches", "application/jsonl", pr)
+		if err == nil {
+			res.Body.Close()
+		}
+	}()
+	line := []byte(`{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}` + "\n")
+	for range 2000 {
+		if _, err := pw.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "jobs of the batch queued", func() bool {
+		d, err := q.Depth(context.Background(), "iris")
+		return err == nil && d.Pending >= 4
+	})
+	var batch *record.BatchRecord
+	eventually(t, 10*time.Second, "the batch's record", func() bool {
+		recent, err := q.Batches.Recent(context.Background(), 1, func(string) bool { return true })
+		if err != nil || len(recent) != 1 {
+			return false
+		}
+		batch = recent[0]
+		return true
+	})
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+
+	b := startAPI(t, common...)
+	eventually(t, 30*time.Second, "the cut-off batch ended", func() bool {
+		r := do(t, "GET", b.url+"/v1/batches/"+batch.ID, nil)
+		r.json(t, batch)
+		return batch.Status != record.BatchQueued
+	})
+	if batch.Status != record.BatchFailed || !strings.Contains(batch.Error, "cut off") {
+		t.Fatalf("a batch whose upload was cut off: %+v; want failed, saying why", batch)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveCmd(ctx, common, testWriter{t}, modeWorker, nil) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 30*time.Second, "the batch's jobs taken and counted", func() bool {
+		d, err := q.Depth(context.Background(), "iris")
+		if err != nil || d.Pending+uint64(d.InFlight) > 0 {
+			return false
+		}
+		do(t, "GET", b.url+"/v1/batches/"+batch.ID, nil).json(t, batch)
+		return batch.Counts.Cancelled > 0
+	})
+	if batch.Counts.Succeeded != 0 || batch.Counts.Failed != 0 {
+		t.Errorf("lines of the cut-off batch ran: %+v", batch.Counts)
+	}
+	t.Logf("cut-off batch: %+v", batch)
 }

@@ -64,6 +64,7 @@ type serveFlags struct {
 	modelPoll             time.Duration
 	recordRetention       time.Duration
 	duplicateWindow       time.Duration
+	uploadHeartbeat       time.Duration
 	deadLetterRetention   time.Duration
 	webhookSecret         string
 	s3                    storage.S3Options
@@ -138,6 +139,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.Int64Var(&f.maxQueuedBytes, "max-queued-bytes", 10<<30, "most bytes of waiting jobs, all models together; past it submissions get 429 (bodies over --max-message-bytes are in storage and count only their reference)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
+	fs.DurationVar(&f.uploadHeartbeat, "upload-heartbeat", 10*time.Second, "how often the record of a batch file being read says so; a batch unheard of for 6 times this was cut off by its reader's end, and is ended failed (every API process must agree)")
 	fs.DurationVar(&f.duplicateWindow, "duplicate-window", 2*time.Minute, "how long JetStream recognises and drops a repeated job or announcement (every process of a deployment must agree; keep it above --ack-wait)")
 	fs.DurationVar(&f.deadLetterRetention, "dead-letter-retention", 14*24*time.Hour, "how long a failed job is kept in its model's dead letters for replay")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
@@ -415,7 +417,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		api, err := producer.New(producer.Options{
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
-			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Presign: presign,
+			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
 			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q, Live: live, Console: pages,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
@@ -456,6 +458,19 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		g.Go(func() error { return hooks.Run(gctx) })
 		g.Go(func() error { return q.TrackBatches(gctx, tracking, log) })
+		g.Go(func() error {
+			// Batches whose upload an API process was reading when it
+			// stopped (crashed, killed) are ended, by whichever API
+			// process looks first.
+			every(gctx, 3*f.uploadHeartbeat, func() {
+				if n, err := q.FailCutUploads(gctx, time.Now().UTC(), 6*f.uploadHeartbeat); err != nil {
+					log.Warn("looking for batch uploads cut off", "err", err)
+				} else if n > 0 {
+					log.Warn("ended batches whose upload was cut off by the end of the API process reading them", "batches", n)
+				}
+			})
+			return nil
+		})
 		if f.tokensFile != "" {
 			g.Go(func() error {
 				watchTokens(gctx, log, api, f.apiTokens, f.tokensFile, tokensRaw, 5*time.Second)
