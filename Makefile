@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
+.PHONY: all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
 
 all: build
 
@@ -171,6 +171,12 @@ test: onnxruntime testmodels minio promtool pydeps chromium bin/inferq
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 	cd clients/python && INFERQ_BIN=$(CURDIR)/bin/inferq $(PYTHON) -m pytest -q -p no:cacheprovider
+
+# Every package's tests again under the race detector (CI runs both).
+# The tests' own child processes run the plain build (bin/inferq); the
+# in-process servers, workers and clients are what it watches.
+test-race: onnxruntime testmodels minio promtool chromium bin/inferq
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 test-short: onnxruntime testmodels minio promtool
 	$(GO) test -short -count=1 ./...
