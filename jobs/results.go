@@ -173,3 +173,34 @@ func (q *Queue) ResultsPosition(ctx context.Context) (uint64, error) {
 	}
 	return info.State.LastSeq, nil
 }
+
+// ErrNotAnnounced is returned by End for a job made final whose
+// announcement could not be published: the change stands, and the
+// worker that takes the job's message announces it again while the
+// results stream still drops a repeat (CanAnnounceAgain).
+var ErrNotAnnounced = errors.New("the job's announcement could not be published")
+
+// End is the finisher of the changes made outside a worker, where no job
+// message is held: it applies event ev to job id's record (Record.Apply:
+// the transition table), and then writes what the transition says, in
+// its order (the announcement). It returns the record as stored, or as
+// it is with an error wrapping record.ErrConflict when the table refuses
+// the change.
+func (q *Queue) End(ctx context.Context, id string, ev record.Event, reason string) (*record.Record, error) {
+	now := time.Now().UTC()
+	var t record.Transition
+	rec, err := q.Records.Update(ctx, id, func(r *record.Record) error {
+		var err error
+		t, err = r.Apply(ev, now, reason)
+		return err
+	})
+	if err != nil {
+		return rec, err
+	}
+	if t.Writes&record.Announce != 0 {
+		if err := q.Announce(rec, nil); err != nil {
+			return rec, fmt.Errorf("%w: %v", ErrNotAnnounced, err)
+		}
+	}
+	return rec, nil
+}

@@ -226,11 +226,7 @@ func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	now := time.Now().UTC()
-	_, _ = q.Records.Update(ctx, id, func(r *record.Record) error {
-		_, err := r.Apply(record.Refuse, now, NotQueued+cause.Error())
-		return err
-	})
+	_, _ = q.End(ctx, id, record.Refuse, NotQueued+cause.Error())
 }
 
 // tryUntil calls fn until it succeeds, fails for good (a full queue, or ctx

@@ -313,20 +313,13 @@ func (s *Server) batchCancelled(ctx context.Context, id string) bool {
 
 // cancelJobs cancels those of ids still queued, a few at a time.
 func (s *Server) cancelJobs(ctx context.Context, ids []string) {
-	now := time.Now().UTC()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, 32)
 	for _, id := range ids {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			rec, err := s.opts.Records.Update(ctx, id, func(rec *record.Record) error {
-				_, err := rec.Apply(record.Cancel, now, "the batch was cancelled")
-				return err
-			})
-			if err == nil {
-				_ = s.opts.Queue.Announce(rec, nil)
-			}
+			_, _ = s.opts.Queue.End(ctx, id, record.Cancel, "the batch was cancelled")
 		})
 	}
 	wg.Wait()

@@ -43,6 +43,7 @@ type Catalog interface {
 type Queue interface {
 	Submit(ctx context.Context, job *jobs.Job, rec *record.Record) error
 	Announce(rec *record.Record, response []byte) error
+	End(ctx context.Context, id string, ev record.Event, reason string) (*record.Record, error)
 	ClaimKey(ctx context.Context, owner, key, id, digest string) (existing string, err error)
 	ReleaseKey(ctx context.Context, owner, key string) error
 	ReclaimKey(ctx context.Context, owner, key, old, id, digest string) error

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/record"
 )
 
@@ -78,21 +79,16 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.record(r, id); err != nil {
 		return err
 	}
-	now := time.Now().UTC()
-	rec, err := s.opts.Records.Update(r.Context(), id, func(rec *record.Record) error {
-		_, err := rec.Apply(record.Cancel, now, "cancelled by request")
-		return err
-	})
+	rec, err := s.opts.Queue.End(r.Context(), id, record.Cancel, "cancelled by request")
 	if errors.Is(err, record.ErrConflict) {
 		rec.Error = fmt.Sprintf("job %s is %s; only a queued job can be cancelled", id, rec.Status)
 		writeJSON(w, http.StatusConflict, rec.Public())
 		return nil
 	}
-	if err != nil {
-		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
-	}
-	if err := s.opts.Queue.Announce(rec, nil); err != nil {
+	if errors.Is(err, jobs.ErrNotAnnounced) {
 		s.log.Warn("announcing a cancelled job", "job", id, "err", err)
+	} else if err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "job records are unavailable: " + err.Error()}
 	}
 	writeJSON(w, http.StatusOK, rec.Public())
 	return nil
