@@ -48,9 +48,10 @@ func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options)
 		// One letter per job: a job failed twice (its record write lost
 		// after the first) keeps the latest.
 		MaxMsgsPerSubject: 1,
-		// A flood of failures (a broken model version) is bounded like
-		// the queue; the oldest letters go first, and a letter is never
-		// refused, since a refusal would hold its job back.
+		// Each model's letters are bounded (boundDeadLetters); all of
+		// them together are bounded like the queue: the oldest letters
+		// go first, and a letter is never refused, since a refusal would
+		// hold its job back.
 		MaxBytes: opts.MaxQueuedBytes,
 		Discard:  jetstream.DiscardOld,
 	})
@@ -84,7 +85,24 @@ func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string
 	if err != nil {
 		return fmt.Errorf("dead-letter job %s: %w", id, err)
 	}
+	q.boundDeadLetters(ctx, model)
 	return nil
+}
+
+// boundDeadLetters drops model's oldest dead letters past its bound
+// (Options.MaxDeadLetters), so that the stream's own bound, shared by
+// every model, is reached only by all of them together, never by one
+// model's flood of failures. A purge that fails is tried again at the
+// model's next letter.
+func (q *Queue) boundDeadLetters(ctx context.Context, model string) {
+	if q.maxDeadLetters <= 0 {
+		return
+	}
+	s, err := q.js.Stream(ctx, DeadLetterStream)
+	if err != nil {
+		return
+	}
+	_ = s.Purge(ctx, jetstream.WithPurgeSubject(deadPrefix+Token(model)+".>"), jetstream.WithPurgeKeep(uint64(q.maxDeadLetters)))
 }
 
 // subjectToken reports whether s can be one token of a subject.

@@ -153,6 +153,10 @@ type Options struct {
 	// larger than a message travel by reference, so this counts what the
 	// queue itself holds. Default 10 GiB.
 	MaxQueuedBytes int64
+	// MaxDeadLetters bounds each model's dead letters: past it, that
+	// model's oldest go first, so that one model's failures never evict
+	// another's letters. Default 1,000.
+	MaxDeadLetters int64
 	// DeadLetterRetention is how long a failed job's dead letter is kept
 	// for replay. Default 14 days.
 	DeadLetterRetention time.Duration
@@ -179,6 +183,8 @@ type Queue struct {
 	ackTimeout time.Duration
 	// dupWindow is how long the streams drop a repeated message id.
 	dupWindow time.Duration
+	// maxDeadLetters bounds each model's dead letters (Options).
+	maxDeadLetters int64
 }
 
 // Setup creates or updates the streams and the bucket and returns the
@@ -207,6 +213,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	}
 	if opts.DeadLetterRetention <= 0 {
 		opts.DeadLetterRetention = 14 * 24 * time.Hour
+	}
+	if opts.MaxDeadLetters <= 0 {
+		opts.MaxDeadLetters = 1000
 	}
 	err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        RequestStream,
@@ -284,7 +293,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, dupWindow: opts.DuplicateWindow}, nil
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, dupWindow: opts.DuplicateWindow, maxDeadLetters: opts.MaxDeadLetters}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing

@@ -271,3 +271,47 @@ func TestModelOfConsumer(t *testing.T) {
 		}
 	}
 }
+
+// failedMsg is a job message as a worker holds it, for dead-lettering.
+type failedMsg struct {
+	jetstream.Msg
+	h    nats.Header
+	data []byte
+}
+
+func (m failedMsg) Headers() nats.Header { return m.h }
+func (m failedMsg) Data() []byte         { return m.data }
+func (m failedMsg) Subject() string      { return RequestSubject(m.h.Get(HeaderModel), record.Normal) }
+
+// TestDeadLettersBoundedPerModel: one model's flood of failures keeps
+// only its newest letters, and never evicts another model's, even when
+// the stream's shared bound is small.
+func TestDeadLettersBoundedPerModel(t *testing.T) {
+	js := newJetStream(t, testenv.Connect(t, testenv.JetStream(t)))
+	q, err := Setup(context.Background(), js, Options{MaxDeadLetters: 5, MaxQueuedBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	letter := func(model, id string) {
+		t.Helper()
+		h := nats.Header{}
+		h.Set(HeaderJobID, id)
+		h.Set(HeaderModel, model)
+		if err := q.DeadLetter(ctx, failedMsg{h: h, data: make([]byte, 4000)}, "boom", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	letter("b", "b-only")
+	for i := range 600 { // 2.4 MB of letters, far past the stream's bound
+		letter("a", fmt.Sprintf("a-%03d", i))
+	}
+	bs, err := q.DeadLetters(ctx, "b", 0, 100)
+	if err != nil || len(bs) != 1 || bs[0].JobID != "b-only" {
+		t.Errorf("model b's letters after model a's flood: %+v (%v); want its one letter", bs, err)
+	}
+	as, err := q.DeadLetters(ctx, "a", 0, 100)
+	if err != nil || len(as) != 5 || as[0].JobID != "a-595" || as[4].JobID != "a-599" {
+		t.Errorf("model a's letters: %d (%v); want its newest 5", len(as), err)
+	}
+}

@@ -64,6 +64,7 @@ type serveFlags struct {
 	modelPoll             time.Duration
 	recordRetention       time.Duration
 	duplicateWindow       time.Duration
+	maxDeadLetters        int64
 	uploadHeartbeat       time.Duration
 	deadLetterRetention   time.Duration
 	webhookSecret         string
@@ -140,6 +141,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
 	fs.DurationVar(&f.uploadHeartbeat, "upload-heartbeat", 10*time.Second, "how often the record of a batch file being read says so; a batch unheard of for 6 times this was cut off by its reader's end, and is ended failed (every API process must agree)")
+	fs.Int64Var(&f.maxDeadLetters, "max-dead-letters", 1000, "dead letters kept per model: past it a model's oldest go first, so that one model's failures never evict another's")
 	fs.DurationVar(&f.duplicateWindow, "duplicate-window", 2*time.Minute, "how long JetStream recognises and drops a repeated job or announcement (every process of a deployment must agree; keep it above --ack-wait)")
 	fs.DurationVar(&f.deadLetterRetention, "dead-letter-retention", 14*24*time.Hour, "how long a failed job is kept in its model's dead letters for replay")
 	fs.DurationVar(&f.modelPoll, "model-poll", 10*time.Second, "how often to rescan --models for new, changed and removed models and versions; 0 never")
@@ -319,7 +321,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	qopts := jobs.Options{RecordRetention: f.recordRetention, DuplicateWindow: f.duplicateWindow, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes}
+	qopts := jobs.Options{RecordRetention: f.recordRetention, DuplicateWindow: f.duplicateWindow, MaxDeadLetters: f.maxDeadLetters, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes}
 	q, err := jobs.Setup(ctx, js, qopts)
 	// A NATS cluster still forming (its nodes starting together, as a
 	// StatefulSet's do) places no replicated stream yet: wait for it.
