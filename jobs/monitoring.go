@@ -18,6 +18,9 @@ const MonitoringStream = "INFERQ_MONITORING"
 
 const monitoringPrefix = "inferq.monitoring."
 
+// MaxSnapshotsPerModel bounds the statistics snapshots kept per model.
+const MaxSnapshotsPerModel = 20_000
+
 // MonitoringSubject is the subject of a model's statistics.
 func MonitoringSubject(model string) string { return monitoringPrefix + Token(model) }
 
@@ -28,10 +31,15 @@ func setupMonitoring(ctx context.Context, js jetstream.JetStream, opts Options) 
 		Subjects:    []string{monitoringPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      25 * time.Hour,
-		MaxBytes:    1 << 30,
-		Discard:     jetstream.DiscardOld,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(opts.Replicas, 1),
+		// Each model keeps its own newest snapshots, so that one model's
+		// flood (a snapshot per batch file) never evicts another's;
+		// 20,000 is a snapshot a minute from 13 workers and versions
+		// over the 25 hours.
+		MaxMsgsPerSubject: MaxSnapshotsPerModel,
+		MaxBytes:          1 << 30,
+		Discard:           jetstream.DiscardOld,
+		Storage:           jetstream.FileStorage,
+		Replicas:          max(opts.Replicas, 1),
 	})
 }
 

@@ -315,3 +315,34 @@ func TestDeadLettersBoundedPerModel(t *testing.T) {
 		t.Errorf("model a's letters: %d (%v); want its newest 5", len(as), err)
 	}
 }
+
+// TestMonitoringBoundedPerModel: a model's snapshots past its bound drop
+// its own oldest, not another model's.
+func TestMonitoringBoundedPerModel(t *testing.T) {
+	q, js := setup(t)
+	ctx := context.Background()
+	if err := q.PublishMonitoring(ctx, "b", []byte(`{"model":"b"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for range MaxSnapshotsPerModel + 100 {
+		if _, err := js.PublishAsync(MonitoringSubject("a"), []byte(`{"model":"a"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishing snapshots did not complete")
+	}
+	s, err := js.Stream(ctx, MonitoringStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(monitoringPrefix+">"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := info.State.Subjects[MonitoringSubject("a")], info.State.Subjects[MonitoringSubject("b")]; a != MaxSnapshotsPerModel || b != 1 {
+		t.Errorf("model a keeps %d snapshots, b %d; want %d and 1", a, b, MaxSnapshotsPerModel)
+	}
+}
