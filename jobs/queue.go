@@ -30,6 +30,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -185,6 +186,10 @@ type Queue struct {
 	dupWindow time.Duration
 	// maxDeadLetters bounds each model's dead letters (Options).
 	maxDeadLetters int64
+	// eventKey, read at eventKeyAt, is EventKey's.
+	eventKeyMu sync.Mutex
+	eventKey   []byte
+	eventKeyAt time.Time
 }
 
 // Setup creates or updates the streams and the bucket and returns the
@@ -246,6 +251,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		Duplicates:  opts.DuplicateWindow,
 		MaxAge:      opts.ResultRetention,
 		MaxBytes:    opts.ResultStreamBytes,
+		// The key that makes result streams' event ids opaque (see
+		// EventKey); a stream that has one keeps it.
+		Metadata: map[string]string{eventKeyMeta: newEventKey()},
 	})
 	if err != nil {
 		return nil, err

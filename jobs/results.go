@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -203,4 +205,37 @@ func (q *Queue) End(ctx context.Context, id string, ev record.Event, reason stri
 		}
 	}
 	return rec, nil
+}
+
+// eventKeyMeta is the results stream's metadata key that holds the
+// secret the event key is derived from.
+const eventKeyMeta = "inferq_event_key"
+
+// newEventKey is a new secret for eventKeyMeta: 128 random bits as text.
+func newEventKey() string { return rand.Text() }
+
+// EventKey is the secret that result streams' event ids are made with
+// (producer's eventID): a position in the results stream, shared by every
+// model, would tell a tenant the others' volume. It is kept in the
+// results stream's metadata, set by the process that created the stream
+// (or first added it), so that every API process makes and reads the same
+// ids, across restarts. It is read again every minute, so that processes
+// that raced to add it to a stream of an earlier release agree soon.
+func (q *Queue) EventKey(ctx context.Context) ([]byte, error) {
+	q.eventKeyMu.Lock()
+	defer q.eventKeyMu.Unlock()
+	if q.eventKey != nil && time.Since(q.eventKeyAt) < time.Minute {
+		return q.eventKey, nil
+	}
+	s, err := q.js.Stream(ctx, ResultStream)
+	if err != nil {
+		return nil, fmt.Errorf("results stream: %w", err)
+	}
+	secret := s.CachedInfo().Config.Metadata[eventKeyMeta]
+	if secret == "" {
+		return nil, fmt.Errorf("the results stream holds no event key (%s metadata): start an API or worker of this release, which adds it", eventKeyMeta)
+	}
+	sum := sha256.Sum256([]byte(secret))
+	q.eventKey, q.eventKeyAt = sum[:16], time.Now()
+	return q.eventKey, nil
 }

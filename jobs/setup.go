@@ -42,6 +42,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		case sameStream(s.CachedInfo().Config, cfg):
 			return true, nil
 		}
+		cfg.Metadata = mergeMetadata(s.CachedInfo().Config.Metadata, cfg.Metadata)
 		_, err = js.UpdateStream(ctx, cfg)
 		return err == nil, err
 	})
@@ -114,7 +115,35 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Retention == want.Retention && have.Storage == want.Storage && have.Replicas == max(want.Replicas, 1) &&
 		(want.Duplicates == 0 || have.Duplicates == want.Duplicates) && have.Discard == want.Discard && have.MaxAge == want.MaxAge &&
 		sameLimit(have.MaxBytes, want.MaxBytes) && sameLimit(have.MaxMsgsPerSubject, want.MaxMsgsPerSubject) &&
-		have.DiscardNewPerSubject == want.DiscardNewPerSubject
+		have.DiscardNewPerSubject == want.DiscardNewPerSubject && hasMetadataKeys(have.Metadata, want.Metadata)
+}
+
+// hasMetadataKeys reports whether have holds every key of want (whatever
+// its value: a stream keeps the values it was given first).
+func hasMetadataKeys(have, want map[string]string) bool {
+	for k := range want {
+		if _, ok := have[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeMetadata is want's metadata over have's, but with have's value
+// for the keys both hold, so that an update keeps what the stream holds
+// (the server's own keys, and inferq's event key).
+func mergeMetadata(have, want map[string]string) map[string]string {
+	if len(have) == 0 && len(want) == 0 {
+		return nil
+	}
+	out := map[string]string{}
+	for k, v := range want {
+		out[k] = v
+	}
+	for k, v := range have {
+		out[k] = v
+	}
+	return out
 }
 
 // sameLimit compares limits where the server reads 0 as none (-1).

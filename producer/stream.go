@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +17,8 @@ import (
 type ResultStream interface {
 	FollowResults(ctx context.Context, model string, after uint64, fromStart bool, fn func(seq uint64, data []byte) error) error
 	ResultsPosition(ctx context.Context) (uint64, error)
+	// EventKey is the secret event ids are made with (see eventID).
+	EventKey(ctx context.Context) ([]byte, error)
 }
 
 // keepAlive is how often an idle event stream sends a comment, so that
@@ -164,11 +165,18 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.opts.Catalog.Family(name); err != nil {
 		return errorf(http.StatusNotFound, "%v", err)
 	}
+	if s.opts.Stream == nil {
+		return errorf(http.StatusNotFound, "result streams are not served here")
+	}
+	key, err := s.opts.Stream.EventKey(r.Context())
+	if err != nil {
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: err.Error()}
+	}
 	var after uint64
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return errorf(http.StatusBadRequest, "Last-Event-ID %q is not an event id of this stream (a number)", v)
+		n, ok := parseEventID(key, name, v)
+		if !ok {
+			return errorf(http.StatusBadRequest, "Last-Event-ID %q is not an event id of this stream: reconnect without it (from now), or with ?from=start (what the stream keeps)", v)
 		}
 		after = n
 	}
@@ -180,9 +188,6 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return errorf(http.StatusBadRequest, `from=%q: want "start" or "now"`, v)
 	}
-	if s.opts.Stream == nil {
-		return errorf(http.StatusNotFound, "result streams are not served here")
-	}
 	// "From now" is fixed before the client is told the stream is open,
 	// so that nothing announced after that is missed.
 	pos, err := s.opts.Stream.ResultsPosition(r.Context())
@@ -191,9 +196,10 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch {
 	case after > pos:
-		// No client saw that event: resuming after it would wait for a
-		// position the stream reaches, if ever, long after.
-		return errorf(http.StatusBadRequest, "Last-Event-ID %d is past the last event of this stream (%d): reconnect without it, or with ?from=start", after, pos)
+		// An id of this deployment's key past the stream's end: the
+		// stream was replaced (its positions start again). Said without
+		// the position, which would tell the stream's volume.
+		return errorf(http.StatusBadRequest, "Last-Event-ID %q is past the last event of this stream: reconnect without it, or with ?from=start", r.Header.Get("Last-Event-ID"))
 	case after == 0 && !fromStart:
 		after = pos
 		if after == 0 {
@@ -219,7 +225,7 @@ func (s *Server) modelResults(w http.ResponseWriter, r *http.Request) error {
 		events <- s.opts.Stream.FollowResults(ctx, name, after, fromStart, func(seq uint64, data []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
-			return out.event(strconv.FormatUint(seq, 10), "result", data)
+			return out.event(eventID(key, name, seq), "result", data)
 		})
 	}()
 	tick := time.NewTicker(keepAlive)

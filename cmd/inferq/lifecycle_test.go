@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -597,5 +598,51 @@ func TestCancelledJobAnnouncedOnce(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("the cancelled job was announced %d times; want once", n)
+	}
+}
+
+// TestResultEventIDsRevealNothing: the event ids two tenants see on their
+// models' result streams are not positions in the results stream all
+// models share (whose gaps told one tenant the other's volume): each
+// resumes only its own model's stream, and another model's id is refused.
+func TestResultEventIDsRevealNothing(t *testing.T) {
+	s := startServe(t, irisRepo(t, "alpha", "beta"))
+	collect := func(model string, n int) []sseEvent {
+		events, stop := openSSE(t, s.url+"/v1/models/"+model+"/results?from=start", "")
+		defer stop()
+		var got []sseEvent
+		for len(got) < n {
+			select {
+			case ev := <-events:
+				got = append(got, ev)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%d of %d events of %s", len(got), n, model)
+			}
+		}
+		return got
+	}
+	for i := range 6 {
+		s.submit(t, "/v1/models/"+[]string{"alpha", "beta"}[i%2]+"/jobs", []byte(irisJob))
+	}
+	alpha, beta := collect("alpha", 3), collect("beta", 3)
+	for _, ev := range append(alpha, beta...) {
+		if _, err := strconv.ParseUint(ev.id, 10, 64); err == nil {
+			t.Errorf("event id %q is a number: a position in the stream every model shares", ev.id)
+		}
+	}
+	// alpha's first id resumes alpha's stream after it, and is refused on
+	// beta's.
+	events, stop := openSSE(t, s.url+"/v1/models/alpha/results", alpha[0].id)
+	select {
+	case ev := <-events:
+		if ev.id != alpha[1].id {
+			t.Errorf("resumed after %s, got %s; want %s", alpha[0].id, ev.id, alpha[1].id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("resuming alpha's stream sent nothing")
+	}
+	stop()
+	if r := do(t, "GET", s.url+"/v1/models/beta/results", nil, "Last-Event-ID", alpha[0].id); r.code != http.StatusBadRequest {
+		t.Errorf("alpha's event id on beta's stream: %d %s; want 400", r.code, r.body)
 	}
 }

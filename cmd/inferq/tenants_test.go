@@ -463,7 +463,7 @@ func TestStatusCodes(t *testing.T) {
 		{"an oversized client id", "POST", "/v1/models/iris/jobs", long, nil, 400, "id is 1500 bytes"},
 		{"an oversized webhook", "POST", "/v1/models/iris/jobs", irisJob, []string{"Inferq-Webhook", "https://hooks.example.com/" + strings.Repeat("a", 3000)}, 400, "Inferq-Webhook"},
 		{"a batch line past --max-body", "POST", "/v1/models/iris/batches", bigLine, nil, 413, "longer than"},
-		{"a Last-Event-ID past the stream", "GET", "/v1/models/iris/results", "", []string{"Last-Event-ID", "18446744073709551615"}, 400, "past the last event"},
+		{"a Last-Event-ID not of this stream (a plain position)", "GET", "/v1/models/iris/results", "", []string{"Last-Event-ID", "18446744073709551615"}, 400, "not an event id of this stream"},
 		{"PUT on a job", "PUT", "/v1/jobs/01M8937HDB0W20B2CWDSR9VKD8", "", nil, 405, "GET, HEAD, DELETE"},
 		{"POST on the model list", "POST", "/v1/models", "", nil, 405, "GET"},
 		{"GET on a job submission", "GET", "/v1/models/iris/jobs", "", nil, 405, "POST"},
