@@ -277,14 +277,7 @@ func TestBatchUploadCutByCrash(t *testing.T) {
 	ns := testenv.JetStream(t)
 	common := []string{"--nats", ns.ClientURL(), "--models", filepath.Join(testenv.Root(t), "testdata/models"), "--storage", t.TempDir(), "--log-level", "warn", "--upload-heartbeat", "200ms"}
 	a := startProcess(t, append([]string{"api"}, common...)...)
-	js, err := jetstream.New(testenv.Connect(t, ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := jobs.Open(context.Background(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, _ := openQueue(t, testenv.Connect(t, ns))
 	// An upload that never ends: lines enough for several jobs, then the
 	// client waits.
 	pr, pw := io.Pipe()

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
@@ -315,14 +314,7 @@ func TestDottedModelName(t *testing.T) {
 	if b := awaitBatch(t, s, batch.ID, 30*time.Second); b.Status != record.BatchSucceeded || b.Counts.Succeeded != 2 {
 		t.Fatalf("batch file: %+v", b)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := jobs.Open(context.Background(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, _ := openQueue(t, nc)
 	if models, err := q.Models(context.Background()); err != nil || !slices.Contains(models, name) || !slices.Contains(models, "iris") || slices.ContainsFunc(models, func(m string) bool { return strings.Contains(m, "@") }) {
 		t.Fatalf("the queue lists models %v (%v); want %s and iris", models, err, name)
 	}

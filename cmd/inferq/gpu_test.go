@@ -21,7 +21,6 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // listedWorkers returns GET /v1/models's workers of model.
@@ -80,14 +79,7 @@ func TestProviderRefusedOrFallsBack(t *testing.T) {
 	id := s.submit(t, "/v1/models/gpuonly/jobs", []byte(irisJob))
 	// Nothing here takes it: it waits in the queue, delivered to nobody,
 	// for a GPU worker.
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := jobs.Open(context.Background(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q, _ := openQueue(t, nc)
 	if d, err := q.Depth(context.Background(), "gpuonly"); err != nil || d.Pending != 1 || d.InFlight != 0 {
 		t.Errorf("the queue of the model no worker here can run: %+v (%v); want its job waiting, delivered to none", d, err)
 	}

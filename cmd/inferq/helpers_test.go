@@ -20,11 +20,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/x448/float16"
 
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
@@ -457,4 +459,19 @@ func writeFile(t testing.TB, path string, b []byte) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// openQueue opens the queue an API or worker set up on nc's server, for
+// a test to read it as a native client would.
+func openQueue(t *testing.T, nc *nats.Conn) (*jobs.Queue, jetstream.JetStream) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := jobs.Open(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, js
 }
