@@ -182,13 +182,13 @@ func TestSoak(t *testing.T) {
 	waitFor(int64(total) / 2)
 	ns.Shutdown()
 	t.Logf("%v: stopped NATS at %d accepted", time.Since(start).Round(time.Millisecond), accepted.Load())
-	time.Sleep(3 * time.Second)
+	time.Sleep(3 * time.Second) // the outage lasts: not a wait for an event
 	ns = startNATS()
 	t.Logf("%v: NATS back", time.Since(start).Round(time.Millisecond))
 	waitFor(2 * int64(total) / 3)
 	m.Stop()
 	t.Logf("%v: stopped MinIO at %d accepted", time.Since(start).Round(time.Millisecond), accepted.Load())
-	time.Sleep(5 * time.Second)
+	time.Sleep(5 * time.Second) // the outage lasts: not a wait for an event
 	m.Start()
 	t.Logf("%v: MinIO back", time.Since(start).Round(time.Millisecond))
 	clients.Wait()
@@ -218,7 +218,7 @@ func TestSoak(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	drained := time.Since(start)
-	time.Sleep(2 * time.Second) // late duplicates, if any, arrive
+	time.Sleep(2 * time.Second) // late duplicates, if any, arrive: a bound on their absence, not a wait for an event
 	cancel()
 
 	mu.Lock()
@@ -348,7 +348,7 @@ func TestSoakBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(30 * time.Second)
+	time.Sleep(30 * time.Second) // the measured interval: one worker for 30 s
 	workerPeak := memory(cmd.Process.Pid, "VmHWM:")
 	done := finishedJobs(t, ns.ClientURL())
 
