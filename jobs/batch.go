@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/inferq/inferq/internal/pull"
@@ -45,10 +46,9 @@ func batchStored(rec *record.BatchRecord) any {
 	type stored record.BatchRecord
 	return struct {
 		*stored
-		Index     string        `json:"index_key"`
-		Counted   record.SeqSet `json:"counted,omitempty"`
-		ReadingAt *time.Time    `json:"reading_at,omitempty"`
-	}{(*stored)(rec), rec.Index, rec.Counted, rec.ReadingAt}
+		Index   string        `json:"index_key"`
+		Counted record.SeqSet `json:"counted,omitempty"`
+	}{(*stored)(rec), rec.Index, rec.Counted}
 }
 
 // Get returns the record of batch id.
@@ -66,7 +66,9 @@ func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) boo
 	}
 	var ids []string
 	for k := range lister.Keys() {
-		ids = append(ids, k)
+		if !strings.HasPrefix(k, uploadingPrefix) {
+			ids = append(ids, k)
+		}
 	}
 	slices.Sort(ids)
 	var out []*record.BatchRecord
@@ -90,14 +92,13 @@ func (b *Batches) get(ctx context.Context, id string) (*record.BatchRecord, uint
 	}
 	var s struct {
 		record.BatchRecord
-		Index     string        `json:"index_key"`
-		Counted   record.SeqSet `json:"counted"`
-		ReadingAt *time.Time    `json:"reading_at"`
+		Index   string        `json:"index_key"`
+		Counted record.SeqSet `json:"counted"`
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
 	}
-	s.BatchRecord.Index, s.BatchRecord.Counted, s.BatchRecord.ReadingAt = s.Index, s.Counted, s.ReadingAt
+	s.BatchRecord.Index, s.BatchRecord.Counted = s.Index, s.Counted
 	return &s.BatchRecord, e.Revision(), nil
 }
 
@@ -195,42 +196,62 @@ func (q *Queue) countBatches(ctx context.Context, log *slog.Logger, taken []jets
 	return failed
 }
 
+// uploadingPrefix begins the keys of the batches bucket that say a batch
+// file is being read: uploading.<batch id>, its value when its reader
+// last said so (RFC 3339). Batch ids are ULIDs: no batch record's key
+// holds a '.'.
+const uploadingPrefix = "uploading."
+
+// Reading says that batch id's file is being read, now; the API process
+// reading it says so every --upload-heartbeat, and Read when it has
+// finished (whatever the outcome).
+func (b *Batches) Reading(ctx context.Context, id string, now time.Time) error {
+	_, err := b.kv.Put(ctx, uploadingPrefix+id, []byte(now.UTC().Format(time.RFC3339Nano)))
+	return err
+}
+
+// Read says that batch id's file is no longer being read.
+func (b *Batches) Read(ctx context.Context, id string) error {
+	return b.kv.Purge(ctx, uploadingPrefix+id)
+}
+
 // FailCutUploads ends failed every batch still queued (its file being
-// read) whose reader has not said so for stalled: the API
-// process reading it stopped (crashed, killed) before the end of the
+// read) whose reader has not said so (Batches.Reading) for stalled: the
+// API process reading it stopped (crashed, killed) before the end of the
 // file, and its client never got an answer. The lines it queued and that
 // have not started are cancelled by the workers that take them
-// (record.BatchRecord.UploadCut). It returns how many it ended.
+// (record.BatchRecord.UploadCut). Only the uploads under way are read.
+// It returns how many batches it ended.
 func (q *Queue) FailCutUploads(ctx context.Context, now time.Time, stalled time.Duration) (int, error) {
-	lister, err := q.Batches.kv.ListKeys(ctx)
+	lister, err := q.Batches.kv.ListKeysFiltered(ctx, uploadingPrefix+">")
 	if err != nil {
-		return 0, fmt.Errorf("list batches: %w", err)
-	}
-	lastHeard := func(b *record.BatchRecord) time.Time {
-		if b.ReadingAt != nil {
-			return *b.ReadingAt
-		}
-		return b.CreatedAt
-	}
-	isStalled := func(b *record.BatchRecord) bool {
-		return b.Status == record.BatchQueued && now.Sub(lastHeard(b)) > stalled
+		return 0, fmt.Errorf("list batch uploads: %w", err)
 	}
 	n := 0
-	for id := range lister.Keys() {
-		b, err := q.Batches.Get(ctx, id)
-		if err != nil || !isStalled(b) {
+	for key := range lister.Keys() {
+		id := strings.TrimPrefix(key, uploadingPrefix)
+		e, err := q.Batches.kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		last, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+		if err == nil && now.Sub(last) <= stalled {
 			continue
 		}
 		_, err = q.Batches.Update(ctx, id, func(b *record.BatchRecord) error {
-			if !isStalled(b) {
-				return record.ErrConflict
+			if b.Status != record.BatchQueued {
+				return record.ErrConflict // ended meanwhile
 			}
 			b.Status, b.FinishedAt = record.BatchFailed, &now
-			b.Error = fmt.Sprintf("its upload was cut off: the API process reading its file stopped (last heard of at %s); its lines that had not started do not run, and it has no output: upload the file again", lastHeard(b).Format(time.RFC3339Nano))
+			b.Error = fmt.Sprintf("its upload was cut off: the API process reading its file stopped (last heard of at %s); its lines that had not started do not run, and it has no output: upload the file again", last.Format(time.RFC3339Nano))
 			return nil
 		})
-		if err == nil {
+		switch {
+		case err == nil:
 			n++
+			fallthrough
+		case errors.Is(err, record.ErrConflict), errors.Is(err, ErrBatchNotFound):
+			_ = q.Batches.Read(ctx, id)
 		}
 	}
 	return n, nil

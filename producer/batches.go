@@ -29,6 +29,10 @@ type BatchStore interface {
 	Create(ctx context.Context, rec *record.BatchRecord) error
 	Get(ctx context.Context, id string) (*record.BatchRecord, error)
 	Update(ctx context.Context, id string, fn func(*record.BatchRecord) error) (*record.BatchRecord, error)
+	// Reading says a batch's file is being read (again every
+	// Options.UploadHeartbeat), and Read that it no longer is.
+	Reading(ctx context.Context, id string, now time.Time) error
+	Read(ctx context.Context, id string) error
 }
 
 // ObjectWriter writes batch indexes; the storage package's stores are.
@@ -77,6 +81,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	// is ended by the others (jobs.Queue.FailCutUploads).
 	reading, stopReading := context.WithCancel(ctx)
 	heartbeat := make(chan struct{})
+	_ = s.opts.Batches.Reading(ctx, rec.ID, time.Now())
 	go func() {
 		defer close(heartbeat)
 		t := time.NewTicker(s.opts.UploadHeartbeat)
@@ -86,17 +91,12 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			case <-reading.Done():
 				return
 			case now := <-t.C:
-				_, _ = s.opts.Batches.Update(reading, rec.ID, func(b *record.BatchRecord) error {
-					if b.Status != record.BatchQueued {
-						return record.ErrConflict
-					}
-					at := now.UTC()
-					b.ReadingAt, b.Jobs = &at, jobCount.Load()
-					return nil
-				})
+				_ = s.opts.Batches.Reading(reading, rec.ID, now)
 			}
 		}
 	}()
+	// Said last, after the record's final write below.
+	defer func() { _ = s.opts.Batches.Read(ctx, rec.ID) }()
 	// Jobs are submitted a few at a time, concurrently: each waits for
 	// JetStream's acknowledgements, and one after the other they would cap
 	// a batch at a job per round trip. The index names each job as soon as

@@ -43,11 +43,6 @@ type BatchRecord struct {
 	// Counted is the jobs (by Record.BatchSeq) whose outcomes are in
 	// Counts; kept with the record, not served.
 	Counted SeqSet `json:"-"`
-	// ReadingAt is when the API process reading the batch's file last
-	// said it still was (every --upload-heartbeat); kept with the record,
-	// not served. A queued batch whose reader stopped saying so was cut
-	// off by that process's end.
-	ReadingAt *time.Time `json:"-"`
 }
 
 // UploadCut reports whether the batch's file stopped being read before
