@@ -5,7 +5,16 @@
 // ONNX Runtime: how a job moves from step to step is the queue's.
 //
 // Contract: ../shared/API.md, "Pipelines". Not yet served: the package is
-// the declaration and the operations; the queue's side comes next.
+// the declaration, the operations and the orchestration (Plan.Advance);
+// the queue's side comes next, on this design: a pipeline job's State
+// travels in its step's message; a model step is a job on that model's
+// queue, batched with every other caller; the worker that finishes it
+// hands its outputs back (Plan.Complete) and runs the operations after
+// it in place (Plan.Advance), then publishes the next model step's
+// message, or writes the final record and announcement. A step costs one
+// JetStream write (its message) and an acknowledgement; the record is
+// written when the job starts and when it ends, with the steps' timings
+// carried in the state.
 package pipeline
 
 import (
