@@ -56,15 +56,19 @@ func TestSetupWritesOnlyWhatChanged(t *testing.T) {
 		}
 	}
 	flush()
+	mu.Lock()
 	writes.Store(0)
 	subjects = nil
+	mu.Unlock()
 	if _, err := Setup(ctx, js, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	flush()
+	mu.Lock()
 	if n := writes.Load(); n != 0 {
 		t.Errorf("a set-up of a queue already as wanted wrote %d times: %v", n, subjects)
 	}
+	mu.Unlock()
 	if _, err := Setup(ctx, js, Options{MaxQueued: 5}); err != nil {
 		t.Fatal(err)
 	}
