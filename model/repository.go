@@ -467,3 +467,20 @@ func (r *Repository) Families() []*Family {
 	})
 	return out
 }
+
+// IONames are the input and output names of version of the model called
+// name (0: its default), or why it cannot be used: what a pipeline's
+// check needs of the repository.
+func (r *Repository) IONames(name string, version int64) (inputs, outputs []string, err error) {
+	m, err := r.Lookup(name, version)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, in := range m.Inputs {
+		inputs = append(inputs, in.Name)
+	}
+	for _, out := range m.Outputs {
+		outputs = append(outputs, out.Name)
+	}
+	return inputs, outputs, nil
+}
