@@ -30,7 +30,7 @@ steps:
   - {name: best, op: topk, with: {k: 1, labels: species.txt}, inputs: {x: classify.probabilities}}
 outputs: {species: best.labels, confidence: best.values}
 `,
-		"flowers/species.txt": "setosa\nversicolor\nvirginica\n",
+		"flowers/species.txt":  "setosa\nversicolor\nvirginica\n",
 		"broken/pipeline.yaml": "steps:\n  - {name: c, model: iris, inputs: {features: $x}}\noutputs: {y: c.label}\n",
 	})
 	rt := testenv.Runtime(t)
