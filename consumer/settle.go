@@ -72,7 +72,7 @@ var (
 func (w *Worker) start(ctx context.Context, items []*item) []*item {
 	now := time.Now().UTC()
 	fn := func(it *item) func(r *record.Record) error {
-		cut := r0(it).Batch != "" && w.batches.uploadCut(ctx, w.opts.Queue.Batches, r0(it).Batch)
+		cut := batchOf(it) != "" && w.batches.uploadCut(ctx, w.opts.Queue.Batches, batchOf(it))
 		return func(r *record.Record) error {
 			if r.Status.Final() {
 				return record.ErrConflict
@@ -401,12 +401,13 @@ func (l *lateMark) stop() {
 	}
 }
 
-// r0 is the record a job's message carries, or an empty one.
-func r0(it *item) *record.Record {
+// batchOf is the batch of a job whose message carries its record; "" for
+// any other.
+func batchOf(it *item) string {
 	if it.job.Record != nil {
-		return it.job.Record
+		return it.job.Record.Batch
 	}
-	return &record.Record{}
+	return ""
 }
 
 // batchStates remembers, for a few seconds, whether batches' uploads were

@@ -11,7 +11,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -72,9 +71,8 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	enc := json.NewEncoder(index)
 
 	var (
-		n, invalid int64
-		jobCount   atomic.Int64
-		ids        []string
+		n, invalid, jobCount int64
+		ids                  []string
 	)
 	// While the file is read, the record says so every UploadHeartbeat:
 	// a batch whose reader stops saying so (this process ended mid-upload)
@@ -120,7 +118,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 		if err := failed(); err != nil {
 			return err
 		}
-		id, seq := ulid.Make().String(), jobCount.Load()+1
+		id, seq := ulid.Make().String(), jobCount+1
 		slots <- struct{}{}
 		submitting.Go(func() {
 			defer func() { <-slots }()
@@ -133,7 +131,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			}
 		})
 		ids = append(ids, id)
-		jobCount.Add(1)
+		jobCount++
 		for _, l := range c.Lines {
 			l.Job = id
 			if err := enc.Encode(l); err != nil {
@@ -207,7 +205,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 			if b.Status != record.BatchCancelled {
 				b.Status, b.Error, b.FinishedAt = record.BatchFailed, msg, &done
 			}
-			b.Counts.Total, b.Jobs = n, jobCount.Load()
+			b.Counts.Total, b.Jobs = n, jobCount
 			return nil
 		})
 		return &httpError{code: code, retryAfter: retryAfter, msg: fmt.Sprintf("batch %s failed after %d lines: %s", rec.ID, n, msg)}
@@ -215,7 +213,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	rec, err = s.opts.Batches.Update(ctx, rec.ID, func(b *record.BatchRecord) error {
 		b.Counts.Total = n
 		b.Counts.Failed += invalid
-		b.Jobs = jobCount.Load()
+		b.Jobs = jobCount
 		b.QueuedAt = &done
 		if b.Status == record.BatchQueued {
 			b.Status = record.BatchRunning

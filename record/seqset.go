@@ -1,6 +1,9 @@
 package record
 
-import "slices"
+import (
+	"slices"
+	"sort"
+)
 
 // SeqSet is a set of positive sequence numbers kept as sorted, disjoint,
 // non-adjacent closed ranges: a batch's jobs counted so far, which finish
@@ -11,17 +14,9 @@ type SeqSet [][2]int64
 // Add puts n in the set and reports whether it was not there before.
 func (s *SeqSet) Add(n int64) bool {
 	r := *s
-	// i is the first range that ends at or after n-1: the one n could
-	// join from the left, or the first wholly after n.
-	i, _ := slices.BinarySearchFunc(r, n-1, func(e [2]int64, t int64) int {
-		switch {
-		case e[1] < t:
-			return -1
-		case e[1] > t:
-			return 1
-		}
-		return 0
-	})
+	// i is the first range ending at n-1 or later: the one n could join
+	// from the left, or the first wholly after n.
+	i := r.endingFrom(n - 1)
 	if i < len(r) && r[i][0] <= n && n <= r[i][1] {
 		return false
 	}
@@ -43,14 +38,12 @@ func (s *SeqSet) Add(n int64) bool {
 
 // Has reports whether n is in the set.
 func (s SeqSet) Has(n int64) bool {
-	i, found := slices.BinarySearchFunc(s, n, func(e [2]int64, t int64) int {
-		switch {
-		case e[1] < t:
-			return -1
-		case e[0] > t:
-			return 1
-		}
-		return 0
-	})
-	return found && i < len(s)
+	i := s.endingFrom(n)
+	return i < len(s) && s[i][0] <= n
+}
+
+// endingFrom is the index of the first range that ends at v or later
+// (len(s) if none does).
+func (s SeqSet) endingFrom(v int64) int {
+	return sort.Search(len(s), func(i int) bool { return s[i][1] >= v })
 }

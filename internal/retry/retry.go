@@ -55,19 +55,12 @@ func Sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // Delay is the wait before try n (from 1) of a message retried across
-// deliveries: min for the first, doubling with each one after, at most
-// max.
-func Delay(min, max time.Duration, n int) time.Duration {
-	d := min
-	for i := 1; i < n && d < max; i++ {
+// deliveries: first for the first, doubling with each one after, at most
+// most.
+func Delay(first, most time.Duration, n int) time.Duration {
+	d := first
+	for i := 1; i < n && d < most; i++ {
 		d *= 2
 	}
-	return minDur(d, max)
-}
-
-func minDur(a, b time.Duration) time.Duration {
-	if a < b {
-		return a
-	}
-	return b
+	return min(d, most)
 }
