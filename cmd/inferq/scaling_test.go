@@ -78,8 +78,8 @@ func randSource(i int) *rand.Rand { return rand.New(rand.NewPCG(uint64(i), 17)) 
 
 // Two `inferq worker` processes and an `inferq api` share one external
 // NATS and one storage folder: both workers take part of one backlog, no
-// job runs twice, and `inferq scaler` asks for more replicas while the
-// backlog lasts.
+// job runs twice, and `inferq scaler` asks for more replicas for a
+// backlog that no worker has read yet.
 func TestWorkersInSeparateProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs worker processes; skipped with -short")
@@ -92,24 +92,6 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	objects := t.TempDir()
 	common := []string{"--nats", url, "--models", repo, "--storage", objects, "--log-level", "warn"}
 
-	var workers []*exec.Cmd
-	for range 2 {
-		cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
-		cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		workers = append(workers, cmd)
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("worker output:\n%s", out.String())
-			}
-		})
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(t))
@@ -139,8 +121,8 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	scaler := addr(scalerAddr)
 	d := openDirect(t, path)
 
-	// Submitted at once, faster than two workers drain them, so that a
-	// backlog builds.
+	// Submitted before any worker runs: the scaler reads the backlog
+	// from the stream itself while no consumer exists yet.
 	ids := make([]string, 120)
 	bodies := make([][]byte, len(ids))
 	for i := range bodies {
@@ -164,6 +146,24 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	})
 	if scale.Desired < 2 {
 		t.Errorf("the scaler asked for %d replicas with a backlog of 120 at 5 each", scale.Desired)
+	}
+	// The workers start only now: two of them drain a backlog of 120 in
+	// a few hundred milliseconds, faster than the scaler is sure to read it.
+	for range 2 {
+		cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
+		cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("worker output:\n%s", out.String())
+			}
+		})
 	}
 	byWorker := map[string]int{}
 	for _, id := range ids {
