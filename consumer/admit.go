@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/tensor"
@@ -69,7 +70,7 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		return
 	}
 	key := it.model.VersionString()
-	if it.lines == nil && it.model.Batchable && !w.runner.unbatched(it.model) {
+	if it.lines == nil && !it.empty && it.model.Batchable && !w.runner.unbatched(it.model) {
 		key += "|" + batching.Key(it.inputs, it.model.Batched)
 	} else {
 		key += "|" + job.ID // never batched with another
@@ -85,6 +86,16 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 func (it *item) check() error {
 	m, req, packed := it.model, it.job.Request, it.job.Lines
 	var err error
+	if it.job.Pipeline != nil && packed == nil {
+		// A pipeline step of zero rows is answered without a run (see
+		// flow.EmptyOutputs).
+		if in, oerr := m.OrderedInputs(req); oerr == nil {
+			if rows, _ := flow.Rows(m, in); rows == 0 {
+				it.inputs, it.empty = in, true
+				return nil
+			}
+		}
+	}
 	if packed == nil || packed.Shapes == nil {
 		if it.rows, err = m.CheckRows(req, m.MaxJobRows()); err != nil {
 			return err

@@ -89,7 +89,9 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 	defer f.mu.Unlock()
 	want := map[string]*model.Family{}
 	for _, fam := range repo.Families() {
-		if fam.Default() != nil && (len(f.only) == 0 || slices.Contains(f.only, fam.Name)) {
+		// A pipeline has no worker of its own: its model steps run on
+		// their models' workers.
+		if d := fam.Default(); d != nil && d.Pipeline == nil && (len(f.only) == 0 || slices.Contains(f.only, fam.Name)) {
 			want[fam.Name] = fam
 		}
 	}

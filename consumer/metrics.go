@@ -33,6 +33,11 @@ type Metrics struct {
 	// captureDropped counts captured jobs dropped because the capture
 	// writer fell behind (see captureMaxBytes).
 	captureDropped *prometheus.CounterVec
+	// steps and stepSeconds count pipeline steps ended by this worker
+	// and time what runs after a model step (the operations, and queuing
+	// the next step), by pipeline and step.
+	steps       *prometheus.CounterVec
+	stepSeconds *prometheus.HistogramVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -100,6 +105,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time to write one result object to storage, by model and outcome (ok, error). In the batch layout one write holds the results of every batch that finished while the previous write ran.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2.5, 14),
 		}, []string{"model", "outcome"}),
+		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_step_finished_total",
+			Help: "Model steps of pipeline jobs that ended, by pipeline, step (the model step) and status: succeeded (the job went on) or the job's final status when it ended there.",
+		}, []string{"pipeline", "step", "status"}),
+		stepSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inferq_step_continue_seconds",
+			Help:    "Time a worker took after a pipeline job's model step to run the operations that follow and queue the next model step, by pipeline and step.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}, []string{"pipeline", "step"}),
 		writeJobs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "inferq_result_write_jobs",
 			Help:    "Jobs whose results one storage write carries, by model (always 1 in the job layout).",
@@ -107,7 +121,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes, m.captureDropped} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes, m.captureDropped, m.steps, m.stepSeconds} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/inferq/inferq/jobs"
@@ -30,10 +31,16 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 	if w.abandoned.Load() {
 		return // handed back at the drain timeout
 	}
+	if keep := w.goOn(ctx, items, outputs, errs); slices.Contains(keep, false) {
+		items, outputs, errs = kept(items, keep), kept(outputs, keep), kept(errs, keep)
+	}
 	refs, bodies := w.storeResults(ctx, items, outputs, errs)
 	var ended []outcome
 	for i, it := range items {
+		var failed stepFailed
 		switch {
+		case errors.As(errs[i], &failed):
+			ended = append(ended, outcome{it: it, status: record.Failed, reason: failed.Error()})
 		case errors.Is(errs[i], errResultTooLarge):
 			// Another run would make the same result: no retry.
 			ended = append(ended, outcome{it: it, status: record.Failed, reason: errs[i].Error()})
@@ -149,6 +156,17 @@ func (w *Worker) storeResults(ctx context.Context, items []*item, outputs [][]te
 	return refs, bodies
 }
 
+// kept is the elements of s whose keep is true.
+func kept[T any](s []T, keep []bool) []T {
+	out := s[:0:0]
+	for i, v := range s {
+		if keep[i] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 // errResultTooLarge fails a job whose result is past Options.MaxResultBytes.
 var errResultTooLarge = errors.New("result too large")
 
@@ -250,5 +268,8 @@ func (w *Worker) readRange(ctx context.Context, r *record.ResultRef) ([]byte, er
 // response is the V2 response of the job, from the outputs of its run:
 // those it asked for, in the model's order.
 func (it *item) response(model string, outputs []tensor.Tensor) *tensor.Response {
+	if p := it.job.Pipeline; p != nil {
+		return &tensor.Response{ModelName: p.Pipeline, ModelVersion: "1", ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs, p.Outputs)}
+	}
 	return &tensor.Response{ModelName: model, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs, it.job.Request.Outputs)}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/tensor"
 )
@@ -85,6 +86,10 @@ func (p *stackBuffers) put(b []byte) { p.pool.Put(&b) }
 // the rest of its batch succeeds.
 func (r *runner) run(items []*item) *ranBatch {
 	ran := &ranBatch{items: items, outputs: make([][]tensor.Tensor, len(items)), errs: make([]error, len(items))}
+	if len(items) == 1 && items[0].empty {
+		ran.outputs[0] = flow.EmptyOutputs(items[0].model)
+		return ran
+	}
 	r.runIsolating(items, ran.outputs, ran.errs)
 	return ran
 }

@@ -95,9 +95,12 @@ func (w *Worker) start(ctx context.Context, items []*item) []*item {
 			if _, err := r.Apply(record.Start, now, ""); err != nil {
 				return err
 			}
+			startStep(r, it, now)
 			r.Worker = w.opts.Name
 			r.Attempts = it.attempt
-			r.ModelVersion = it.model.VersionString()
+			if it.job.Pipeline == nil {
+				r.ModelVersion = it.model.VersionString()
+			}
 			return nil
 		}
 	}
@@ -239,7 +242,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	for _, o := range outs {
 		it := o.it
 		if t, err := record.Next(record.Running, o.event()); err == nil && t.Writes&record.WriteDeadLetter != 0 && (it.rec == nil || !it.rec.Status.Final()) {
-			if err := w.opts.Queue.DeadLetter(ctx, it.msg, o.reason, it.attempt); err != nil {
+			if err := w.opts.Queue.DeadLetter(ctx, it.msg, stepReason(it, o.reason), it.attempt); err != nil {
 				w.log.Warn("could not dead-letter a failed job; it will be redelivered", "job", it.msg.Headers().Get(jobs.HeaderJobID), "err", err)
 				w.settle(it.msg, handBack, w.backoff(it.attempt))
 				continue
@@ -252,7 +255,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	for i, o := range kept {
 		it := o.it
 		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *record.Record) error {
-			if _, err := r.Apply(o.event(), now, o.reason); err != nil {
+			if _, err := r.Apply(o.event(), now, endStep(r, it, o.status, o.reason, now)); err != nil {
 				return err
 			}
 			r.Result = o.result
@@ -266,7 +269,7 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 				// Read again, as stored before the job was marked.
 				r.StartedAt, r.Worker = it.rec.StartedAt, it.rec.Worker
 			}
-			if it.model != nil {
+			if it.model != nil && it.job.Pipeline == nil {
 				r.ModelVersion = it.model.VersionString()
 			}
 			return nil
@@ -288,6 +291,9 @@ func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 		}
 		// The job is final from here, whatever becomes of its message.
 		w.opts.Metrics.finished.WithLabelValues(w.name, string(o.status)).Inc()
+		if p := o.it.job.Pipeline; p != nil {
+			w.opts.Metrics.steps.WithLabelValues(p.Pipeline, p.Name, string(o.status)).Inc()
+		}
 		if w.opts.finished != nil {
 			w.opts.finished.Add(1)
 		}

@@ -63,7 +63,11 @@ type resultWriter interface {
 // are required.
 type Options struct {
 	// Family is the model the worker serves, every loaded version of it.
-	Family  *model.Family
+	Family *model.Family
+	// Catalog finds the pipelines whose model steps this worker runs,
+	// and the models of their next steps (a *model.Catalog). Without it
+	// a pipeline step fails.
+	Catalog Catalog
 	Runtime *onnx.Runtime
 	Queue   *jobs.Queue
 	Results resultWriter
@@ -227,8 +231,10 @@ type item struct {
 	// inputs were padded: outputs are trimmed back to it. 0 when not.
 	length  int64
 	attempt int
-	rec     *record.Record
-	rev     uint64
+	// empty: a pipeline step of zero rows, answered without a run.
+	empty bool
+	rec   *record.Record
+	rev   uint64
 	// unmarked: rec says running, but the stored record (at rev) still
 	// says queued; see Options.RunningAfter and markRunning.
 	unmarked bool
@@ -236,6 +242,12 @@ type item struct {
 	// took it (see tracing.go).
 	trace    context.Context
 	admitted time.Time
+}
+
+// Catalog is what a worker reads of the model repository beyond its own
+// model.
+type Catalog interface {
+	Lookup(name string, version int64) (*model.Model, error)
 }
 
 // Run loads the model's sessions and serves jobs until ctx is cancelled,

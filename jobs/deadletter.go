@@ -64,6 +64,9 @@ func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options)
 func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
 	h := msg.Headers()
 	id, model := h.Get(HeaderJobID), h.Get(HeaderModel)
+	if p := h.Get(HeaderPipeline); p != "" {
+		model = p // a pipeline job's letter is its pipeline's, naming the step
+	}
 	if !subjectToken(model) || !subjectToken(id) {
 		// Not a job inferq can replay (a hand-made message); its record,
 		// if it has one, says why it failed.
@@ -136,6 +139,9 @@ func deadLetterOf(m *jetstream.RawStreamMsg) record.DeadLetter {
 	if h.Get(HeaderSubject) == RequestSubject(d.Model, record.High) {
 		d.Priority = record.High
 	}
+	if p := h.Get(HeaderPipeline); p != "" {
+		d.Model, d.Step = p, h.Get(HeaderStep)
+	}
 	if rec := recordOf(h); rec != nil {
 		d.Batch = rec.Batch
 	}
@@ -198,18 +204,29 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*record.Re
 		return nil, fmt.Errorf("read dead letter of job %s: %w", id, err)
 	}
 	h := m.Header
-	subject := h.Get(HeaderSubject)
-	if subject != RequestSubject(model, record.Normal) && subject != RequestSubject(model, record.High) {
-		subject = RequestSubject(model, record.Normal)
+	subject, stepModel := h.Get(HeaderSubject), model
+	if h.Get(HeaderPipeline) == model {
+		// A pipeline job's step: replayed on its model's queue, from
+		// that step, the steps before it not run again.
+		stepModel = h.Get(HeaderModel)
+	}
+	if subject != RequestSubject(stepModel, record.Normal) && subject != RequestSubject(stepModel, record.High) {
+		subject = RequestSubject(stepModel, record.Normal)
 	}
 	old := recordOf(h)
 	if old == nil {
 		old = &record.Record{}
 	}
 	rec := NewRecord(newID, Spec{Model: model, ClientID: old.ClientID, Rows: old.Rows, Priority: old.Priority, Webhook: old.Webhook, ReplayOf: id})
+	for _, st := range old.Steps {
+		if st.Status == record.Succeeded {
+			rec.Steps = append(rec.Steps, st)
+		}
+	}
 	out := nats.NewMsg(subject)
 	out.Data = m.Data
-	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength, HeaderLines} {
+	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength, HeaderLines,
+		HeaderPipeline, HeaderStep, HeaderStepsDone, HeaderStateLength, HeaderStateHeaderLength, HeaderPipelineOutputs} {
 		if v := h.Get(k); v != "" {
 			out.Header.Set(k, v)
 		}

@@ -72,6 +72,15 @@ const (
 	// how they were packed (batching.Lines, as JSON): the worker needs it
 	// to run them a line at a time and fail only the lines at fault.
 	HeaderLines = "Inferq-Lines"
+	// A step of a pipeline job (see Step): the pipeline, the step, the
+	// steps done (names joined by ","), and the length of the state at
+	// the end of the message's data, with its JSON header's length.
+	HeaderPipeline          = "Inferq-Pipeline"
+	HeaderStep              = "Inferq-Step"
+	HeaderStepsDone         = "Inferq-Steps-Done"
+	HeaderStateLength       = "Inferq-State-Length"
+	HeaderStateHeaderLength = "Inferq-State-Header-Length"
+	HeaderPipelineOutputs   = "Inferq-Pipeline-Outputs"
 )
 
 // RequestSubject is the subject a model's jobs of a priority are

@@ -94,6 +94,32 @@ type Job struct {
 	// byte once more, and the worker decodes either alike.
 	Binary          []byte
 	BinaryHeaderLen int
+	// Pipeline, on a model step of a pipeline job, is the step: the job's
+	// ID and record are the pipeline job's.
+	Pipeline *Step
+}
+
+// Step is a model step of a pipeline job as its message carries it: the
+// pipeline, the step, the steps done and the job's state (the values
+// later steps read, a V2 binary request, laid after the step's request
+// in the message's data).
+type Step struct {
+	Pipeline, Name string
+	// Outputs are the pipeline outputs the client asked for (none: all).
+	Outputs        []string
+	Done           []string
+	State          []byte
+	StateHeaderLen int
+}
+
+// MsgID is the JetStream message id of a job's message: its id, and for
+// a pipeline step the step's name, so that a step published twice is
+// kept once.
+func (j *Job) MsgID() string {
+	if j.Pipeline != nil {
+		return j.ID + "." + j.Pipeline.Name
+	}
+	return j.ID
 }
 
 // Submit stores the job's record and publishes the job, returning once
@@ -113,7 +139,7 @@ func (q *Queue) message(ctx context.Context, job *Job) (*nats.Msg, error) {
 		return nil, err
 	}
 	if q.payloads != nil && q.maxInMessage > 0 && len(msg.Data) > q.maxInMessage {
-		key := PayloadKey(job.ID)
+		key := PayloadKey(job.MsgID())
 		if err := q.payloads.Put(ctx, key, bytes.NewReader(msg.Data)); err != nil {
 			return nil, fmt.Errorf("store the payload of job %s: %w", job.ID, err)
 		}
@@ -149,9 +175,46 @@ func (q *Queue) Resubmit(ctx context.Context, job *Job) error {
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
 	return tryUntil(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
-		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID(msg, rec.ID)), jetstream.WithExpectStream(RequestStream))
 		return err
 	})
+}
+
+// msgID is the JetStream message id of job id's message msg (see
+// Job.MsgID).
+func msgID(msg *nats.Msg, id string) string {
+	if step := msg.Header.Get(HeaderStep); step != "" {
+		return id + "." + step
+	}
+	return id
+}
+
+// PublishStep queues the next model step of a pipeline job whose record,
+// at rev, says it waits for that step (record.Advance): the record
+// travels with the message, as Submit's does. A step published twice
+// within the duplicate window is kept once.
+func (q *Queue) PublishStep(ctx context.Context, job *Job, rec *record.Record, rev uint64) error {
+	msg, err := q.message(ctx, job)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", rec.ID, err)
+	}
+	msg.Header.Set(HeaderRecord, string(b))
+	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
+	err = tryUntil(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.MsgID()), jetstream.WithExpectStream(RequestStream))
+		return err
+	})
+	if err != nil {
+		if isFull(err) {
+			return fmt.Errorf("queue step %s of job %s: %w", job.Pipeline.Name, job.ID, ErrQueueFull)
+		}
+		return fmt.Errorf("queue step %s of job %s: %w", job.Pipeline.Name, job.ID, err)
+	}
+	return nil
 }
 
 // enqueue stores the record of a new job and publishes its message, with
@@ -192,7 +255,7 @@ func (q *Queue) enqueue(ctx context.Context, msg *nats.Msg, rec *record.Record) 
 	msg.Header.Set(HeaderRecord, string(b))
 	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
 	err = tryUntil(ctx, deadline, func(ctx context.Context, _ bool) error {
-		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.ID), jetstream.WithExpectStream(RequestStream))
+		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID(msg, rec.ID)), jetstream.WithExpectStream(RequestStream))
 		return err
 	})
 	if err != nil {
@@ -272,6 +335,25 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 		}
 	}
 	msg := nats.NewMsg(RequestSubject(job.Model, job.Priority))
+	if p := job.Pipeline; p != nil {
+		if job.Binary != nil {
+			data = append(data[:len(data):len(data)], p.State...)
+		} else {
+			data = append(data, p.State...)
+		}
+		msg.Header.Set(HeaderPipeline, p.Pipeline)
+		msg.Header.Set(HeaderStep, p.Name)
+		if len(p.Done) > 0 {
+			msg.Header.Set(HeaderStepsDone, strings.Join(p.Done, ","))
+		}
+		if len(p.Outputs) > 0 {
+			msg.Header.Set(HeaderPipelineOutputs, strings.Join(p.Outputs, ","))
+		}
+		if len(p.State) > 0 {
+			msg.Header.Set(HeaderStateLength, strconv.Itoa(len(p.State)))
+			msg.Header.Set(HeaderStateHeaderLength, strconv.Itoa(p.StateHeaderLen))
+		}
+	}
 	msg.Data = data
 	msg.Header.Set(HeaderJobID, job.ID)
 	msg.Header.Set(HeaderModel, job.Model)
@@ -308,6 +390,27 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 		if err == nil && json.Unmarshal([]byte(v), &rec) == nil && rec.ID == job.ID {
 			job.Record, job.Revision = &rec, rev
 		}
+	}
+	if name := header.Get(HeaderPipeline); name != "" {
+		p := &Step{Pipeline: name, Name: header.Get(HeaderStep)}
+		if h := header.Get(HeaderStepsDone); h != "" {
+			p.Done = strings.Split(h, ",")
+		}
+		if h := header.Get(HeaderPipelineOutputs); h != "" {
+			p.Outputs = strings.Split(h, ",")
+		}
+		if v := header.Get(HeaderStateLength); v != "" {
+			n, err := strconv.Atoi(v)
+			hl, herr := strconv.Atoi(header.Get(HeaderStateHeaderLength))
+			if err != nil || herr != nil || n < 0 || n > len(data) || hl < 0 || hl > n {
+				return job, fmt.Errorf("job %s: %s %q does not fit its %d bytes", job.ID, HeaderStateLength, v, len(data))
+			}
+			data, p.State, p.StateHeaderLen = data[:len(data)-n], data[len(data)-n:], hl
+		}
+		if p.Name == "" {
+			return job, fmt.Errorf("job %s of pipeline %s names no step (%s)", job.ID, name, HeaderStep)
+		}
+		job.Pipeline = p
 	}
 	var err error
 	if hl := header.Get(HeaderHeaderLength); hl != "" {

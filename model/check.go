@@ -47,6 +47,9 @@ func (m *Model) MaxJobRows() int {
 
 // CheckRows is Check with maxRows in place of the max batch size.
 func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error) {
+	if m.Pipeline != nil {
+		return m.checkPipeline(req)
+	}
 	for i := range req.Inputs {
 		if m.input(req.Inputs[i].Name) == nil {
 			return 0, fmt.Errorf("input %q is not an input of model %q (inputs: %s)", req.Inputs[i].Name, m.Name, ioNames(m.Inputs))
@@ -92,6 +95,9 @@ func (m *Model) CheckRows(req *tensor.Request, maxRows int) (rows int, err error
 // OrderedInputs is req's inputs in the model's input order, or an error
 // naming the first input req lacks.
 func (m *Model) OrderedInputs(req *tensor.Request) ([]tensor.Tensor, error) {
+	if m.Pipeline != nil && len(m.Inputs) == 0 {
+		return req.Inputs, nil // takes what it is sent
+	}
 	in := make([]tensor.Tensor, len(m.Inputs))
 	for i, spec := range m.Inputs {
 		t := req.Input(spec.Name)
@@ -127,4 +133,45 @@ func ioNames(ios []onnx.IO) string {
 		names[i] = fmt.Sprintf("%q", io.Name)
 	}
 	return strings.Join(names, ", ")
+}
+
+// checkPipeline checks a request to a pipeline: against the inputs its
+// pipeline.yaml declares, when it declares them; its steps check the
+// rest as they run. Its rows are its first input's first dimension.
+func (m *Model) checkPipeline(req *tensor.Request) (rows int, err error) {
+	if len(req.Inputs) == 0 {
+		return 0, fmt.Errorf("the request has no inputs; pipeline %q takes %s", m.Name, pipelineInputs(m))
+	}
+	if len(m.Inputs) > 0 {
+		for i := range req.Inputs {
+			if m.input(req.Inputs[i].Name) == nil {
+				return 0, fmt.Errorf("input %q is not an input of pipeline %q (inputs: %s)", req.Inputs[i].Name, m.Name, ioNames(m.Inputs))
+			}
+		}
+		in, err := m.OrderedInputs(req)
+		if err != nil {
+			return 0, err
+		}
+		for i, spec := range m.Inputs {
+			if err := spec.Accepts(&in[i]); err != nil {
+				return 0, err
+			}
+		}
+	}
+	for _, name := range req.Outputs {
+		if m.output(name) == nil {
+			return 0, fmt.Errorf("output %q is not an output of pipeline %q (outputs: %s)", name, m.Name, ioNames(m.Outputs))
+		}
+	}
+	if s := req.Inputs[0].Shape; len(s) > 0 {
+		return int(s[0]), nil
+	}
+	return 1, nil
+}
+
+func pipelineInputs(m *Model) string {
+	if len(m.Inputs) == 0 {
+		return "the inputs its steps read"
+	}
+	return ioNames(m.Inputs)
 }

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -62,6 +63,9 @@ type Model struct {
 	// stacked; "" when it was checked, or did not need to be.
 	Unchecked string
 	Config    Config
+	// Pipeline, when set, makes this a pipeline (see loadPipeline): its
+	// plan, run step by step on its models' queues.
+	Pipeline *pipeline.Plan
 }
 
 // VersionString is the version as the V2 protocol writes it.
@@ -133,6 +137,7 @@ func load(dir string, rt Runtime, prev *Repository) (*Repository, error) {
 		return nil, fmt.Errorf("read model repository: %w", err)
 	}
 	r := &Repository{Dir: dir, families: map[string]*Family{}}
+	var pipelines []string
 	for _, e := range entries {
 		if !e.IsDir() {
 			continue
@@ -147,6 +152,21 @@ func load(dir string, rt Runtime, prev *Repository) (*Repository, error) {
 			old = prev.families[name]
 		}
 		f, err := loadFamily(filepath.Join(dir, name), name, rt, old)
+		if err != nil {
+			r.Problems = append(r.Problems, err)
+			continue
+		}
+		if f != nil {
+			r.families[name] = f
+		} else {
+			pipelines = append(pipelines, name)
+		}
+	}
+	// Pipelines after every model, which they are checked against. A
+	// pipeline is checked again on every scan: a model it calls may
+	// have changed.
+	for _, name := range pipelines {
+		f, err := loadPipeline(filepath.Join(dir, name), name, r, prev.family(name))
 		if err != nil {
 			r.Problems = append(r.Problems, err)
 			continue
@@ -429,6 +449,14 @@ func sameAxis(a onnx.Axis) string {
 		return ""
 	}
 	return a.Param
+}
+
+// family is the family called name, or nil (r may be nil).
+func (r *Repository) family(name string) *Family {
+	if r == nil {
+		return nil
+	}
+	return r.families[name]
 }
 
 // Family returns the model called name.

@@ -123,6 +123,8 @@ type Models interface {
 // Plan is a checked pipeline: its steps in an order that runs each after
 // what it reads, with their operations built.
 type Plan struct {
+	// Name is the pipeline's, set by its loader.
+	Name  string
 	Spec  *Spec
 	Order []int // indexes of Spec.Steps
 	Ops   map[string]Op

@@ -161,8 +161,12 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	}
 	tracing.Inject(ctx, spec.Trace)
 	job, rec := jobs.New(req, spec)
-	if headerLen >= 0 {
+	if headerLen >= 0 && m.Pipeline == nil {
 		job.Binary, job.BinaryHeaderLen = body, headerLen // published as sent
+	}
+	if job, err = s.pipelineJob(m, job); err != nil {
+		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
+		return nil, err
 	}
 	id := job.ID
 	span.SetAttributes(attribute.String("inferq.job", id))
@@ -187,6 +191,9 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 			// repeat of one that made it.
 			spec.ID = existing
 			again, _ := jobs.New(req, spec)
+			if again, err = s.pipelineJob(m, again); err != nil {
+				return nil, err
+			}
 			if err := s.opts.Queue.Resubmit(r.Context(), again); err != nil && !errors.Is(err, jobs.ErrJobNotFound) {
 				return nil, &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable; retry later"}
 			}

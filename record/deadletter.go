@@ -5,9 +5,12 @@ import "time"
 // DeadLetter is a failed job kept for inspection and replay.
 type DeadLetter struct {
 	// Seq is the letter's place in the dead-letter stream.
-	Seq      uint64    `json:"seq"`
-	JobID    string    `json:"job_id"`
-	Model    string    `json:"model"`
+	Seq   uint64 `json:"seq"`
+	JobID string `json:"job_id"`
+	Model string `json:"model"`
+	// Step, for a job of a pipeline (Model), is the step that failed,
+	// where its replay resumes.
+	Step     string    `json:"step,omitempty"`
 	Error    string    `json:"error"`
 	Attempts int       `json:"attempts"`
 	FailedAt time.Time `json:"failed_at"`

@@ -35,10 +35,14 @@ const (
 	// Refuse: JetStream refused its message (a full queue) after its
 	// record was stored; it never runs.
 	Refuse Event = "refuse"
+	// Advance: a pipeline job's model step is done and its next model
+	// step's message is queued: the job waits again, on that model's
+	// queue, keeping its start time (and may be cancelled there).
+	Advance Event = "advance"
 )
 
 // Events lists every event, for tests and docs.
-var Events = []Event{Start, Requeue, Succeed, Fail, Expire, Cancel, Refuse}
+var Events = []Event{Start, Requeue, Succeed, Fail, Expire, Cancel, Refuse, Advance}
 
 // Statuses lists every status, for tests and docs.
 var Statuses = []Status{Queued, Running, Succeeded, Failed, Cancelled, Expired}
@@ -80,6 +84,7 @@ var transitions = []Transition{
 	{Queued, Start, Running, 0},
 	{Running, Start, Running, 0},
 	{Running, Requeue, Queued, HandBack},
+	{Running, Advance, Queued, Ack},
 	{Queued, Succeed, Succeeded, Announce | Ack},
 	{Running, Succeed, Succeeded, Announce | Ack},
 	{Queued, Fail, Failed, WriteDeadLetter | Announce | Ack},
@@ -108,12 +113,16 @@ func Next(from Status, ev Event) (Transition, error) {
 // the transition, or an error wrapping ErrConflict, leaving rec as it
 // was.
 func (r *Record) Apply(ev Event, at time.Time, reason string) (Transition, error) {
-	t, err := Next(r.Status, ev)
+	from := r.Status
+	t, err := Next(from, ev)
 	if err != nil {
 		return t, err
 	}
 	r.Status = t.To
 	switch {
+	case ev == Start && from == Queued && r.StartedAt != nil:
+		// A pipeline job starting its next step (see Advance) keeps the
+		// time its first step started.
 	case ev == Start:
 		r.StartedAt = &at
 	case ev == Requeue:

@@ -25,6 +25,7 @@ func TestTransitions(t *testing.T) {
 		Running: {
 			Start:   {Running, 0},
 			Requeue: {Queued, HandBack},
+			Advance: {Queued, Ack},
 			Succeed: {Succeeded, Announce | Ack},
 			Fail:    {Failed, WriteDeadLetter | Announce | Ack},
 			Expire:  {Expired, Announce | Ack},
@@ -74,6 +75,8 @@ func TestApply(t *testing.T) {
 		{"start", Record{Status: Queued}, Start, "", Record{Status: Running, StartedAt: &at}, false},
 		{"start again after a crash", Record{Status: Running, StartedAt: &earlier}, Start, "", Record{Status: Running, StartedAt: &at}, false},
 		{"requeue", Record{Status: Running, StartedAt: &earlier}, Requeue, "", Record{Status: Queued}, false},
+		{"advance keeps the start", Record{Status: Running, StartedAt: &earlier}, Advance, "", Record{Status: Queued, StartedAt: &earlier}, false},
+		{"next step keeps the first start", Record{Status: Queued, StartedAt: &earlier}, Start, "", Record{Status: Running, StartedAt: &earlier}, false},
 		{"succeed", Record{Status: Running, StartedAt: &earlier}, Succeed, "", Record{Status: Succeeded, StartedAt: &earlier, FinishedAt: &at}, false},
 		{"fail with reason", Record{Status: Running}, Fail, "boom", Record{Status: Failed, FinishedAt: &at, Error: "boom"}, false},
 		{"cancel", Record{Status: Queued}, Cancel, "cancelled by request", Record{Status: Cancelled, FinishedAt: &at, Error: "cancelled by request"}, false},

@@ -90,10 +90,35 @@ type Record struct {
 	LinesFailed int `json:"lines_failed,omitempty"`
 	// ReplayOf is the failed job this one replays from the dead letters.
 	ReplayOf string `json:"replay_of,omitempty"`
+	// Steps, for a job of a pipeline, are its steps as far as they have
+	// gone, in the order they ran.
+	Steps []Step `json:"steps,omitempty"`
 	// Result is where the result of a succeeded job is stored. It is kept
 	// in the bucket and not shown to clients, who read the result through
 	// ResultURL.
 	Result *ResultRef `json:"result,omitempty"`
+}
+
+// Step is one step of a pipeline job, as its record shows it.
+type Step struct {
+	Name       string     `json:"name"`
+	Status     Status     `json:"status"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Attempts   int        `json:"attempts"`
+	Error      string     `json:"error,omitempty"`
+}
+
+// Step returns the step called name, added (queued) when the record has
+// none yet.
+func (r *Record) Step(name string) *Step {
+	for i := range r.Steps {
+		if r.Steps[i].Name == name {
+			return &r.Steps[i]
+		}
+	}
+	r.Steps = append(r.Steps, Step{Name: name, Status: Queued})
+	return &r.Steps[len(r.Steps)-1]
 }
 
 // ResultRef locates a job's V2 response: Length bytes from Offset in the

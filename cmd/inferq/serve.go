@@ -369,7 +369,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 		fleet = consumer.NewFleet(consumer.Options{
-			Runtime: rt, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
+			Runtime: rt, Catalog: catalog, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, MaxResultBytes: f.maxResultBytes, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})

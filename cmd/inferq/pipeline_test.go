@@ -1,0 +1,316 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/inferq/inferq/batching"
+	"github.com/inferq/inferq/internal/onnxbuild"
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/pipeline"
+	"github.com/inferq/inferq/record"
+	"github.com/inferq/inferq/tensor"
+)
+
+// doubleOne doubles x [1, 4]: a model whose first dimension is fixed at
+// 1, so a step of more rows runs a row at a time.
+func doubleOne() []byte {
+	m := onnxbuild.New("double_one")
+	m.Input("x", onnxbuild.Float, 1, 4)
+	m.Output("y", onnxbuild.Float, 1, 4)
+	m.Floats("two", []int64{1}, []float32{2})
+	m.Node("Mul", []string{"x", "two"}, []string{"y"})
+	return m.Bytes()
+}
+
+// chainYAML: a model fixed at one row, an operation, a batched model
+// (max batch size 2) and an operation over what it gives.
+const chainYAML = `
+inputs:
+  - {name: x, datatype: FP32, shape: [-1, 4]}
+steps:
+  - name: double
+    model: one
+    inputs: {x: $x}
+  - name: shifted
+    op: affine
+    with: {mul: 1, add: 1}
+    inputs: {x: double.y}
+  - name: sum
+    model: rowsum
+    inputs: {x: shifted.y}
+  - name: best
+    op: topk
+    with: {k: 1, axis: 0}
+    inputs: {x: sum.y}
+outputs: {total: sum.y, doubled: double.y, top: best.indices}
+`
+
+// TestPipelineThroughQueues serves a pipeline of two models and two
+// operations, each model step a job on its model's queue: the answers
+// equal the same steps run by hand (ONNX Runtime alone, the operations
+// called directly), for a step fanned out a row at a time into a model
+// fixed at one row, past a max batch size, and for one row.
+func TestPipelineThroughQueues(t *testing.T) {
+	dir := t.TempDir()
+	one, sum := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "rowsum.onnx")
+	writeFile(t, one, doubleOne())
+	writeFile(t, sum, onnxbuild.RowSum())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":    "@" + one,
+		"rowsum/1/model.onnx": "@" + sum,
+		"rowsum/config.yaml":  "max_batch_size: 2\n",
+		"chain/pipeline.yaml": chainYAML,
+		"plain/pipeline.yaml": strings.Split(chainYAML, "  - name: best")[0] + "outputs: {total: sum.y}\n",
+	})
+	s := startServe(t, repo)
+	refOne, refSum := openDirect(t, one), openDirect(t, sum)
+	affine, err := pipeline.NewOp("affine", map[string]any{"mul": 1, "add": 1}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topk, err := pipeline.NewOp("topk", map[string]any{"k": 1, "axis": 0}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byHand := func(x tensor.Tensor) []tensor.Tensor {
+		rows, err := batching.Split([]tensor.Tensor{x}, ones(int(x.Shape[0])))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doubled [][]tensor.Tensor
+		for _, r := range rows {
+			doubled = append(doubled, refOne.run(t, r))
+		}
+		d, err := batching.Stack(doubled, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shifted, err := affine.Run(map[string]tensor.Tensor{"x": d[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := shifted["y"]
+		in.Name = "x"
+		total := refSum.run(t, []tensor.Tensor{in})[0]
+		best, err := topk.Run(map[string]tensor.Tensor{"x": total})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doubledOut, totalOut, top := d[0], total, best["indices"]
+		doubledOut.Name, totalOut.Name, top.Name = "doubled", "total", "top"
+		return []tensor.Tensor{doubledOut, top, totalOut} // sorted by name
+	}
+	rng := rand.New(rand.NewPCG(3, 5))
+	for _, rows := range []int{5, 1, 3} {
+		x := floats(rng, "x", int64(rows), 4)
+		id := s.submit(t, "/v1/models/chain/jobs", requestJSON([]tensor.Tensor{x}))
+		rec := s.await(t, id, time.Minute)
+		if rec.Status != record.Succeeded {
+			t.Fatalf("%d rows: %+v", rows, rec)
+		}
+		if rec.Model != "chain" || len(rec.Steps) != 2 || rec.Steps[0].Name != "double" || rec.Steps[1].Name != "sum" {
+			t.Fatalf("%d rows: steps %+v", rows, rec.Steps)
+		}
+		for _, st := range rec.Steps {
+			if st.Status != record.Succeeded || st.Attempts != 1 || st.StartedAt == nil || st.FinishedAt == nil {
+				t.Errorf("%d rows: step %+v", rows, st)
+			}
+		}
+		got := s.result(t, id)
+		if got.ModelName != "chain" {
+			t.Errorf("result names model %q, want the pipeline", got.ModelName)
+		}
+		assertClose(t, fmt.Sprintf("chain of %d rows", rows), got.Outputs, byHand(x))
+	}
+
+	// Zero rows flow on to empty outputs.
+	id := s.submit(t, "/v1/models/plain/jobs", requestJSON([]tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{0, 4}, Data: []byte{}}}))
+	if rec := s.await(t, id, time.Minute); rec.Status != record.Succeeded {
+		t.Fatalf("zero rows: %+v", rec)
+	}
+	if out := s.result(t, id).Outputs; len(out) != 1 || tensor.FormatShape(out[0].Shape) != "[0]" {
+		t.Fatalf("zero rows gave %+v, want total of shape [0]", out)
+	}
+
+	// The synchronous call, and the pipeline's metadata.
+	x := floats(rng, "x", 2, 4)
+	r := do(t, "POST", s.url+"/v2/models/chain/infer", requestJSON([]tensor.Tensor{x}))
+	if r.code != http.StatusOK {
+		t.Fatalf("infer: %d %s", r.code, r.body)
+	}
+	resp, err := tensor.DecodeResponse(r.body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertClose(t, "infer", resp.Outputs, byHand(x))
+	var meta struct {
+		Inputs, Outputs []struct {
+			Name, Datatype string
+			Shape          []int64
+		}
+	}
+	do(t, "GET", s.url+"/v2/models/chain", nil).json(t, &meta)
+	if len(meta.Inputs) != 1 || meta.Inputs[0].Name != "x" || len(meta.Outputs) != 3 ||
+		meta.Outputs[0].Name != "doubled" || meta.Outputs[0].Datatype != "FP32" || meta.Outputs[1].Datatype != "INT64" {
+		t.Errorf("metadata %+v", meta)
+	}
+
+	// A request the declared inputs refuse is a 400 that says why.
+	bad := do(t, "POST", s.url+"/v1/models/chain/jobs", requestJSON([]tensor.Tensor{floats(rng, "x", 2, 3)}))
+	if bad.code != http.StatusBadRequest || !strings.Contains(string(bad.body), "dimension 1 must be 4") {
+		t.Errorf("a [2, 3] input: %d %s", bad.code, bad.body)
+	}
+}
+
+// TestPipelineRefusals: a pipeline that cannot be served is listed with
+// the reason, as a refused model is, and its jobs are refused.
+func TestPipelineRefusals(t *testing.T) {
+	dir := t.TempDir()
+	sum := filepath.Join(dir, "rowsum.onnx")
+	writeFile(t, sum, onnxbuild.RowSum())
+	cases := map[string]struct{ yaml, reason string }{
+		"nomodel":  {"steps: [{name: a, model: nosuch, inputs: {x: $x}}]\noutputs: {y: a.y}\n", `"nosuch" is not in the repository`},
+		"noop":     {"steps: [{name: a, op: blur, inputs: {x: $x}}]\noutputs: {y: a.y}\n", `unknown op "blur"`},
+		"badparam": {"steps: [{name: a, model: rowsum, inputs: {x: $x}}, {name: b, op: affine, with: {mul: one}, inputs: {x: a.y}}]\noutputs: {y: b.y}\n", "mul"},
+		"missing":  {"steps: [{name: a, model: rowsum, inputs: {x: c.y}}]\noutputs: {y: a.y}\n", "c.y names no step"},
+		"cycle":    {"steps: [{name: a, model: rowsum, inputs: {x: b.y}}, {name: b, op: affine, inputs: {x: a.y}}]\noutputs: {y: b.y}\n", "cycle"},
+		"opsonly":  {"steps: [{name: a, op: affine, inputs: {x: $x}}]\noutputs: {y: a.y}\n", "no model step"},
+	}
+	files := map[string]string{"rowsum/1/model.onnx": "@" + sum}
+	for name, c := range cases {
+		files[name+"/pipeline.yaml"] = c.yaml
+	}
+	s := startServe(t, testenv.ModelRepo(t, files))
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []struct{ State, Reason string }
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	reasons := map[string]string{}
+	for _, m := range list.Models {
+		if len(m.Versions) == 1 && m.Versions[0].State == "unavailable" {
+			reasons[m.Name] = m.Versions[0].Reason
+		}
+	}
+	for name, c := range cases {
+		if !strings.Contains(reasons[name], c.reason) {
+			t.Errorf("pipeline %s: refused for %q, want a reason with %q", name, reasons[name], c.reason)
+		}
+		r := do(t, "POST", s.url+"/v1/models/"+name+"/jobs", requestJSON([]tensor.Tensor{floats(rand.New(rand.NewPCG(1, 1)), "x", 1, 4)}))
+		if r.code < 400 || r.code >= 500 && r.code != http.StatusServiceUnavailable {
+			t.Errorf("a job of refused pipeline %s: %d %s", name, r.code, r.body)
+		}
+	}
+}
+
+// TestPipelineStepDeadLetterReplay: a pipeline job whose second model
+// step fails is dead-lettered under the pipeline, naming its step; once
+// that step's model is fixed, its replay resumes at that step, and the
+// step before it does not run again.
+func TestPipelineStepDeadLetterReplay(t *testing.T) {
+	dir := t.TempDir()
+	one := filepath.Join(dir, "one.onnx")
+	writeFile(t, one, doubleOne())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":   "@" + one,
+		"fives/1/model.onnx": "@" + writeTemp(t, onnxbuild.FivesSum()), // fails a width of 4
+		"fives/config.yaml":  "max_attempts: 2\n",
+		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: fives, model: fives, inputs: {x: double.y}}\noutputs: {y: fives.y}\n",
+	})
+	s := startServe(t, repo, "--model-poll", "200ms")
+	x := floats(rand.New(rand.NewPCG(2, 2)), "x", 3, 4)
+	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{x}))
+	rec := s.await(t, id, time.Minute)
+	if rec.Status != record.Failed || !strings.HasPrefix(rec.Error, "step fives (model fives): ") {
+		t.Fatalf("want failed at step fives: %+v", rec)
+	}
+	if len(rec.Steps) != 2 || rec.Steps[0].Status != record.Succeeded || rec.Steps[1].Status != record.Failed || rec.Steps[1].Attempts != 2 {
+		t.Fatalf("steps %+v", rec.Steps)
+	}
+	var letters struct {
+		DeadLetters []struct {
+			JobID string `json:"job_id"`
+			Step  string
+		} `json:"dead_letters"`
+	}
+	do(t, "GET", s.url+"/v1/models/pipe/dead-letters", nil).json(t, &letters)
+	if len(letters.DeadLetters) != 1 || letters.DeadLetters[0].JobID != id || letters.DeadLetters[0].Step != "fives" {
+		t.Fatalf("dead letters of pipe: %+v", letters)
+	}
+	// Fix the step's model: a row sum takes any width.
+	fixed := filepath.Join(repo, "fives", "2", "model.onnx")
+	writeFile(t, fixed, onnxbuild.RowSum())
+	eventually(t, 10*time.Second, "version 2 of fives loaded", func() bool {
+		return strings.Contains(string(do(t, "GET", s.url+"/v2/models/fives", nil).body), `"2"`)
+	})
+	r := do(t, "POST", s.url+"/v1/models/pipe/dead-letters/"+id+"/replay", nil)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("replay: %d %s", r.code, r.body)
+	}
+	var again record.Record
+	r.json(t, &again)
+	done := s.await(t, again.ID, time.Minute)
+	if done.Status != record.Succeeded || done.ReplayOf != id {
+		t.Fatalf("replay: %+v", done)
+	}
+	if len(done.Steps) != 2 || done.Steps[0].Name != "double" || done.Steps[1].Name != "fives" || done.Steps[1].Attempts != 1 {
+		t.Fatalf("replay steps %+v", done.Steps)
+	}
+	if ran := s.metrics(t)["inferq_step_finished_total,pipeline=pipe,status=succeeded,step=double"]; ran != 1 {
+		t.Errorf("step double ran %v times, want once: the replay resumes after it", ran)
+	}
+	want := make([]float32, 3)
+	for i := range 3 {
+		for j := range 4 {
+			want[i] += 2 * math.Float32frombits(binary.LittleEndian.Uint32(x.Data[4*(4*i+j):]))
+		}
+	}
+	got := s.result(t, again.ID).Outputs[0]
+	for i := range 3 {
+		if v := math.Float32frombits(binary.LittleEndian.Uint32(got.Data[4*i:])); math.Abs(float64(v-want[i])) > 1e-4 {
+			t.Fatalf("row %d: %g, want %g", i, v, want[i])
+		}
+	}
+}
+
+func ones(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = 1
+	}
+	return out
+}
+
+// floats is an FP32 tensor of random values.
+func floats(rng *rand.Rand, name string, shape ...int64) tensor.Tensor {
+	n := tensor.NumElements(shape)
+	data := make([]byte, 4*n)
+	for i := range n {
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(rng.Float32()*2-1))
+	}
+	return tensor.Tensor{Name: name, Datatype: tensor.FP32, Shape: shape, Data: data}
+}
+
+func writeTemp(t *testing.T, b []byte) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "*.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
+}
