@@ -30,7 +30,33 @@ var Ops = []string{"affine", "reshape", "transpose", "cast", "window", "reduce",
 // unknown operation, an unknown or missing parameter, or one of the wrong
 // kind is an error that says which.
 func NewOp(name string, with map[string]any, dir string) (Op, error) {
-	p := params{op: name, with: with, used: map[string]bool{}}
+	op, p := build(name, with, dir)
+	if op == nil {
+		return nil, fmt.Errorf("unknown op %q (built-in: %s)", name, strings.Join(Ops, ", "))
+	}
+	if err := p.finish(); err != nil {
+		return nil, err
+	}
+	if v, ok := op.(interface{ check() error }); ok {
+		if err := v.check(); err != nil {
+			return nil, fmt.Errorf("op %s: %w", name, err)
+		}
+	}
+	return op, nil
+}
+
+// Params are the parameters operation name reads, sorted: what the op
+// reference documents (a test holds the two together).
+func Params(name string) []string {
+	_, p := build(name, map[string]any{}, "")
+	return sortedKeys(p.used)
+}
+
+// build makes operation name from its parameters, noting in the params
+// returned each parameter it reads and the first error; nil for an
+// unknown operation.
+func build(name string, with map[string]any, dir string) (Op, *params) {
+	p := &params{op: name, with: with, used: map[string]bool{}}
 	var op Op
 	switch name {
 	case "affine":
@@ -60,18 +86,8 @@ func NewOp(name string, with map[string]any, dir string) (Op, error) {
 			c.dict = append(c.dict, " ")
 		}
 		op = c
-	default:
-		return nil, fmt.Errorf("unknown op %q (built-in: %s)", name, strings.Join(Ops, ", "))
 	}
-	if err := p.finish(); err != nil {
-		return nil, err
-	}
-	if v, ok := op.(interface{ check() error }); ok {
-		if err := v.check(); err != nil {
-			return nil, fmt.Errorf("op %s: %w", name, err)
-		}
-	}
-	return op, nil
+	return op, p
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -226,7 +242,11 @@ func (p *params) finish() error {
 	}
 	for k := range p.with {
 		if !p.used[k] {
-			return fmt.Errorf("op %s has no parameter %q", p.op, k)
+			known := sortedKeys(p.used)
+			if len(known) == 0 {
+				return fmt.Errorf("op %s has no parameter %q (it takes none)", p.op, k)
+			}
+			return fmt.Errorf("op %s has no parameter %q (parameters: %s)", p.op, k, strings.Join(known, ", "))
 		}
 	}
 	return nil

@@ -273,8 +273,9 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	}
 	p.inputs, _ = m.OrderedInputs(req) // Check found them all
 	switch {
-	case slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil:
-		// never shares a job
+	case m.Pipeline != nil || slices.ContainsFunc(req.Inputs, func(t tensor.Tensor) bool { return t.Object != "" }) || !m.Stackable && m.Config.Padding != nil:
+		// never shares a job (a pipeline's line is a job of its own,
+		// its model steps batched on their models' queues)
 	case !m.Stackable:
 		// Lines that cannot share a run still share a job, laid end to
 		// end whatever their shapes, and run one at a time.
@@ -293,6 +294,9 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 	}
 	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, BatchSeq: seq, Lines: len(c.Lines)})
 	job.Lines = lines
+	if job, err = s.pipelineJob(m, job); err != nil {
+		return err
+	}
 	if err := s.opts.Queue.Submit(context.WithoutCancel(r.Context()), job, rec); err != nil {
 		if errors.Is(err, jobs.ErrQueueFull) {
 			s.metrics.rejected.WithLabelValues(m.Name, "queue_full").Inc()

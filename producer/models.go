@@ -41,6 +41,31 @@ type versionJSON struct {
 	Config       model.Config `json:"config"`
 	Inputs       []ioJSON     `json:"inputs,omitempty"`
 	Outputs      []ioJSON     `json:"outputs,omitempty"`
+	// Steps, for a pipeline, are its steps in the order they run.
+	Steps []stepJSON `json:"steps,omitempty"`
+}
+
+// stepJSON is a pipeline's step as GET /v1/models shows it.
+type stepJSON struct {
+	Name     string            `json:"name"`
+	Model    string            `json:"model,omitempty"`
+	Version  int64             `json:"version,omitempty"`
+	Op       string            `json:"op,omitempty"`
+	With     map[string]any    `json:"with,omitempty"`
+	External string            `json:"external,omitempty"`
+	Inputs   map[string]string `json:"inputs"`
+}
+
+func stepsOf(m *model.Model) []stepJSON {
+	if m.Pipeline == nil {
+		return nil
+	}
+	var out []stepJSON
+	for _, i := range m.Pipeline.Order {
+		st := m.Pipeline.Spec.Steps[i]
+		out = append(out, stepJSON{Name: st.Name, Model: st.Model, Version: st.Version, Op: st.Op, With: st.With, External: st.External, Inputs: st.Inputs})
+	}
+	return out
 }
 
 type modelJSON struct {
@@ -61,7 +86,7 @@ func describe(f *model.Family) modelJSON {
 	for _, m := range f.Versions {
 		v := versionJSON{
 			Version: m.VersionString(), State: "ready", Batchable: m.Batchable, Batching: m.Batching, BatchingUnchecked: m.Unchecked, Config: m.Config,
-			Inputs: ioList(m.Inputs), Outputs: ioList(m.Outputs),
+			Inputs: ioList(m.Inputs), Outputs: ioList(m.Outputs), Steps: stepsOf(m),
 		}
 		if m.Batchable {
 			for i, in := range m.Inputs {
@@ -118,10 +143,14 @@ func (s *Server) modelMetadata(w http.ResponseWriter, r *http.Request) error {
 	for i, v := range f.Versions {
 		versions[i] = v.VersionString()
 	}
+	platform := "onnxruntime_onnx"
+	if m.Pipeline != nil {
+		platform = "inferq_pipeline"
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"name":     m.Name,
 		"versions": versions,
-		"platform": "onnxruntime_onnx",
+		"platform": platform,
 		"inputs":   ioList(m.Inputs),
 		"outputs":  ioList(m.Outputs),
 	})

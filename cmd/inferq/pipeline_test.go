@@ -164,6 +164,28 @@ func TestPipelineThroughQueues(t *testing.T) {
 		t.Errorf("metadata %+v", meta)
 	}
 
+	var list struct {
+		Models []struct {
+			Name     string
+			Versions []struct {
+				State string
+				Steps []struct{ Name, Model, Op string }
+			}
+		}
+	}
+	do(t, "GET", s.url+"/v1/models", nil).json(t, &list)
+	var steps []string
+	for _, m := range list.Models {
+		if m.Name == "chain" && len(m.Versions) == 1 && m.Versions[0].State == "ready" {
+			for _, st := range m.Versions[0].Steps {
+				steps = append(steps, st.Name+":"+st.Model+st.Op)
+			}
+		}
+	}
+	if got := strings.Join(steps, " "); got != "double:one shifted:affine sum:rowsum best:topk" {
+		t.Errorf("GET /v1/models shows chain's steps as %q", got)
+	}
+
 	// A request the declared inputs refuse is a 400 that says why.
 	bad := do(t, "POST", s.url+"/v1/models/chain/jobs", requestJSON([]tensor.Tensor{floats(rng, "x", 2, 3)}))
 	if bad.code != http.StatusBadRequest || !strings.Contains(string(bad.body), "dimension 1 must be 4") {
@@ -313,4 +335,76 @@ func writeTemp(t *testing.T, b []byte) string {
 		t.Fatal(err)
 	}
 	return f.Name()
+}
+
+// TestPipelineOfRealModels runs PaddleOCR's text direction classifier
+// inside a pipeline (scaled input, the model, top-1 with labels read from
+// the pipeline's folder), as jobs and as a batch file, and checks each
+// answer against the same steps run by hand.
+func TestPipelineOfRealModels(t *testing.T) {
+	file := testenv.ThirdParty(t, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+	ref := openDirect(t, file)
+	in, out := ref.sig.Inputs[0].Name, ref.sig.Outputs[0].Name
+	yaml := fmt.Sprintf(`inputs: [{name: image, datatype: FP32, shape: [-1, 3, 48, 192]}]
+steps:
+  - {name: scale, op: affine, with: {mul: 0.5}, inputs: {x: $image}}
+  - {name: cls, model: ocrcls, inputs: {%s: scale.y}}
+  - {name: best, op: topk, with: {k: 1, labels: labels.txt}, inputs: {x: cls.%s}}
+outputs: {probs: cls.%s, label: best.labels, score: best.values}
+`, in, out, out)
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{
+		"ocrcls/1/model.onnx":     "@" + file,
+		"ocrcls/config.yaml":      "max_batch_size: 8\nmax_queue_delay: 20ms\n",
+		"direction/pipeline.yaml": yaml,
+		"direction/labels.txt":    "0\n180\n",
+	}))
+	scale, err := pipeline.NewOp("affine", map[string]any{"mul": 0.5}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "labels.txt"), []byte("0\n180\n"))
+	best, err := pipeline.NewOp("topk", map[string]any{"k": 1, "labels": "labels.txt"}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byHand := func(x tensor.Tensor) []tensor.Tensor {
+		y, err := scale.Run(map[string]tensor.Tensor{"x": x})
+		if err != nil {
+			t.Fatal(err)
+		}
+		scaled := y["y"]
+		scaled.Name = in
+		probs := ref.run(t, []tensor.Tensor{scaled})[0]
+		top, err := best.Run(map[string]tensor.Tensor{"x": probs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		label, score := top["labels"], top["values"]
+		probs.Name, label.Name, score.Name = "probs", "label", "score"
+		return []tensor.Tensor{label, probs, score} // sorted by name
+	}
+	rng := rand.New(rand.NewPCG(7, 9))
+	var inputs [][]tensor.Tensor
+	var ids []string
+	for _, rows := range []int64{1, 3, 1, 2} {
+		x := floats(rng, "image", rows, 3, 48, 192)
+		inputs = append(inputs, []tensor.Tensor{x})
+		ids = append(ids, s.submit(t, "/v1/models/direction/jobs", requestJSON([]tensor.Tensor{x})))
+	}
+	for i, id := range ids {
+		if rec := s.await(t, id, time.Minute); rec.Status != record.Succeeded {
+			t.Fatalf("job %d: %+v", i, rec)
+		}
+		assertClose(t, fmt.Sprintf("job %d", i), s.result(t, id).Outputs, byHand(inputs[i][0]))
+	}
+	var file2 strings.Builder
+	for _, in := range inputs {
+		file2.WriteString(string(requestJSON(in)) + "\n")
+	}
+	rec := postBatch(t, s, "direction", strings.NewReader(file2.String()))
+	if rec = awaitBatch(t, s, rec.ID, 2*time.Minute); rec.Counts.Succeeded != int64(len(inputs)) {
+		t.Fatalf("batch %+v", rec)
+	}
+	assertOutputLines(t, s, rec.ID, len(inputs), func(i int) ([]tensor.Tensor, string) { return byHand(inputs[i][0]), "" })
 }
