@@ -31,115 +31,128 @@ type stepFailed struct{ error }
 func failStep(format string, args ...any) error { return stepFailed{fmt.Errorf(format, args...)} }
 
 // goOn goes on with the pipeline jobs among items whose model step ran
-// (errs[i] nil): a job with a model step left is queued for it, and
-// dropped from what the caller finishes (its entry in keep false); one at
-// its end has outputs[i] replaced by the pipeline's outputs.
+// (errs[i] nil): those with a model step left are queued for it, the set
+// in one go, and dropped from what the caller finishes (their entry in
+// keep false); one at its end has outputs[i] replaced by the pipeline's
+// outputs.
 func (w *Worker) goOn(ctx context.Context, items []*item, outputs [][]tensor.Tensor, errs []error) (keep []bool) {
 	keep = make([]bool, len(items))
+	var moving []*item
+	var next []*jobs.Job
 	for i, it := range items {
 		keep[i] = true
 		if it.job.Pipeline == nil || errs[i] != nil {
 			continue
 		}
-		final, queued, err := w.nextStep(ctx, it, outputs[i])
+		final, job, err := w.nextStep(it, outputs[i])
 		switch {
 		case err != nil:
 			errs[i] = err
-		case queued:
+		case job != nil:
 			keep[i] = false
+			moving, next = append(moving, it), append(next, job)
 		default:
 			outputs[i], it.params = final, nil
 		}
 	}
+	w.advance(ctx, moving, next)
 	return keep
 }
 
 // nextStep runs what follows a pipeline job's model step up to its next
-// model step, and queues that; or returns the pipeline's outputs. queued
-// also reports a job whose message this settled (handed back when the
-// next step could not be queued).
-func (w *Worker) nextStep(ctx context.Context, it *item, outputs []tensor.Tensor) (final []tensor.Tensor, queued bool, err error) {
+// model step, and returns that step's job; or the pipeline's outputs.
+func (w *Worker) nextStep(it *item, outputs []tensor.Tensor) (final []tensor.Tensor, next *jobs.Job, err error) {
 	step := it.job.Pipeline
 	start := time.Now()
 	defer func() {
 		w.opts.Metrics.stepSeconds.WithLabelValues(step.Pipeline, step.Name).Observe(time.Since(start).Seconds())
 	}()
 	if w.opts.Catalog == nil {
-		return nil, false, failStep("step %s: this worker was started without the model repository, which pipeline %s is read from", step.Name, step.Pipeline)
+		return nil, nil, failStep("step %s: this worker was started without the model repository, which pipeline %s is read from", step.Name, step.Pipeline)
 	}
 	m, err := w.opts.Catalog.Lookup(step.Pipeline, 0)
 	if err == nil && m.Pipeline == nil {
 		err = fmt.Errorf("%s is a model now, not a pipeline", step.Pipeline)
 	}
 	if err != nil {
-		return nil, false, failStep("step %s: pipeline %s: %v", step.Name, step.Pipeline, err)
+		return nil, nil, failStep("step %s: pipeline %s: %v", step.Name, step.Pipeline, err)
 	}
 	plan := m.Pipeline
 	st, err := pipeline.DecodeState(step.State, step.StateHeaderLen, step.Done, w.opts.Limits)
 	if err != nil {
-		return nil, false, failStep("step %s: %v", step.Name, err)
+		return nil, nil, failStep("step %s: %v", step.Name, err)
 	}
 	call, final, err := flow.Continue(plan, st, step.Name, outputs, it.params, w.opts.Catalog)
 	if err != nil {
-		return nil, false, failStep("%v", err)
+		return nil, nil, failStep("%v", err)
 	}
 	if call == nil {
-		return final, false, nil
+		return final, nil, nil
 	}
-	next, err := call.Job(plan, it.job.ID, st, it.job)
-	if err != nil {
-		return nil, false, failStep("step %s: %v", call.Step.Name, err)
+	if next, err = call.Job(plan, it.job.ID, st, it.job); err != nil {
+		return nil, nil, failStep("step %s: %v", call.Step.Name, err)
 	}
-	w.advance(ctx, it, next)
-	return nil, true, nil
+	return nil, next, nil
 }
 
-// advance records a pipeline job's step done and waiting for next, then
-// queues next and acknowledges the step's message. The record goes
-// first: a message queued for a record not yet advanced could start
-// before it and be undone by it. Should the message fail, the step is
+// advance records each pipeline job among items done with its step and
+// waiting for its next (next[i]), then queues next[i] and acknowledges
+// the step's message: each write for the whole set at once. The record
+// goes first: a message queued for a record not yet advanced could start
+// before it and be undone by it. Should a message fail, its step is
 // handed back: run again, it queues the next step once more (a repeat
 // JetStream drops within its duplicate window).
-func (w *Worker) advance(ctx context.Context, it *item, next *jobs.Job) {
+func (w *Worker) advance(ctx context.Context, items []*item, next []*jobs.Job) {
+	if len(items) == 0 {
+		return
+	}
 	now := time.Now().UTC()
-	var from *record.Record
-	if it.rec != nil {
-		c := *it.rec
-		c.Steps = slices.Clone(c.Steps)
-		from = &c
+	changes := make([]jobs.Change, len(items))
+	for i, it := range items {
+		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *record.Record) error {
+			if _, err := r.Apply(record.Advance, now, ""); err != nil {
+				return err
+			}
+			r.Steps = slices.Clone(r.Steps) // not the caller's copy's
+			s := r.Step(it.job.Pipeline.Name)
+			s.Status, s.FinishedAt, s.Attempts, s.Error = record.Succeeded, &now, max(s.Attempts, it.attempt), ""
+			r.Step(next[i].Pipeline.Name).Status = record.Queued
+			r.Attempts = 0 // the next step's, from none
+			if r.Worker == "" {
+				r.Worker = w.opts.Name
+			}
+			return nil
+		}}
 	}
-	rec, rev, err := w.opts.Queue.Records.UpdateFrom(ctx, it.job.ID, from, it.rev, func(r *record.Record) error {
-		if _, err := r.Apply(record.Advance, now, ""); err != nil {
-			return err
+	var moved []*item
+	var jobsOut []*jobs.Job
+	var recs []*record.Record
+	var revs []uint64
+	for i, c := range w.opts.Queue.Records.UpdateAll(ctx, changes) {
+		it := items[i]
+		switch {
+		case errors.Is(c.Err, record.ErrConflict), errors.Is(c.Err, jobs.ErrJobNotFound):
+			w.settle(it.msg, done, 0) // ended meanwhile
+		case c.Err != nil:
+			w.log.Warn("could not record a pipeline step done; it will run again", "job", it.job.ID, "step", it.job.Pipeline.Name, "err", c.Err)
+			w.settle(it.msg, handBack, w.backoff(it.attempt))
+		default:
+			moved, jobsOut, recs, revs = append(moved, it), append(jobsOut, next[i]), append(recs, c.Rec), append(revs, c.Rev)
 		}
-		s := r.Step(it.job.Pipeline.Name)
-		s.Status, s.FinishedAt, s.Attempts, s.Error = record.Succeeded, &now, max(s.Attempts, it.attempt), ""
-		r.Step(next.Pipeline.Name).Status = record.Queued
-		r.Attempts = 0 // the next step's, from none
-		if r.Worker == "" {
-			r.Worker = w.opts.Name
+	}
+	for i, err := range w.opts.Queue.PublishSteps(ctx, jobsOut, recs, revs) {
+		it := moved[i]
+		if err != nil {
+			w.log.Warn("could not queue a pipeline job's next step; its step will run again", "job", it.job.ID, "step", jobsOut[i].Pipeline.Name, "err", err)
+			w.settle(it.msg, handBack, w.backoff(it.attempt))
+			continue
 		}
-		return nil
-	})
-	switch {
-	case errors.Is(err, record.ErrConflict), errors.Is(err, jobs.ErrJobNotFound):
-		w.settle(it.msg, done, 0) // ended meanwhile
-		return
-	case err != nil:
-		w.log.Warn("could not record a pipeline step done; it will run again", "job", it.job.ID, "step", it.job.Pipeline.Name, "err", err)
-		w.settle(it.msg, handBack, w.backoff(it.attempt))
-		return
+		w.opts.Metrics.steps.WithLabelValues(it.job.Pipeline.Pipeline, it.job.Pipeline.Name, string(record.Succeeded)).Inc()
+		if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
+			w.log.Warn("could not delete a pipeline step's payload", "job", it.job.ID, "err", err)
+		}
+		w.settle(it.msg, done, 0)
 	}
-	if err := w.opts.Queue.PublishStep(ctx, next, rec, rev); err != nil {
-		w.log.Warn("could not queue a pipeline job's next step; its step will run again", "job", it.job.ID, "step", next.Pipeline.Name, "err", err)
-		w.settle(it.msg, handBack, w.backoff(it.attempt))
-		return
-	}
-	w.opts.Metrics.steps.WithLabelValues(it.job.Pipeline.Pipeline, it.job.Pipeline.Name, string(record.Succeeded)).Inc()
-	if err := w.opts.Queue.DropPayload(ctx, it.msg.Headers()); err != nil {
-		w.log.Warn("could not delete a pipeline step's payload", "job", it.job.ID, "err", err)
-	}
-	w.settle(it.msg, done, 0)
 }
 
 // startStep notes in r that a pipeline job's model step starts its

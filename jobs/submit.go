@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -189,32 +190,49 @@ func msgID(msg *nats.Msg, id string) string {
 	return id
 }
 
-// PublishStep queues the next model step of a pipeline job whose record,
-// at rev, says it waits for that step (record.Advance): the record
-// travels with the message, as Submit's does. A step published twice
-// within the duplicate window is kept once.
-func (q *Queue) PublishStep(ctx context.Context, job *Job, rec *record.Record, rev uint64) error {
-	msg, err := q.message(ctx, job)
-	if err != nil {
-		return err
-	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode record %s: %w", rec.ID, err)
-	}
-	msg.Header.Set(HeaderRecord, string(b))
-	msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(rev, 10))
-	err = tryUntil(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
-		_, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(job.MsgID()), jetstream.WithExpectStream(RequestStream))
-		return err
-	})
-	if err != nil {
-		if isFull(err) {
-			return fmt.Errorf("queue step %s of job %s: %w", job.Pipeline.Name, job.ID, ErrQueueFull)
+// PublishSteps queues the next model step of pipeline jobs whose records,
+// at revs, say they wait for it (record.Advance), all at once: each
+// record travels with its message, as Submit's does. A step published
+// twice within the duplicate window is kept once. It returns an error
+// per job.
+func (q *Queue) PublishSteps(ctx context.Context, steps []*Job, recs []*record.Record, revs []uint64) []error {
+	errs := make([]error, len(steps))
+	acks := make([]jetstream.PubAckFuture, len(steps))
+	msgs := make([]*nats.Msg, len(steps))
+	for i, job := range steps {
+		msg, err := q.message(ctx, job)
+		if err == nil {
+			var b []byte
+			if b, err = json.Marshal(recs[i]); err == nil {
+				msg.Header.Set(HeaderRecord, string(b))
+				msg.Header.Set(HeaderRecordRevision, strconv.FormatUint(revs[i], 10))
+				msgs[i] = msg
+				acks[i], err = q.js.PublishMsgAsync(msg, jetstream.WithMsgID(job.MsgID()), jetstream.WithExpectStream(RequestStream))
+			}
 		}
-		return fmt.Errorf("queue step %s of job %s: %w", job.Pipeline.Name, job.ID, err)
+		errs[i] = err
 	}
-	return nil
+	wctx, cancel := context.WithTimeout(ctx, cmp.Or(q.ackTimeout, AckTimeout))
+	defer cancel()
+	for i, a := range acks {
+		if a != nil {
+			_, errs[i] = wait(wctx, a)
+		}
+		if errs[i] != nil && msgs[i] != nil {
+			// One at a time, then, with the retries a lost answer needs.
+			errs[i] = tryUntil(ctx, time.Now().Add(enqueueBudget), func(ctx context.Context, _ bool) error {
+				_, err := q.js.PublishMsg(ctx, msgs[i], jetstream.WithMsgID(steps[i].MsgID()), jetstream.WithExpectStream(RequestStream))
+				return err
+			})
+		}
+		if errs[i] != nil {
+			if isFull(errs[i]) {
+				errs[i] = ErrQueueFull
+			}
+			errs[i] = fmt.Errorf("queue step %s of job %s: %w", steps[i].Pipeline.Name, steps[i].ID, errs[i])
+		}
+	}
+	return errs
 }
 
 // enqueue stores the record of a new job and publishes its message, with
