@@ -8,6 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/pipeline"
@@ -64,7 +68,13 @@ func (w *Worker) goOn(ctx context.Context, items []*item, outputs [][]tensor.Ten
 func (w *Worker) nextStep(it *item, outputs []tensor.Tensor) (final []tensor.Tensor, next *jobs.Job, err error) {
 	step := it.job.Pipeline
 	start := time.Now()
+	_, span := w.tracer.Start(it.trace, "inferq.pipeline_continue", trace.WithAttributes(
+		attribute.String("inferq.job", it.job.ID), attribute.String("inferq.pipeline", step.Pipeline), attribute.String("inferq.step", step.Name)))
 	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
 		w.opts.Metrics.stepSeconds.WithLabelValues(step.Pipeline, step.Name).Observe(time.Since(start).Seconds())
 	}()
 	if w.opts.Catalog == nil {

@@ -27,13 +27,19 @@ func (w *Worker) traceAdmit(it *item, m jetstream.Msg) {
 	it.admitted = time.Now()
 	it.trace = tracing.Extract(context.Background(), m.Headers())
 	queued := it.admitted
-	if it.job.Record != nil {
+	attrs := []attribute.KeyValue{attribute.String("inferq.job", it.job.ID), attribute.String("inferq.model", w.name)}
+	if p := it.job.Pipeline; p != nil {
+		// A pipeline's later step waited since its message, not its job.
+		attrs = append(attrs, attribute.String("inferq.pipeline", p.Pipeline), attribute.String("inferq.step", p.Name))
+		if meta, err := m.Metadata(); err == nil {
+			queued = meta.Timestamp
+		}
+	} else if it.job.Record != nil {
 		queued = it.job.Record.CreatedAt
 	} else if meta, err := m.Metadata(); err == nil {
 		queued = meta.Timestamp
 	}
-	_, span := w.tracer.Start(it.trace, "inferq.queue_wait", trace.WithTimestamp(queued),
-		trace.WithAttributes(attribute.String("inferq.job", it.job.ID), attribute.String("inferq.model", w.name)))
+	_, span := w.tracer.Start(it.trace, "inferq.queue_wait", trace.WithTimestamp(queued), trace.WithAttributes(attrs...))
 	span.End(trace.WithTimestamp(it.admitted))
 }
 

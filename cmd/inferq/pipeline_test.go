@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,4 +408,115 @@ outputs: {probs: cls.%s, label: best.labels, score: best.values}
 		t.Fatalf("batch %+v", rec)
 	}
 	assertOutputLines(t, s, rec.ID, len(inputs), func(i int) ([]tensor.Tensor, string) { return byHand(inputs[i][0]), "" })
+}
+
+// TestPipelineStepRetry: a model step that fails is retried by its
+// model's max_attempts, and the job goes on once it succeeds; here the
+// step's model is fixed (a new version) after its first failure.
+func TestPipelineStepRetry(t *testing.T) {
+	dir := t.TempDir()
+	one := filepath.Join(dir, "one.onnx")
+	writeFile(t, one, doubleOne())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":   "@" + one,
+		"fives/1/model.onnx": "@" + writeTemp(t, onnxbuild.FivesSum()), // fails a width of 4
+		"fives/config.yaml":  "max_attempts: 10\n",
+		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: fives, model: fives, inputs: {x: double.y}}\noutputs: {y: fives.y}\n",
+	})
+	s := startServe(t, repo, "--model-poll", "100ms")
+	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{floats(rand.New(rand.NewPCG(2, 3)), "x", 2, 4)}))
+	eventually(t, 30*time.Second, "the step's first failure", func() bool {
+		return s.metrics(t)["inferq_failed_runs_total,model=fives"] >= 1
+	})
+	writeFile(t, filepath.Join(repo, "fives", "2", "model.onnx"), onnxbuild.RowSum())
+	rec := s.await(t, id, time.Minute)
+	if rec.Status != record.Succeeded || len(rec.Steps) != 2 {
+		t.Fatalf("%+v", rec)
+	}
+	if st := rec.Steps[1]; st.Name != "fives" || st.Attempts < 2 || st.Error != "" || rec.Steps[0].Attempts != 1 {
+		t.Fatalf("steps %+v: want fives retried, double run once", rec.Steps)
+	}
+}
+
+// TestPipelineCancelBetweenSteps: a pipeline job waiting for its next
+// model step is queued again, and a cancel stops it there.
+func TestPipelineCancelBetweenSteps(t *testing.T) {
+	dir := t.TempDir()
+	one, sum := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "rowsum.onnx")
+	writeFile(t, one, doubleOne())
+	writeFile(t, sum, onnxbuild.RowSum())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":    "@" + one,
+		"rowsum/1/model.onnx": "@" + sum,
+		"pipe/pipeline.yaml":  "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: sum, model: rowsum, inputs: {x: double.y}}\noutputs: {y: sum.y}\n",
+	})
+	// No worker serves rowsum: the job waits at its second step.
+	s := startServe(t, repo, "--only", "one")
+	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{floats(rand.New(rand.NewPCG(2, 4)), "x", 2, 4)}))
+	var rec record.Record
+	eventually(t, 30*time.Second, "the job waiting at step sum", func() bool {
+		do(t, "GET", s.url+"/v1/jobs/"+id, nil).json(t, &rec)
+		return rec.Status == record.Queued && len(rec.Steps) == 2 && rec.Steps[0].Status == record.Succeeded && rec.Steps[1].Status == record.Queued
+	})
+	if rec.StartedAt == nil {
+		t.Errorf("a job between steps lost its start time: %+v", rec)
+	}
+	if r := do(t, "DELETE", s.url+"/v1/jobs/"+id, nil); r.code != http.StatusOK {
+		t.Fatalf("cancel between steps: %d %s", r.code, r.body)
+	}
+	if got := s.await(t, id, 10*time.Second); got.Status != record.Cancelled {
+		t.Fatalf("%+v", got)
+	}
+}
+
+// TestPipelineWorkerKilledMidLoad: the worker process of a pipeline's
+// second model is killed (SIGKILL) while it holds steps; a new one takes
+// them. Every job ends succeeded, its first step run once: nothing lost,
+// nothing run again that had finished.
+func TestPipelineWorkerKilledMidLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	dir := t.TempDir()
+	one, slow := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "slow.onnx")
+	writeFile(t, one, doubleOne())
+	writeFile(t, slow, onnxbuild.Repeat(4, 1000, 3)) // [-1, 4]: a few ms a run
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":   "@" + one,
+		"slow/1/model.onnx":  "@" + slow,
+		"slow/config.yaml":   "max_batch_size: 4\nintra_op_threads: 1\n",
+		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: slow, model: slow, inputs: {x: double.y}}\noutputs: {y: slow.y}\n",
+	})
+	objects := t.TempDir()
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
+	s := startAPI(t, common...)
+	worker := append(common, "--ack-wait", "2s", "--only")
+	startWorkerProcess(t, append(worker, "one")...)
+	victim := startWorkerProcess(t, append(worker, "slow")...)
+	rng := rand.New(rand.NewPCG(5, 5))
+	ids := make([]string, 60)
+	for i := range ids {
+		ids[i] = s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{floats(rng, "x", 1, 4)}))
+	}
+	eventually(t, time.Minute, "a few jobs done", func() bool {
+		var rec record.Record
+		do(t, "GET", s.url+"/v1/jobs/"+ids[5], nil).json(t, &rec)
+		return rec.Status == record.Succeeded
+	})
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	startWorkerProcess(t, append(worker, "slow")...)
+	retried := 0
+	for _, id := range ids {
+		rec := s.await(t, id, 2*time.Minute)
+		if rec.Status != record.Succeeded || len(rec.Steps) != 2 || rec.Steps[0].Attempts != 1 {
+			t.Fatalf("job %s: %+v", id, rec)
+		}
+		if rec.Steps[1].Attempts > 1 {
+			retried++
+		}
+	}
+	t.Logf("%d of %d jobs had their second step run again after the kill", retried, len(ids))
 }
