@@ -3,14 +3,18 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/inferq/inferq/batching"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/tensor"
@@ -141,20 +145,46 @@ func benchPipeline(b *testing.B, depth int) {
 	loop := n / time.Since(start).Seconds()
 
 	// Through inferq.
-	s, _ := benchServer(b, testenv.ModelRepo(b, map[string]string{
+	s, nc := benchServer(b, testenv.ModelRepo(b, map[string]string{
 		"first/1/model.onnx":  "@" + first,
 		"second/1/model.onnx": "@" + second,
 		"pipe/pipeline.yaml":  benchPipelineYAML,
 	}))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Messages each stream took: requests (a model step each), records
+	// (record writes) and results (announcements).
+	lastSeqs := func() (seqs [3]uint64) {
+		for i, name := range []string{jobs.RequestStream, "KV_" + jobs.RecordBucket, jobs.ResultStream} {
+			st, err := js.Stream(context.Background(), name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			info, err := st.Info(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			seqs[i] = info.State.LastSeq
+		}
+		return seqs
+	}
 	var queued float64
+	var before, after [3]uint64
 	for range b.N {
+		before = lastSeqs()
 		rec, uploaded, elapsed := runBatchFile(b, s, "pipe", data)
 		if rec.Counts.Succeeded != n {
 			b.Fatalf("batch %+v", rec)
 		}
 		queued = n / elapsed.Seconds()
 		b.Logf("%d items, uploaded and queued in %v, finished after %v", n, uploaded.Round(time.Millisecond), elapsed.Round(time.Millisecond))
+		after = lastSeqs()
 	}
+	b.ReportMetric(float64(after[0]-before[0])/n, "step_msgs/item")
+	b.ReportMetric(float64(after[1]-before[1])/n, "record_writes/item")
+	b.ReportMetric(float64(after[2]-before[2])/n, "announcements/item")
 	m := s.metricsB(b)
 	b.ReportMetric(loop, "loop_items/s")
 	b.ReportMetric(queued, "pipeline_items/s")
