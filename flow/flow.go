@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/jobs"
@@ -69,8 +71,14 @@ func next(plan *pipeline.Plan, st *pipeline.State, models Models, queueEmpty boo
 		if err != nil || next == nil {
 			return nil, outputs, err
 		}
-		if next.Step.Kind() != "model" {
-			return nil, nil, fmt.Errorf("step %s: only model steps and operations are run by this release", next.Step.Name)
+		if next.Step.Kind() == "external" {
+			// User code takes the step's inputs as they are, by the
+			// step's names, on its own subject (see ExternalModel).
+			req := &tensor.Request{}
+			for _, name := range slices.Sorted(maps.Keys(next.Inputs)) {
+				req.Inputs = append(req.Inputs, next.Inputs[name])
+			}
+			return &Call{Step: next.Step, Request: req}, nil, nil
 		}
 		m, err := models.Lookup(next.Step.Model, next.Step.Version)
 		if err != nil {
@@ -223,6 +231,11 @@ func Join(outputs []tensor.Tensor, params json.RawMessage) ([]tensor.Tensor, err
 	return joined, nil
 }
 
+// ExternalModel is the queue name of a step run by user code: its
+// messages go on this "model"'s subject, leased over HTTP. A pipeline's
+// name and a step's hold no ':', so it names no model.
+func ExternalModel(pipeline, step string) string { return pipeline + ":" + step }
+
 // Job is the message of a call: a job on the step's model queue that
 // carries the pipeline job's id, its state and the steps done.
 func (c *Call) Job(plan *pipeline.Plan, id string, st *pipeline.State, base *jobs.Job) (*jobs.Job, error) {
@@ -231,16 +244,23 @@ func (c *Call) Job(plan *pipeline.Plan, id string, st *pipeline.State, base *job
 	if err != nil {
 		return nil, err
 	}
-	if c.Step == nil || c.Model == nil {
+	if c.Step == nil || c.Model == nil && c.Step.Kind() != "external" {
 		return nil, errors.New("flow: a call without its step or model")
 	}
-	job := &jobs.Job{ID: id, Model: c.Model.Name, Request: c.Request, Lines: c.Lines,
+	name := ExternalModel(plan.Name, c.Step.Name)
+	if c.Model != nil {
+		name = c.Model.Name
+	}
+	job := &jobs.Job{ID: id, Model: name, Request: c.Request, Lines: c.Lines,
 		Pipeline: &jobs.Step{Pipeline: plan.Name, Name: c.Step.Name, Done: done, State: state, StateHeaderLen: stateHeader}}
 	if c.Step.Version != 0 {
 		job.Version = c.Step.Version
 	}
 	if base != nil {
-		job.Priority, job.Trace = base.Priority, base.Trace
+		job.Trace = base.Trace
+		if c.Model != nil {
+			job.Priority = base.Priority // user code leases one subject
+		}
 		switch {
 		case base.Pipeline != nil:
 			job.Pipeline.Outputs = base.Pipeline.Outputs

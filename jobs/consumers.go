@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -159,4 +160,25 @@ func (q *Queue) Depth(ctx context.Context, model string) (Depth, error) {
 		d.InFlight += info.NumAckPending
 	}
 	return d, nil
+}
+
+// RequestMsg reads the job message at seq of the request stream (one
+// delivered and not yet acknowledged: a leased step's).
+func (q *Queue) RequestMsg(ctx context.Context, seq uint64) (*jetstream.RawStreamMsg, error) {
+	s, err := q.js.Stream(ctx, RequestStream)
+	if err != nil {
+		return nil, err
+	}
+	return s.GetMsg(ctx, seq)
+}
+
+// SettleReply settles a delivered job message by its reply subject, as
+// the holder of the message would: "+ACK", "-NAK" or "-NAK {\"delay\":
+// ns}", waiting for the server to confirm.
+func (q *Queue) SettleReply(ctx context.Context, reply, how string) error {
+	if !strings.HasPrefix(reply, "$JS.ACK.") {
+		return fmt.Errorf("%q is not a JetStream reply subject", reply)
+	}
+	_, err := q.js.Conn().RequestWithContext(ctx, reply, []byte(how))
+	return err
 }

@@ -62,7 +62,12 @@ func setupDeadLetters(ctx context.Context, js jetstream.JetStream, opts Options)
 // failed: if it errs, leave the job to be redelivered, so that no failed
 // job goes without its letter.
 func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
-	h := msg.Headers()
+	return q.DeadLetterOf(ctx, msg.Headers(), msg.Data(), msg.Subject(), reason, attempts)
+}
+
+// DeadLetterOf is DeadLetter of a message read from the stream by its
+// parts (a step leased to user code, answered later).
+func (q *Queue) DeadLetterOf(ctx context.Context, h nats.Header, data []byte, subject, reason string, attempts int) error {
 	id, model := h.Get(HeaderJobID), h.Get(HeaderModel)
 	if p := h.Get(HeaderPipeline); p != "" {
 		model = p // a pipeline job's letter is its pipeline's, naming the step
@@ -73,7 +78,7 @@ func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string
 		return nil
 	}
 	out := nats.NewMsg(DeadLetterSubject(model, id))
-	out.Data = msg.Data()
+	out.Data = data
 	for k, v := range h {
 		if k == HeaderRecordRevision || strings.HasPrefix(k, "Nats-") {
 			continue
@@ -83,7 +88,7 @@ func (q *Queue) DeadLetter(ctx context.Context, msg jetstream.Msg, reason string
 	out.Header.Set(HeaderError, headerValue(reason))
 	out.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
 	out.Header.Set(HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
-	out.Header.Set(HeaderSubject, msg.Subject())
+	out.Header.Set(HeaderSubject, subject)
 	_, err := q.js.PublishMsg(ctx, out, jetstream.WithMsgID("dead-"+id), jetstream.WithExpectStream(DeadLetterStream))
 	if err != nil {
 		return fmt.Errorf("dead-letter job %s: %w", id, err)

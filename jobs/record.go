@@ -89,6 +89,11 @@ func (r *Records) Get(ctx context.Context, id string) (*record.Record, error) {
 	return rec, err
 }
 
+// GetRev is Get with the record's revision, for UpdateFrom.
+func (r *Records) GetRev(ctx context.Context, id string) (*record.Record, uint64, error) {
+	return r.get(ctx, id)
+}
+
 func (r *Records) get(ctx context.Context, id string) (*record.Record, uint64, error) {
 	e, err := r.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {

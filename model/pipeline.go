@@ -80,21 +80,15 @@ func loadPipeline(dir, name string, r *Repository, prev *Family) (*Family, error
 	return f, nil
 }
 
-// servable refuses what this release does not run yet.
+// servable refuses a pipeline with no queued step: operations alone are
+// not queued work.
 func servable(p *pipeline.Plan) error {
-	models := 0
 	for _, st := range p.Spec.Steps {
-		switch st.Kind() {
-		case "model":
-			models++
-		case "external":
-			return fmt.Errorf("step %q: steps run by user code (external) are not served by this release; use a model or an op", st.Name)
+		if st.Kind() != "op" {
+			return nil
 		}
 	}
-	if models == 0 {
-		return errors.New("pipeline has no model step: its operations alone are not queued work; call a model in at least one step")
-	}
-	return nil
+	return errors.New("pipeline has no model step: its operations alone are not queued work; call a model (or user code, external) in at least one step")
 }
 
 // outputSpec is what a pipeline's output is known to be from the step

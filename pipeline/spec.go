@@ -18,10 +18,12 @@
 package pipeline
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -55,8 +57,12 @@ type Step struct {
 	// Op names a built-in operation, with its parameters in With.
 	Op   string         `yaml:"op"`
 	With map[string]any `yaml:"with"`
-	// External names a step run by user code over HTTP leases.
-	External string `yaml:"external"`
+	// External names a step run by user code over HTTP leases, with how
+	// long a lease may go unanswered before the step is offered again
+	// (default 60s) and the attempts it gets (default 3).
+	External     string        `yaml:"external"`
+	LeaseTimeout time.Duration `yaml:"lease_timeout"`
+	MaxAttempts  int           `yaml:"max_attempts"`
 	// Inputs map the step's input names to a pipeline input ("$name") or
 	// another step's output ("step.output").
 	Inputs map[string]string `yaml:"inputs"`
@@ -176,6 +182,12 @@ func Check(s *Spec, models Models, dir string) (*Plan, error) {
 		if len(st.Inputs) == 0 {
 			return nil, fmt.Errorf("step %q has no inputs", st.Name)
 		}
+		switch {
+		case st.External == "" && (st.LeaseTimeout != 0 || st.MaxAttempts != 0):
+			return nil, fmt.Errorf("step %q: lease_timeout and max_attempts are for steps run by user code (external); a model step is retried by its model's max_attempts", st.Name)
+		case st.LeaseTimeout < 0 || st.MaxAttempts < 0:
+			return nil, fmt.Errorf("step %q: lease_timeout and max_attempts must not be negative", st.Name)
+		}
 		switch st.Kind() {
 		case "model":
 			ins, outs, err := models.IONames(st.Model, st.Version)
@@ -288,4 +300,10 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// Lease is how long user code may hold a lease of an external step, and
+// the attempts the step gets, with their defaults.
+func (s *Step) Lease() (timeout time.Duration, attempts int) {
+	return cmp.Or(s.LeaseTimeout, 60*time.Second), cmp.Or(s.MaxAttempts, 3)
 }

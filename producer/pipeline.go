@@ -1,12 +1,26 @@
 package producer
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/lease"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/tensor"
 )
+
+// Leases hands pipeline steps run by user code to it and takes its
+// answers; *lease.Leaser is one.
+type Leases interface {
+	Take(ctx context.Context, pipeline, step string, wait time.Duration) (*lease.Lease, error)
+	Answer(ctx context.Context, id string, outputs []tensor.Tensor, errMsg string, may func(pipeline string) bool) error
+}
 
 // pipelineJob is, for a job of a pipeline, the job of its first model
 // step: the operations before that step run here, at submission, so
@@ -28,4 +42,80 @@ func (s *Server) pipelineJob(m *model.Model, job *jobs.Job) (*jobs.Job, error) {
 		return nil, errorf(http.StatusBadRequest, "pipeline %s: %v", m.Name, err)
 	}
 	return step, nil
+}
+
+// takeLease: POST /v1/pipelines/{pipeline}/steps/{step}/leases?wait=10s.
+func (s *Server) takeLease(w http.ResponseWriter, r *http.Request) error {
+	if s.opts.Leases == nil {
+		return errorf(http.StatusNotFound, "steps run by user code are not served here")
+	}
+	name := r.PathValue("pipeline")
+	if err := allow(r, name); err != nil {
+		return err
+	}
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return errorf(http.StatusBadRequest, "wait %q: want a duration such as 10s", v)
+		}
+		wait = min(d, s.opts.MaxWait)
+	}
+	l, err := s.opts.Leases.Take(r.Context(), name, r.PathValue("step"), wait)
+	switch {
+	case errors.Is(err, lease.ErrNotFound):
+		return errorf(http.StatusNotFound, "%v", err)
+	case err != nil:
+		s.log.Warn("lease a step", "pipeline", name, "step", r.PathValue("step"), "err", err)
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the queue is unavailable; retry later"}
+	case l == nil:
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"lease": l.ID, "job": l.Job, "attempt": l.Attempt, "deadline": l.Deadline,
+		"request": json.RawMessage(l.Request.AppendJSON(nil)),
+	})
+	return nil
+}
+
+// answerLease: POST /v1/leases/{lease}, a V2 response of the step's
+// outputs or {"error": "..."}.
+func (s *Server) answerLease(w http.ResponseWriter, r *http.Request) error {
+	if s.opts.Leases == nil {
+		return errorf(http.StatusNotFound, "steps run by user code are not served here")
+	}
+	body, err := readBody(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes), r.ContentLength)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "read the answer: %v", err)
+	}
+	var failed struct {
+		Error *string `json:"error"`
+	}
+	var outputs []tensor.Tensor
+	errMsg := ""
+	if json.Unmarshal(body, &failed) == nil && failed.Error != nil {
+		if errMsg = *failed.Error; errMsg == "" {
+			errMsg = "user code failed and said nothing more"
+		}
+	} else {
+		resp, err := tensor.DecodeResponse(body)
+		if err != nil {
+			return errorf(http.StatusBadRequest, "the answer is neither a V2 response of the step's outputs nor {\"error\": ...}: %v", err)
+		}
+		outputs = resp.Outputs
+	}
+	may := func(p string) bool { return mayUse(r.Context(), p) }
+	err = s.opts.Leases.Answer(r.Context(), r.PathValue("lease"), outputs, errMsg, may)
+	switch {
+	case errors.Is(err, lease.ErrUnknownLease):
+		return errorf(http.StatusNotFound, "unknown or expired lease: it was answered, or not answered within the step's lease_timeout and offered again")
+	case errors.Is(err, lease.ErrBadAnswer):
+		return errorf(http.StatusBadRequest, "%v", err)
+	case err != nil:
+		s.log.Warn("answer a lease", "err", err)
+		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: fmt.Sprintf("the answer could not be taken; answer again: %v", err)}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"accepted": true})
+	return nil
 }

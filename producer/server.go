@@ -104,6 +104,9 @@ type Options struct {
 	// DeadLetters keeps failed jobs for inspection and replay; without it
 	// the dead-letter routes answer 404.
 	DeadLetters DeadLetters
+	// Leases hands pipeline steps run by user code to it; without it the
+	// lease routes answer 404.
+	Leases Leases
 	// Stream follows models' finished jobs, for GET
 	// /v1/models/{model}/results; *jobs.Queue is one.
 	Stream ResultStream
@@ -261,6 +264,8 @@ func (s *Server) routes() {
 	handle("POST /v1/models/{model}/monitoring/baseline", s.setBaseline)
 	handle("GET /v1/models/{model}/dead-letters", s.listDeadLetters)
 	handle("POST /v1/models/{model}/dead-letters/{id}/replay", s.replayDeadLetter)
+	handle("POST /v1/pipelines/{pipeline}/steps/{step}/leases", s.takeLease)
+	handle("POST /v1/leases/{lease}", s.answerLease)
 	handle("GET /v1/models", s.listModels)
 	handle("GET /v2/models/{model}", s.modelMetadata)
 	handle("GET /v2/models/{model}/versions/{version}", s.modelMetadata)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -519,4 +521,109 @@ func TestPipelineWorkerKilledMidLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d jobs had their second step run again after the kill", retried, len(ids))
+}
+
+// TestPipelineExternalStep: the middle step of a pipeline is run by user
+// code over HTTP leases: a lease carries the step's inputs, an answer
+// moves the job on; an error answer and a lease left to expire are each
+// an attempt, the step offered again; a lease answered late, or made
+// up, is a 404.
+func TestPipelineExternalStep(t *testing.T) {
+	dir := t.TempDir()
+	one, sum := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "rowsum.onnx")
+	writeFile(t, one, doubleOne())
+	writeFile(t, sum, onnxbuild.RowSum())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"one/1/model.onnx":    "@" + one,
+		"rowsum/1/model.onnx": "@" + sum,
+		"pipe/pipeline.yaml": `steps:
+  - {name: double, model: one, inputs: {x: $x}}
+  - {name: triple, external: triple, lease_timeout: 1s, max_attempts: 4, inputs: {v: double.y}}
+  - {name: sum, model: rowsum, inputs: {x: triple.w}}
+outputs: {total: sum.y, tripled: triple.w}
+`,
+	})
+	s := startServe(t, repo)
+	leases := s.url + "/v1/pipelines/pipe/steps/triple/leases"
+	if r := do(t, "POST", leases, nil); r.code != http.StatusNoContent {
+		t.Fatalf("a lease with nothing queued: %d %s", r.code, r.body)
+	}
+	if r := do(t, "POST", s.url+"/v1/pipelines/pipe/steps/double/leases", nil); r.code != http.StatusNotFound {
+		t.Errorf("a lease of a model step: %d %s", r.code, r.body)
+	}
+	x := floats(rand.New(rand.NewPCG(6, 6)), "x", 3, 4)
+	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{x}))
+	type leased struct {
+		Lease, Job string
+		Attempt    int
+		Request    json.RawMessage
+	}
+	take := func() leased {
+		t.Helper()
+		var l leased
+		eventually(t, 30*time.Second, "a lease", func() bool {
+			r := do(t, "POST", leases+"?wait=2s", nil)
+			if r.code == http.StatusOK {
+				r.json(t, &l)
+				return true
+			}
+			if r.code != http.StatusNoContent {
+				t.Fatalf("lease: %d %s", r.code, r.body)
+			}
+			return false
+		})
+		return l
+	}
+	// First attempt: an error.
+	l := take()
+	if l.Job != id || l.Attempt != 1 {
+		t.Fatalf("lease %+v", l)
+	}
+	if r := do(t, "POST", s.url+"/v1/leases/"+l.Lease, []byte(`{"error":"out of GPU memory"}`)); r.code != http.StatusOK {
+		t.Fatalf("an error answer: %d %s", r.code, r.body)
+	}
+	// Second: left to expire (lease_timeout 1s).
+	if l = take(); l.Attempt != 2 {
+		t.Fatalf("after an error answer: %+v", l)
+	}
+	expired := l.Lease
+	// Third: answered.
+	if l = take(); l.Attempt != 3 {
+		t.Fatalf("after an expired lease: %+v", l)
+	}
+	if r := do(t, "POST", s.url+"/v1/leases/"+expired, []byte(`{"error":"late"}`)); r.code != http.StatusNotFound {
+		t.Errorf("an expired lease answered: %d %s", r.code, r.body)
+	}
+	if r := do(t, "POST", s.url+"/v1/leases/bm90LWEtbGVhc2U", []byte(`{"error":"x"}`)); r.code != http.StatusNotFound {
+		t.Errorf("a made-up lease: %d %s", r.code, r.body)
+	}
+	req, err := tensor.DecodeRequest(l.Request, tensor.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req.Inputs) != 1 || req.Inputs[0].Name != "v" || tensor.FormatShape(req.Inputs[0].Shape) != "[3 4]" {
+		t.Fatalf("the lease's request %+v", req.Inputs)
+	}
+	w := req.Inputs[0]
+	w.Name, w.Data = "w", slices.Clone(w.Data)
+	for i := 0; i < len(w.Data); i += 4 {
+		binary.LittleEndian.PutUint32(w.Data[i:], math.Float32bits(3*math.Float32frombits(binary.LittleEndian.Uint32(w.Data[i:]))))
+	}
+	if r := do(t, "POST", s.url+"/v1/leases/"+l.Lease, (&tensor.Response{Outputs: []tensor.Tensor{w}}).AppendJSON(nil)); r.code != http.StatusOK {
+		t.Fatalf("answer: %d %s", r.code, r.body)
+	}
+	rec := s.await(t, id, time.Minute)
+	if rec.Status != record.Succeeded || len(rec.Steps) != 3 || rec.Steps[1].Name != "triple" || rec.Steps[1].Attempts != 3 {
+		t.Fatalf("%+v", rec)
+	}
+	out := s.result(t, id).Outputs
+	for i := range 3 {
+		var want float32
+		for j := range 4 {
+			want += 6 * math.Float32frombits(binary.LittleEndian.Uint32(x.Data[4*(4*i+j):]))
+		}
+		if got := math.Float32frombits(binary.LittleEndian.Uint32(out[0].Data[4*i:])); math.Abs(float64(got-want)) > 1e-4 {
+			t.Fatalf("total row %d: %g, want %g", i, got, want)
+		}
+	}
 }

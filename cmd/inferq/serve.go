@@ -34,6 +34,7 @@ import (
 	"github.com/inferq/inferq/internal/embednats"
 	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/lease"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/producer"
@@ -417,7 +418,12 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			g.Go(func() error { return sampler.Run(gctx) })
 			live, pages = sampler, console.Handler()
 		}
+		leaser, err := lease.New(lease.Options{Queue: q, Catalog: catalog, Results: store, Name: processName() + " (user code)"})
+		if err != nil {
+			return err
+		}
 		api, err := producer.New(producer.Options{
+			Leases:  leaser,
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
 			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
 			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q, Live: live, Console: pages,

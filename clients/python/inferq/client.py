@@ -4,19 +4,19 @@ arrays, result streams, batch files. Standard library and numpy only."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import ssl
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from . import errors
-from ._tensors import decode_binary_response, decode_response, encode_binary
+from ._tensors import datatype_of, decode_binary_response, decode_response, decode_tensor, encode_binary
 
 FINAL = ("succeeded", "failed", "cancelled", "expired")
 
@@ -69,30 +69,72 @@ class Client:
         self.token = token if token is not None else os.environ.get("INFERQ_TOKEN")
         self.timeout = timeout
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"url {self.url!r}: want http(s)://host[:port][/prefix]")
+        self._https, self._host, self._port, self._prefix = u.scheme == "https", u.hostname, u.port, u.path
+        # One kept-alive connection per thread: calls from one thread reuse
+        # it; threads never share one.
+        self._local = threading.local()
 
     # -- HTTP ------------------------------------------------------------
 
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                               context=self._ssl or ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
     def _request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, stream: bool = False) -> http.client.HTTPResponse:
+        """Sends a request on this thread's kept-alive connection (a
+        connection of its own for a ``stream``, read for as long as the
+        caller reads) and returns the response, or raises the error the
+        status says. A kept-alive connection the server closed while idle is
+        opened again and the request sent once more: it was never read."""
         h = {"Accept": "application/json"}
         if self.token:
             h["Authorization"] = "Bearer " + self.token
         if headers:
             h.update(headers)
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
-        try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout, context=self._ssl)
-        except urllib.error.HTTPError as e:
-            raw = e.read()
+        t = timeout or self.timeout
+        for again in (False, True):
+            conn = None if stream else getattr(self._local, "conn", None)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(t)
+                if not stream:
+                    self._local.conn = conn
+            elif conn.sock is not None:
+                conn.sock.settimeout(t)
+            conn.timeout = t
+            try:
+                conn.request(method, self._prefix + path, body=body, headers=h)
+                res = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, http.client.ImproperConnectionState, BrokenPipeError,
+                    ConnectionResetError) as e:
+                conn.close()
+                if not stream:
+                    self._local.conn = None
+                if reused and not again:
+                    continue  # closed while idle: a fresh connection
+                raise errors.Unavailable(0, f"cannot reach {self.url}: {e}") from None
+            except OSError as e:
+                conn.close()
+                if not stream:
+                    self._local.conn = None
+                raise errors.Unavailable(0, f"cannot reach {self.url}: {e}") from None
+        if res.status >= 400:
+            raw = res.read()
             try:
                 doc = json.loads(raw)
             except ValueError:
                 doc = None
             msg = doc.get("error", "") if isinstance(doc, dict) else raw.decode("utf-8", "replace")
-            retry = e.headers.get("Retry-After")
-            raise errors.from_status(e.code, msg or e.reason, float(retry) if retry else None, doc) from None
-        except urllib.error.URLError as e:
-            raise errors.Unavailable(0, f"cannot reach {self.url}: {e.reason}") from None
+            retry = res.headers.get("Retry-After")
+            raise errors.from_status(res.status, msg or res.reason, float(retry) if retry else None, doc)
+        return res
 
     def _json(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
               timeout: float | None = None) -> Any:
@@ -206,7 +248,7 @@ class Client:
                 h["Last-Event-ID"] = last
             path = self._path(model, None, "/results") + ("?from=start" if from_start and not last else "")
             try:
-                with self._request("GET", path, headers=h, timeout=60) as res:
+                with self._request("GET", path, headers=h, timeout=60, stream=True) as res:
                     for ev in sse_events(res):
                         rec = json.loads(ev["data"])
                         rec["event_id"] = ev["id"] or None
@@ -266,15 +308,74 @@ def _line_json(line: Mapping[str, Any]) -> dict:
     out = dict(line)
     ins = out.get("inputs")
     if isinstance(ins, Mapping):
-        tensors = []
-        for name, value in ins.items():
-            a = np.asarray(value)
-            from ._tensors import datatype_of
-            dt = datatype_of(a)
-            data = [e.decode() if isinstance(e, bytes) else e for e in a.reshape(-1).tolist()]
-            tensors.append({"name": name, "shape": list(a.shape), "datatype": dt, "data": data})
-        out["inputs"] = tensors
+        out["inputs"] = _tensors_json(ins)
     return out
+
+
+def _tensors_json(arrays: Mapping[str, Any]) -> list[dict]:
+    """Named arrays as V2 JSON tensors."""
+    tensors = []
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        dt = datatype_of(a)
+        data = [e.decode() if isinstance(e, bytes) else e for e in a.reshape(-1).tolist()]
+        tensors.append({"name": name, "shape": list(a.shape), "datatype": dt, "data": data})
+    return tensors
+
+
+class StepWorker:
+    """Runs a pipeline step declared ``external: NAME`` in pipeline.yaml
+    with your function, in your process: a loop that leases the step's
+    next job, calls ``fn`` with its inputs (name -> numpy array, by the
+    names the step gives them) and answers with what ``fn`` returns (name
+    -> array: the step's outputs, which later steps read as
+    ``step.name``). An exception ``fn`` raises fails that attempt; the step
+    is offered again up to its ``max_attempts``. A lease not answered
+    within the step's ``lease_timeout`` is offered again, so ``fn`` should
+    take less.
+
+        worker = inferq.StepWorker(client, "ocr", "crop", lambda ins: {"crops": crop(ins["image"])})
+        worker.run()          # until stop.set(), if given a threading.Event
+    """
+
+    def __init__(self, client: Client, pipeline: str, step: str,
+                 fn: Callable[[dict[str, np.ndarray]], Mapping[str, Any]], wait: float = 10.0):
+        self.client, self.fn, self.wait = client, fn, wait
+        self._path = (f"/v1/pipelines/{urllib.parse.quote(pipeline, safe='')}"
+                      f"/steps/{urllib.parse.quote(step, safe='')}/leases?wait={wait}s")
+        self.done = 0    # leases answered with outputs
+        self.failed = 0  # leases answered with an error
+
+    def run_once(self) -> bool:
+        """Leases one job, waiting up to ``wait`` seconds, and answers it;
+        False when none came."""
+        with self.client._request("POST", self._path, b"", timeout=self.wait + self.client.timeout) as res:
+            if res.status == 204:
+                res.read()
+                return False
+            lease = json.loads(res.read())
+        inputs = {t["name"]: decode_tensor(t) for t in lease["request"]["inputs"]}
+        try:
+            answer = {"outputs": _tensors_json(self.fn(inputs))}
+            self.done += 1
+        except Exception as e:  # the user's code failed: this attempt fails
+            answer = {"error": f"{type(e).__name__}: {e}"}
+            self.failed += 1
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        try:
+            self.client._json("POST", f"/v1/leases/{lease['lease']}", body, {"Content-Type": "application/json"})
+        except errors.NotFound:
+            pass  # expired meanwhile: the step was offered again
+        return True
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Serves the step until ``stop`` is set (for ever without one). A
+        server that cannot be reached is tried again a second later."""
+        while stop is None or not stop.is_set():
+            try:
+                self.run_once()
+            except errors.Unavailable:
+                time.sleep(1)
 
 
 class AsyncClient:

@@ -36,6 +36,14 @@ def server(tmp_path_factory):
                       ("identities", Path(__file__).parent / "models/identities/1/model.onnx")]:
         (models / name / "1").mkdir(parents=True)
         shutil.copy(src, models / name / "1" / "model.onnx")
+    # A pipeline whose middle step is Python (test_step_worker).
+    (models / "scaled").mkdir()
+    (models / "scaled" / "pipeline.yaml").write_text(
+        "steps:\n"
+        "  - {name: classify, model: iris, inputs: {x: $x}}\n"
+        "  - {name: double, external: double, lease_timeout: 5s, inputs: {p: classify.probabilities}}\n"
+        "  - {name: top, op: topk, with: {k: 1}, inputs: {x: double.q}}\n"
+        "outputs: {doubled: double.q, best: top.values}\n")
     tokens = base / "tokens"
     tokens.write_text(f"{OPS}\n{TEAM} iris\n")
     port = _free_port()

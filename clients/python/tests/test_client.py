@@ -142,3 +142,45 @@ def test_async_client(server):
 def test_sse_events(stream, want):
     from inferq.client import sse_events
     assert list(sse_events(stream)) == want
+
+
+def test_step_worker_runs_a_pipeline_step(client):
+    """A pipeline's middle step runs in this process: the StepWorker leases
+    it, calls the function on numpy arrays and answers; a function that
+    raises fails that attempt, and the step is offered again."""
+    import threading
+
+    calls = []
+
+    def double(inputs):
+        calls.append(inputs["p"].shape)
+        if len(calls) == 1:
+            raise RuntimeError("a first attempt that fails")
+        return {"q": inputs["p"] * 2}
+
+    x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    stop = threading.Event()
+    worker = inferq.StepWorker(client, "scaled", "double", double, wait=1.0)
+    t = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        out = client.run("scaled", {"x": x}, timeout=60)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    direct = client.run("iris", {"x": x})
+    np.testing.assert_allclose(out["doubled"], direct["probabilities"] * 2, rtol=1e-6)
+    np.testing.assert_allclose(out["best"][:, 0], direct["probabilities"].max(axis=1) * 2, rtol=1e-6)
+    assert worker.failed == 1 and worker.done == 1 and calls == [(2, 3), (2, 3)]
+    rec = client.job(client.submit("iris", {"x": x})["id"], wait=10)
+    assert rec["status"] == "succeeded"
+
+
+def test_connections_are_reused(client):
+    """Calls from one thread share one kept-alive connection."""
+    x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    client.run("iris", {"x": x})
+    conn = client._local.conn
+    for _ in range(5):
+        client.run("iris", {"x": x})
+    assert client._local.conn is conn and conn.sock is not None
