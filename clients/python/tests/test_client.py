@@ -148,8 +148,6 @@ def test_step_worker_runs_a_pipeline_step(client):
     """A pipeline's middle step runs in this process: the StepWorker leases
     it, calls the function on numpy arrays and answers; a function that
     raises fails that attempt, and the step is offered again."""
-    import threading
-
     calls = []
 
     def double(inputs):
