@@ -49,6 +49,7 @@ func TestConsole(t *testing.T) {
 	writeFile(t, lookup, onnxbuild.LookupRows(10))
 	s := startServe(t, testenv.ModelRepo(t, map[string]string{
 		"iris/1/model.onnx": "@" + irisPath(t), "lookup/1/model.onnx": "@" + lookup, "lookup/config.yaml": "max_attempts: 1\n",
+		"species/pipeline.yaml": "steps:\n  - {name: classify, model: iris, inputs: {x: $x}}\n  - {name: top, op: topk, with: {k: 1}, inputs: {x: classify.probabilities}}\noutputs: {p: top.values}\n",
 	}), "--tokens-file", tokens)
 	out := filepath.Join(testenv.Root(t), "build", "test-output", "console")
 	if err := os.MkdirAll(out, 0o755); err != nil {
@@ -111,6 +112,10 @@ func TestConsole(t *testing.T) {
 	run("open", chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.ID("token")))
 	signIn(ops)
 	run("the lookup model", chromedp.WaitVisible(chromedp.CSS(`[data-model="lookup"]`)))
+	run("the pipeline", chromedp.WaitVisible(chromedp.CSS(`[data-steps="species"]`)))
+	if got := text(`[data-steps="species"]`); got != "pipeline: classify (model iris) → top (topk)" {
+		t.Errorf("the pipeline's card says %q", got)
+	}
 
 	// The page is watched: the sampler follows the results from its first
 	// sample on, which the page shows.

@@ -7,7 +7,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -244,15 +243,7 @@ func TestPipelineRefusals(t *testing.T) {
 // that step's model is fixed, its replay resumes at that step, and the
 // step before it does not run again.
 func TestPipelineStepDeadLetterReplay(t *testing.T) {
-	dir := t.TempDir()
-	one := filepath.Join(dir, "one.onnx")
-	writeFile(t, one, doubleOne())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"one/1/model.onnx":   "@" + one,
-		"fives/1/model.onnx": "@" + writeTemp(t, onnxbuild.FivesSum()), // fails a width of 4
-		"fives/config.yaml":  "max_attempts: 2\n",
-		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: fives, model: fives, inputs: {x: double.y}}\noutputs: {y: fives.y}\n",
-	})
+	repo := pipelineModels(t, map[string]string{"fives/config.yaml": "max_attempts: 2\n", "pipe/pipeline.yaml": doubleThenFives})
 	s := startServe(t, repo, "--model-poll", "200ms")
 	x := floats(rand.New(rand.NewPCG(2, 2)), "x", 3, 4)
 	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{x}))
@@ -309,6 +300,25 @@ func TestPipelineStepDeadLetterReplay(t *testing.T) {
 	}
 }
 
+// doubleThenFives: model one, then fives, which fails the width of 4 it
+// is given.
+const doubleThenFives = "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: fives, model: fives, inputs: {x: double.y}}\noutputs: {y: fives.y}\n"
+
+// pipelineModels is a model repository of files (as testenv.ModelRepo
+// takes them) and the small models the pipeline tests chain: one
+// (doubles [1, 4], fixed at one row), rowsum (sums each row) and fives
+// (sums in fives: fails a width of 4).
+func pipelineModels(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"one": doubleOne(), "rowsum": onnxbuild.RowSum(), "fives": onnxbuild.FivesSum()} {
+		path := filepath.Join(dir, name+".onnx")
+		writeFile(t, path, b)
+		files[name+"/1/model.onnx"] = "@" + path
+	}
+	return testenv.ModelRepo(t, files)
+}
+
 func ones(n int) []int {
 	out := make([]int, n)
 	for i := range out {
@@ -325,19 +335,6 @@ func floats(rng *rand.Rand, name string, shape ...int64) tensor.Tensor {
 		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(rng.Float32()*2-1))
 	}
 	return tensor.Tensor{Name: name, Datatype: tensor.FP32, Shape: shape, Data: data}
-}
-
-func writeTemp(t *testing.T, b []byte) string {
-	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "*.onnx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write(b); err != nil {
-		t.Fatal(err)
-	}
-	return f.Name()
 }
 
 // TestPipelineOfRealModels runs PaddleOCR's text direction classifier
@@ -416,15 +413,7 @@ outputs: {probs: cls.%s, label: best.labels, score: best.values}
 // model's max_attempts, and the job goes on once it succeeds; here the
 // step's model is fixed (a new version) after its first failure.
 func TestPipelineStepRetry(t *testing.T) {
-	dir := t.TempDir()
-	one := filepath.Join(dir, "one.onnx")
-	writeFile(t, one, doubleOne())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"one/1/model.onnx":   "@" + one,
-		"fives/1/model.onnx": "@" + writeTemp(t, onnxbuild.FivesSum()), // fails a width of 4
-		"fives/config.yaml":  "max_attempts: 10\n",
-		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: fives, model: fives, inputs: {x: double.y}}\noutputs: {y: fives.y}\n",
-	})
+	repo := pipelineModels(t, map[string]string{"fives/config.yaml": "max_attempts: 10\n", "pipe/pipeline.yaml": doubleThenFives})
 	s := startServe(t, repo, "--model-poll", "100ms")
 	id := s.submit(t, "/v1/models/pipe/jobs", requestJSON([]tensor.Tensor{floats(rand.New(rand.NewPCG(2, 3)), "x", 2, 4)}))
 	eventually(t, 30*time.Second, "the step's first failure", func() bool {
@@ -443,14 +432,8 @@ func TestPipelineStepRetry(t *testing.T) {
 // TestPipelineCancelBetweenSteps: a pipeline job waiting for its next
 // model step is queued again, and a cancel stops it there.
 func TestPipelineCancelBetweenSteps(t *testing.T) {
-	dir := t.TempDir()
-	one, sum := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "rowsum.onnx")
-	writeFile(t, one, doubleOne())
-	writeFile(t, sum, onnxbuild.RowSum())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"one/1/model.onnx":    "@" + one,
-		"rowsum/1/model.onnx": "@" + sum,
-		"pipe/pipeline.yaml":  "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: sum, model: rowsum, inputs: {x: double.y}}\noutputs: {y: sum.y}\n",
+	repo := pipelineModels(t, map[string]string{
+		"pipe/pipeline.yaml": "steps:\n  - {name: double, model: one, inputs: {x: $x}}\n  - {name: sum, model: rowsum, inputs: {x: double.y}}\noutputs: {y: sum.y}\n",
 	})
 	// No worker serves rowsum: the job waits at its second step.
 	s := startServe(t, repo, "--only", "one")
@@ -529,13 +512,7 @@ func TestPipelineWorkerKilledMidLoad(t *testing.T) {
 // an attempt, the step offered again; a lease answered late, or made
 // up, is a 404.
 func TestPipelineExternalStep(t *testing.T) {
-	dir := t.TempDir()
-	one, sum := filepath.Join(dir, "one.onnx"), filepath.Join(dir, "rowsum.onnx")
-	writeFile(t, one, doubleOne())
-	writeFile(t, sum, onnxbuild.RowSum())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"one/1/model.onnx":    "@" + one,
-		"rowsum/1/model.onnx": "@" + sum,
+	repo := pipelineModels(t, map[string]string{
 		"pipe/pipeline.yaml": `steps:
   - {name: double, model: one, inputs: {x: $x}}
   - {name: triple, external: triple, lease_timeout: 1s, max_attempts: 4, inputs: {v: double.y}}

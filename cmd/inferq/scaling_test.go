@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"maps"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -149,22 +145,8 @@ func TestWorkersInSeparateProcesses(t *testing.T) {
 	}
 	// The workers start only now: two of them drain a backlog of 120 in
 	// a few hundred milliseconds, faster than the scaler is sure to read it.
-	for range 2 {
-		cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, common...)...)
-		cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("worker output:\n%s", out.String())
-			}
-		})
-	}
+	startWorkerProcess(t, common...)
+	startWorkerProcess(t, common...)
 	byWorker := map[string]int{}
 	for _, id := range ids {
 		rec := s.await(t, id, 2*time.Minute)

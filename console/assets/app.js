@@ -139,8 +139,9 @@ async function overview() {
     const scale = workers.map(w => w.last_scale).filter(Boolean).sort((a, b) => a.at < b.at ? 1 : -1)[0];
     return el("section", { class: "card", "data-model": m.name, "aria-labelledby": "m-" + m.name },
       el("h2", { id: "m-" + m.name }, m.name, " ", el("span", { class: v.state === "ready" ? "ok" : "bad" }, v.state || "unavailable")),
-      el("p", { class: "muted" }, `version ${m.default_version || "–"} · max batch ${c.max_batch_size} · delay ${c.max_queue_delay} · ${c.instances} instance(s) · on ${devices}`),
-      v.batchable ? null : el("p", { class: "muted" }, "not batched: " + (v.batching || "its signature does not allow it")),
+      v.steps ? el("p", { class: "muted", "data-steps": m.name }, "pipeline: " + v.steps.map(st => `${st.name} (${st.model ? "model " + st.model : st.op ? st.op : "your code: " + st.external})`).join(" → "))
+        : el("p", { class: "muted" }, `version ${m.default_version || "–"} · max batch ${c.max_batch_size} · delay ${c.max_queue_delay} · ${c.instances} instance(s) · on ${devices}`),
+      v.batchable || v.steps ? null : el("p", { class: "muted" }, "not batched: " + (v.batching || "its signature does not allow it")),
       problems.length ? el("p", { class: "bad" }, problems.join("; ")) : null,
       el("div", { class: "stats", "data-live": m.name }),
       el("div", { "data-spark": m.name }),
