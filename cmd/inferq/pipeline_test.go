@@ -134,6 +134,29 @@ func TestPipelineThroughQueues(t *testing.T) {
 		assertClose(t, fmt.Sprintf("chain of %d rows", rows), got.Outputs, byHand(x))
 	}
 
+	// The pipeline's results stream has each job once, with its response.
+	events, stop := openSSE(t, s.url+"/v1/models/chain/results?from=start", "")
+	seen := map[string]bool{}
+	for len(seen) < 3 {
+		select {
+		case ev := <-events:
+			var rec struct {
+				ID, Model, Status string
+				Response          json.RawMessage
+			}
+			if err := json.Unmarshal([]byte(ev.data), &rec); err != nil || rec.Model != "chain" || rec.Status != "succeeded" || !strings.Contains(string(rec.Response), `"model_name":"chain"`) {
+				t.Fatalf("event %s (%v)", ev.data, err)
+			}
+			if seen[rec.ID] {
+				t.Fatalf("job %s streamed twice", rec.ID)
+			}
+			seen[rec.ID] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the results stream of chain gave %d jobs of 3", len(seen))
+		}
+	}
+	stop()
+
 	// Zero rows flow on to empty outputs.
 	id := s.submit(t, "/v1/models/plain/jobs", requestJSON([]tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{0, 4}, Data: []byte{}}}))
 	if rec := s.await(t, id, time.Minute); rec.Status != record.Succeeded {
