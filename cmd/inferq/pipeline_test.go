@@ -236,7 +236,8 @@ func TestPipelineRefusals(t *testing.T) {
 	for name, c := range cases {
 		files[name+"/pipeline.yaml"] = c.yaml
 	}
-	s := startServe(t, testenv.ModelRepo(t, files))
+	repo := testenv.ModelRepo(t, files)
+	s := startServe(t, repo, "--model-poll", "100ms")
 	var list struct {
 		Models []struct {
 			Name     string
@@ -259,6 +260,13 @@ func TestPipelineRefusals(t *testing.T) {
 			t.Errorf("a job of refused pipeline %s: %d %s", name, r.code, r.body)
 		}
 	}
+
+	// Fixed in place, a pipeline is served without a restart.
+	writeFile(t, filepath.Join(repo, "nomodel", "pipeline.yaml"), []byte("steps: [{name: a, model: rowsum, inputs: {x: $x}}]\noutputs: {y: a.y}\n"))
+	eventually(t, 10*time.Second, "the fixed pipeline served", func() bool {
+		r := do(t, "POST", s.url+"/v1/models/nomodel/jobs", requestJSON([]tensor.Tensor{floats(rand.New(rand.NewPCG(1, 1)), "x", 1, 4)}))
+		return r.code == http.StatusAccepted
+	})
 }
 
 // TestPipelineStepDeadLetterReplay: a pipeline job whose second model
