@@ -23,7 +23,8 @@ type Op interface {
 }
 
 // Ops lists the built-in tensor operations, for docs and tests.
-var Ops = []string{"affine", "reshape", "transpose", "cast", "window", "reduce", "softmax", "topk", "ctc_decode"}
+var Ops = []string{"affine", "reshape", "transpose", "cast", "window", "reduce", "softmax", "topk", "ctc_decode",
+	"image.decode", "image.resize", "image.normalize", "audio.decode"}
 
 // NewOp builds operation name with its parameters; dir is the pipeline's
 // folder, where the files it names (labels, a dictionary) are read. An
@@ -79,6 +80,27 @@ func build(name string, with map[string]any, dir string) (Op, *params) {
 			t.labels = p.lines(dir, "labels", f)
 		}
 		op = t
+	case "image.decode":
+		op = decodeImage{}
+	case "image.resize":
+		r := &resizeImage{maxSide: p.integer("max_side", ptr(int64(0))), multipleOf: p.integer("multiple_of", ptr(int64(0)))}
+		if size := p.ints("size", []int64{}); len(size) == 2 {
+			r.h, r.w = size[0], size[1]
+		} else if len(size) != 0 {
+			p.fail("size: want [h, w]")
+		}
+		op = r
+	case "image.normalize":
+		n := &normalizeImage{scale: p.number("scale", 1), mean: p.floats("mean", []float64{0, 0, 0}), std: p.floats("std", []float64{1, 1, 1})}
+		switch layout := p.text("layout", "NCHW"); layout {
+		case "NCHW", "NHWC":
+			n.nchw = layout == "NCHW"
+		default:
+			p.fail("layout: want NCHW or NHWC, got %q", layout)
+		}
+		op = n
+	case "audio.decode":
+		op = &decodeAudio{rate: p.integer("rate", nil)}
 	case "ctc_decode":
 		c := &ctcDecode{blank: p.integer("blank", ptr(int64(0))), space: p.flag("space", false)}
 		c.dict = p.lines(dir, "dict", p.text("dict", ""))
@@ -164,6 +186,31 @@ func (p *params) ints(name string, def []int64) []int64 {
 			return nil
 		}
 		out[i] = int64(n)
+	}
+	return out
+}
+
+func (p *params) floats(name string, def []float64) []float64 {
+	v, ok := p.get(name)
+	if !ok {
+		return def
+	}
+	list, ok := v.([]any)
+	if !ok {
+		p.fail("%s: want a list of numbers, got %v", name, v)
+		return def
+	}
+	out := make([]float64, len(list))
+	for i, e := range list {
+		switch n := e.(type) {
+		case int:
+			out[i] = float64(n)
+		case float64:
+			out[i] = n
+		default:
+			p.fail("%s: want a list of numbers, got %v", name, v)
+			return def
+		}
 	}
 	return out
 }

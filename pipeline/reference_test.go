@@ -16,7 +16,7 @@ func TestOpReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile("(?m)^\\| `([a-z_.]+)` \\| ([^|]*) \\|")
+	row := regexp.MustCompile("(?m)^\\| `([a-z_.]+)` \\|([^|]*)\\|")
 	documented := map[string][]string{}
 	for _, m := range row.FindAllStringSubmatch(string(b), -1) {
 		var params []string
