@@ -5,15 +5,73 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/lease"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/tensor"
 )
+
+// fileType is the media type of a body that is a file (image/*,
+// audio/*), or "" for any other (a V2 request).
+func fileType(contentType string) string {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil || !strings.HasPrefix(mt, "image/") && !strings.HasPrefix(mt, "audio/") {
+		return ""
+	}
+	return mt
+}
+
+// fileRequest is the request of a job whose body is a file of media type
+// mt: the one element of m's one BYTES input. A picture is checked by its
+// header (a known format, and at most MaxImagePixels), a WAV file whole:
+// a file that is not what its type says is a 400 saying why.
+func (s *Server) fileRequest(m *model.Model, mt string, body []byte) (*tensor.Request, error) {
+	what := "model"
+	if m.Pipeline != nil {
+		what = "pipeline"
+	}
+	if len(m.Inputs) != 1 || m.Inputs[0].Datatype != tensor.Bytes {
+		hint := ""
+		if m.Pipeline != nil && len(m.Inputs) == 0 {
+			hint = "; declare it in its pipeline.yaml (inputs: [{name: file, datatype: BYTES, shape: [1]}])"
+		}
+		return nil, errorf(http.StatusUnsupportedMediaType, "a %s body goes to a model or pipeline with exactly one BYTES input; %s %s takes %s%s", mt, what, m.Name, describeInputs(m), hint)
+	}
+	switch {
+	case strings.HasPrefix(mt, "image/"):
+		if _, err := pipeline.CheckImage(body, s.opts.MaxImagePixels); err != nil {
+			return nil, errorf(http.StatusBadRequest, "the %s body: %v", mt, err)
+		}
+	case mt == "audio/wav" || mt == "audio/x-wav" || mt == "audio/wave" || mt == "audio/vnd.wave":
+		if _, err := pipeline.DecodeWAV(body); err != nil {
+			return nil, errorf(http.StatusBadRequest, "the %s body: %v", mt, err)
+		}
+	}
+	in := m.Inputs[0]
+	shape := []int64{1}
+	if in.Shape != nil && len(in.Shape) == 0 {
+		shape = []int64{} // a scalar input
+	}
+	return &tensor.Request{Inputs: []tensor.Tensor{{Name: in.Name, Datatype: tensor.Bytes, Shape: shape, Data: tensor.AppendBytesElement(nil, body)}}}, nil
+}
+
+func describeInputs(m *model.Model) string {
+	if len(m.Inputs) == 0 {
+		return "no declared inputs"
+	}
+	var parts []string
+	for _, in := range m.Inputs {
+		parts = append(parts, in.Name+" ("+in.Datatype.String()+")")
+	}
+	return strings.Join(parts, ", ")
+}
 
 // Leases hands pipeline steps run by user code to it and takes its
 // answers; *lease.Leaser is one.

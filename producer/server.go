@@ -26,6 +26,7 @@ import (
 
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
@@ -117,6 +118,10 @@ type Options struct {
 	// Ready reports whether the API can take jobs (NATS and storage
 	// reachable); nil means always.
 	Ready func(ctx context.Context) error
+	// MaxImagePixels bounds a picture sent as a job's body, by the size
+	// its header declares, before anything decodes it. Default 40
+	// megapixels; negative, no bound.
+	MaxImagePixels int64
 	// MaxBodyBytes bounds a request body. Default 64 MiB.
 	MaxBodyBytes int64
 	// Limits bound what a request's tensors may hold.
@@ -190,6 +195,9 @@ func (s *Server) Shutdown() { s.closeOnce.Do(func() { close(s.closing) }) }
 func New(opts Options) (*Server, error) {
 	if opts.Catalog == nil || opts.Queue == nil || opts.Records == nil || opts.Results == nil || opts.Watcher == nil {
 		return nil, errors.New("producer: Catalog, Queue, Records, Results and Watcher are required")
+	}
+	if opts.MaxImagePixels == 0 {
+		opts.MaxImagePixels = pipeline.MaxImagePixels
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 64 << 20

@@ -116,7 +116,12 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	}
 	var req *tensor.Request
 	headerLen := -1 // of a binary body
-	if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
+	if mt := fileType(r.Header.Get("Content-Type")); mt != "" {
+		if req, err = s.fileRequest(m, mt, body); err != nil {
+			s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
+			return nil, err
+		}
+	} else if hl := r.Header.Get(jobs.HeaderHeaderLength); hl != "" {
 		n, perr := strconv.Atoi(hl)
 		if perr != nil {
 			s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
@@ -247,7 +252,7 @@ func checkObjects(model string, req *tensor.Request) error {
 func requestDigest(r *http.Request, body []byte) string {
 	h := sha256.New()
 	for _, v := range []string{r.URL.Path, r.Header.Get(jobs.HeaderHeaderLength), r.Header.Get(headerPriority),
-		r.Header.Get(headerDeadline), r.Header.Get(headerTimeout), r.Header.Get(headerWebhook)} {
+		r.Header.Get(headerDeadline), r.Header.Get(headerTimeout), r.Header.Get(headerWebhook), fileType(r.Header.Get("Content-Type"))} {
 		h.Write([]byte(v))
 		h.Write([]byte{0})
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/inferq/inferq/lease"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/producer"
 	"github.com/inferq/inferq/scaling"
 	"github.com/inferq/inferq/storage"
@@ -61,6 +62,7 @@ type serveFlags struct {
 	natsSyncAlways        bool
 	only                  string
 	maxBody               int64
+	maxImagePixels        int64
 	maxWait               time.Duration
 	modelPoll             time.Duration
 	recordRetention       time.Duration
@@ -149,6 +151,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	if m != modeWorker {
 		fs.StringVar(&f.http, "http", ":8080", "HTTP listen address")
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes (and largest line of a batch file)")
+		fs.Int64Var(&f.maxImagePixels, "max-image-pixels", pipeline.MaxImagePixels, "largest picture a job's body may be, in pixels, as its header declares (read before decoding: a decompression bomb is refused); -1 no bound")
 		fs.Int64Var(&f.maxBatchBytes, "max-batch-bytes", 16<<30, "largest batch file accepted, in bytes; it is read as it arrives, not held in memory")
 		fs.StringVar(&f.apiTokens, "api-tokens", "", "comma-separated API tokens; when set, every path but health and metrics needs Authorization: Bearer <token> (prefer INFERQ_API_TOKENS)")
 		fs.StringVar(&f.tokensFile, "tokens-file", "", "file of API tokens, one per line, each optionally followed by the models it may use; reloaded when it changes")
@@ -436,7 +439,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 				}
 				return store.Check(ctx)
 			},
-			MaxBodyBytes: f.maxBody, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
+			MaxBodyBytes: f.maxBody, MaxImagePixels: f.maxImagePixels, MaxWait: f.maxWait, RecordRetention: f.recordRetention, Tokens: tokens,
 			CheckWebhook: hookPolicy.CheckURL, BodyTimeout: f.bodyTimeout, Tracer: tracer,
 			Registerer: reg, Gatherer: reg, MetricsToken: f.metricsToken, Logger: log,
 		})
