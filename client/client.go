@@ -5,6 +5,7 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,10 @@ type JobOptions struct {
 	IdempotencyKey string
 	// Webhook is called when the job finishes.
 	Webhook string
+	// ContentType is the request's media type: empty for a V2 JSON
+	// request, or a file's (image/jpeg, audio/wav, ...), sent as it is to
+	// a model or pipeline of one BYTES input.
+	ContentType string
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
@@ -112,7 +117,7 @@ func (c *Client) Submit(ctx context.Context, model string, request []byte, opts 
 	if opts.Version > 0 {
 		path = fmt.Sprintf("/v1/models/%s/versions/%d/jobs", url.PathEscape(model), opts.Version)
 	}
-	h := http.Header{"Content-Type": {"application/json"}}
+	h := http.Header{"Content-Type": {cmp.Or(opts.ContentType, "application/json")}}
 	if opts.Priority != "" {
 		h.Set("Inferq-Priority", opts.Priority)
 	}

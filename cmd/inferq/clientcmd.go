@@ -8,7 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"mime"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -50,19 +53,31 @@ func submitCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	priority := fs.String("priority", "", "high or normal")
 	timeout := fs.Duration("timeout", 0, "expire the job if it has not started within this")
 	key := fs.String("idempotency-key", "", "a repeat with the same key answers the same job")
+	file := fs.String("file", "", "send this file (a picture, a WAV) as it is, its media type from its name, to a model or pipeline of one BYTES input")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: inferq submit --model M [flags] [FILE]\n\nSubmits the V2 request in FILE (or standard input) as a job and prints its record.")
+		fmt.Fprintln(stderr, "usage: inferq submit --model M [flags] [FILE]\n       inferq submit --model M --file photo.jpg [flags]\n\nSubmits the V2 request in FILE (or standard input), or a file as it is, as a job and prints its record.")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *model == "" || fs.NArg() > 1 {
+	if *model == "" || fs.NArg() > 1 || *file != "" && fs.NArg() > 0 {
 		fs.Usage()
-		return errors.New("--model is required, and at most one FILE")
+		return errors.New("--model is required, and at most one FILE, or --file")
 	}
 	in := stdin
-	if fs.NArg() == 1 && fs.Arg(0) != "-" {
+	contentType := ""
+	if *file != "" {
+		if contentType = fileMediaType(*file); contentType == "" {
+			return fmt.Errorf("--file %s: its media type is not known from its name; name it .jpg, .png, .webp, .gif, .bmp or .wav", *file)
+		}
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	} else if fs.NArg() == 1 && fs.Arg(0) != "-" {
 		f, err := os.Open(fs.Arg(0))
 		if err != nil {
 			return err
@@ -78,7 +93,7 @@ func submitCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	rec, err := c.Submit(ctx, *model, body, client.JobOptions{Version: *version, Priority: *priority, Timeout: *timeout, IdempotencyKey: *key})
+	rec, err := c.Submit(ctx, *model, body, client.JobOptions{Version: *version, Priority: *priority, Timeout: *timeout, IdempotencyKey: *key, ContentType: contentType})
 	if err != nil {
 		return err
 	}
@@ -87,6 +102,26 @@ func submitCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return nil
 	}
 	return printOutcome(ctx, c, rec.ID, stdout)
+}
+
+// fileMediaType is a file's media type from its name: the types inferq
+// decodes, then what the system knows; "" when neither does.
+func fileMediaType(name string) string {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".jpg", ".jpeg":
+		return "image/jpeg"
+	case ".png":
+		return "image/png"
+	case ".webp":
+		return "image/webp"
+	case ".gif":
+		return "image/gif"
+	case ".bmp":
+		return "image/bmp"
+	case ".wav":
+		return "audio/wav"
+	}
+	return mime.TypeByExtension(filepath.Ext(name))
 }
 
 // printOutcome waits for a job and prints its result, or its record when

@@ -152,6 +152,16 @@ outputs: {total: total.y}
 		t.Errorf("the WAV's samples sum to %g, want 2000", v)
 	}
 
+	// The command line sends a file as it is.
+	photo := filepath.Join(t.TempDir(), "photo.jpg")
+	writeFile(t, photo, jpg.Bytes())
+	out, errOut, code := runCLI(t, s.url, "", "submit", "--model", "direction", "--file", photo, "--wait")
+	resp, err := tensor.DecodeResponse([]byte(out))
+	if code != 0 || err != nil {
+		t.Fatalf("inferq submit --file: %d %v\n%s\n%s", code, err, out, errOut)
+	}
+	assertClose(t, "inferq submit --file", resp.Outputs, want)
+
 	for _, c := range []struct {
 		name, path, ctype string
 		body              []byte

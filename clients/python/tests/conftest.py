@@ -44,6 +44,14 @@ def server(tmp_path_factory):
         "  - {name: double, external: double, lease_timeout: 5s, inputs: {p: classify.probabilities}}\n"
         "  - {name: top, op: topk, with: {k: 1}, inputs: {x: double.q}}\n"
         "outputs: {doubled: double.q, best: top.values}\n")
+    # A pipeline that takes a WAV file (test_submit_file).
+    (models / "wavsum").mkdir()
+    (models / "wavsum" / "pipeline.yaml").write_text(
+        "inputs: [{name: clip, datatype: BYTES, shape: [1]}]\n"
+        "steps:\n"
+        "  - {name: decode, op: audio.decode, with: {rate: 8000}, inputs: {x: $clip}}\n"
+        "  - {name: classify, model: iris, inputs: {x: decode.y}}\n"
+        "outputs: {samples: decode.y, probabilities: classify.probabilities}\n")
     tokens = base / "tokens"
     tokens.write_text(f"{OPS}\n{TEAM} iris\n")
     port = _free_port()

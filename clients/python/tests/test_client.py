@@ -182,3 +182,25 @@ def test_connections_are_reused(client):
     for _ in range(5):
         client.run("iris", {"x": x})
     assert client._local.conn is conn and conn.sock is not None
+
+
+def test_submit_file(client, tmp_path):
+    """A file goes as it is, its media type from its name: a WAV of four
+    float samples, decoded by the pipeline and classified by iris."""
+    import struct
+    samples = np.array([0.5, -0.25, 0.75, 0.125], dtype=np.float32)
+    data = samples.tobytes()
+    wav = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+           struct.pack("<IHHIIHH", 16, 3, 1, 8000, 8000 * 4, 4, 32) + b"data" + struct.pack("<I", len(data)) + data)
+    path = tmp_path / "clip.wav"
+    path.write_bytes(wav)
+    rec = client.wait(client.submit_file("wavsum", str(path))["id"])
+    assert rec["status"] == "succeeded", rec
+    out = client.result(rec["id"])
+    np.testing.assert_allclose(out["samples"], samples[None, :])
+    direct = client.run("iris", {"x": samples[None, :]})
+    np.testing.assert_allclose(out["probabilities"], direct["probabilities"], rtol=1e-6)
+    with pytest.raises(inferq.BadRequest, match="not a WAV file"):
+        bad = tmp_path / "bad.wav"
+        bad.write_bytes(b"not audio")
+        client.submit_file("wavsum", str(bad))
