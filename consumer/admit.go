@@ -57,6 +57,12 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		w.finishFailed(ctx, it, fmt.Errorf("invalid job: %w", err))
 		return
 	}
+	if job.Pipeline != nil && job.Pipeline.Prepare {
+		if err := w.prepare(it); err != nil {
+			w.finishFailed(ctx, it, err)
+			return
+		}
+	}
 	it.model, err = w.opts.Family.Lookup(job.Version)
 	if err == nil {
 		err = it.check()

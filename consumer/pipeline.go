@@ -77,20 +77,9 @@ func (w *Worker) nextStep(it *item, outputs []tensor.Tensor) (final []tensor.Ten
 		span.End()
 		w.opts.Metrics.stepSeconds.WithLabelValues(step.Pipeline, step.Name).Observe(time.Since(start).Seconds())
 	}()
-	if w.opts.Catalog == nil {
-		return nil, nil, failStep("step %s: this worker was started without the model repository, which pipeline %s is read from", step.Name, step.Pipeline)
-	}
-	m, err := w.opts.Catalog.Lookup(step.Pipeline, 0)
-	if err == nil && m.Pipeline == nil {
-		err = fmt.Errorf("%s is a model now, not a pipeline", step.Pipeline)
-	}
+	plan, st, err := w.stateOf(it)
 	if err != nil {
-		return nil, nil, failStep("step %s: pipeline %s: %v", step.Name, step.Pipeline, err)
-	}
-	plan := m.Pipeline
-	st, err := pipeline.DecodeState(step.State, step.StateHeaderLen, step.Done, w.opts.Limits)
-	if err != nil {
-		return nil, nil, failStep("step %s: %v", step.Name, err)
+		return nil, nil, err
 	}
 	call, final, err := flow.Continue(plan, st, step.Name, outputs, it.params, w.opts.Catalog)
 	if err != nil {
@@ -103,6 +92,48 @@ func (w *Worker) nextStep(it *item, outputs []tensor.Tensor) (final []tensor.Ten
 		return nil, nil, failStep("step %s: %v", call.Step.Name, err)
 	}
 	return nil, next, nil
+}
+
+// stateOf is the plan of a pipeline step's job and its state: as
+// prepare left it, or as its message carries it.
+func (w *Worker) stateOf(it *item) (*pipeline.Plan, *pipeline.State, error) {
+	step := it.job.Pipeline
+	if w.opts.Catalog == nil {
+		return nil, nil, failStep("step %s: this worker was started without the model repository, which pipeline %s is read from", step.Name, step.Pipeline)
+	}
+	m, err := w.opts.Catalog.Lookup(step.Pipeline, 0)
+	if err == nil && m.Pipeline == nil {
+		err = fmt.Errorf("%s is a model now, not a pipeline", step.Pipeline)
+	}
+	if err != nil {
+		return nil, nil, failStep("step %s: pipeline %s: %v", step.Name, step.Pipeline, err)
+	}
+	if it.state != nil {
+		return m.Pipeline, it.state, nil
+	}
+	st, err := pipeline.DecodeState(step.State, step.StateHeaderLen, step.Done, w.opts.Limits)
+	if err != nil {
+		return nil, nil, failStep("step %s: %v", step.Name, err)
+	}
+	return m.Pipeline, st, nil
+}
+
+// prepare makes the request of a pipeline step queued before the
+// operations ahead of it ran (jobs.Step.Prepare: the job's first model
+// step, which carries what the client sent): it runs them here, in the
+// model's worker, and shapes the step for the model. An operation that
+// fails fails the job, naming its step.
+func (w *Worker) prepare(it *item) error {
+	plan, st, err := w.stateOf(it)
+	if err != nil {
+		return err
+	}
+	call, err := flow.Prepare(plan, st, it.job.Pipeline.Name, w.opts.Catalog)
+	if err != nil {
+		return failStep("%v", err)
+	}
+	it.job.Request, it.job.Lines, it.state = call.Request, call.Lines, st
+	return nil
 }
 
 // advance records each pipeline job among items done with its step and
@@ -180,6 +211,9 @@ func startStep(r *record.Record, it *item, now time.Time) {
 func endStep(r *record.Record, it *item, status record.Status, reason string, now time.Time) string {
 	if it.job.Pipeline == nil {
 		return reason
+	}
+	if afterStep(reason) && it.attempt == 0 {
+		return reason // an operation before the model step failed: it never started
 	}
 	s := r.Step(it.job.Pipeline.Name)
 	s.Status, s.FinishedAt = status, &now

@@ -44,6 +44,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 	"github.com/inferq/inferq/tracing"
@@ -233,6 +234,9 @@ type item struct {
 	attempt int
 	// empty: a pipeline step of zero rows, answered without a run.
 	empty bool
+	// state, for a pipeline step prepared here (see prepare), is its
+	// job's state after the operations before the step.
+	state *pipeline.State
 	rec   *record.Record
 	rev   uint64
 	// unmarked: rec says running, but the stored record (at rev) still

@@ -34,14 +34,50 @@ type Call struct {
 	// its rows cut into groups laid end to end, each one run (fan-out).
 	Request *tensor.Request
 	Lines   *batching.Lines
+	// Deferred: the operations before the step have not run; its job
+	// carries the pipeline's inputs, and its worker prepares it.
+	Deferred bool
 }
 
-// Start runs a new job of plan with these inputs up to its first model
-// step.
+// Start is where a new job of plan with these inputs goes first. When
+// its first step to run elsewhere is a model's, the job goes there as
+// it is, Deferred: that model's worker runs the operations before the
+// step (Prepare), so that what travels is what the client sent (a
+// JPEG, not the tensor decoded from it) and the API does none of the
+// work. Before a step run by user code, the operations run here.
 func Start(plan *pipeline.Plan, inputs []tensor.Tensor, models Models) (*pipeline.State, *Call, []tensor.Tensor, error) {
 	st := pipeline.NewState(inputs)
+	for _, i := range plan.Order {
+		step := &plan.Spec.Steps[i]
+		if step.Kind() == "op" {
+			continue
+		}
+		if step.Kind() == "model" {
+			m, err := models.Lookup(step.Model, step.Version)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("step %s: %w", step.Name, err)
+			}
+			return st, &Call{Step: step, Model: m, Request: &tensor.Request{}, Deferred: true}, nil, nil
+		}
+		break
+	}
 	call, outputs, err := next(plan, st, models, true)
 	return st, call, outputs, err
+}
+
+// Prepare runs, for a Deferred call's job in its model's worker, the
+// operations before its step, and returns the step shaped for its model
+// (a step of zero rows too: its worker answers it without a run). An
+// operation that fails fails the job, naming its step.
+func Prepare(plan *pipeline.Plan, st *pipeline.State, step string, models Models) (*Call, error) {
+	call, _, err := next(plan, st, models, true)
+	switch {
+	case err != nil:
+		return nil, err
+	case call == nil || call.Step.Name != step:
+		return nil, fmt.Errorf("step %s: pipeline %s no longer runs it next (it changed since the job was queued)", step, plan.Name)
+	}
+	return call, nil
 }
 
 // Continue hands a model step's outputs (with the response parameters
@@ -239,7 +275,11 @@ func ExternalModel(pipeline, step string) string { return pipeline + ":" + step 
 // Job is the message of a call: a job on the step's model queue that
 // carries the pipeline job's id, its state and the steps done.
 func (c *Call) Job(plan *pipeline.Plan, id string, st *pipeline.State, base *jobs.Job) (*jobs.Job, error) {
-	plan.Prune(st, c.Step.Name)
+	running := c.Step.Name
+	if c.Deferred {
+		running = "" // the step's inputs are made from the state, later
+	}
+	plan.Prune(st, running)
 	state, stateHeader, done, err := st.Encode()
 	if err != nil {
 		return nil, err
@@ -252,7 +292,7 @@ func (c *Call) Job(plan *pipeline.Plan, id string, st *pipeline.State, base *job
 		name = c.Model.Name
 	}
 	job := &jobs.Job{ID: id, Model: name, Request: c.Request, Lines: c.Lines,
-		Pipeline: &jobs.Step{Pipeline: plan.Name, Name: c.Step.Name, Done: done, State: state, StateHeaderLen: stateHeader}}
+		Pipeline: &jobs.Step{Pipeline: plan.Name, Name: c.Step.Name, Done: done, State: state, StateHeaderLen: stateHeader, Prepare: c.Deferred}}
 	if c.Step.Version != 0 {
 		job.Version = c.Step.Version
 	}

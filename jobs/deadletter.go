@@ -231,7 +231,7 @@ func (q *Queue) Replay(ctx context.Context, model, id, newID string) (*record.Re
 	out := nats.NewMsg(subject)
 	out.Data = m.Data
 	for _, k := range []string{HeaderModel, HeaderVersion, HeaderPayload, HeaderHeaderLength, HeaderLines,
-		HeaderPipeline, HeaderStep, HeaderStepsDone, HeaderStateLength, HeaderStateHeaderLength, HeaderPipelineOutputs} {
+		HeaderPipeline, HeaderStep, HeaderStepsDone, HeaderStateLength, HeaderStateHeaderLength, HeaderPipelineOutputs, HeaderStepPrepare} {
 		if v := h.Get(k); v != "" {
 			out.Header.Set(k, v)
 		}

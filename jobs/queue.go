@@ -81,6 +81,7 @@ const (
 	HeaderStateLength       = "Inferq-State-Length"
 	HeaderStateHeaderLength = "Inferq-State-Header-Length"
 	HeaderPipelineOutputs   = "Inferq-Pipeline-Outputs"
+	HeaderStepPrepare       = "Inferq-Step-Prepare"
 )
 
 // RequestSubject is the subject a model's jobs of a priority are

@@ -111,6 +111,9 @@ type Step struct {
 	Done           []string
 	State          []byte
 	StateHeaderLen int
+	// Prepare: the operations before the step have not run; the job's
+	// request is empty, and its worker makes it from the state.
+	Prepare bool
 }
 
 // MsgID is the JetStream message id of a job's message: its id, and for
@@ -346,7 +349,8 @@ func isFull(err error) bool {
 // EncodeJob encodes a job as a NATS message on its model's subject.
 func EncodeJob(job *Job) (*nats.Msg, error) {
 	data, n := job.Binary, job.BinaryHeaderLen
-	if data == nil {
+	prepare := job.Pipeline != nil && job.Pipeline.Prepare
+	if data == nil && !prepare { // a step to prepare carries its state alone
 		var err error
 		if data, n, err = job.Request.MarshalBinary(); err != nil {
 			return nil, fmt.Errorf("encode job %s: %w", job.ID, err)
@@ -367,6 +371,9 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 		if len(p.Outputs) > 0 {
 			msg.Header.Set(HeaderPipelineOutputs, strings.Join(p.Outputs, ","))
 		}
+		if p.Prepare {
+			msg.Header.Set(HeaderStepPrepare, "1")
+		}
 		if len(p.State) > 0 {
 			msg.Header.Set(HeaderStateLength, strconv.Itoa(len(p.State)))
 			msg.Header.Set(HeaderStateHeaderLength, strconv.Itoa(p.StateHeaderLen))
@@ -378,7 +385,9 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 	if job.Version != 0 {
 		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
 	}
-	msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	if !prepare {
+		msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
+	}
 	if job.Lines != nil {
 		msg.Header.Set(HeaderLines, string(job.Lines.Parameters()))
 	}
@@ -417,6 +426,7 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 		if h := header.Get(HeaderPipelineOutputs); h != "" {
 			p.Outputs = strings.Split(h, ",")
 		}
+		p.Prepare = header.Get(HeaderStepPrepare) == "1"
 		if v := header.Get(HeaderStateLength); v != "" {
 			n, err := strconv.Atoi(v)
 			hl, herr := strconv.Atoi(header.Get(HeaderStateHeaderLength))
@@ -429,6 +439,13 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 			return job, fmt.Errorf("job %s of pipeline %s names no step (%s)", job.ID, name, HeaderStep)
 		}
 		job.Pipeline = p
+	}
+	if job.Pipeline != nil && job.Pipeline.Prepare {
+		if len(data) > 0 {
+			return job, fmt.Errorf("job %s: a step to prepare carries %d bytes beside its state", job.ID, len(data))
+		}
+		job.Request = &tensor.Request{} // made by the worker (see consumer's prepare)
+		return job, nil
 	}
 	var err error
 	if hl := header.Get(HeaderHeaderLength); hl != "" {
