@@ -226,6 +226,9 @@ func Rows(m *model.Model, inputs []tensor.Tensor) (rows, per int) {
 		}
 		rows = int(t.Shape[0])
 	}
+	if rows < 0 {
+		return -1, 0
+	}
 	return rows, 1
 }
 
