@@ -26,19 +26,7 @@ import (
 // postFile submits a file as a job's whole body.
 func postFile(t *testing.T, s *server, path, contentType string, body []byte) response {
 	t.Helper()
-	req, err := http.NewRequest("POST", s.url+path, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", contentType)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(res.Body)
-	return response{code: res.StatusCode, header: res.Header, body: b.Bytes()}
+	return do(t, "POST", s.url+path, body, "Content-Type", contentType)
 }
 
 // A JPEG sent as it is to a pipeline that decodes, resizes and

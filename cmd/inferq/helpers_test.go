@@ -200,7 +200,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) json(t *testing.T, v any) {
+func (r response) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.body, err)
@@ -218,7 +218,7 @@ func (r response) errorMessage(t *testing.T) string {
 
 // do makes a request with a JSON body and the given headers, as name,
 // value pairs, and returns the answer read to the end.
-func do(t *testing.T, method, url string, body []byte, headers ...string) response {
+func do(t testing.TB, method, url string, body []byte, headers ...string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
@@ -262,7 +262,7 @@ func (s *server) submit(t *testing.T, path string, body []byte) string {
 }
 
 // await long-polls a job until it is final.
-func (s *server) await(t *testing.T, id string, within time.Duration) *record.Record {
+func (s *server) await(t testing.TB, id string, within time.Duration) *record.Record {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -427,7 +427,7 @@ type direct struct {
 	sig  onnx.Signature
 }
 
-func openDirect(t *testing.T, path string) *direct {
+func openDirect(t testing.TB, path string) *direct {
 	t.Helper()
 	rt := testenv.Runtime(t)
 	sig, err := rt.Inspect(path)
@@ -442,7 +442,7 @@ func openDirect(t *testing.T, path string) *direct {
 	return &direct{sess: s, sig: sig}
 }
 
-func (d *direct) run(t *testing.T, in []tensor.Tensor) []tensor.Tensor {
+func (d *direct) run(t testing.TB, in []tensor.Tensor) []tensor.Tensor {
 	t.Helper()
 	out, err := d.sess.Run(in)
 	if err != nil {
