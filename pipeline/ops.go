@@ -24,7 +24,7 @@ type Op interface {
 
 // Ops lists the built-in tensor operations, for docs and tests.
 var Ops = []string{"affine", "reshape", "transpose", "cast", "window", "reduce", "softmax", "topk", "ctc_decode",
-	"image.decode", "image.resize", "image.normalize", "audio.decode"}
+	"image.decode", "image.resize", "image.normalize", "text.boxes", "image.crop", "audio.decode"}
 
 // NewOp builds operation name with its parameters; dir is the pipeline's
 // folder, where the files it names (labels, a dictionary) are read. An
@@ -99,6 +99,11 @@ func build(name string, with map[string]any, dir string) (Op, *params) {
 			p.fail("layout: want NCHW or NHWC, got %q", layout)
 		}
 		op = n
+	case "text.boxes":
+		op = &textBoxes{threshold: p.number("threshold", 0.3), boxThreshold: p.number("box_threshold", 0.6),
+			unclipRatio: p.number("unclip_ratio", 1.5), minSize: p.number("min_size", 3), maxCandidates: 1000}
+	case "image.crop":
+		op = &cropImage{height: p.integer("height", ptr(int64(48))), maxWidth: p.integer("max_width", ptr(int64(0)))}
 	case "audio.decode":
 		op = &decodeAudio{rate: p.integer("rate", nil)}
 	case "ctc_decode":

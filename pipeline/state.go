@@ -42,7 +42,7 @@ func (p *Plan) OpDatatype(step, output string) (dt tensor.Datatype, asInput bool
 		if output == "text" {
 			return tensor.Bytes, false
 		}
-	case decodeImage, *resizeImage:
+	case decodeImage, *resizeImage, *cropImage:
 		return tensor.Uint8, false
 	}
 	return tensor.FP32, false

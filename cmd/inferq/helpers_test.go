@@ -280,7 +280,7 @@ func (s *server) await(t testing.TB, id string, within time.Duration) *record.Re
 	return nil
 }
 
-func (s *server) result(t *testing.T, id string) *tensor.Response {
+func (s *server) result(t testing.TB, id string) *tensor.Response {
 	t.Helper()
 	r := do(t, "GET", s.url+"/v1/jobs/"+id+"/result", nil)
 	if r.code != http.StatusOK {
