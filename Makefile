@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: ocr-repo ocrpeer all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
+.PHONY: run-ocr ocr-repo ocrpeer all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
 
 all: build
 
@@ -141,8 +141,8 @@ ocr-repo: $(PPOCR) $(PPOCR_KEYS)
 	@mkdir -p $(OCR_REPO)/ocrdet/1 $(OCR_REPO)/ocrrec/1 $(OCR_REPO)/ocr
 	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_det_infer.onnx $(OCR_REPO)/ocrdet/1/model.onnx
 	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_rec_infer.onnx $(OCR_REPO)/ocrrec/1/model.onnx
-	printf 'max_batch_size: 4\n' > $(OCR_REPO)/ocrdet/config.yaml
-	printf 'max_batch_size: 32\n' > $(OCR_REPO)/ocrrec/config.yaml
+	printf 'max_batch_size: 4\ninstances: 2\nintra_op_threads: 1\n' > $(OCR_REPO)/ocrdet/config.yaml
+	printf 'max_batch_size: 32\ninstances: 2\nintra_op_threads: 1\n' > $(OCR_REPO)/ocrrec/config.yaml
 	cp examples/ocr/pipeline.yaml $(OCR_REPO)/ocr/
 	cp $(PPOCR_KEYS) $(OCR_REPO)/ocr/
 
@@ -205,6 +205,10 @@ $(PROMTOOL_BIN):
 
 run: build
 	bin/inferq serve --models testdata/models --data $(DATA) --http $(HTTP)
+
+# The OCR example (examples/ocr): PaddleOCR's models and the pipeline.
+run-ocr: build ocr-repo
+	bin/inferq serve --models $(OCR_REPO) --data $(DATA)-ocr --http $(HTTP)
 
 test: onnxruntime testmodels ocrpeer minio promtool pydeps chromium bin/inferq
 	$(GO) vet ./...

@@ -68,9 +68,9 @@ func ocrRepo(t testing.TB) string {
 	}
 	return testenv.ModelRepo(t, map[string]string{
 		"ocrdet/1/model.onnx":   "@" + testenv.ThirdParty(t, "ppocr/ch_PP-OCRv4_det_infer.onnx"),
-		"ocrdet/config.yaml":    "max_batch_size: 4\n",
+		"ocrdet/config.yaml":    "max_batch_size: 4\ninstances: 2\nintra_op_threads: 1\n",
 		"ocrrec/1/model.onnx":   "@" + testenv.ThirdParty(t, "ppocr/ch_PP-OCRv4_rec_infer.onnx"),
-		"ocrrec/config.yaml":    "max_batch_size: 32\n",
+		"ocrrec/config.yaml":    "max_batch_size: 32\ninstances: 2\nintra_op_threads: 1\n",
 		"ocr/pipeline.yaml":     string(yaml),
 		"ocr/ppocr_keys_v1.txt": "@" + testenv.ThirdParty(t, "ppocr/ppocr_keys_v1.txt"),
 	})
