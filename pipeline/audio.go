@@ -24,18 +24,11 @@ func (d *decodeAudio) check() error {
 }
 
 func (d *decodeAudio) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, error) {
-	x := in["x"]
-	if x.Datatype != tensor.Bytes {
-		return nil, fmt.Errorf("x is %s: want BYTES, the audio file", x.Datatype)
-	}
-	files, err := tensor.SplitBytes(x.Data)
+	file, err := oneFile(in["x"], "audio.decode", "audio")
 	if err != nil {
-		return nil, fmt.Errorf("x: %w", err)
+		return nil, err
 	}
-	if len(files) != 1 {
-		return nil, fmt.Errorf("x holds %d files: audio.decode takes one a job", len(files))
-	}
-	w, err := DecodeWAV(files[0])
+	w, err := DecodeWAV(file)
 	if err != nil {
 		return nil, err
 	}

@@ -60,22 +60,30 @@ func CheckImage(b []byte, maxPixels int64) (format string, err error) {
 type decodeImage struct{ one }
 
 func (decodeImage) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, error) {
-	x := in["x"]
+	file, err := oneFile(in["x"], "image.decode", "picture")
+	if err != nil {
+		return nil, err
+	}
+	img, err := DecodeImage(file, MaxImagePixels)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]tensor.Tensor{"y": imageTensor("y", img)}, nil
+}
+
+// oneFile is the one file a BYTES input holds (a job's body).
+func oneFile(x tensor.Tensor, op, what string) ([]byte, error) {
 	if x.Datatype != tensor.Bytes {
-		return nil, fmt.Errorf("x is %s: want BYTES, the picture's file", x.Datatype)
+		return nil, fmt.Errorf("x is %s: want BYTES, the %s's file", x.Datatype, what)
 	}
 	files, err := tensor.SplitBytes(x.Data)
 	if err != nil {
 		return nil, fmt.Errorf("x: %w", err)
 	}
 	if len(files) != 1 {
-		return nil, fmt.Errorf("x holds %d files: image.decode takes one picture a job", len(files))
+		return nil, fmt.Errorf("x holds %d files: %s takes one %s a job", len(files), op, what)
 	}
-	img, err := DecodeImage(files[0], MaxImagePixels)
-	if err != nil {
-		return nil, err
-	}
-	return map[string]tensor.Tensor{"y": imageTensor("y", img)}, nil
+	return files[0], nil
 }
 
 // DecodeImage decodes a picture file to RGB, its EXIF orientation

@@ -2,14 +2,11 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,7 +15,6 @@ import (
 
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/pipeline"
-	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -35,16 +31,9 @@ func BenchmarkImageBodies(b *testing.B) {
 	ref := openDirect(b, cls) // for its signature
 	in, out := ref.sig.Inputs[0].Name, ref.sig.Outputs[0].Name
 	s, nc := benchServer(b, testenv.ModelRepo(b, map[string]string{
-		"ocrcls/1/model.onnx": "@" + cls,
-		"ocrcls/config.yaml":  "max_batch_size: 32\n",
-		"direction/pipeline.yaml": fmt.Sprintf(`inputs: [{name: photo, datatype: BYTES, shape: [1]}]
-steps:
-  - {name: decode, op: image.decode, inputs: {x: $photo}}
-  - {name: resize, op: image.resize, with: {size: [48, 192]}, inputs: {x: decode.y}}
-  - {name: norm, op: image.normalize, with: {scale: 0.00392156862745098, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}, inputs: {x: resize.y}}
-  - {name: cls, model: ocrcls, inputs: {%s: norm.y}}
-outputs: {probs: cls.%s}
-`, in, out),
+		"ocrcls/1/model.onnx":     "@" + cls,
+		"ocrcls/config.yaml":      "max_batch_size: 32\n",
+		"direction/pipeline.yaml": directionPipeline(in, out),
 	}))
 	rng := rand.New(rand.NewPCG(9, 9))
 	jpegs := make([][]byte, n)
@@ -109,31 +98,8 @@ outputs: {probs: cls.%s}
 	run := func(path string, body func(i int) ([]byte, []string)) (perSec float64, bytesEach float64) {
 		nc.Flush()
 		published.Store(0)
-		ids := make([]string, n)
 		start := time.Now()
-		var wg sync.WaitGroup
-		next := atomic.Int64{}
-		for range 16 {
-			wg.Go(func() {
-				for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-					data, h := body(i)
-					r := do(b, "POST", s.url+path, data, h...)
-					if r.code != http.StatusAccepted {
-						b.Errorf("POST %s: %d %s", path, r.code, r.body)
-						return
-					}
-					var rec record.Record
-					r.json(b, &rec)
-					ids[i] = rec.ID
-				}
-			})
-		}
-		wg.Wait()
-		for _, id := range ids {
-			if rec := s.await(b, id, 2*time.Minute); rec.Status != record.Succeeded {
-				b.Fatalf("%+v", rec)
-			}
-		}
+		runJobs(b, s, path, n, body)
 		elapsed := time.Since(start)
 		nc.Flush()
 		return n / elapsed.Seconds(), float64(published.Load()) / n

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +24,56 @@ import (
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
+
+// directionPipeline is a pipeline for PaddleOCR's text direction
+// classifier (model ocrcls, input in, output out) that takes a photo as
+// its one BYTES input: decoded, resized to 48x192 and normalised as
+// PaddleOCR does.
+func directionPipeline(in, out string) string {
+	return fmt.Sprintf(`inputs: [{name: photo, datatype: BYTES, shape: [1]}]
+steps:
+  - {name: decode, op: image.decode, inputs: {x: $photo}}
+  - {name: resize, op: image.resize, with: {size: [48, 192]}, inputs: {x: decode.y}}
+  - {name: norm, op: image.normalize, with: {scale: 0.00392156862745098, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}, inputs: {x: resize.y}}
+  - {name: cls, model: ocrcls, inputs: {%s: norm.y}}
+outputs: {probs: cls.%s}
+`, in, out)
+}
+
+// runJobs submits n jobs from 16 clients at once, job i's body and
+// headers (name, value pairs) made by body, and waits for each to
+// succeed: their ids.
+func runJobs(t testing.TB, s *server, path string, n int, body func(i int) ([]byte, []string)) []string {
+	t.Helper()
+	ids := make([]string, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				data, h := body(i)
+				r := do(t, "POST", s.url+path, data, h...)
+				if r.code != http.StatusAccepted {
+					t.Errorf("POST %s: %d %s", path, r.code, r.body)
+					return
+				}
+				var rec record.Record
+				r.json(t, &rec)
+				ids[i] = rec.ID
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, id := range ids {
+		if rec := s.await(t, id, 5*time.Minute); rec.Status != record.Succeeded {
+			t.Fatalf("%+v", rec)
+		}
+	}
+	return ids
+}
 
 // postFile submits a file as a job's whole body.
 func postFile(t *testing.T, s *server, path, contentType string, body []byte) response {
@@ -43,16 +95,9 @@ func TestFileBodies(t *testing.T) {
 	sum := filepath.Join(dir, "rowsum.onnx")
 	writeFile(t, sum, onnxbuild.RowSum())
 	s := startServe(t, testenv.ModelRepo(t, map[string]string{
-		"ocrcls/1/model.onnx": "@" + cls,
-		"rowsum/1/model.onnx": "@" + sum,
-		"direction/pipeline.yaml": fmt.Sprintf(`inputs: [{name: photo, datatype: BYTES, shape: [1]}]
-steps:
-  - {name: decode, op: image.decode, inputs: {x: $photo}}
-  - {name: resize, op: image.resize, with: {size: [48, 192]}, inputs: {x: decode.y}}
-  - {name: norm, op: image.normalize, with: {scale: 0.00392156862745098, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}, inputs: {x: resize.y}}
-  - {name: cls, model: ocrcls, inputs: {%s: norm.y}}
-outputs: {probs: cls.%s}
-`, in, out),
+		"ocrcls/1/model.onnx":     "@" + cls,
+		"rowsum/1/model.onnx":     "@" + sum,
+		"direction/pipeline.yaml": directionPipeline(in, out),
 		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
 steps:
   - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}

@@ -6,19 +6,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/image/font/gofont/gomono"
 	"golang.org/x/image/font/gofont/goregular"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/pipeline"
-	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -143,30 +140,8 @@ func BenchmarkOCR(b *testing.B) {
 	s, _ := benchServer(b, ocrRepo(b))
 	var rate float64
 	for range b.N {
-		ids := make([]string, n)
-		var next atomic.Int64
-		var wg sync.WaitGroup
 		start := time.Now()
-		for range 16 {
-			wg.Go(func() {
-				for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-					r := do(b, "POST", s.url+"/v1/models/ocr/jobs", pics[i], "Content-Type", "image/png")
-					if r.code != 202 {
-						b.Errorf("%d %s", r.code, r.body)
-						return
-					}
-					var rec record.Record
-					r.json(b, &rec)
-					ids[i] = rec.ID
-				}
-			})
-		}
-		wg.Wait()
-		for _, id := range ids {
-			if rec := s.await(b, id, 5*time.Minute); rec.Status != record.Succeeded {
-				b.Fatalf("%+v", rec)
-			}
-		}
+		runJobs(b, s, "/v1/models/ocr/jobs", n, func(i int) ([]byte, []string) { return pics[i], []string{"Content-Type", "image/png"} })
 		rate = n / time.Since(start).Seconds()
 	}
 	b.ReportMetric(rate, "inferq_images/s")
