@@ -118,7 +118,9 @@ func DecodeWAV(b []byte) (*WAV, error) {
 	case format == 1 && bits == 16:
 		read = func(p []byte) float32 { return float32(int16(le.Uint16(p))) / (1 << 15) }
 	case format == 1 && bits == 24:
-		read = func(p []byte) float32 { return float32(int32(uint32(p[0])<<8|uint32(p[1])<<16|uint32(p[2])<<24)>>8) / (1 << 23) }
+		read = func(p []byte) float32 {
+			return float32(int32(uint32(p[0])<<8|uint32(p[1])<<16|uint32(p[2])<<24)>>8) / (1 << 23)
+		}
 	case format == 1 && bits == 32:
 		read = func(p []byte) float32 { return float32(float64(int32(le.Uint32(p))) / (1 << 31)) }
 	case format == 3 && bits == 32:

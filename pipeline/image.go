@@ -8,10 +8,10 @@ import (
 	"image"
 	"image/color"
 	"image/draw"
-	"io"
 	_ "image/gif"  // a format image.decode reads
 	_ "image/jpeg" // a format image.decode reads
 	_ "image/png"  // a format image.decode reads
+	"io"
 	"math"
 
 	"github.com/rwcarlsen/goexif/exif"
