@@ -10,6 +10,7 @@ import (
 	"image/jpeg"
 	"image/png"
 	"math"
+	"os"
 	"strings"
 	"testing"
 
@@ -89,6 +90,16 @@ func TestImageDecode(t *testing.T) {
 	// Alpha dropped, colour kept: a transparent green pixel stays green.
 	alpha := picture(1, 1, func(x, y int) color.Color { return color.NRGBA{0, 200, 0, 0} })
 	jpg := file(t, halves, jpgEnc)
+	// Made by sharp (libvips), which Go's encoders cannot: a lossless
+	// WebP and a CMYK JPEG of the same halves.
+	webp, err := os.ReadFile("testdata/halves.webp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmyk, err := os.ReadFile("testdata/halves-cmyk.jpg")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name  string
 		data  []byte
@@ -101,6 +112,10 @@ func TestImageDecode(t *testing.T) {
 		{"jpeg", jpg, "[4 8 3]", map[[2]int][3]int{{0, 0}: {255, 0, 0}, {7, 3}: {0, 0, 255}}, 40},
 		{"gif", file(t, halves, gifEnc), "[4 8 3]", map[[2]int][3]int{{0, 0}: {255, 0, 0}, {7, 3}: {0, 0, 255}}, 0},
 		{"bmp", file(t, halves, bmpEnc), "[4 8 3]", map[[2]int][3]int{{0, 0}: {255, 0, 0}, {7, 3}: {0, 0, 255}}, 0},
+		{"webp", webp, "[4 8 3]", map[[2]int][3]int{{0, 0}: {255, 0, 0}, {7, 3}: {0, 0, 255}}, 0},
+		// Colours come back without its ICC profile (the standard
+		// library converts CMYK plainly): near, not exact.
+		{"cmyk jpeg", cmyk, "[4 8 3]", map[[2]int][3]int{{0, 0}: {255, 0, 0}, {7, 3}: {0, 0, 255}}, 64},
 		{"grey png", file(t, grey, pngEnc), "[1 2 3]", map[[2]int][3]int{{0, 0}: {10, 10, 10}, {1, 0}: {200, 200, 200}}, 0},
 		{"grey jpeg", file(t, grey, jpgEnc), "[1 2 3]", map[[2]int][3]int{{0, 0}: {10, 10, 10}, {1, 0}: {200, 200, 200}}, 8},
 		{"png with alpha", file(t, alpha, pngEnc), "[1 1 3]", map[[2]int][3]int{{0, 0}: {0, 200, 0}}, 0},
