@@ -304,8 +304,7 @@ const NotQueued = "could not be queued: "
 // completed by such a retry (Resubmit), or stays queued, unseen by a
 // client who was answered 503 and never told its id.
 func (q *Queue) notQueued(ctx context.Context, id string, cause error) {
-	var apiErr *jetstream.APIError
-	if !isFull(cause) && (!errors.As(cause, &apiErr) || apiErr.Code == 503) {
+	if !isFull(cause) && !definite(cause) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -326,8 +325,7 @@ func tryUntil(ctx context.Context, deadline time.Time, fn func(ctx context.Conte
 		if err == nil || isFull(err) || ctx.Err() != nil || time.Now().Add(d).After(deadline) {
 			return err
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.Code != 503 {
+		if definite(err) {
 			return err // a definite refusal, not a lost answer
 		}
 		if !retry.Sleep(ctx, d) {
@@ -335,6 +333,19 @@ func tryUntil(ctx context.Context, deadline time.Time, fn func(ctx context.Conte
 		}
 	}
 }
+
+// definite reports an error of JetStream's that refuses a write for
+// good: an API error other than 503 (no quorum, a leader moving) and
+// other than a publish of the same message id still in process (an
+// earlier try whose answer was lost, whose outcome is not known yet:
+// seen when a cluster loses its quorum mid-publish).
+func definite(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code != 503 && apiErr.ErrorCode != errDuplicateInProcess
+}
+
+// errDuplicateInProcess is nats-server's JSStreamDuplicateMessageConflict.
+const errDuplicateInProcess jetstream.ErrorCode = 10158
 
 // ErrQueueFull is returned by Submit when the model's queue holds as many
 // jobs as it may.
