@@ -11,6 +11,7 @@ import (
 	"github.com/inferq/inferq/flow"
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -179,12 +180,49 @@ var errBadObject = errors.New("bad input object")
 // missing object, or one whose size does not fit the input's shape, is an
 // error the job fails with; others are storage trouble, to retry.
 func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
-	for i := range job.Request.Inputs {
-		t := &job.Request.Inputs[i]
+	if err := w.readObjects(ctx, job.Model, job.Request.Inputs); err != nil {
+		return err
+	}
+	p := job.Pipeline
+	if p == nil || !p.Prepare || len(p.State) == 0 {
+		return nil
+	}
+	// A pipeline job's first step, not prepared yet: the objects are
+	// its inputs, in its state, under the pipeline's inputs folder.
+	st, err := pipeline.DecodeState(p.State, p.StateHeaderLen, p.Done, w.opts.Limits)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errBadObject, err)
+	}
+	values := make([]tensor.Tensor, 0, len(st.Values))
+	refs := make([]string, 0, len(st.Values))
+	for ref, t := range st.Values {
+		if t.Object != "" {
+			values, refs = append(values, t), append(refs, ref)
+		}
+	}
+	if err := w.readObjects(ctx, p.Pipeline, values); err != nil {
+		return err
+	}
+	for i, ref := range refs {
+		values[i].Object = ""
+		st.Values[ref] = values[i]
+	}
+	p.State, p.StateHeaderLen, _, err = st.Encode()
+	return err
+}
+
+// readObjects reads the inputs given by reference among inputs, each
+// under model's inputs folder. A BYTES input of one element whose
+// object is not that element in the binary extension's form (a length,
+// then the bytes) is the object itself: a file (a picture, a WAV) as it
+// was stored.
+func (w *Worker) readObjects(ctx context.Context, model string, inputs []tensor.Tensor) error {
+	for i := range inputs {
+		t := &inputs[i]
 		if t.Object == "" {
 			continue
 		}
-		if err := jobs.CheckInputObject(job.Model, t.Object); err != nil {
+		if err := jobs.CheckInputObject(model, t.Object); err != nil {
 			return fmt.Errorf("input %q: %w", t.Name, err)
 		}
 		rc, err := w.opts.Results.Get(ctx, t.Object)
@@ -195,6 +233,9 @@ func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("input %q: read object %s: %w", t.Name, t.Object, err)
+		}
+		if t.Datatype == tensor.Bytes && tensor.NumElements(t.Shape) == 1 && t.CheckData() != nil {
+			t.Data = tensor.AppendBytesElement(nil, t.Data)
 		}
 		if err := t.CheckData(); err != nil {
 			return fmt.Errorf("%w: input %q: object %s holds %d bytes, which do not fit %s %s: %v", errBadObject, t.Name, t.Object, len(t.Data), t.Datatype, tensor.FormatShape(t.Shape), err)

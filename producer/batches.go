@@ -2,6 +2,7 @@ package producer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -253,7 +254,10 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 		}
 		line = body
 	}
-	req, err := tensor.DecodeRequest(line, s.opts.Limits)
+	req, err := objectLine(m, line)
+	if req == nil && err == nil {
+		req, err = tensor.DecodeRequest(line, s.opts.Limits)
+	}
 	if err != nil {
 		p := parsedLine{customID: batchfile.PeekCustomID(line)}
 		if env != nil {
@@ -284,6 +288,27 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 		p.key = batching.Key(p.inputs, m.Batched)
 	}
 	return p, nil
+}
+
+// objectLine reads a line that names a stored file for a model or
+// pipeline of one BYTES input: {"custom_id": ..., "object":
+// "inputs/{model}/..."}. Nil, nil for any other line.
+func objectLine(m *model.Model, line []byte) (*tensor.Request, error) {
+	if !bytes.Contains(line, []byte(`"object"`)) {
+		return nil, nil
+	}
+	var l struct {
+		CustomID json.RawMessage `json:"custom_id"`
+		Object   *string         `json:"object"`
+		Inputs   json.RawMessage `json:"inputs"`
+	}
+	if json.Unmarshal(line, &l) != nil || l.Object == nil || l.Inputs != nil {
+		return nil, nil // a request, or not JSON: its own decoding says what is wrong
+	}
+	if len(m.Inputs) != 1 || m.Inputs[0].Datatype != tensor.Bytes {
+		return nil, fmt.Errorf(`a line naming an "object" goes to a model or pipeline of one BYTES input; %s takes %s`, m.Name, describeInputs(m))
+	}
+	return &tensor.Request{CustomID: l.CustomID, Inputs: []tensor.Tensor{{Name: m.Inputs[0].Name, Datatype: tensor.Bytes, Shape: []int64{1}, Object: *l.Object}}}, nil
 }
 
 // submitChunk queues a chunk's lines as one job.

@@ -94,6 +94,7 @@ func TestFileBodies(t *testing.T) {
 	dir := t.TempDir()
 	sum := filepath.Join(dir, "rowsum.onnx")
 	writeFile(t, sum, onnxbuild.RowSum())
+	objects := t.TempDir()
 	s := startServe(t, testenv.ModelRepo(t, map[string]string{
 		"ocrcls/1/model.onnx":     "@" + cls,
 		"rowsum/1/model.onnx":     "@" + sum,
@@ -104,7 +105,7 @@ steps:
   - {name: total, model: rowsum, inputs: {x: decode.y}}
 outputs: {total: total.y}
 `,
-	}))
+	}), "--storage", objects)
 	// A picture of stripes, 120 wide and 40 high.
 	img := image.NewRGBA(image.Rect(0, 0, 120, 40))
 	for y := range 40 {
@@ -184,6 +185,29 @@ outputs: {total: total.y}
 	if v := math.Float32frombits(binary.LittleEndian.Uint32(total.Data)); math.Abs(float64(v)-2000) > 1 {
 		t.Errorf("the WAV's samples sum to %g, want 2000", v)
 	}
+
+	// A batch file whose lines name stored files: the pipeline reads
+	// each from the store in its first step's worker.
+	writeFile(t, filepath.Join(objects, "inputs", "direction", "a.jpg"), jpg.Bytes())
+	writeFile(t, filepath.Join(objects, "inputs", "direction", "b.jpg"), jpg.Bytes())
+	lines := `{"custom_id":"a","object":"inputs/direction/a.jpg"}` + "\n" +
+		`{"custom_id":"missing","object":"inputs/direction/nothing.jpg"}` + "\n" +
+		`{"custom_id":"b","object":"inputs/direction/b.jpg"}` + "\n"
+	batch := postBatch(t, s, "direction", strings.NewReader(lines))
+	if batch = awaitBatch(t, s, batch.ID, time.Minute); batch.Counts.Succeeded != 2 || batch.Counts.Failed != 1 {
+		t.Fatalf("a batch of stored files: %+v", batch)
+	}
+	assertOutputLines(t, s, batch.ID, 3, func(i int) ([]tensor.Tensor, string) {
+		if i == 1 {
+			return nil, "nothing.jpg"
+		}
+		return want, ""
+	})
+	// A line naming a file, to a model that takes tensors: that line
+	// fails, saying why.
+	batch = postBatch(t, s, "ocrcls", strings.NewReader(`{"object":"inputs/ocrcls/a.jpg"}`+"\n"))
+	batch = awaitBatch(t, s, batch.ID, time.Minute)
+	assertOutputLines(t, s, batch.ID, 1, func(int) ([]tensor.Tensor, string) { return nil, "one BYTES input" })
 
 	// The command line sends a file as it is.
 	photo := filepath.Join(t.TempDir(), "photo.jpg")
