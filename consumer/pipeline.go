@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -151,14 +150,9 @@ func (w *Worker) advance(ctx context.Context, items []*item, next []*jobs.Job) {
 	changes := make([]jobs.Change, len(items))
 	for i, it := range items {
 		changes[i] = jobs.Change{ID: it.job.ID, Rec: it.rec, Rev: it.rev, Fn: func(r *record.Record) error {
-			if _, err := r.Apply(record.Advance, now, ""); err != nil {
+			if err := r.AdvanceStep(it.job.Pipeline.Name, next[i].Pipeline.Name, now, it.attempt); err != nil {
 				return err
 			}
-			r.Steps = slices.Clone(r.Steps) // not the caller's copy's
-			s := r.Step(it.job.Pipeline.Name)
-			s.Status, s.FinishedAt, s.Attempts, s.Error = record.Succeeded, &now, max(s.Attempts, it.attempt), ""
-			r.Step(next[i].Pipeline.Name).Status = record.Queued
-			r.Attempts = 0 // the next step's, from none
 			if r.Worker == "" {
 				r.Worker = w.opts.Name
 			}
@@ -202,8 +196,7 @@ func startStep(r *record.Record, it *item, now time.Time) {
 	if it.job.Pipeline == nil {
 		return
 	}
-	s := r.Step(it.job.Pipeline.Name)
-	s.Status, s.StartedAt, s.FinishedAt, s.Attempts, s.Error = record.Running, &now, nil, it.attempt, ""
+	r.StartStep(it.job.Pipeline.Name, now, it.attempt)
 }
 
 // endStep notes in r how a pipeline job's last step ended, and returns
@@ -215,19 +208,16 @@ func endStep(r *record.Record, it *item, status record.Status, reason string, no
 	if afterStep(reason) && it.attempt == 0 {
 		return reason // an operation before the model step failed: it never started
 	}
-	s := r.Step(it.job.Pipeline.Name)
-	s.Status, s.FinishedAt = status, &now
-	if s.Attempts < it.attempt {
-		s.Attempts = it.attempt
-	}
-	if status == record.Succeeded || reason == "" {
+	name := it.job.Pipeline.Name
+	switch {
+	case status == record.Succeeded || reason == "":
+		r.EndStep(name, status, now, it.attempt, "")
+		return reason
+	case afterStep(reason):
+		r.EndStep(name, record.Succeeded, now, it.attempt, "") // the model step ran; what came after failed
 		return reason
 	}
-	if afterStep(reason) {
-		s.Status = record.Succeeded // the model step ran; what came after failed
-		return reason
-	}
-	s.Error = reason
+	r.EndStep(name, status, now, it.attempt, reason)
 	return stepReason(it, reason)
 }
 

@@ -269,7 +269,7 @@ func (w *Worker) readRange(ctx context.Context, r *record.ResultRef) ([]byte, er
 // those it asked for, in the model's order.
 func (it *item) response(model string, outputs []tensor.Tensor) *tensor.Response {
 	if p := it.job.Pipeline; p != nil {
-		return &tensor.Response{ModelName: p.Pipeline, ModelVersion: "1", ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs, p.Outputs)}
+		return &tensor.Response{ModelName: p.Pipeline, ModelVersion: "1", ID: it.job.ID, Parameters: it.params, Outputs: tensor.Select(outputs, p.Outputs)}
 	}
-	return &tensor.Response{ModelName: model, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: selectOutputs(outputs, it.job.Request.Outputs)}
+	return &tensor.Response{ModelName: model, ModelVersion: it.model.VersionString(), ID: it.job.ID, Parameters: it.params, Outputs: tensor.Select(outputs, it.job.Request.Outputs)}
 }

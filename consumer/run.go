@@ -281,7 +281,7 @@ func (r *runner) runLines(s session, it *item) ([]tensor.Tensor, error) {
 			lines.Errors[l] = err.Error()
 			return
 		}
-		outs[l] = selectOutputs(out, it.job.Request.Outputs)
+		outs[l] = tensor.Select(out, it.job.Request.Outputs)
 	}
 	for _, group := range r.lineGroups(it) {
 		if len(group.lines) == 1 || !r.runStacked(s, it, group, outs) {
@@ -383,7 +383,7 @@ func (r *runner) runStacked(s session, it *item, g *lineGroup, outs [][]tensor.T
 		}
 	}
 	for i, l := range g.lines {
-		outs[l] = selectOutputs(got[i], it.job.Request.Outputs)
+		outs[l] = tensor.Select(got[i], it.job.Request.Outputs)
 	}
 	return true
 }
@@ -405,23 +405,6 @@ func (r *runner) unbatched(m *model.Model) bool {
 	return ok
 }
 
-func selectOutputs(all []tensor.Tensor, names []string) []tensor.Tensor {
-	if len(names) == 0 {
-		return all
-	}
-	out := make([]tensor.Tensor, 0, len(names))
-	for i, n := range names {
-		if slices.Contains(names[:i], n) {
-			continue // asked twice (a job queued before the API refused that): once is enough
-		}
-		for _, t := range all {
-			if t.Name == n {
-				out = append(out, t)
-			}
-		}
-	}
-	return out
-}
 
 // trim cuts the outputs of a padded item back to its own length.
 func trim(it *item, outputs []tensor.Tensor) ([]tensor.Tensor, error) {

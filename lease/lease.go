@@ -14,6 +14,7 @@
 package lease
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -25,7 +26,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -211,9 +211,7 @@ func (l *Leaser) start(ctx context.Context, msg jetstream.Msg, attempts int, tim
 		if _, err := r.Apply(record.Start, now, ""); err != nil {
 			return err
 		}
-		r.Steps = slices.Clone(r.Steps)
-		s := r.Step(job.Pipeline.Name)
-		s.Status, s.StartedAt, s.FinishedAt, s.Attempts, s.Error = record.Running, &now, nil, attempt, ""
+		r.StartStep(job.Pipeline.Name, now, attempt)
 		r.Attempts, r.Worker = attempt, l.opts.Name
 		return nil
 	})
@@ -304,15 +302,7 @@ func (l *Leaser) Answer(ctx context.Context, leaseID string, outputs []tensor.Te
 			return err
 		}
 		rec, rev, err := q.Records.UpdateFrom(ctx, job.ID, rec, rev, func(r *record.Record) error {
-			if _, err := r.Apply(record.Advance, now, ""); err != nil {
-				return err
-			}
-			r.Steps = slices.Clone(r.Steps)
-			s := r.Step(t.Step)
-			s.Status, s.FinishedAt = record.Succeeded, &now
-			r.Step(next.Pipeline.Name).Status = record.Queued
-			r.Attempts = 0
-			return nil
+			return r.AdvanceStep(t.Step, next.Pipeline.Name, now, t.Attempt)
 		})
 		if err != nil {
 			return err
@@ -322,19 +312,17 @@ func (l *Leaser) Answer(ctx context.Context, leaseID string, outputs []tensor.Te
 		}
 		return q.SettleReply(ctx, t.Reply, "+ACK")
 	}
-	resp := &tensor.Response{ModelName: t.Pipeline, ModelVersion: "1", ID: job.ID, Outputs: selectOutputs(final, job.Pipeline.Outputs)}
+	resp := &tensor.Response{ModelName: t.Pipeline, ModelVersion: "1", ID: job.ID, Outputs: tensor.Select(final, job.Pipeline.Outputs)}
 	data := resp.AppendJSON(nil)
 	key := jobs.JobResultKey(t.Pipeline, job.ID)
-	if err := l.opts.Results.Put(ctx, key, strings.NewReader(string(data))); err != nil {
+	if err := l.opts.Results.Put(ctx, key, bytes.NewReader(data)); err != nil {
 		return fmt.Errorf("store the result of job %s: %w", job.ID, err)
 	}
 	rec, _, err = q.Records.UpdateFrom(ctx, job.ID, rec, rev, func(r *record.Record) error {
 		if _, err := r.Apply(record.Succeed, now, ""); err != nil {
 			return err
 		}
-		r.Steps = slices.Clone(r.Steps)
-		s := r.Step(t.Step)
-		s.Status, s.FinishedAt = record.Succeeded, &now
+		r.EndStep(t.Step, record.Succeeded, now, t.Attempt, "")
 		r.Result = &record.ResultRef{Key: key, Length: int64(len(data)), Whole: true}
 		return nil
 	})
@@ -365,9 +353,7 @@ func (l *Leaser) fail(ctx context.Context, h map[string][]string, data []byte, s
 		if _, err := r.Apply(record.Fail, now, why); err != nil {
 			return err
 		}
-		r.Steps = slices.Clone(r.Steps)
-		s := r.Step(job.Pipeline.Name)
-		s.Status, s.FinishedAt, s.Error = record.Failed, &now, reason
+		r.EndStep(job.Pipeline.Name, record.Failed, now, attempt, reason)
 		return nil
 	})
 	if errors.Is(err, record.ErrConflict) {
@@ -380,19 +366,6 @@ func (l *Leaser) fail(ctx context.Context, h map[string][]string, data []byte, s
 		return err
 	}
 	return q.SettleReply(ctx, reply, "+ACK")
-}
-
-func selectOutputs(all []tensor.Tensor, names []string) []tensor.Tensor {
-	if len(names) == 0 {
-		return all
-	}
-	var out []tensor.Tensor
-	for _, t := range all {
-		if slices.Contains(names, t.Name) {
-			out = append(out, t)
-		}
-	}
-	return out
 }
 
 // seal and open make and read lease ids.

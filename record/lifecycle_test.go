@@ -132,3 +132,30 @@ func TestAsRead(t *testing.T) {
 		})
 	}
 }
+
+// TestSteps: a pipeline job's steps as the workers and leases note them,
+// and a copy of a record (as updates make) leaves its original's steps
+// alone.
+func TestSteps(t *testing.T) {
+	at := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	orig := Record{Status: Queued}
+	orig.StartStep("det", at, 1)
+	r := orig // a copy, as an update makes it
+	r.Status = Running
+	if err := r.AdvanceStep("det", "rec", at, 2); err != nil {
+		t.Fatal(err)
+	}
+	if orig.Steps[0].Status != Running || len(orig.Steps) != 1 {
+		t.Fatalf("the original's steps changed: %+v", orig.Steps)
+	}
+	if r.Status != Queued || r.Attempts != 0 || len(r.Steps) != 2 || r.Steps[0].Status != Succeeded || r.Steps[0].Attempts != 2 || r.Steps[1].Status != Queued {
+		t.Fatalf("advanced: %+v", r)
+	}
+	r.EndStep("rec", Failed, at, 1, "boom")
+	if s := r.Steps[1]; s.Status != Failed || s.Error != "boom" || s.Attempts != 1 || s.FinishedAt == nil {
+		t.Fatalf("ended: %+v", s)
+	}
+	if err := (&Record{Status: Queued}).AdvanceStep("a", "b", at, 1); !errors.Is(err, ErrConflict) {
+		t.Errorf("a queued job advanced: %v", err)
+	}
+}

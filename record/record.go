@@ -8,6 +8,7 @@ package record
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -110,8 +111,10 @@ type Step struct {
 }
 
 // Step returns the step called name, added (queued) when the record has
-// none yet.
+// none yet. It copies Steps first: a record copied by value (as updates
+// are made) shares them with the record it was copied from.
 func (r *Record) Step(name string) *Step {
+	r.Steps = slices.Clone(r.Steps)
 	for i := range r.Steps {
 		if r.Steps[i].Name == name {
 			return &r.Steps[i]
@@ -119,6 +122,32 @@ func (r *Record) Step(name string) *Step {
 	}
 	r.Steps = append(r.Steps, Step{Name: name, Status: Queued})
 	return &r.Steps[len(r.Steps)-1]
+}
+
+// StartStep notes that a pipeline job's step begins its attempt.
+func (r *Record) StartStep(name string, at time.Time, attempt int) {
+	s := r.Step(name)
+	s.Status, s.StartedAt, s.FinishedAt, s.Attempts, s.Error = Running, &at, nil, attempt, ""
+}
+
+// EndStep notes how a pipeline job's step ended, after attempt attempts
+// (those it had, when more), and why it failed, if it did.
+func (r *Record) EndStep(name string, status Status, at time.Time, attempt int, reason string) {
+	s := r.Step(name)
+	s.Status, s.FinishedAt, s.Attempts, s.Error = status, &at, max(s.Attempts, attempt), reason
+}
+
+// AdvanceStep moves a pipeline job on from step done, succeeded after
+// attempt attempts, to waiting for step next (record.Advance), whose
+// attempts count from none.
+func (r *Record) AdvanceStep(done, next string, at time.Time, attempt int) error {
+	if _, err := r.Apply(Advance, at, ""); err != nil {
+		return err
+	}
+	r.EndStep(done, Succeeded, at, attempt, "")
+	r.Step(next).Status = Queued
+	r.Attempts = 0
+	return nil
 }
 
 // ResultRef locates a job's V2 response: Length bytes from Offset in the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -161,4 +162,25 @@ func (s *Spec) Accepts(t *Tensor) error {
 		}
 	}
 	return nil
+}
+
+// Select is the tensors of all named in names, in the order names gives
+// them (a name given twice once); all of them when names is empty: the
+// outputs a request asks for.
+func Select(all []Tensor, names []string) []Tensor {
+	if len(names) == 0 {
+		return all
+	}
+	out := make([]Tensor, 0, len(names))
+	for i, n := range names {
+		if slices.Contains(names[:i], n) {
+			continue
+		}
+		for _, t := range all {
+			if t.Name == n {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
 }
