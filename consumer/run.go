@@ -405,7 +405,6 @@ func (r *runner) unbatched(m *model.Model) bool {
 	return ok
 }
 
-
 // trim cuts the outputs of a padded item back to its own length.
 func trim(it *item, outputs []tensor.Tensor) ([]tensor.Tensor, error) {
 	return trimOutputs(it.model, it.length, outputs)
