@@ -30,10 +30,18 @@ func NewOutputLine(batch string, l IndexLine) OutputLine {
 	return OutputLine{CustomID: l.CustomID, OpenAI: l.OpenAI, ID: batch + "-" + strconv.FormatInt(l.Line, 10)}
 }
 
+// Select says which output lines are made, and what they say.
+type Select struct {
+	// ErrorsOnly makes the failed lines alone, each with its number.
+	ErrorsOnly bool
+	// Numbered gives every line its input line's number (a followed
+	// output, whose lines come as they finish).
+	Numbered bool
+}
+
 // Failed makes the output lines of lines that all failed with msg (or,
-// for an error line of the index, its own error). With errorsOnly each
-// says its input line's number.
-func Failed(batch string, lines []IndexLine, msg string, errorsOnly bool) [][]byte {
+// for an error line of the index, its own error), numbered as sel says.
+func Failed(batch string, lines []IndexLine, msg string, sel Select) [][]byte {
 	out := make([][]byte, len(lines))
 	for i, l := range lines {
 		ol := NewOutputLine(batch, l)
@@ -41,7 +49,7 @@ func Failed(batch string, lines []IndexLine, msg string, errorsOnly bool) [][]by
 		if l.Error != "" {
 			ol.Error = l.Error
 		}
-		if errorsOnly {
+		if sel.ErrorsOnly || sel.Numbered {
 			ol.Line = l.Line
 		}
 		out[i] = ol.Append(nil)
@@ -52,10 +60,9 @@ func Failed(batch string, lines []IndexLine, msg string, errorsOnly bool) [][]by
 // Assemble makes the output lines of the lines one job packed, from the
 // job's response: each line's part of it, cut as the job was packed (the
 // response's parameters say so for lines laid end to end, and which lines
-// failed on their own), or its error. With errorsOnly only the failed
-// lines, each with its number. A response that does not match the lines
-// fails them all, saying why.
-func Assemble(batch, job string, lines []IndexLine, resp *tensor.Response, errorsOnly bool) [][]byte {
+// failed on their own), or its error; the lines sel selects. A response
+// that does not match the lines fails them all, saying why.
+func Assemble(batch, job string, lines []IndexLine, resp *tensor.Response, sel Select) [][]byte {
 	parts := [][]tensor.Tensor{resp.Outputs}
 	packed, err := batching.ParseLines(resp.Parameters)
 	switch {
@@ -72,18 +79,21 @@ func Assemble(batch, job string, lines []IndexLine, resp *tensor.Response, error
 		parts, err = batching.Split(resp.Outputs, rows)
 	}
 	if err != nil {
-		return Failed(batch, lines, err.Error(), errorsOnly)
+		return Failed(batch, lines, err.Error(), sel)
 	}
 	out := make([][]byte, 0, len(lines))
 	for i, l := range lines {
 		ol := NewOutputLine(batch, l)
 		msg, failed := packed.Failed(i)
+		if sel.Numbered {
+			ol.Line = l.Line
+		}
 		switch {
-		case failed && errorsOnly:
+		case failed && sel.ErrorsOnly:
 			ol.Error, ol.Line = msg, l.Line
 		case failed:
 			ol.Error = msg
-		case errorsOnly:
+		case sel.ErrorsOnly:
 			continue
 		default:
 			r := tensor.Response{ModelName: resp.ModelName, ModelVersion: resp.ModelVersion, ID: job, Outputs: parts[i]}

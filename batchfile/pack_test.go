@@ -138,7 +138,7 @@ func TestChunkRequestAndAssemble(t *testing.T) {
 				}
 				resp.Parameters = lines.Parameters()
 			}
-			out := Assemble("b", "j", tc.chunk.Lines, resp, false)
+			out := Assemble("b", "j", tc.chunk.Lines, resp, Select{})
 			if len(out) != len(tc.want) {
 				t.Fatalf("%d output lines for %d input lines", len(out), len(tc.want))
 			}
@@ -147,7 +147,7 @@ func TestChunkRequestAndAssemble(t *testing.T) {
 					t.Errorf("output line %d = %s, want it to hold %s", i, out[i], w)
 				}
 			}
-			errs := Assemble("b", "j", tc.chunk.Lines, resp, true)
+			errs := Assemble("b", "j", tc.chunk.Lines, resp, Select{ErrorsOnly: true})
 			if want := max(0, min(1, tc.failLine+1)); len(errs) != want {
 				t.Errorf("errors only: %d lines, want %d", len(errs), want)
 			}
@@ -170,7 +170,7 @@ func TestAssembleMismatch(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out := Assemble("b", "j", lines, tc.resp, false)
+			out := Assemble("b", "j", lines, tc.resp, Select{})
 			if len(out) != 2 {
 				t.Fatalf("%d lines, want 2", len(out))
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/inferq/inferq/jobs"
 	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/pipeline"
+	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
 )
 
@@ -211,6 +212,22 @@ func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
 	return err
 }
 
+// openObject opens an input object of a job of model: a key under the
+// model's inputs folder of the store, or an s3:// URL of an allowed
+// source.
+func (w *Worker) openObject(ctx context.Context, model, ref string) (io.ReadCloser, error) {
+	if storage.IsURL(ref) {
+		if w.opts.Sources == nil {
+			return nil, fmt.Errorf("%w: this worker reads no s3:// sources (--batch-sources)", storage.ErrSourceRefused)
+		}
+		return w.opts.Sources.OpenURL(ctx, ref)
+	}
+	if err := jobs.CheckInputObject(model, ref); err != nil {
+		return nil, err
+	}
+	return w.opts.Results.Get(ctx, ref)
+}
+
 // readObjects reads the inputs given by reference among inputs, each
 // under model's inputs folder. A BYTES input of one element whose
 // object is not that element in the binary extension's form (a length,
@@ -222,10 +239,7 @@ func (w *Worker) readObjects(ctx context.Context, model string, inputs []tensor.
 		if t.Object == "" {
 			continue
 		}
-		if err := jobs.CheckInputObject(model, t.Object); err != nil {
-			return fmt.Errorf("input %q: %w", t.Name, err)
-		}
-		rc, err := w.opts.Results.Get(ctx, t.Object)
+		rc, err := w.openObject(ctx, model, t.Object)
 		if err != nil {
 			return fmt.Errorf("input %q: object %s: %w", t.Name, t.Object, err)
 		}

@@ -98,7 +98,7 @@ func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 // queue.
 func permanent(err error) bool {
 	return errors.Is(err, storage.ErrNotFound) || errors.Is(err, storage.ErrInvalidKey) ||
-		errors.Is(err, errBadObject) || errors.Is(err, jobs.ErrInputScope)
+		errors.Is(err, errBadObject) || errors.Is(err, jobs.ErrInputScope) || errors.Is(err, storage.ErrSourceRefused)
 }
 
 // handBackUnread hands a job whose request or inputs could not be read

@@ -124,6 +124,11 @@ type Options struct {
 	// state in one write, a write a job fewer (see docs/nats.md). 0 marks
 	// every batch running before it runs.
 	RunningAfter time.Duration
+	// Sources reads the inputs that jobs name by s3:// URL (the lines of
+	// a batch over an allowed bucket, --batch-sources); nil reads none.
+	Sources interface {
+		OpenURL(ctx context.Context, url string) (io.ReadCloser, error)
+	}
 }
 
 // Result layouts.

@@ -46,9 +46,11 @@ func batchStored(rec *record.BatchRecord) any {
 	type stored record.BatchRecord
 	return struct {
 		*stored
-		Index   string        `json:"index_key"`
-		Counted record.SeqSet `json:"counted,omitempty"`
-	}{(*stored)(rec), rec.Index, rec.Counted}
+		Index       string        `json:"index_key"`
+		Counted     record.SeqSet `json:"counted,omitempty"`
+		Feed        *record.Feed  `json:"feed,omitempty"`
+		ResultsFrom uint64        `json:"results_from,omitempty"`
+	}{(*stored)(rec), rec.Index, rec.Counted, rec.Feed, rec.ResultsFrom}
 }
 
 // Get returns the record of batch id.
@@ -66,7 +68,7 @@ func (b *Batches) Recent(ctx context.Context, n int, keep func(model string) boo
 	}
 	var ids []string
 	for k := range lister.Keys() {
-		if !strings.HasPrefix(k, uploadingPrefix) {
+		if !strings.Contains(k, ".") { // not uploading.* nor feeding.*
 			ids = append(ids, k)
 		}
 	}
@@ -92,13 +94,16 @@ func (b *Batches) get(ctx context.Context, id string) (*record.BatchRecord, uint
 	}
 	var s struct {
 		record.BatchRecord
-		Index   string        `json:"index_key"`
-		Counted record.SeqSet `json:"counted"`
+		Index       string        `json:"index_key"`
+		Counted     record.SeqSet `json:"counted"`
+		Feed        *record.Feed  `json:"feed"`
+		ResultsFrom uint64        `json:"results_from"`
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
 		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
 	}
 	s.BatchRecord.Index, s.BatchRecord.Counted = s.Index, s.Counted
+	s.BatchRecord.Feed, s.BatchRecord.ResultsFrom = s.Feed, s.ResultsFrom
 	return &s.BatchRecord, e.Revision(), nil
 }
 
@@ -255,4 +260,67 @@ func (q *Queue) FailCutUploads(ctx context.Context, now time.Time, stalled time.
 		}
 	}
 	return n, nil
+}
+
+// feedingPrefix begins the keys of the batches bucket that say a batch
+// over stored objects is being listed and queued: feeding.<batch id>, its
+// value when its feeder last said so (RFC 3339). One API process feeds a
+// batch at a time: it holds the key's revision, and every write it makes
+// to the key is a compare-and-set on it.
+const feedingPrefix = "feeding."
+
+// ErrFeedTaken is returned to a feeder whose batch another process has
+// taken over (it was silent too long).
+var ErrFeedTaken = errors.New("another API process feeds this batch now")
+
+// StartFeed says that this process begins feeding batch id; it returns
+// the revision the feeder holds.
+func (b *Batches) StartFeed(ctx context.Context, id string, now time.Time) (uint64, error) {
+	rev, err := b.kv.Create(ctx, feedingPrefix+id, []byte(now.UTC().Format(time.RFC3339Nano)))
+	if err != nil {
+		return 0, fmt.Errorf("start feeding batch %s: %w", id, err)
+	}
+	return rev, nil
+}
+
+// Feeding says again that the holder of rev feeds batch id, now, and
+// returns the new revision; ErrFeedTaken if another has taken it.
+func (b *Batches) Feeding(ctx context.Context, id string, rev uint64, now time.Time) (uint64, error) {
+	rev, err := b.kv.Update(ctx, feedingPrefix+id, []byte(now.UTC().Format(time.RFC3339Nano)), rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, fmt.Errorf("batch %s: %w", id, ErrFeedTaken)
+	}
+	return rev, err
+}
+
+// Fed says that batch id's listing has ended (whatever the outcome).
+func (b *Batches) Fed(ctx context.Context, id string) error {
+	return b.kv.Purge(ctx, feedingPrefix+id)
+}
+
+// TakeStalledFeeds takes over, for this process, the feeding of every
+// batch whose feeder has not said so for stalled (it stopped: crashed,
+// killed), and returns their ids and the revisions now held.
+func (b *Batches) TakeStalledFeeds(ctx context.Context, now time.Time, stalled time.Duration) (map[string]uint64, error) {
+	lister, err := b.kv.ListKeysFiltered(ctx, feedingPrefix+">")
+	if err != nil {
+		return nil, fmt.Errorf("list batch feeds: %w", err)
+	}
+	taken := map[string]uint64{}
+	for key := range lister.Keys() {
+		e, err := b.kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		last, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+		if err == nil && now.Sub(last) <= stalled {
+			continue
+		}
+		rev, err := b.kv.Update(ctx, key, []byte(now.UTC().Format(time.RFC3339Nano)), e.Revision())
+		if err != nil {
+			continue // another process took it first
+		}
+		taken[strings.TrimPrefix(key, feedingPrefix)] = rev
+	}
+	return taken, nil
 }

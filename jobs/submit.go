@@ -136,6 +136,23 @@ func (q *Queue) Submit(ctx context.Context, job *Job, rec *record.Record) error 
 	return q.enqueue(ctx, msg, rec)
 }
 
+// SubmitAgain submits a job whose id is not new but derived (a line of
+// a batch over stored objects, queued again by a feeder that took over
+// from one that stopped): a job never stored is submitted, one stored
+// and still queued is published again (JetStream drops the repeat
+// within its duplicate window), and one that has started or ended is
+// left alone, so that it runs once.
+func (q *Queue) SubmitAgain(ctx context.Context, job *Job, rec *record.Record) error {
+	_, _, err := q.Records.get(ctx, job.ID)
+	switch {
+	case errors.Is(err, ErrJobNotFound):
+		return q.Submit(ctx, job, rec)
+	case err != nil:
+		return err
+	}
+	return q.Resubmit(ctx, job)
+}
+
 // message is job's message, its body stored apart when too large.
 func (q *Queue) message(ctx context.Context, job *Job) (*nats.Msg, error) {
 	msg, err := EncodeJob(job)

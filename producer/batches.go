@@ -53,12 +53,21 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if q := r.URL.Query(); q.Has("source") {
+		return s.createSourceBatch(w, r, m, q.Get("source"))
+	}
 	if err := s.queueReachable(); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
 	rec := &record.BatchRecord{ID: ulid.Make().String(), Model: m.Name, Status: record.BatchQueued, CreatedAt: now}
 	rec.Index = batchfile.IndexKey(rec.ID)
+	if s.opts.Stream != nil {
+		// Where a followed output replays its announcements from.
+		if rec.ResultsFrom, err = s.opts.Stream.ResultsPosition(r.Context()); err != nil {
+			return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "the results stream is unavailable: " + err.Error()}
+		}
+	}
 	if err := s.opts.Batches.Create(r.Context(), rec); err != nil {
 		return &httpError{code: http.StatusServiceUnavailable, retryAfter: 1, msg: "batch records are unavailable: " + err.Error()}
 	}
@@ -435,12 +444,32 @@ func (s *Server) cancelBatch(w http.ResponseWriter, r *http.Request) error {
 // eachIndexGroup calls fn with each run of consecutive index lines that
 // share a job (job empty for an error line, alone), in order.
 func (s *Server) eachIndexGroup(ctx context.Context, rec *record.BatchRecord, fn func(job string, lines []batchfile.IndexLine) error) error {
-	rc, err := s.opts.Objects.Get(ctx, rec.Index)
-	if err != nil {
-		return err
+	for _, key := range indexKeys(rec) {
+		rc, err := s.opts.Objects.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		err = batchfile.ReadIndex(rc, fn)
+		rc.Close()
+		if err != nil {
+			return err
+		}
 	}
-	defer rc.Close()
-	return batchfile.ReadIndex(rc, fn)
+	return nil
+}
+
+// indexKeys are the storage keys of a batch's index, in order: one
+// object for a batch file, a segment per listed page for a batch over
+// stored objects.
+func indexKeys(rec *record.BatchRecord) []string {
+	if rec.Feed == nil {
+		return []string{rec.Index}
+	}
+	keys := make([]string, rec.Feed.Segments)
+	for i := range keys {
+		keys[i] = SegmentKey(rec.ID, int64(i))
+	}
+	return keys
 }
 
 // batchOutput streams a finished batch's output: a JSON line per input
@@ -451,13 +480,19 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	errorsOnly := false
+	var sel batchfile.Select
 	switch only := r.URL.Query().Get("only"); only {
 	case "":
 	case "errors":
-		errorsOnly = true
+		sel.ErrorsOnly = true
 	default:
 		return errorf(http.StatusBadRequest, "only=%q: the one choice is only=errors (the failed lines alone, each with its line number)", only)
+	}
+	if q := r.URL.Query(); q.Get("follow") == "1" || q.Get("follow") == "true" {
+		if sel.ErrorsOnly {
+			return errorf(http.StatusBadRequest, "follow=1 and only=errors do not go together: a followed output numbers every line, pick its errors from it")
+		}
+		return s.followOutput(w, r, rec)
 	}
 	if !rec.Final() {
 		writeJSON(w, http.StatusConflict, map[string]any{
@@ -495,7 +530,7 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 			}
 			go func() {
 				defer func() { <-ahead }()
-				g.out <- s.outputLines(ctx, rec.ID, g.job, g.lines, errorsOnly)
+				g.out <- s.outputLines(ctx, rec.ID, g.job, g.lines, sel)
 			}()
 			select {
 			case groups <- g:
@@ -524,8 +559,8 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 }
 
 // outputLines makes the output lines of one job's lines.
-func (s *Server) outputLines(ctx context.Context, batch, job string, lines []batchfile.IndexLine, errorsOnly bool) [][]byte {
-	fail := func(msg string) [][]byte { return batchfile.Failed(batch, lines, msg, errorsOnly) }
+func (s *Server) outputLines(ctx context.Context, batch, job string, lines []batchfile.IndexLine, sel batchfile.Select) [][]byte {
+	fail := func(msg string) [][]byte { return batchfile.Failed(batch, lines, msg, sel) }
 	if job == "" {
 		return fail("")
 	}
@@ -534,7 +569,7 @@ func (s *Server) outputLines(ctx context.Context, batch, job string, lines []bat
 		return fail("the job's record is unavailable: " + err.Error())
 	}
 	rec = s.expire(rec)
-	if errorsOnly && rec.Status == record.Succeeded && rec.Result != nil && rec.LinesFailed == 0 {
+	if sel.ErrorsOnly && rec.Status == record.Succeeded && rec.Result != nil && rec.LinesFailed == 0 {
 		return nil // every line succeeded: no need to read the result
 	}
 	if rec.Status != record.Succeeded || rec.Result == nil {
@@ -557,5 +592,5 @@ func (s *Server) outputLines(ctx context.Context, batch, job string, lines []bat
 	if err != nil {
 		return fail(err.Error())
 	}
-	return batchfile.Assemble(batch, job, lines, resp, errorsOnly)
+	return batchfile.Assemble(batch, job, lines, resp, sel)
 }

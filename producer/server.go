@@ -167,6 +167,20 @@ type Options struct {
 	// so that a client that stops sending mid-body does not hold its
 	// connection and handler. Default 30s.
 	BodyTimeout time.Duration
+	// Sources, with Feeds, serves batches over stored objects
+	// (?source=): where a source is listed and read. Nil: not served.
+	Sources Sources
+	Feeds   Feeds
+	// MaxBatchLines bounds the lines of a batch over stored objects.
+	// Default 10,000,000.
+	MaxBatchLines int64
+	// FeedHeartbeat is how often the feeder of a batch over stored
+	// objects says it still is; one silent for five of them is taken
+	// over by another API process (RunFeeds). Default 2s.
+	FeedHeartbeat time.Duration
+	// FeedAhead is how many lines of a batch over stored objects are
+	// queued at most beyond those with an outcome. Default 10,000.
+	FeedAhead int64
 }
 
 // Server serves the HTTP API. It is safe for concurrent use.
@@ -184,6 +198,8 @@ type Server struct {
 	tokens    atomic.Pointer[[]Token]
 	// tokensSet is closed, and replaced, when the tokens change.
 	tokensSet atomic.Pointer[chan struct{}]
+	// feeding is the feeders of batches over stored objects.
+	feeding sync.WaitGroup
 }
 
 // Shutdown ends the event streams being served, so that an http.Server
@@ -210,6 +226,15 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.UploadHeartbeat <= 0 {
 		opts.UploadHeartbeat = 10 * time.Second
+	}
+	if opts.MaxBatchLines <= 0 {
+		opts.MaxBatchLines = 10_000_000
+	}
+	if opts.FeedHeartbeat <= 0 {
+		opts.FeedHeartbeat = 2 * time.Second
+	}
+	if opts.FeedAhead <= 0 {
+		opts.FeedAhead = 10_000
 	}
 	if opts.BodyTimeout <= 0 {
 		opts.BodyTimeout = 30 * time.Second

@@ -43,6 +43,29 @@ type BatchRecord struct {
 	// Counted is the jobs (by Record.BatchSeq) whose outcomes are in
 	// Counts; kept with the record, not served.
 	Counted SeqSet `json:"-"`
+	// Source is the prefix or s3:// URL a batch over stored objects
+	// lists, a line per object.
+	Source string `json:"source,omitempty"`
+	// Feed is how far the listing of Source has been queued; kept with
+	// the record, not served.
+	Feed *Feed `json:"-"`
+	// ResultsFrom is the results stream's last sequence when the batch
+	// was created: its jobs' announcements come after it, and a followed
+	// output replays them from there. Kept with the record, not served.
+	ResultsFrom uint64 `json:"-"`
+}
+
+// Feed is how far a batch over stored objects has been listed and
+// queued: every object up to After (in key order) is a line, queued as
+// its job or failed, and its lines are in index segments 0 to
+// Segments-1. It is advanced in the same write as the counts of the
+// lines failed in listing, after the page's jobs are queued and its
+// segment stored: a feeder that stops between lists the page again,
+// and queues the same jobs (their ids come from the batch and line).
+type Feed struct {
+	After    string `json:"after,omitempty"`
+	Lines    int64  `json:"lines"`
+	Segments int64  `json:"segments"`
 }
 
 // UploadCut reports whether the batch's file stopped being read before

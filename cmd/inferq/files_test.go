@@ -40,6 +40,33 @@ outputs: {probs: cls.%s}
 `, in, out)
 }
 
+// directionInput is what directionPipeline hands its model for the
+// picture file: its steps run by hand, the tensor named in.
+func directionInput(t testing.TB, file []byte, in string) tensor.Tensor {
+	t.Helper()
+	x := tensor.Tensor{Name: "x", Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, file)}
+	for _, st := range []struct {
+		op   string
+		with map[string]any
+	}{
+		{"image.decode", nil},
+		{"image.resize", map[string]any{"size": []any{48, 192}}},
+		{"image.normalize", map[string]any{"scale": 1.0 / 255, "mean": []any{0.5, 0.5, 0.5}, "std": []any{0.5, 0.5, 0.5}}},
+	} {
+		op, err := pipeline.NewOp(st.op, st.with, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := op.Run(map[string]tensor.Tensor{"x": x})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x = y["y"]
+	}
+	x.Name = in
+	return x
+}
+
 // runJobs submits n jobs from 16 clients at once, job i's body and
 // headers (name, value pairs) made by body, and waits for each to
 // succeed: their ids.
@@ -118,30 +145,7 @@ outputs: {total: total.y}
 		t.Fatal(err)
 	}
 	// The steps by hand.
-	var normalized tensor.Tensor
-	{
-		x := tensor.Tensor{Name: "x", Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, jpg.Bytes())}
-		for _, st := range []struct {
-			op   string
-			with map[string]any
-		}{
-			{"image.decode", nil},
-			{"image.resize", map[string]any{"size": []any{48, 192}}},
-			{"image.normalize", map[string]any{"scale": 1.0 / 255, "mean": []any{0.5, 0.5, 0.5}, "std": []any{0.5, 0.5, 0.5}}},
-		} {
-			op, err := pipeline.NewOp(st.op, st.with, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			y, err := op.Run(map[string]tensor.Tensor{"x": x})
-			if err != nil {
-				t.Fatal(err)
-			}
-			x = y["y"]
-		}
-		normalized = x
-		normalized.Name = in
-	}
+	normalized := directionInput(t, jpg.Bytes(), in)
 	want := ref.run(t, []tensor.Tensor{normalized})
 	want[0].Name = "probs"
 

@@ -88,6 +88,8 @@ type serveFlags struct {
 	scaleInterval         time.Duration
 	scaleDownWindow       time.Duration
 	maxBatchBytes         int64
+	maxBatchLines         int64
+	batchSources          string
 	webhookAttempts       int
 	webhookAllow          string
 	webhookPerHost        int
@@ -129,6 +131,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.s3.SecretKey, "s3-secret-key", "", "S3 secret key")
 	fs.BoolVar(&f.s3.Secure, "s3-secure", true, "use https for S3")
 	fs.BoolVar(&f.s3.CreateBucket, "s3-create-bucket", true, "create the S3 bucket if it is missing")
+	fs.StringVar(&f.batchSources, "batch-sources", "", "S3 buckets and prefixes that batches over stored objects (?source=) may read besides inputs/{model}/, comma-separated (s3://photos/2026/); read with the store's endpoint and credentials")
 	fs.StringVar(&f.resultLayout, "result-layout", "batch", "batch: a batch's results in one object (fast); job: an object per job, keyed by job id, with presigned result_url on S3")
 	fs.DurationVar(&f.resultURLExpiry, "result-url-expiry", time.Hour, "how long a presigned result_url stays valid (S3, job layout)")
 	fs.IntVar(&f.maxMessageBytes, "max-message-bytes", 1<<20, "a job whose request is larger is stored in object storage and the queue carries a reference")
@@ -153,6 +156,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.Int64Var(&f.maxBody, "max-body", 64<<20, "largest request body accepted, in bytes (and largest line of a batch file)")
 		fs.Int64Var(&f.maxImagePixels, "max-image-pixels", pipeline.MaxImagePixels, "largest picture a job's body may be, in pixels, as its header declares (read before decoding: a decompression bomb is refused); -1 no bound")
 		fs.Int64Var(&f.maxBatchBytes, "max-batch-bytes", 16<<30, "largest batch file accepted, in bytes; it is read as it arrives, not held in memory")
+		fs.Int64Var(&f.maxBatchLines, "max-batch-lines", 10_000_000, "most lines of a batch over stored objects (?source=); a source holding more is refused with the count")
 		fs.StringVar(&f.apiTokens, "api-tokens", "", "comma-separated API tokens; when set, every path but health and metrics needs Authorization: Bearer <token> (prefer INFERQ_API_TOKENS)")
 		fs.StringVar(&f.tokensFile, "tokens-file", "", "file of API tokens, one per line, each optionally followed by the models it may use; reloaded when it changes")
 		fs.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM; reloaded when it changes)")
@@ -345,6 +349,10 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return err
 	}
+	sources, err := openSources(store, f.batchSources)
+	if err != nil {
+		return err
+	}
 	q.StorePayloads(store, f.maxMessageBytes)
 	if m != modeWorker {
 		expireInStore(ctx, store, catalog.Repository(), log)
@@ -373,7 +381,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 			return err
 		}
 		fleet = consumer.NewFleet(consumer.Options{
-			Runtime: rt, Catalog: catalog, Queue: q, Results: store, Metrics: metrics, ResultLayout: f.resultLayout, Name: processName(),
+			Runtime: rt, Catalog: catalog, Queue: q, Results: store, Metrics: metrics, Sources: sources, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, MaxResultBytes: f.maxResultBytes, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
 		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
@@ -428,7 +436,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		api, err := producer.New(producer.Options{
 			Leases:  leaser,
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
-			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
+			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Sources: sources, Feeds: q.Batches, MaxBatchLines: f.maxBatchLines, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
 			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q, Live: live, Console: pages,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
@@ -469,6 +477,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		}
 		g.Go(func() error { return hooks.Run(gctx) })
 		g.Go(func() error { return q.TrackBatches(gctx, tracking, log) })
+		g.Go(func() error { return api.RunFeeds(gctx) })
 		g.Go(func() error {
 			// Batches whose upload an API process was reading when it
 			// stopped (crashed, killed) are ended, by whichever API
@@ -740,6 +749,23 @@ func openStore(ctx context.Context, f *serveFlags, log *slog.Logger) (objectStor
 	log.Info("results in S3", "store", f.s3.String(), "layout", f.resultLayout)
 	presign := func(ctx context.Context, key string) (string, error) { return s3.URL(ctx, key, f.resultURLExpiry) }
 	return s3, presign, nil
+}
+
+// openSources is what batches over stored objects may read: the store's
+// inputs folders, and the S3 sources --batch-sources allows (through the
+// store's endpoint and credentials).
+func openSources(store objectStore, allowed string) (*storage.Sources, error) {
+	list, err := storage.ParseSources(allowed)
+	if err != nil {
+		return nil, err
+	}
+	src := &storage.Sources{Allowed: list}
+	src.Store, _ = store.(storage.Bucket)
+	src.S3, _ = store.(*storage.S3)
+	if len(list) > 0 && src.S3 == nil {
+		return nil, errors.New("--batch-sources names S3 buckets, read with the store's endpoint and credentials: set --s3-endpoint")
+	}
+	return src, nil
 }
 
 // objectStore is what inferq keeps in object storage: results, batch

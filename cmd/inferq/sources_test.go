@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/record"
+	"github.com/inferq/inferq/storage"
+	"github.com/inferq/inferq/tensor"
+)
+
+// stripes is a small PNG, different for each i.
+func stripes(t testing.TB, i, w, h int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			img.Set(x, y, color.RGBA{uint8(i*7 + x), uint8(i*13 + 3*y), uint8(255 * ((x / (2 + i%5)) % 2)), 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// putObjects stores files under their keys in store, 16 at a time.
+func putObjects(t testing.TB, store interface {
+	Put(context.Context, string, io.Reader) error
+}, files map[string][]byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 16)
+	for k, b := range files {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := store.Put(context.Background(), k, bytes.NewReader(b)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// followedLine is a line of a followed batch output.
+type followedLine struct {
+	CustomID string          `json:"custom_id"`
+	Line     int64           `json:"line"`
+	Response json.RawMessage `json:"response"`
+	Error    string          `json:"error"`
+}
+
+// follow reads batch id's followed output from after, at most limit lines
+// (0: to its end), and hangs up.
+func follow(t testing.TB, s *server, id string, after, limit int) []followedLine {
+	t.Helper()
+	res, err := http.Get(fmt.Sprintf("%s/v1/batches/%s/output?follow=1&after=%d", s.url, id, after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(res.Body)
+		t.Fatalf("follow: %d %s", res.StatusCode, b)
+	}
+	var out []followedLine
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		var l followedLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("followed line %q: %v", sc.Bytes(), err)
+		}
+		if l.Line == 0 {
+			t.Fatalf("followed output ended with %s", sc.Bytes())
+		}
+		out = append(out, l)
+		if len(out) == limit {
+			return out
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("follow: %v", err)
+	}
+	return out
+}
+
+// A batch over a prefix of a bucket the operator allowed: 2,000 pictures
+// through a pipeline (decode, resize, normalise, PaddleOCR's direction
+// classifier), a line per object in key order, its key the custom_id.
+// The followed output is dropped after 700 lines and resumed; what it
+// gives is every line once, the same order when asked again after the
+// end, and answers equal to the steps run by hand. Prefixes outside the
+// allowed ones are refused alike, whether they exist or not.
+func TestSourceBatches(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	photos, err := storage.NewS3(context.Background(), storage.S3Options{Endpoint: m.Endpoint, Bucket: "photos", AccessKey: m.AccessKey, SecretKey: m.SecretKey, CreateBucket: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	files := map[string][]byte{}
+	for i := range n {
+		files[fmt.Sprintf("2026/%02d/img-%05d.png", i%7, i)] = stripes(t, i, 40, 16)
+	}
+	files["private/secret.png"] = stripes(t, 1, 40, 16)
+	putObjects(t, photos, files)
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range files {
+			if strings.HasPrefix(k, "2026/") && !yield(k) {
+				return
+			}
+		}
+	})
+
+	cls := testenv.ThirdParty(t, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+	ref := openDirect(t, cls)
+	in, out := ref.sig.Inputs[0].Name, ref.sig.Outputs[0].Name
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{
+		"ocrcls/1/model.onnx":     "@" + cls,
+		"direction/pipeline.yaml": directionPipeline(in, out),
+	}), append(s3Flags(m, "results"), "--batch-sources", "s3://photos/2026/")...)
+
+	for _, src := range []string{"s3://photos/private/", "s3://photos/", "s3://nosuch/2026/", "s3://photos/2026/../private/", "results/", "inputs/other/", "inputs/direction/../other/"} {
+		r := do(t, "POST", s.url+"/v1/models/direction/batches?source="+src, nil)
+		if r.code != http.StatusForbidden {
+			t.Errorf("source %s: %d %s, want 403", src, r.code, r.body)
+		}
+		if msg := r.errorMessage(t); strings.Contains(msg, "exist") || strings.Contains(msg, "not found") {
+			t.Errorf("source %s: the refusal %q says what exists", src, msg)
+		}
+	}
+
+	r := do(t, "POST", s.url+"/v1/models/direction/batches?source=s3://photos/2026/", nil)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("POST ?source=: %d %s", r.code, r.body)
+	}
+	var b record.BatchRecord
+	r.json(t, &b)
+	if b.Source != "s3://photos/2026/" {
+		t.Fatalf("batch record %+v: want its source", b)
+	}
+
+	first := follow(t, s, b.ID, 0, 700)
+	rest := follow(t, s, b.ID, 700, 0)
+	lines := append(first, rest...)
+	if len(lines) != n {
+		t.Fatalf("followed %d + %d lines, want %d", len(first), len(rest), n)
+	}
+	byLine := map[int64]followedLine{}
+	for _, l := range lines {
+		if _, dup := byLine[l.Line]; dup {
+			t.Fatalf("line %d followed twice", l.Line)
+		}
+		byLine[l.Line] = l
+	}
+	for i, key := range keys {
+		l, ok := byLine[int64(i+1)]
+		if !ok || l.CustomID != key || l.Error != "" {
+			t.Fatalf("line %d: %+v, want %s answered", i+1, l, key)
+		}
+	}
+	for _, i := range []int{0, 1, 500, 999, 1000, 1999} {
+		resp, err := tensor.DecodeResponse(byLine[int64(i+1)].Response)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := ref.run(t, []tensor.Tensor{directionInput(t, files[keys[i]], in)})
+		want[0].Name = "probs"
+		assertClose(t, keys[i], resp.Outputs, want)
+	}
+
+	// Asked again once done, the followed output is the same, in the
+	// same order: the order a resumed stream counts on.
+	again := follow(t, s, b.ID, 0, 0)
+	for i := range again {
+		if again[i].Line != lines[i].Line {
+			t.Fatalf("followed again, line %d of the output is input line %d, was %d", i, again[i].Line, lines[i].Line)
+		}
+	}
+	var done record.BatchRecord
+	do(t, "GET", s.url+"/v1/batches/"+b.ID, nil).json(t, &done)
+	if done.Status != record.BatchSucceeded || done.Counts.Total != n || done.Counts.Succeeded != n {
+		t.Fatalf("batch %+v", done)
+	}
+	// The plain output, in input order.
+	plain := strings.Split(strings.TrimSpace(string(do(t, "GET", s.url+"/v1/batches/"+b.ID+"/output", nil).body)), "\n")
+	if len(plain) != n {
+		t.Fatalf("output has %d lines, want %d", len(plain), n)
+	}
+	for i, l := range plain {
+		var ol followedLine
+		if err := json.Unmarshal([]byte(l), &ol); err != nil || ol.CustomID != keys[i] || !bytes.Equal(ol.Response, byLine[int64(i+1)].Response) {
+			t.Fatalf("output line %d: %.200s (%v), want %s's followed response", i+1, l, err, keys[i])
+		}
+	}
+}
+
+// Limits of a batch over a prefix of the store's inputs: a prefix of
+// more objects than --max-batch-lines is refused with the count, an empty
+// one too; an object over --max-body fails its line, not the batch.
+func TestSourceBatchLimits(t *testing.T) {
+	cls := testenv.ThirdParty(t, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+	ref := openDirect(t, cls)
+	in, out := ref.sig.Inputs[0].Name, ref.sig.Outputs[0].Name
+	objects := t.TempDir()
+	s := startServe(t, testenv.ModelRepo(t, map[string]string{
+		"ocrcls/1/model.onnx":     "@" + cls,
+		"direction/pipeline.yaml": directionPipeline(in, out),
+	}), "--storage", objects, "--max-batch-lines", "50", "--max-body", "4000")
+	write := func(key string, b []byte) {
+		p := filepath.Join(objects, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, p, b)
+	}
+	for i := range 60 {
+		write(fmt.Sprintf("inputs/direction/many/%03d.png", i), stripes(t, i, 20, 8))
+	}
+	big := make([]byte, 5000)
+	copy(big, stripes(t, 3, 20, 8))
+	if len(big) <= 4000 {
+		t.Fatalf("the big picture is %d bytes: not over --max-body", len(big))
+	}
+	for i := range 10 {
+		b := stripes(t, i, 20, 8)
+		if i == 4 {
+			b = big
+		}
+		write(fmt.Sprintf("inputs/direction/some/%03d.png", i), b)
+	}
+
+	r := do(t, "POST", s.url+"/v1/models/direction/batches?source=inputs/direction/many/", nil)
+	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "holds 60 objects, more than the 50") {
+		t.Errorf("60 objects, 50 lines at most: %d %s", r.code, r.body)
+	}
+	r = do(t, "POST", s.url+"/v1/models/direction/batches?source=inputs/direction/none/", nil)
+	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "holds no objects") {
+		t.Errorf("an empty prefix: %d %s", r.code, r.body)
+	}
+	r = do(t, "POST", s.url+"/v1/models/direction/batches?source=inputs/direction/some/", []byte("{}\n"))
+	if r.code != http.StatusBadRequest {
+		t.Errorf("a source and a body: %d %s", r.code, r.body)
+	}
+	r = do(t, "POST", s.url+"/v1/models/ocrcls/batches?source=inputs/ocrcls/", nil)
+	if r.code != http.StatusBadRequest || !strings.Contains(r.errorMessage(t), "one BYTES input") {
+		t.Errorf("a model of a tensor input: %d %s", r.code, r.body)
+	}
+
+	r = do(t, "POST", s.url+"/v1/models/direction/batches?source=inputs/direction/some/", nil)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.code, r.body)
+	}
+	var b record.BatchRecord
+	r.json(t, &b)
+	lines := follow(t, s, b.ID, 0, 0)
+	if len(lines) != 10 {
+		t.Fatalf("followed %d lines, want 10", len(lines))
+	}
+	for _, l := range lines {
+		tooBig := l.CustomID == "inputs/direction/some/004.png"
+		if tooBig != (l.Error != "") || tooBig && !strings.Contains(l.Error, "--max-body") {
+			t.Errorf("line %d (%s): error %q", l.Line, l.CustomID, l.Error)
+		}
+	}
+	var done record.BatchRecord
+	do(t, "GET", s.url+"/v1/batches/"+b.ID, nil).json(t, &done)
+	if done.Status != record.BatchSucceeded || done.Counts != (record.BatchCounts{Total: 10, Succeeded: 9, Failed: 1}) {
+		t.Fatalf("batch %+v", done)
+	}
+}
