@@ -15,7 +15,7 @@ export ONNXRUNTIME_LIB
 HTTP ?= 127.0.0.1:8080
 DATA ?= $(BUILD)/data
 
-.PHONY: run-ocr ocr-repo ocrpeer all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
+.PHONY: run-ocr ocr-repo ocrpeer duckdb all build run test test-race test-short bench soak soak-backlog vet fmt onnxruntime gpu-onnxruntime gpu-bundle gpu-check testmodels minio promtool pydeps chromium models clean
 
 all: build
 
@@ -163,6 +163,23 @@ $(OCR_PEER):
 $(OCR_PEER_DIR)/ocr.mjs: testdata/peers/ocr.mjs
 	@mkdir -p $(OCR_PEER_DIR) && cp $< $@
 
+# DuckDB in Node (@duckdb/node-api), the independent reader the tests
+# read inferq's Parquet output with; its native part comes as an npm
+# package, so no install script runs.
+DUCKDB_VERSION := 1.5.6-r.1
+DUCKDB_DIR := $(BUILD)/peers/duckdb
+DUCKDB := $(DUCKDB_DIR)/node_modules/@duckdb/node-api/package.json
+
+duckdb: $(DUCKDB) $(DUCKDB_DIR)/parquet.mjs
+
+$(DUCKDB):
+	@command -v npm >/dev/null || { echo "npm is needed to install DuckDB for Node (@duckdb/node-api)"; exit 1; }
+	@mkdir -p $(DUCKDB_DIR) && echo '{"private":true,"type":"module"}' > $(DUCKDB_DIR)/package.json
+	cd $(DUCKDB_DIR) && npm install --silent --ignore-scripts --no-audit --no-fund @duckdb/node-api@$(DUCKDB_VERSION)
+
+$(DUCKDB_DIR)/parquet.mjs: testdata/peers/parquet.mjs
+	@mkdir -p $(DUCKDB_DIR) && cp $< $@
+
 # MinIO, for the S3 tests: built once from the Go module proxy (about 8
 # minutes cold) and kept in build/minio.
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
@@ -210,7 +227,7 @@ run: build
 run-ocr: build ocr-repo
 	bin/inferq serve --models $(OCR_REPO) --data $(DATA)-ocr --http $(HTTP)
 
-test: onnxruntime testmodels ocrpeer minio promtool pydeps chromium bin/inferq
+test: onnxruntime testmodels ocrpeer duckdb minio promtool pydeps chromium bin/inferq
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 	cd clients/python && INFERQ_BIN=$(CURDIR)/bin/inferq $(PYTHON) -m pytest -q -p no:cacheprovider
@@ -218,7 +235,7 @@ test: onnxruntime testmodels ocrpeer minio promtool pydeps chromium bin/inferq
 # Every package's tests again under the race detector (CI runs both).
 # The tests' own child processes run the plain build (bin/inferq); the
 # in-process servers, workers and clients are what it watches.
-test-race: onnxruntime testmodels ocrpeer minio promtool chromium bin/inferq
+test-race: onnxruntime testmodels ocrpeer duckdb minio promtool chromium bin/inferq
 	$(GO) test -race -count=1 -timeout 25m ./...
 
 test-short: onnxruntime testmodels minio promtool

@@ -509,7 +509,46 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 		})
 		return nil
 	}
-	ctx, cancel := context.WithCancel(r.Context())
+	switch format := r.URL.Query().Get("format"); format {
+	case "", "jsonl":
+	case "parquet":
+		if sel.ErrorsOnly {
+			return errorf(http.StatusBadRequest, "format=parquet and only=errors do not go together: the Parquet output has every line, with its error column")
+		}
+		return s.parquetOutput(w, r, rec)
+	default:
+		return errorf(http.StatusBadRequest, "format=%q: the output is JSON Lines (the default) or format=parquet", format)
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.WriteHeader(http.StatusOK)
+	out := bufio.NewWriterSize(w, 256<<10)
+	err = s.eachOutput(r.Context(), rec, sel, func(_ []batchfile.IndexLine, lines [][]byte) error {
+		for _, l := range lines {
+			if _, err := out.Write(l); err != nil {
+				return errClientLeft
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, errClientLeft) {
+		return nil
+	}
+	if err != nil && r.Context().Err() == nil {
+		s.log.Warn("batch output cut short", "batch", rec.ID, "err", err)
+		msg, _ := json.Marshal("the output could not be read to the end: " + err.Error())
+		fmt.Fprintf(out, "{\"error\":%s}\n", msg)
+	}
+	return out.Flush()
+}
+
+// errClientLeft is a write to a client that has gone.
+var errClientLeft = errors.New("the client left")
+
+// eachOutput calls fn with the output lines of each job of a finished
+// batch (the lines sel selects), with their index lines, in input order.
+// Jobs are read ahead a few at a time.
+func (s *Server) eachOutput(ctx context.Context, rec *record.BatchRecord, sel batchfile.Select, fn func(index []batchfile.IndexLine, lines [][]byte) error) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type group struct {
 		job   string
@@ -540,22 +579,15 @@ func (s *Server) batchOutput(w http.ResponseWriter, r *http.Request) error {
 			}
 		})
 	}()
-	w.Header().Set("Content-Type", "application/jsonl")
-	w.WriteHeader(http.StatusOK)
-	out := bufio.NewWriterSize(w, 256<<10)
 	for g := range groups {
-		for _, l := range <-g.out {
-			if _, err := out.Write(l); err != nil {
-				return nil // the client left
+		if err := fn(g.lines, <-g.out); err != nil {
+			cancel()
+			for range groups { // let the reader end
 			}
+			return err
 		}
 	}
-	if err := <-readErr; err != nil && ctx.Err() == nil {
-		s.log.Warn("batch output cut short", "batch", rec.ID, "err", err)
-		msg, _ := json.Marshal("the output could not be read to the end: " + err.Error())
-		fmt.Fprintf(out, "{\"error\":%s}\n", msg)
-	}
-	return out.Flush()
+	return <-readErr
 }
 
 // outputLines makes the output lines of one job's lines.

@@ -10,10 +10,13 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -213,6 +216,77 @@ func TestSourceBatches(t *testing.T) {
 			t.Fatalf("output line %d: %.200s (%v), want %s's followed response", i+1, l, err, keys[i])
 		}
 	}
+
+	// The Parquet output, read by DuckDB: a row per line, the outputs
+	// as lists with their shapes, equal to the JSON output's.
+	pq := do(t, "GET", s.url+"/v1/batches/"+b.ID+"/output?format=parquet", nil)
+	if pq.code != http.StatusOK {
+		t.Fatalf("format=parquet: %d %.300s", pq.code, pq.body)
+	}
+	cols, rows := readParquet(t, pq.body)
+	if want := map[string]string{"line": "BIGINT", "custom_id": "VARCHAR", "error": "VARCHAR", "probs": "FLOAT[]", "probs_shape": "BIGINT[]"}; !maps.Equal(cols, want) {
+		t.Fatalf("DuckDB reads columns %v, want %v", cols, want)
+	}
+	if len(rows) != n {
+		t.Fatalf("DuckDB reads %d rows, want %d", len(rows), n)
+	}
+	for i, row := range rows {
+		var r struct {
+			Line       string
+			CustomID   string `json:"custom_id"`
+			Error      *string
+			Probs      []float32
+			ProbsShape []string `json:"probs_shape"`
+		}
+		if err := json.Unmarshal(row, &r); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := tensor.DecodeResponse(byLine[int64(i+1)].Response)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := resp.Outputs[0]
+		got := tensor.Tensor{Name: "probs", Datatype: tensor.FP32, Data: f32(r.Probs...)}
+		for _, d := range r.ProbsShape {
+			n, _ := strconv.ParseInt(d, 10, 64)
+			got.Shape = append(got.Shape, n)
+		}
+		if r.Line != strconv.Itoa(i+1) || r.CustomID != keys[i] || r.Error != nil {
+			t.Fatalf("Parquet row %d: %s", i+1, row)
+		}
+		assertClose(t, fmt.Sprintf("Parquet row %d", i+1), []tensor.Tensor{got}, []tensor.Tensor{want})
+	}
+}
+
+// readParquet reads a Parquet file with DuckDB (`make duckdb`), a reader
+// independent of the writer: its column types, and its rows by line, as
+// JSON.
+func readParquet(t testing.TB, file []byte) (map[string]string, []json.RawMessage) {
+	t.Helper()
+	script := filepath.Join(testenv.Root(t), "build", "peers", "duckdb", "parquet.mjs")
+	if _, err := os.Stat(script); err != nil {
+		t.Fatalf("no DuckDB reader at %s: run `make duckdb` (make test does)", script)
+	}
+	p := filepath.Join(t.TempDir(), "out.parquet")
+	writeFile(t, p, file)
+	out, err := exec.Command("node", script, p).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("DuckDB: %v\n%s", err, stderr)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	var head struct{ Columns map[string]string }
+	if err := json.Unmarshal(lines[0], &head); err != nil {
+		t.Fatalf("DuckDB printed %q: %v", lines[0], err)
+	}
+	rows := make([]json.RawMessage, len(lines)-1)
+	for i, l := range lines[1:] {
+		rows[i] = l
+	}
+	return head.Columns, rows
 }
 
 // Limits of a batch over a prefix of the store's inputs: a prefix of
