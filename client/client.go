@@ -4,6 +4,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -270,6 +271,75 @@ func (c *Client) CreateBatch(ctx context.Context, model string, body io.Reader) 
 	}
 	var rec record.BatchRecord
 	return &rec, decode(res, &rec)
+}
+
+// CreateSourceBatch starts a batch over the objects under source (a
+// prefix under inputs/{model}/ of the result store, or an s3:// URL the
+// server allows): a line per object, the object the model's input.
+func (c *Client) CreateSourceBatch(ctx context.Context, model, source string) (*record.BatchRecord, error) {
+	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/batches?source="+url.QueryEscape(source), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var rec record.BatchRecord
+	return &rec, decode(res, &rec)
+}
+
+// FollowBatch copies a batch's output lines to w as they finish (each
+// with its line number, in the order they finished), until every line
+// has come. A dropped stream is resumed after the lines already written.
+func (c *Client) FollowBatch(ctx context.Context, id string, w io.Writer) error {
+	var n int64
+	for pause := time.Duration(0); ; pause = min(2*pause+100*time.Millisecond, 5*time.Second) {
+		if pause > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
+		}
+		res, err := c.do(ctx, "GET", fmt.Sprintf("/v1/batches/%s/output?follow=1&after=%d", url.PathEscape(id), n), nil, nil)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			continue // the server away: ask again
+		}
+		if res.StatusCode != http.StatusOK {
+			return decode(res, nil)
+		}
+		sc := bufio.NewScanner(res.Body)
+		sc.Buffer(nil, 256<<20)
+		cut := false
+		for sc.Scan() {
+			line := sc.Bytes()
+			if !bytes.Contains(line, []byte(`"line":`)) {
+				cut = true // the server said why it stopped: ask again
+				break
+			}
+			if _, err := w.Write(append(line, '\n')); err != nil {
+				res.Body.Close()
+				return err
+			}
+			n++
+		}
+		res.Body.Close()
+		if cut || sc.Err() != nil {
+			continue
+		}
+		rec, err := c.Batch(ctx, id)
+		if err != nil {
+			continue
+		}
+		if rec.Final() && (n >= rec.Counts.Total || !rec.Read()) {
+			return nil
+		}
+	}
+}
+
+// BatchParquet copies a finished batch's output as one Parquet file to w.
+func (c *Client) BatchParquet(ctx context.Context, id string, w io.Writer) error {
+	return c.copyOutput(ctx, "/v1/batches/"+url.PathEscape(id)+"/output?format=parquet", w)
 }
 
 // SetBaseline takes model's drift baseline from the statistics of a batch

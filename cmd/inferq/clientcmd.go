@@ -220,36 +220,38 @@ func watchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return err
 }
 
-// batchCmd: inferq batch --model M [--output OUT] FILE. Uploads a JSON
-// Lines file, shows progress while it runs, and writes its output.
+// batchCmd: inferq batch --model M [--output OUT] FILE, or --source
+// PREFIX instead of FILE. Runs a batch file, or a batch over stored
+// objects, shows progress while it runs (or writes the lines as they
+// finish, --follow), and writes its output.
 func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("inferq batch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cf clientFlags
 	cf.register(fs)
-	model := fs.String("model", "", "model to run the file on (required)")
-	output := fs.String("output", "", "where to write the output (JSON Lines); default standard output")
+	model := fs.String("model", "", "model or pipeline to run the batch on (required)")
+	source := fs.String("source", "", "instead of a FILE: the objects under this prefix, one line each (inputs/{model}/... of the server's store, or s3://bucket/prefix/ the server allows)")
+	followLines := fs.Bool("follow", false, "write each output line as soon as it has finished (with its line number), instead of the whole output at the end")
+	format := fs.String("format", "jsonl", "output format: jsonl, or parquet (a row per line, a column per output)")
+	output := fs.String("output", "", "where to write the output; default standard output")
 	errs := fs.String("errors", "", "also write the failed lines alone to this file, each with its input line number (JSON Lines; empty when none failed)")
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: inferq batch --model M [flags] FILE.jsonl\n\nRuns a batch file: one V2 request per line, with an optional custom_id.")
+		fmt.Fprintln(stderr, "usage: inferq batch --model M [flags] FILE.jsonl\n       inferq batch --model M --source PREFIX [flags]\n\nRuns a batch file (one V2 request per line, with an optional custom_id), or a batch over stored objects (a line per object, its key the custom_id).")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *model == "" || fs.NArg() != 1 {
+	if *model == "" || (*source == "") == (fs.NArg() != 1) || *source != "" && fs.NArg() != 0 {
 		fs.Usage()
-		return errors.New("--model and one FILE are required")
+		return errors.New("--model, and one FILE or --source, are required")
 	}
-	f, err := os.Open(fs.Arg(0))
-	if err != nil {
-		return err
+	if *format != "jsonl" && *format != "parquet" {
+		return fmt.Errorf("--format %q: jsonl or parquet", *format)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
+	if *followLines && *format != "jsonl" {
+		return errors.New("--follow writes JSON Lines as they come: leave --format out")
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -259,49 +261,92 @@ func batchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !*quiet {
 		progress = stderr
 	}
-	upload := progressbar.NewOptions64(st.Size(), progressbar.OptionSetWriter(progress), progressbar.OptionShowBytes(true),
-		progressbar.OptionSetDescription("uploading"), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
-	body := progressbar.NewReader(f, upload)
-	rec, err := c.CreateBatch(ctx, *model, &body)
-	if err != nil {
+	var rec *record.BatchRecord
+	if *source != "" {
+		if rec, err = c.CreateSourceBatch(ctx, *model, *source); err != nil {
+			return err
+		}
+		fmt.Fprintf(progress, "batch %s: the objects under %s, a line each\n", rec.ID, *source)
+	} else if rec, err = uploadBatch(ctx, c, *model, fs.Arg(0), progress); err != nil {
 		return err
 	}
-	upload.Finish()
-	fmt.Fprintf(progress, "batch %s: %d lines in %d jobs\n", rec.ID, rec.Counts.Total, rec.Jobs)
-	bar := progressbar.NewOptions64(rec.Counts.Total, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("running"),
-		progressbar.OptionShowCount(), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
-	for !rec.Final() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("interrupted; batch %s goes on, and its output will be at /v1/batches/%s/output", rec.ID, rec.ID)
-		case <-time.After(500 * time.Millisecond):
-		}
-		if rec, err = c.Batch(ctx, rec.ID); err != nil {
-			return err
-		}
-		bar.Set64(rec.Counts.Done())
-	}
-	bar.Finish()
-	fmt.Fprintf(progress, "batch %s %s: %d succeeded, %d failed, %d cancelled\n", rec.ID, rec.Status, rec.Counts.Succeeded, rec.Counts.Failed, rec.Counts.Cancelled)
-	if rec.Status == record.BatchFailed && !rec.Read() {
-		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
-	}
-	if *errs != "" {
-		if err := writeTo(*errs, func(w io.Writer) error { return c.BatchErrors(ctx, rec.ID, w) }); err != nil {
-			return err
-		}
+	interrupted := func() error {
+		return fmt.Errorf("interrupted; batch %s goes on, and its output will be at /v1/batches/%s/output", rec.ID, rec.ID)
 	}
 	write := func(w io.Writer) error { return c.BatchOutput(ctx, rec.ID, w) }
+	if *format == "parquet" {
+		write = func(w io.Writer) error { return c.BatchParquet(ctx, rec.ID, w) }
+	}
+	if *followLines {
+		write = func(w io.Writer) error { return c.FollowBatch(ctx, rec.ID, w) }
+	} else {
+		bar := progressbar.NewOptions64(-1, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("running"),
+			progressbar.OptionShowCount(), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
+		for !rec.Final() {
+			select {
+			case <-ctx.Done():
+				return interrupted()
+			case <-time.After(500 * time.Millisecond):
+			}
+			if rec, err = c.Batch(ctx, rec.ID); err != nil {
+				return err
+			}
+			if rec.Read() {
+				bar.ChangeMax64(rec.Counts.Total)
+			}
+			bar.Set64(rec.Counts.Done())
+		}
+		bar.Finish()
+	}
 	if *output == "" {
 		err = write(stdout)
 	} else {
 		err = writeTo(*output, write)
 	}
-	if err == nil && rec.Status == record.BatchFailed {
-		// Every line failed: the output, written, says why.
-		err = fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
+	if ctx.Err() != nil {
+		return interrupted()
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	if rec, err = c.Batch(ctx, rec.ID); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "batch %s %s: %d succeeded, %d failed, %d cancelled\n", rec.ID, rec.Status, rec.Counts.Succeeded, rec.Counts.Failed, rec.Counts.Cancelled)
+	if *errs != "" && rec.Read() {
+		if err := writeTo(*errs, func(w io.Writer) error { return c.BatchErrors(ctx, rec.ID, w) }); err != nil {
+			return err
+		}
+	}
+	if rec.Status == record.BatchFailed {
+		// Every line failed (the output, written, says why), or the
+		// batch could not be read to its end.
+		return fmt.Errorf("batch %s failed: %s", rec.ID, rec.Error)
+	}
+	return nil
+}
+
+// uploadBatch uploads a batch file to model, showing its progress.
+func uploadBatch(ctx context.Context, c *client.Client, model, path string, progress io.Writer) (*record.BatchRecord, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	upload := progressbar.NewOptions64(st.Size(), progressbar.OptionSetWriter(progress), progressbar.OptionShowBytes(true),
+		progressbar.OptionSetDescription("uploading"), progressbar.OptionOnCompletion(func() { fmt.Fprintln(progress) }))
+	body := progressbar.NewReader(f, upload)
+	rec, err := c.CreateBatch(ctx, model, &body)
+	if err != nil {
+		return nil, err
+	}
+	upload.Finish()
+	fmt.Fprintf(progress, "batch %s: %d lines in %d jobs\n", rec.ID, rec.Counts.Total, rec.Jobs)
+	return rec, nil
 }
 
 // writeTo creates the file at path and has write fill it.

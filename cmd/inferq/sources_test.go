@@ -362,4 +362,21 @@ func TestSourceBatchLimits(t *testing.T) {
 	if done.Status != record.BatchSucceeded || done.Counts != (record.BatchCounts{Total: 10, Succeeded: 9, Failed: 1}) {
 		t.Fatalf("batch %+v", done)
 	}
+
+	// The same from the command line: followed, and as Parquet.
+	stdout, stderr, code := runCLI(t, s.url, "", "batch", "--model", "direction", "--source", "inputs/direction/some/", "--follow", "--quiet")
+	if got := strings.Count(stdout, "\n"); code != 0 || got != 10 || strings.Count(stdout, `"line":`) != 10 {
+		t.Fatalf("inferq batch --source --follow: exit %d, %d lines:\n%s\n%s", code, got, stdout, stderr)
+	}
+	file := filepath.Join(t.TempDir(), "out.parquet")
+	if _, stderr, code := runCLI(t, s.url, "", "batch", "--model", "direction", "--source", "inputs/direction/some/", "--format", "parquet", "--output", file); code != 0 || !strings.Contains(stderr, "9 succeeded, 1 failed") {
+		t.Fatalf("inferq batch --format parquet: exit %d\n%s", code, stderr)
+	}
+	pq, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, rows := readParquet(t, pq); len(rows) != 10 || !strings.Contains(string(rows[4]), "--max-body") {
+		t.Fatalf("the Parquet output has %d rows; the fifth: %s", len(rows), rows[4])
+	}
 }
