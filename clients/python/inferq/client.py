@@ -280,18 +280,18 @@ class Client:
 
     # -- batch files -----------------------------------------------------
 
-    def batch(self, model: str, lines: Iterable[Mapping[str, Any]] | str, *,
+    def batch(self, model: str, lines: Iterable[Mapping[str, Any]] | str | None = None, *, source: str | None = None,
               progress: Callable[[dict], None] | None = None, poll: float = 0.5, timeout: float = 3600.0) -> list[dict]:
         """Runs a batch file: ``lines`` is a path to a JSON Lines file, or
         requests as dicts ({"inputs": [...]} in V2 JSON, or
-        {"custom_id": ..., "inputs": {name: array}}). Calls ``progress``
-        with the batch record as it runs, and returns its output lines."""
-        if isinstance(lines, str):
-            with open(lines, "rb") as f:
-                body = f.read()
-        else:
-            body = b"".join(json.dumps(_line_json(l), separators=(",", ":")).encode() + b"\n" for l in lines)
-        rec = self._json("POST", self._path(model, None, "/batches"), body, {"Content-Type": "application/jsonl"})
+        {"custom_id": ..., "inputs": {name: array}}); or, with ``source``
+        instead, a batch over stored objects: a line per object under the
+        prefix (``inputs/{model}/...`` of the server's store, or an
+        ``s3://bucket/prefix/`` the server allows), the object the
+        model's one BYTES input and its key the line's custom_id. Calls
+        ``progress`` with the batch record as it runs, and returns its
+        output lines."""
+        rec = self.start_batch(model, lines, source=source)
         deadline = time.monotonic() + timeout
         while rec["status"] in ("queued", "running"):
             if progress:
@@ -306,6 +306,46 @@ class Client:
             raise errors.InferqError(0, f"batch {rec['id']} failed: {rec.get('error', '')}", body=rec)
         with self._request("GET", f"/v1/batches/{rec['id']}/output") as res:
             return [json.loads(l) for l in res if l.strip()]
+
+    def start_batch(self, model: str, lines: Iterable[Mapping[str, Any]] | str | None = None, *,
+                    source: str | None = None) -> dict:
+        """Starts a batch (see ``batch``) and returns its record at once."""
+        if (lines is None) == (source is None):
+            raise ValueError("give lines or a source, one of them")
+        if source is not None:
+            return self._json("POST", self._path(model, None, "/batches") + "?source=" + urllib.parse.quote(source, safe=""))
+        if isinstance(lines, str):
+            with open(lines, "rb") as f:
+                body = f.read()
+        else:
+            body = b"".join(json.dumps(_line_json(l), separators=(",", ":")).encode() + b"\n" for l in lines)
+        return self._json("POST", self._path(model, None, "/batches"), body, {"Content-Type": "application/jsonl"})
+
+    def follow_batch(self, batch_id: str) -> Iterator[dict]:
+        """Yields a batch's output lines as they finish, each with its
+        ``line`` number, until every line has come; a dropped stream is
+        resumed after the lines already yielded."""
+        n, pause = 0, 0.0
+        while True:
+            if pause:
+                time.sleep(pause)
+            pause = min(2 * pause + 0.1, 5.0)
+            try:
+                with self._request("GET", f"/v1/batches/{batch_id}/output?follow=1&after={n}", stream=True,
+                                   timeout=3600) as res:
+                    for raw in res:
+                        if not raw.strip():
+                            continue
+                        line = json.loads(raw)
+                        if "line" not in line:
+                            break  # the server said why it stopped: ask again
+                        n += 1
+                        yield line
+            except (errors.Unavailable, http.client.HTTPException, OSError):
+                continue
+            rec = self._json("GET", f"/v1/batches/{batch_id}")
+            if rec["status"] not in ("queued", "running") and (n >= rec["counts"]["total"] or not rec.get("queued_at")):
+                return
 
     def cancel_batch(self, batch_id: str) -> dict:
         """Cancels the lines of a batch that have not started."""

@@ -26,7 +26,7 @@ class Unauthorized(InferqError):
 
 
 class Forbidden(InferqError):
-    """403: the token may not use this model."""
+    """403: the token may not use this model, or the server may not read a batch source."""
 
 
 class NotFound(InferqError):

@@ -25,6 +25,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Where the server keeps its objects (its --data's objects folder), set by
+# the server fixture: a batch over stored objects reads them from there.
+STATE = {}
+
+
+@pytest.fixture(scope="session")
+def objects(server) -> Path:
+    return STATE["objects"]
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     binary = os.environ.get("INFERQ_BIN") or str(ROOT / "bin" / "inferq")
@@ -52,6 +62,7 @@ def server(tmp_path_factory):
         "  - {name: decode, op: audio.decode, with: {rate: 8000}, inputs: {x: $clip}}\n"
         "  - {name: classify, model: iris, inputs: {x: decode.y}}\n"
         "outputs: {samples: decode.y, probabilities: classify.probabilities}\n")
+    STATE["objects"] = base / "data" / "objects"
     tokens = base / "tokens"
     tokens.write_text(f"{OPS}\n{TEAM} iris\n")
     port = _free_port()

@@ -204,3 +204,30 @@ def test_submit_file(client, tmp_path):
         bad = tmp_path / "bad.wav"
         bad.write_bytes(b"not audio")
         client.submit_file("wavsum", str(bad))
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    import struct
+    data = samples.astype(np.float32).tobytes()
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+            struct.pack("<IHHIIHH", 16, 3, 1, 8000, 8000 * 4, 4, 32) + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_batch_over_stored_objects(client, objects):
+    """A batch over the WAVs under a prefix of the server's inputs: a line
+    per file in key order, its key the custom_id; followed as the lines
+    finish, and read whole at the end."""
+    folder = objects / "inputs" / "wavsum" / "clips"
+    folder.mkdir(parents=True)
+    clips = {f"inputs/wavsum/clips/{i:02d}.wav": np.array([0.1 * i, 0.5, -0.25, 0.75], dtype=np.float32) for i in range(12)}
+    for key, samples in clips.items():
+        (objects / key).write_bytes(_wav(samples))
+    rec = client.start_batch("wavsum", source="inputs/wavsum/clips/")
+    followed = list(client.follow_batch(rec["id"]))
+    assert sorted(l["line"] for l in followed) == list(range(1, 13))
+    out = client.batch("wavsum", source="inputs/wavsum/clips/", poll=0.05)
+    assert [o["custom_id"] for o in out] == sorted(clips)
+    for o in out + followed:
+        np.testing.assert_allclose(inferq.decode_response(o["response"])["samples"], clips[o["custom_id"]][None, :])
+    with pytest.raises(inferq.InferqError, match="not among the sources|inputs/"):
+        client.batch("wavsum", source="s3://elsewhere/")
