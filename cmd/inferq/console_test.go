@@ -159,6 +159,20 @@ func TestConsole(t *testing.T) {
 		t.Errorf("replayed job %q: %+v, want replay_of %s", replayed, again, poison)
 	}
 
+	// A batch's page: its lines as they finish, followed.
+	var lines strings.Builder
+	for i := range 5 {
+		fmt.Fprintf(&lines, `{"custom_id":"row-%d","inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`+"\n", i)
+	}
+	var batch record.BatchRecord
+	as(t, ops, "POST", s.url+"/v1/models/iris/batches", []byte(lines.String())).json(t, &batch)
+	goTo("#/batch/" + batch.ID)
+	run("a batch's lines", chromedp.WaitVisible(chromedp.CSS(`[data-batch-lines="5"]`)))
+	if got := text("main"); !strings.Contains(got, `"row-4"`) || !strings.Contains(got, "probabilities") {
+		t.Errorf("batch page: %.800s", got)
+	}
+	shot("batch")
+
 	// The recent jobs of a model, by status.
 	goTo("#/jobs/iris/succeeded")
 	run("recent jobs", chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`a[href="#/job/%s"]`, ids[0]))))

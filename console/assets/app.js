@@ -8,6 +8,7 @@ const main = document.getElementById("main");
 let figures = {};      // model -> points
 let models = [];       // GET /v1/models
 let stream = null;     // AbortController of the figures stream
+let viewStream = null; // AbortController of the open view's own stream (a batch's lines)
 
 function token() { return sessionStorage.getItem(TOKEN) || ""; }
 
@@ -222,7 +223,7 @@ async function batchesView() {
     bar.firstChild.style.width = pct + "%";
     const final = ["succeeded", "failed", "cancelled"].includes(b.status);
     return el("tr", {},
-      el("td", {}, b.id), el("td", {}, b.model), el("td", { class: b.status === "failed" ? "bad" : "" }, b.status, b.error ? ` (${b.error})` : ""),
+      el("td", {}, el("a", { href: `#/batch/${b.id}` }, b.id)), el("td", {}, b.model), el("td", { class: b.status === "failed" ? "bad" : "" }, b.status, b.error ? ` (${b.error})` : ""),
       el("td", {}, bar, el("span", { class: "muted" }, `${done} of ${b.counts.total} · ${b.counts.failed} failed`)),
       el("td", {}, final ? el("button", { type: "button", onclick: () => download(b.id) }, "Output")
         : el("button", { type: "button", onclick: async () => { await api("DELETE", `/v1/batches/${b.id}`); batchesView(); } }, "Cancel")));
@@ -230,6 +231,48 @@ async function batchesView() {
   show(el("h1", {}, "Batches"), el("div", { class: "table-wrap" }, el("table", {},
     el("thead", {}, el("tr", {}, ["Batch", "Model", "Status", "Progress", ""].map(h => el("th", { scope: "col" }, h)))), el("tbody", {}, rows))),
     list.length ? null : el("p", { class: "muted" }, "No batch file yet."));
+}
+
+// batchView shows a batch and its most recent lines, as they finish: the
+// followed output (?follow=1), the last RECENT of its lines kept.
+const RECENT = 20;
+async function batchView(id) {
+  const b = await api("GET", `/v1/batches/${encodeURIComponent(id)}`);
+  const fields = ["id", "model", "source", "status", "created_at", "queued_at", "finished_at", "jobs", "error"]
+    .filter(k => b[k] !== undefined && b[k] !== "").map(k => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, String(b[k]))));
+  const count = el("p", { class: "muted", "data-batch-lines": "0" }, "No line has finished yet.");
+  const rows = el("tbody", {});
+  show(el("h1", {}, `Batch ${b.id}`), el("table", {}, el("tbody", {}, fields)),
+    el("h2", {}, "Recent lines"), count, el("div", { class: "table-wrap" }, el("table", {},
+      el("thead", {}, el("tr", {}, ["Line", "custom_id", "Outcome"].map(h => el("th", { scope: "col" }, h)))), rows)));
+  viewStream = new AbortController();
+  const res = await fetch(`/v1/batches/${encodeURIComponent(id)}/output?follow=1`, {
+    headers: token() ? { Authorization: "Bearer " + token() } : {}, signal: viewStream.signal });
+  if (!res.ok) { count.textContent = (await res.json()).error; return; }
+  const reader = res.body.getReader(), dec = new TextDecoder();
+  let buf = "", n = 0;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (!line.line) { count.textContent = line.error; continue; }
+        n++;
+        const outcome = line.error ? el("td", { class: "bad" }, line.error)
+          : el("td", {}, (line.response.outputs || []).map(o => `${o.name} ${JSON.stringify((o.data || []).flat(Infinity).slice(0, 6))}`).join(" · "));
+        rows.prepend(el("tr", { "data-line": line.line }, el("td", { class: "num" }, line.line), el("td", {}, JSON.stringify(line.custom_id)), outcome));
+        while (rows.children.length > RECENT) rows.lastChild.remove();
+      }
+      count.dataset.batchLines = n;
+      count.textContent = `${n} line(s) finished, newest first.`;
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") count.textContent = e.message;
+  }
 }
 
 async function download(id) {
@@ -262,12 +305,14 @@ async function deadLettersView(model) {
 
 async function route() {
   const [, view, a, b] = (location.hash || "#/").slice(1).split("/").map(decodeURIComponent);
+  if (viewStream) { viewStream.abort(); viewStream = null; }
   try {
     switch (view) {
       case "": case undefined: return await overview();
       case "jobs": return await jobsView(a, b);
       case "job": return await jobView(a);
       case "batches": return await batchesView();
+      case "batch": return await batchView(a);
       case "dead-letters": return await deadLettersView(a);
       case "signin": return signIn();
       default: show(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Models")));
