@@ -281,7 +281,7 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 	if p.rows, err = m.Check(req); err != nil { // a line is held to what a request is
 		return p, err
 	}
-	if err := checkObjects(m.Name, req); err != nil {
+	if err := s.checkObjects(m.Name, req); err != nil {
 		return p, err
 	}
 	p.inputs, _ = m.OrderedInputs(req) // Check found them all
@@ -301,7 +301,8 @@ func (s *Server) parseLine(m *model.Model, line []byte) (parsedLine, error) {
 
 // objectLine reads a line that names a stored file for a model or
 // pipeline of one BYTES input: {"custom_id": ..., "object":
-// "inputs/{model}/..."}. Nil, nil for any other line.
+// "inputs/{model}/..."}, or an s3:// URL under an allowed source. Nil,
+// nil for any other line.
 func objectLine(m *model.Model, line []byte) (*tensor.Request, error) {
 	if !bytes.Contains(line, []byte(`"object"`)) {
 		return nil, nil

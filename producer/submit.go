@@ -150,7 +150,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		}
 	}
 	if err == nil {
-		err = checkObjects(m.Name, req)
+		err = s.checkObjects(m.Name, req)
 	}
 	if err != nil {
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
@@ -229,14 +229,21 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 }
 
 // checkObjects checks the inputs req gives by reference: each must be a
-// valid key under the model's inputs folder (jobs.InputPrefix).
-func checkObjects(model string, req *tensor.Request) error {
+// valid key under the model's inputs folder (jobs.InputPrefix), or an
+// s3:// URL under a source the operator allowed (--batch-sources).
+func (s *Server) checkObjects(model string, req *tensor.Request) error {
 	for _, in := range req.Inputs {
 		if in.Object == "" {
 			continue
 		}
-		err := storage.CheckKey(in.Object)
-		if err == nil {
+		var err error
+		if storage.IsURL(in.Object) {
+			// An object of a bucket the operator allowed for batches.
+			err = fmt.Errorf("%w: this server reads no s3:// sources", storage.ErrSourceRefused)
+			if s.opts.Sources != nil {
+				_, _, err = s.opts.Sources.Resolve(in.Object)
+			}
+		} else if err = storage.CheckKey(in.Object); err == nil {
 			err = jobs.CheckInputObject(model, in.Object)
 		}
 		if err != nil {

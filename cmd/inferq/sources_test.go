@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -19,8 +20,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"testing"
 
+	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
@@ -217,6 +220,29 @@ func TestSourceBatches(t *testing.T) {
 		}
 	}
 
+	// A batch file whose lines name objects of the allowed bucket (and
+	// one outside it, refused on its own line).
+	file := fmt.Sprintf(`{"custom_id":"a","object":"s3://photos/%s"}`+"\n"+`{"custom_id":"b","object":"s3://photos/private/secret.png"}`+"\n"+`{"custom_id":"c","object":"s3://photos/%s"}`+"\n", keys[3], keys[7])
+	r = do(t, "POST", s.url+"/v1/models/direction/batches", []byte(file))
+	if r.code != http.StatusAccepted {
+		t.Fatalf("a batch file of object lines: %d %s", r.code, r.body)
+	}
+	var fb record.BatchRecord
+	r.json(t, &fb)
+	objLines := follow(t, s, fb.ID, 0, 0)
+	slices.SortFunc(objLines, func(a, b followedLine) int { return int(a.Line - b.Line) })
+	if len(objLines) != 3 || !strings.Contains(objLines[1].Error, "not among the sources") {
+		t.Fatalf("object lines: %+v", objLines)
+	}
+	for i, line := range map[int]int64{0: 4, 2: 8} {
+		got, err1 := tensor.DecodeResponse(objLines[i].Response)
+		want, err2 := tensor.DecodeResponse(byLine[line].Response)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("object line %d: %v %v", i+1, err1, err2)
+		}
+		assertClose(t, fmt.Sprintf("object line %d", i+1), got.Outputs, want.Outputs)
+	}
+
 	// The Parquet output, read by DuckDB: a row per line, the outputs
 	// as lists with their shapes, equal to the JSON output's.
 	pq := do(t, "GET", s.url+"/v1/batches/"+b.ID+"/output?format=parquet", nil)
@@ -378,5 +404,72 @@ func TestSourceBatchLimits(t *testing.T) {
 	}
 	if _, rows := readParquet(t, pq); len(rows) != 10 || !strings.Contains(string(rows[4]), "--max-body") {
 		t.Fatalf("the Parquet output has %d rows; the fifth: %s", len(rows), rows[4])
+	}
+}
+
+// Objects that disappear between the listing and the run fail their own
+// lines, saying which object and why; the others are answered. The API
+// lists and queues the batch before any worker runs, the objects are
+// then deleted, and only then does a worker start.
+func TestSourceGoneMidBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a worker process; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	sum := filepath.Join(t.TempDir(), "rowsum.onnx")
+	writeFile(t, sum, onnxbuild.RowSum())
+	repo := testenv.ModelRepo(t, map[string]string{
+		"rowsum/1/model.onnx": "@" + sum,
+		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
+steps:
+  - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}
+  - {name: total, model: rowsum, inputs: {x: decode.y}}
+outputs: {total: total.y}
+`,
+	})
+	objects := t.TempDir()
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
+	s := startAPI(t, common...)
+	dir := filepath.Join(objects, "inputs", "loudness", "clips")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pcm := binary.LittleEndian.AppendUint16(nil, 1000)
+	for i := range 10 {
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("%02d.wav", i)), wavBytes(16000, pcm))
+	}
+	r := do(t, "POST", s.url+"/v1/models/loudness/batches?source=inputs/loudness/clips/", nil)
+	if r.code != http.StatusAccepted {
+		t.Fatalf("POST: %d %s", r.code, r.body)
+	}
+	var b record.BatchRecord
+	r.json(t, &b)
+	if !testenv.Poll(30*time.Second, func() bool {
+		do(t, "GET", s.url+"/v1/batches/"+b.ID, nil).json(t, &b)
+		return b.Read()
+	}) {
+		t.Fatalf("the listing did not end: %+v", b)
+	}
+	gone := map[string]bool{}
+	for _, i := range []int{1, 4, 5, 9} {
+		key := fmt.Sprintf("inputs/loudness/clips/%02d.wav", i)
+		gone[key] = true
+		if err := os.Remove(filepath.Join(objects, filepath.FromSlash(key))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWorkerProcess(t, common...)
+	lines := follow(t, s, b.ID, 0, 0)
+	if len(lines) != 10 {
+		t.Fatalf("followed %d lines, want 10", len(lines))
+	}
+	for _, l := range lines {
+		if gone[l.CustomID] != (l.Error != "") || gone[l.CustomID] && !(strings.Contains(l.Error, l.CustomID) && strings.Contains(l.Error, "not found")) {
+			t.Errorf("line %d (%s, gone %v): error %q", l.Line, l.CustomID, gone[l.CustomID], l.Error)
+		}
+	}
+	do(t, "GET", s.url+"/v1/batches/"+b.ID, nil).json(t, &b)
+	if b.Counts != (record.BatchCounts{Total: 10, Succeeded: 6, Failed: 4}) {
+		t.Errorf("batch %+v", b)
 	}
 }
