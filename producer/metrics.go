@@ -12,6 +12,11 @@ type metrics struct {
 	accepted *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	requests *prometheus.HistogramVec
+	// listed counts the lines of batches over stored objects as their
+	// pages are queued, takeovers the feeds taken over from a feeder
+	// that stopped.
+	listed    *prometheus.CounterVec
+	takeovers prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,9 +34,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "HTTP requests by route and status code.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
 		}, []string{"route", "code"}),
+		listed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_batch_lines_listed_total",
+			Help: "Lines of batches over stored objects listed and queued (or failed in listing: an object over --max-body), by model.",
+		}, []string{"model"}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "inferq_batch_feed_takeovers_total",
+			Help: "Batches over stored objects whose listing this API process took over from one that stopped.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.requests} {
+		for _, c := range []prometheus.Collector{m.accepted, m.rejected, m.requests, m.listed, m.takeovers} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register API metrics: %w", err)
 			}

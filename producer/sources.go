@@ -89,10 +89,10 @@ func (s *Server) createSourceBatch(w http.ResponseWriter, r *http.Request, m *mo
 	}
 	bucket, prefix, err := s.opts.Sources.Resolve(source)
 	if err == nil && !storage.IsURL(source) && !strings.HasPrefix(prefix, jobs.InputPrefix(m.Name)) {
-		err = fmt.Errorf("%w: a prefix of the store lies under %s", storage.ErrSourceRefused, jobs.InputPrefix(m.Name))
+		err = fmt.Errorf("%w: %s is not under %s, the inputs of %s", storage.ErrSourceRefused, source, jobs.InputPrefix(m.Name), m.Name)
 	}
 	if err != nil {
-		return errorf(http.StatusForbidden, "source %q: %v", source, err)
+		return errorf(http.StatusForbidden, "%v", err)
 	}
 	if err := s.queueReachable(); err != nil {
 		return err
@@ -191,6 +191,7 @@ func (s *Server) RunFeeds(ctx context.Context) error {
 		}
 		for id, rev := range taken {
 			s.log.Info("taking over the feeding of a batch over stored objects, whose feeder stopped", "batch", id)
+			s.metrics.takeovers.Inc()
 			s.startFeed(id, rev, true)
 		}
 	}
@@ -386,6 +387,9 @@ func (s *Server) feedPage(ctx context.Context, rec *record.BatchRecord, again bo
 	})
 	if errors.Is(err, record.ErrConflict) {
 		return true, nil // another feeder, or an end: this one stops
+	}
+	if err == nil {
+		s.metrics.listed.WithLabelValues(m.Name).Add(float64(len(page)))
 	}
 	return done, err
 }

@@ -74,11 +74,11 @@ func IsURL(ref string) bool { return strings.HasPrefix(ref, "s3://") }
 // references: keys of the store as they are, others as s3:// URLs (Ref).
 func (s *Sources) Resolve(source string) (Bucket, string, error) {
 	if strings.Contains("/"+source+"/", "/../") || strings.Contains("/"+source+"/", "/./") {
-		return nil, "", fmt.Errorf("%w: a source has no . or .. segments", ErrSourceRefused)
+		return nil, "", fmt.Errorf("%w: %s has . or .. segments", ErrSourceRefused, source)
 	}
 	if !IsURL(source) {
 		if !strings.HasPrefix(source, "inputs/") || s.Store == nil {
-			return nil, "", fmt.Errorf("%w: a source is a prefix under inputs/{model}/ of the result store, or an s3:// URL the operator allowed with --batch-sources", ErrSourceRefused)
+			return nil, "", fmt.Errorf("%w: %s is not a prefix under inputs/{model}/ of the result store, nor an s3:// URL the operator allowed (--batch-sources)", ErrSourceRefused, source)
 		}
 		return s.Store, source, nil
 	}
