@@ -60,7 +60,13 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		return
 	}
 	if job.Pipeline != nil && job.Pipeline.Prepare {
-		if err := w.prepare(it); err != nil {
+		err := f.prepared // run in the pump
+		if f.job == nil {
+			err = w.prepare(it)
+		} else {
+			it.state = f.state
+		}
+		if err != nil {
 			w.finishFailed(ctx, it, err)
 			return
 		}
@@ -180,19 +186,21 @@ var errBadObject = errors.New("bad input object")
 // readInputs reads the inputs a job gives by reference from storage. A
 // missing object, or one whose size does not fit the input's shape, is an
 // error the job fails with; others are storage trouble, to retry.
-func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
+func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) (*pipeline.State, error) {
 	if err := w.readObjects(ctx, job.Model, job.Request.Inputs); err != nil {
-		return err
+		return nil, err
 	}
 	p := job.Pipeline
 	if p == nil || !p.Prepare || len(p.State) == 0 {
-		return nil
+		return nil, nil
 	}
 	// A pipeline job's first step, not prepared yet: the objects are
-	// its inputs, in its state, under the pipeline's inputs folder.
+	// its inputs, in its state, under the pipeline's inputs folder. The
+	// state, decoded with them read, is what the operations before the
+	// step (prepare) take.
 	st, err := pipeline.DecodeState(p.State, p.StateHeaderLen, p.Done, w.opts.Limits)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errBadObject, err)
+		return nil, fmt.Errorf("%w: %v", errBadObject, err)
 	}
 	values := make([]tensor.Tensor, 0, len(st.Values))
 	refs := make([]string, 0, len(st.Values))
@@ -202,14 +210,13 @@ func (w *Worker) readInputs(ctx context.Context, job *jobs.Job) error {
 		}
 	}
 	if err := w.readObjects(ctx, p.Pipeline, values); err != nil {
-		return err
+		return nil, err
 	}
 	for i, ref := range refs {
 		values[i].Object = ""
 		st.Values[ref] = values[i]
 	}
-	p.State, p.StateHeaderLen, _, err = st.Encode()
-	return err
+	return st, nil
 }
 
 // openObject opens an input object of a job of model: a key under the

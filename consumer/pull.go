@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/inferq/inferq/internal/retry"
 	"github.com/inferq/inferq/jobs"
+	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
@@ -27,6 +29,11 @@ type fetched struct {
 	// unread says why the job's request or inputs could not be read, for
 	// good: it fails with that.
 	unread error
+	// prepared, for a pipeline's first model step whose operations ran
+	// in the pump, is what they gave: nil for success (the job's request
+	// made, its state in state), else why the job fails.
+	prepared error
+	state    *pipeline.State
 }
 
 // subscribe opens the model's consumers, one per priority, and starts a
@@ -60,37 +67,86 @@ func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, er
 	return fetchers, pumped, nil
 }
 
-// pump moves fetched messages into ch until the fetcher is drained. It
-// fetches the stored payloads of large jobs, off the batching loop; while
-// storage is unreachable it backs off and hands those jobs back.
+// pump moves fetched messages into ch until the fetcher is drained. Off
+// the batching loop, it fetches the stored payloads of large jobs, reads
+// the inputs jobs give by reference, and runs the operations before a
+// pipeline's first model step (jobs.Step.Prepare): several messages at
+// once (prepareAhead), since reads wait on storage and operations take a
+// core each. While storage is unreachable it backs off and hands those
+// jobs back.
 func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
-	defer close(ch)
+	var busy sync.WaitGroup
+	defer func() {
+		busy.Wait()
+		close(ch)
+	}()
+	slots := make(chan struct{}, prepareAhead)
 	for m := range src.Messages() {
-		body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
-		if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrInvalidKey) {
-			if gaveUp := w.handBackUnread(ctx, m, fmt.Errorf("the job's stored request could not be read: %w", err)); gaveUp != nil {
-				ch <- &fetched{msg: m, unread: gaveUp}
-			}
+		if !needsWork(m) {
+			ch <- &fetched{msg: m, body: m.Data()}
 			continue
 		}
-		if err != nil {
-			body = nil // the job fails in admit, with the reason
-			w.log.Warn("a job's payload is missing", "err", err)
+		slots <- struct{}{}
+		busy.Go(func() {
+			defer func() { <-slots }()
+			if f := w.fetch(ctx, m); f != nil {
+				ch <- f
+			}
+		})
+	}
+}
+
+// prepareAhead is how many messages a pump works on at once.
+const prepareAhead = 8
+
+var objectParameter = []byte(`"` + tensor.ObjectParameter + `"`)
+
+// needsWork reports whether a message needs more than its data before
+// the batcher takes it: a stored payload, inputs by reference, or the
+// operations before a pipeline's first model step.
+func needsWork(m jetstream.Msg) bool {
+	h := m.Headers()
+	return h.Get(jobs.HeaderPayload) != "" || h.Get(jobs.HeaderStepPrepare) == "1" || bytes.Contains(m.Data(), objectParameter)
+}
+
+// fetch makes a fetched job of m: its body, its inputs given by reference
+// read, and a pipeline step's operations before it run. Nil when the job
+// was handed back (storage away).
+func (w *Worker) fetch(ctx context.Context, m jetstream.Msg) *fetched {
+	body, err := w.opts.Queue.LoadPayload(ctx, m.Headers(), m.Data())
+	if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrInvalidKey) {
+		if gaveUp := w.handBackUnread(ctx, m, fmt.Errorf("the job's stored request could not be read: %w", err)); gaveUp != nil {
+			return &fetched{msg: m, unread: gaveUp}
 		}
-		f := &fetched{msg: m, body: body}
-		if body != nil && bytes.Contains(body, []byte(`"`+tensor.ObjectParameter+`"`)) {
-			f.job, f.err = jobs.DecodeJob(m.Headers(), body, w.opts.Limits)
-			if f.err == nil {
-				f.unread = w.readInputs(ctx, f.job)
-				if f.unread != nil && !permanent(f.unread) {
-					if f.unread = w.handBackUnread(ctx, m, f.unread); f.unread == nil {
-						continue
-					}
-				}
+		return nil
+	}
+	if err != nil {
+		w.log.Warn("a job's payload is missing", "err", err)
+		return &fetched{msg: m} // the job fails in admit, with the reason
+	}
+	f := &fetched{msg: m, body: body}
+	prepare := m.Headers().Get(jobs.HeaderStepPrepare) == "1"
+	if !prepare && !bytes.Contains(body, objectParameter) {
+		return f
+	}
+	if f.job, f.err = jobs.DecodeJob(m.Headers(), body, w.opts.Limits); f.err != nil {
+		return f
+	}
+	var st *pipeline.State
+	if st, f.unread = w.readInputs(ctx, f.job); f.unread != nil {
+		if !permanent(f.unread) {
+			if f.unread = w.handBackUnread(ctx, m, f.unread); f.unread == nil {
+				return nil
 			}
 		}
-		ch <- f
+		return f
 	}
+	if p := f.job.Pipeline; p != nil && p.Prepare {
+		it := &item{job: f.job, state: st}
+		f.prepared = w.prepare(it)
+		f.state = it.state
+	}
+	return f
 }
 
 // permanent reports whether an error reading a job's inputs stays
