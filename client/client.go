@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/record"
+	"github.com/inferq/inferq/traffic"
 )
 
 // Client talks to one inferq API. The zero value is not usable; use New.
@@ -348,6 +349,42 @@ func (c *Client) BatchParquet(ctx context.Context, id string, w io.Writer) error
 func (c *Client) SetBaseline(ctx context.Context, model, batch, since, version string) (json.RawMessage, error) {
 	body, _ := json.Marshal(map[string]string{"batch": batch, "since": since, "version": version})
 	res, err := c.do(ctx, "POST", "/v1/models/"+url.PathEscape(model)+"/monitoring/baseline", bytes.NewReader(body), http.Header{"Content-Type": {"application/json"}})
+	if err != nil {
+		return nil, err
+	}
+	var out json.RawMessage
+	return out, decode(res, &out)
+}
+
+// Traffic returns GET /v1/models/{model}/traffic (JSON): the model's
+// traffic split in force, where it comes from, and its versions.
+func (c *Client) Traffic(ctx context.Context, model string) (json.RawMessage, error) {
+	return c.trafficCall(ctx, "GET", model, nil)
+}
+
+// SetTraffic sets model's traffic split (PUT /v1/models/{model}/traffic)
+// and returns it as the server now holds it (JSON).
+func (c *Client) SetTraffic(ctx context.Context, model string, split traffic.Split) (json.RawMessage, error) {
+	body, err := json.Marshal(split)
+	if err != nil {
+		return nil, err
+	}
+	return c.trafficCall(ctx, "PUT", model, body)
+}
+
+// ResetTraffic removes the split set at run time: the model's
+// config.yaml's applies again.
+func (c *Client) ResetTraffic(ctx context.Context, model string) (json.RawMessage, error) {
+	return c.trafficCall(ctx, "DELETE", model, nil)
+}
+
+func (c *Client) trafficCall(ctx context.Context, method, model string, body []byte) (json.RawMessage, error) {
+	var rd io.Reader
+	h := http.Header{}
+	if body != nil {
+		rd, h = bytes.NewReader(body), http.Header{"Content-Type": {"application/json"}}
+	}
+	res, err := c.do(ctx, method, "/v1/models/"+url.PathEscape(model)+"/traffic", rd, h)
 	if err != nil {
 		return nil, err
 	}

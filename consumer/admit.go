@@ -72,6 +72,12 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 		}
 	}
 	it.model, err = w.opts.Family.Lookup(job.Version)
+	if err != nil && job.Routed {
+		// The traffic split picked a version that is gone now: the
+		// default answers, as for a job that named none.
+		w.log.Warn("the version the traffic split picked is not loaded; the default version answers", "job", job.ID, "version", job.Version, "err", err)
+		it.model, err = w.opts.Family.Lookup(0)
+	}
 	if err == nil {
 		err = it.check()
 	}

@@ -42,6 +42,15 @@ type Fleet struct {
 	scaled   map[string]*jobs.ScaleNote
 	finished map[string]*atomic.Uint64
 	wg       sync.WaitGroup
+	// shadowsOf and shadows: the shadow versions of each model, and a
+	// worker running each (see Options.Shadow), by model and version.
+	shadowsOf func(*model.Family) []int64
+	shadows   map[shadowKey]*running
+}
+
+type shadowKey struct {
+	model   string
+	version int64
 }
 
 type running struct {
@@ -63,6 +72,11 @@ type FleetOptions struct {
 	// Initial is the replicas a model starts with. Default 1; 0 starts
 	// none until Scale asks.
 	Initial *int
+	// ShadowsOf, when set, gives the shadow versions of a model (its
+	// traffic split's): the fleet runs a worker for each, on the
+	// version's own queue (Options.Shadow), kept in line by Apply and
+	// Reshadow.
+	ShadowsOf func(*model.Family) []int64
 }
 
 // NewFleet returns a fleet whose workers take opts (Family aside).
@@ -78,6 +92,7 @@ func NewFleet(opts Options, fo FleetOptions) *Fleet {
 	return &Fleet{
 		tmpl: opts, only: fo.Only, initial: initial, ctx: ctx, cancel: cancel, failed: make(chan error, 1),
 		families: map[string]*model.Family{}, refused: map[string]refusal{}, scaled: map[string]*jobs.ScaleNote{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
+		shadowsOf: fo.ShadowsOf, shadows: map[shadowKey]*running{},
 	}
 }
 
@@ -160,7 +175,56 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 			delete(f.families, name)
 		}
 	}
+	errs = append(errs, f.reshadow())
 	f.observe()
+	return errors.Join(errs...)
+}
+
+// Reshadow brings the shadow workers in line with the models' shadow
+// versions now (ShadowsOf): after a traffic split changed.
+func (f *Fleet) Reshadow() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reshadow()
+}
+
+// reshadow starts a worker for each shadow version wanted and not run
+// (or run for an older load of its model), and stops those no longer
+// wanted. A shadow worker loads its version alone. f.mu is held.
+func (f *Fleet) reshadow() error {
+	if f.shadowsOf == nil {
+		return nil
+	}
+	want := map[shadowKey]*model.Model{}
+	for name, fam := range f.families {
+		for _, v := range f.shadowsOf(fam) {
+			if m, err := fam.Lookup(v); err == nil && v > 0 {
+				want[shadowKey{name, v}] = m
+			}
+		}
+	}
+	var errs []error
+	for k, r := range f.shadows {
+		if m, ok := want[k]; !ok || r.fam.Versions[0] != m {
+			f.tmpl.Logger.Info("stopping a shadow version's worker", "model", k.model, "version", k.version)
+			r.stop()
+			delete(f.shadows, k)
+		}
+	}
+	for k, m := range want {
+		if _, ok := f.shadows[k]; ok {
+			continue
+		}
+		fam := f.families[k.model]
+		one := &model.Family{Name: fam.Name, Versions: []*model.Model{m}, Config: fam.Config}
+		r, err := f.startWorker(one, k.version)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("shadow version %d of %s: %w", k.version, k.model, err))
+			continue
+		}
+		f.tmpl.Logger.Info("running a shadow version", "model", k.model, "version", k.version)
+		f.shadows[k] = r
+	}
 	return errors.Join(errs...)
 }
 
@@ -226,15 +290,23 @@ func (f *Fleet) observe() {
 // start creates a replica of fam, loads its sessions and runs it. f.mu is
 // held.
 func (f *Fleet) start(fam *model.Family) (*running, error) {
+	return f.startWorker(fam, 0)
+}
+
+// startWorker starts a worker of fam, or with shadow set, of that shadow
+// version's runs. f.mu is held.
+func (f *Fleet) startWorker(fam *model.Family, shadow int64) (*running, error) {
 	began := time.Now()
 	opts := f.tmpl
-	opts.Family = fam
-	c := f.finished[fam.Name]
-	if c == nil {
-		c = &atomic.Uint64{}
-		f.finished[fam.Name] = c
+	opts.Family, opts.Shadow = fam, shadow
+	if shadow == 0 { // a shadow's runs are no throughput of the model's
+		c := f.finished[fam.Name]
+		if c == nil {
+			c = &atomic.Uint64{}
+			f.finished[fam.Name] = c
+		}
+		opts.finished = c
 	}
-	opts.finished = c
 	w, err := NewWorker(opts)
 	if err != nil {
 		return nil, err
@@ -288,6 +360,7 @@ func (f *Fleet) Stop() {
 	f.wg.Wait()
 	f.mu.Lock()
 	clear(f.replicas)
+	clear(f.shadows)
 	f.observe()
 	f.mu.Unlock()
 }

@@ -38,6 +38,11 @@ type Metrics struct {
 	// the next step), by pipeline and step.
 	steps       *prometheus.CounterVec
 	stepSeconds *prometheus.HistogramVec
+	// shadowRuns counts the shadow runs a shadow worker ended, by model,
+	// version and outcome; shadowDropped the shadow runs that could not
+	// be queued, by model.
+	shadowRuns    *prometheus.CounterVec
+	shadowDropped *prometheus.CounterVec
 }
 
 // NewMetrics creates the workers' metrics and registers them on reg; nil
@@ -70,6 +75,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		failedRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inferq_failed_runs_total",
 			Help: "ONNX Runtime runs that failed, by model; a failed batch is split and rerun to isolate the jobs at fault.",
+		}, []string{"model"}),
+		shadowRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_shadow_runs_total",
+			Help: "Shadow runs ended by this worker, by model, shadow version and outcome (succeeded, failed): a failed shadow run fails nothing else.",
+		}, []string{"model", "version", "outcome"}),
+		shadowDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inferq_shadow_dropped_total",
+			Help: "Shadow runs that could not be queued (the shadow's queue full or away), by model.",
 		}, []string{"model"}),
 		settled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inferq_job_messages_settled_total",
@@ -121,7 +134,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes, m.captureDropped, m.steps, m.stepSeconds} {
+		for _, c := range []prometheus.Collector{m.finished, m.latency, m.batches, m.batchSize, m.inference, m.failedRuns, m.settled, m.replicas, m.coldStart, m.writes, m.writeJobs, m.values, m.nonFinite, m.classes, m.captureDropped, m.steps, m.stepSeconds, m.shadowRuns, m.shadowDropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

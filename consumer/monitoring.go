@@ -62,6 +62,10 @@ type finishedGroup struct {
 	outputs [][]tensor.Tensor
 	refs    []*record.ResultRef
 	bodies  [][]byte
+	// errs, for a group of shadow runs (refs and bodies nil): those that
+	// failed have no outputs.
+	errs   []error
+	shadow bool
 }
 
 func newWatcher(w *Worker) *watcher {
@@ -73,10 +77,51 @@ func newWatcher(w *Worker) *watcher {
 // ones (those with a result) to the statistics and capture the sampled
 // share of them. It waits only while run is 64 groups behind.
 func (m *watcher) observe(items []*item, outputs [][]tensor.Tensor, refs []*record.ResultRef, bodies [][]byte) {
-	m.finished <- finishedGroup{items, outputs, refs, bodies}
+	m.finished <- finishedGroup{items: items, outputs: outputs, refs: refs, bodies: bodies}
+}
+
+// observeShadows hands a group of shadow runs to run: the succeeded
+// ones are added to their version's statistics, compared with their
+// answers (monitor.Agreement), and captured at the model's rate, marked
+// as shadow runs.
+func (m *watcher) observeShadows(items []*item, outputs [][]tensor.Tensor, errs []error) {
+	m.finished <- finishedGroup{items: items, outputs: outputs, errs: errs, shadow: true}
+}
+
+func (m *watcher) addShadows(g finishedGroup) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, it := range g.items {
+		if g.errs[i] != nil || it.model == nil {
+			continue
+		}
+		cfg := it.model.Config
+		version := it.model.VersionString()
+		got := tensor.Select(g.outputs[i], it.job.Request.Outputs)
+		if cfg.StatisticsOn() {
+			k := snapKey{version, ""}
+			s := m.snaps[k]
+			if s == nil {
+				s = monitor.NewSnapshot(m.w.name, version, "", m.start)
+				m.snaps[k] = s
+			}
+			s.Observe(it.rows, it.inputs, g.outputs[i])
+			if answer, err := tensor.DecodeResponse(it.job.Answer); err == nil {
+				s.Compare(it.job.ShadowOf).Compare(got, answer.Outputs)
+			}
+		}
+		if rate := cfg.CaptureRate(); rate > 0 && rand.Float64() < rate {
+			body := it.response(m.w.name, g.outputs[i]).AppendJSON(nil)
+			m.captureLine(version, appendCaptured(nil, it, version, body))
+		}
+	}
 }
 
 func (m *watcher) add(g finishedGroup) {
+	if g.shadow {
+		m.addShadows(g)
+		return
+	}
 	items, outputs, refs, bodies := g.items, g.outputs, g.refs, g.bodies
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -163,7 +208,10 @@ func appendCaptured(b []byte, it *item, version string, response []byte) []byte 
 		Time     time.Time       `json:"time"`
 		Request  json.RawMessage `json:"request"`
 		Response json.RawMessage `json:"response"`
-	}{it.job.ID, it.job.Model, version, time.Now().UTC(), req, response}
+		// ShadowOf marks a shadow run's line: the version that answered
+		// the job (its response is not this one).
+		ShadowOf string `json:"shadow_of,omitempty"`
+	}{it.job.ID, it.job.Model, version, time.Now().UTC(), req, response, it.job.ShadowOf}
 	enc, err := json.Marshal(line)
 	if err != nil {
 		return b

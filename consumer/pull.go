@@ -48,7 +48,16 @@ func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, er
 	limit := max(2*w.policy.MaxBatchSize*w.instances, 16)
 	var conss []jetstream.Consumer
 	for _, p := range []record.Priority{record.High, record.Normal} {
-		cons, err := w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+		var cons jetstream.Consumer
+		var err error
+		if w.opts.Shadow > 0 {
+			if p == record.High {
+				continue // a shadow version has one queue
+			}
+			cons, err = w.shadowConsumer(ctx, maxPending)
+		} else {
+			cons, err = w.opts.Queue.Consumer(ctx, w.name, p, jobs.ConsumerOptions{AckWait: w.opts.AckWait, MaxAckPending: maxPending})
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("model %s: pull jobs: %w", w.name, err)
 		}
@@ -63,6 +72,11 @@ func (w *Worker) subscribe(ctx context.Context) ([]*fetcher, []chan *fetched, er
 		ch := make(chan *fetched, w.policy.MaxBatchSize)
 		pumped = append(pumped, ch)
 		go w.pump(ctx, f, ch)
+	}
+	if len(pumped) == 1 { // a shadow worker: nothing of high priority
+		none := make(chan *fetched)
+		close(none)
+		pumped = append([]chan *fetched{none}, pumped...)
 	}
 	return fetchers, pumped, nil
 }

@@ -28,6 +28,10 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 		outputs = append(outputs, r.outputs...)
 		errs = append(errs, r.errs...)
 	}
+	if w.opts.Shadow > 0 {
+		w.finishShadows(items, outputs, errs)
+		return
+	}
 	if w.abandoned.Load() {
 		return // handed back at the drain timeout
 	}
@@ -62,6 +66,13 @@ func (w *Worker) finishBatches(ctx context.Context, group []*ranBatch) {
 	}
 	w.completeAll(ctx, ended)
 	w.watch.observe(items, outputs, refs, bodies)
+	if slices.ContainsFunc(items, func(it *item) bool { return len(it.job.Shadows) > 0 }) {
+		byItem := make(map[*item][]tensor.Tensor, len(items))
+		for i, it := range items {
+			byItem[it] = outputs[i]
+		}
+		w.publishShadows(ended, byItem)
+	}
 }
 
 // storeResults writes the results of the succeeded jobs among items and

@@ -70,6 +70,9 @@ var (
 // Options.RunningAfter before marking (see markRunningAfter): its record
 // is changed in hand, and stored with the final one if the run is quick.
 func (w *Worker) start(ctx context.Context, items []*item) []*item {
+	if w.opts.Shadow > 0 {
+		return items // a shadow run has no record
+	}
 	now := time.Now().UTC()
 	fn := func(it *item) func(r *record.Record) error {
 		cut := batchOf(it) != "" && w.batches.uploadCut(ctx, w.opts.Queue.Batches, batchOf(it))
@@ -231,6 +234,12 @@ func (w *Worker) complete(ctx context.Context, it *item, status record.Status, r
 // left to be redelivered, so it is not lost.
 func (w *Worker) completeAll(ctx context.Context, outs []outcome) {
 	if len(outs) == 0 {
+		return
+	}
+	if w.opts.Shadow > 0 {
+		for _, o := range outs {
+			w.shadowFailed(o.it, errors.New(o.reason))
+		}
 		return
 	}
 	for _, o := range outs {

@@ -124,6 +124,12 @@ type Options struct {
 	// state in one write, a write a job fewer (see docs/nats.md). 0 marks
 	// every batch running before it runs.
 	RunningAfter time.Duration
+	// Shadow, when set, makes the worker run the shadow runs of this
+	// version of its model (queued by the workers that answered the
+	// jobs, on the version's own queue) instead of the model's jobs: it
+	// compares their outputs with the answers for prediction
+	// monitoring, and writes no record, result or announcement.
+	Shadow int64
 	// Sources reads the inputs that jobs name by s3:// URL (the lines of
 	// a batch over an allowed bucket, --batch-sources); nil reads none.
 	Sources interface {
@@ -406,7 +412,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(watched)
 		w.watch.run(watchCtx, w.opts.StatsInterval)
 	}()
-	if keep := w.opts.Family.Default().Config.ResultRetention; keep > 0 {
+	if keep := w.opts.Family.Default().Config.ResultRetention; keep > 0 && w.opts.Shadow == 0 {
 		sweeping := make(chan struct{})
 		defer func() { <-sweeping }()
 		go func() {

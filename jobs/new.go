@@ -20,7 +20,11 @@ type Spec struct {
 	Model string
 	// Version pins a model version; 0 runs the default version when the
 	// job starts.
-	Version  int64
+	Version int64
+	// Routed says the traffic split picked Version (see Job.Routed), and
+	// Shadows are the versions the job also runs on (Job.Shadows).
+	Routed  bool
+	Shadows []int64
 	Priority record.Priority
 	// Deadline, when set, is when a job not started expires.
 	Deadline time.Time
@@ -56,7 +60,7 @@ func New(req *tensor.Request, spec Spec) (*Job, *record.Record) {
 		spec.ID = ulid.Make().String()
 	}
 	rec := NewRecord(spec.ID, spec)
-	return &Job{ID: rec.ID, Model: spec.Model, Version: spec.Version, Request: req, Priority: spec.Priority, Trace: spec.Trace}, rec
+	return &Job{ID: rec.ID, Model: spec.Model, Version: spec.Version, Routed: spec.Routed, Shadows: spec.Shadows, Request: req, Priority: spec.Priority, Trace: spec.Trace}, rec
 }
 
 // NewRecord is the record of a new job id, queued now, as spec says.

@@ -55,6 +55,13 @@ const (
 	HeaderJobID   = "Inferq-Job-Id"
 	HeaderModel   = "Inferq-Model"
 	HeaderVersion = "Inferq-Model-Version"
+	// HeaderRouted marks a version picked by the model's traffic split,
+	// not by the client: should the version be gone when the job runs,
+	// the default version answers it.
+	HeaderRouted = "Inferq-Routed"
+	// HeaderShadow lists the versions the job also runs on, off the
+	// answer's path, once it has succeeded: "4,5".
+	HeaderShadow = "Inferq-Shadow"
 	// HeaderPayload names the storage object holding the body of a job too
 	// large to travel in its message (a claim check).
 	HeaderPayload = "Inferq-Payload"
@@ -184,6 +191,9 @@ type Queue struct {
 	workers jetstream.KeyValue
 	Records *Records
 	Batches *Batches
+	// Traffic is nil on a queue set up by a release before traffic
+	// splits (Open).
+	Traffic *Traffic
 
 	// payloads keeps request bodies too large for a message (see
 	// StorePayloads).
@@ -307,11 +317,21 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, err
 	}
+	splits, err := ensureKeyValue(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      TrafficBucket,
+		Description: "inferq traffic splits set at run time, by model",
+		History:     10,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+	})
+	if err != nil {
+		return nil, err
+	}
 	workers, err := setupWorkers(ctx, js, opts.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, dupWindow: opts.DuplicateWindow, maxDeadLetters: opts.MaxDeadLetters}, nil
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, Traffic: &Traffic{kv: splits}, dupWindow: opts.DuplicateWindow, maxDeadLetters: opts.MaxDeadLetters}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing
@@ -335,6 +355,9 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 	// status is read.
 	if w, err := js.KeyValue(ctx, WorkerBucket); err == nil {
 		q.workers = w
+	}
+	if t, err := js.KeyValue(ctx, TrafficBucket); err == nil {
+		q.Traffic = &Traffic{kv: t}
 	}
 	return q, nil
 }

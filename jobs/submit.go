@@ -75,6 +75,18 @@ type Job struct {
 	Model string
 	// Version pins a model version; 0 runs the default version.
 	Version int64
+	// Routed says Version was picked by the model's traffic split: the
+	// default version answers if it is gone when the job runs.
+	Routed bool
+	// Shadows are the versions the job also runs on once it has
+	// succeeded (shadow versions of the traffic split), for their
+	// agreement with the answer; never seen by the client.
+	Shadows []int64
+	// ShadowOf and Answer, on a shadow run (see PublishShadows), are the
+	// version that answered the job and its answer (a V2 JSON response),
+	// which the run's outputs are compared with.
+	ShadowOf string
+	Answer   []byte
 	Request *tensor.Request
 	// Priority picks the subject, and so the consumer, the job goes to.
 	Priority record.Priority
@@ -413,6 +425,16 @@ func EncodeJob(job *Job) (*nats.Msg, error) {
 	if job.Version != 0 {
 		msg.Header.Set(HeaderVersion, strconv.FormatInt(job.Version, 10))
 	}
+	if job.Routed {
+		msg.Header.Set(HeaderRouted, "1")
+	}
+	if len(job.Shadows) > 0 {
+		vs := make([]string, len(job.Shadows))
+		for i, v := range job.Shadows {
+			vs[i] = strconv.FormatInt(v, 10)
+		}
+		msg.Header.Set(HeaderShadow, strings.Join(vs, ","))
+	}
 	if !prepare {
 		msg.Header.Set(HeaderHeaderLength, strconv.Itoa(n))
 	}
@@ -432,12 +454,26 @@ func DecodeJob(header nats.Header, data []byte, lim tensor.Limits) (*Job, error)
 	if job.ID == "" {
 		return nil, errors.New("job message has no " + HeaderJobID + " header")
 	}
+	if job.ShadowOf = header.Get(HeaderShadowOf); job.ShadowOf != "" {
+		var err error
+		if data, job.Answer, err = splitAnswer(header, data); err != nil {
+			return job, fmt.Errorf("job %s: %w", job.ID, err)
+		}
+	}
 	if v := header.Get(HeaderVersion); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
 			return job, fmt.Errorf("job %s: %s %q is not a positive integer", job.ID, HeaderVersion, v)
 		}
 		job.Version = n
+	}
+	job.Routed = header.Get(HeaderRouted) == "1"
+	if v := header.Get(HeaderShadow); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			if n, err := strconv.ParseInt(f, 10, 64); err == nil && n > 0 {
+				job.Shadows = append(job.Shadows, n)
+			}
+		}
 	}
 	if v := header.Get(HeaderRecord); v != "" {
 		var rec record.Record

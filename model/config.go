@@ -69,6 +69,14 @@ type Config struct {
 	// bucket length so that requests of different lengths share a run,
 	// and trims the outputs back.
 	Padding *Padding `yaml:"padding" json:"padding,omitempty"`
+	// Traffic splits the jobs that name no version among the model's
+	// versions, by shares ({"2": 90, "3": 10}), and Shadow names the
+	// versions every such job also runs on, off the answer's path (see
+	// docs/guides/rollouts.md). A split set at run time (PUT
+	// /v1/models/{model}/traffic) takes precedence. Versions not loaded
+	// are left out, with a log line.
+	Traffic map[string]int `yaml:"traffic" json:"traffic,omitempty"`
+	Shadow  []string       `yaml:"shadow" json:"shadow,omitempty"`
 }
 
 // Padding pads inputs along a variable-length axis up to the next bucket

@@ -24,6 +24,9 @@ type Snapshot struct {
 	Rows    int64             `json:"rows"`
 	Inputs  map[string]*Stats `json:"inputs"`
 	Outputs map[string]*Stats `json:"outputs"`
+	// Agreement, in a shadow version's snapshot, is how its outputs
+	// compared with the answering version's, by answering version.
+	Agreement map[string]*Agreement `json:"agreement,omitempty"`
 }
 
 // NewSnapshot starts an empty snapshot.
@@ -69,6 +72,23 @@ func (s *Snapshot) Merge(o *Snapshot) {
 	for n, st := range o.Outputs {
 		stat(s.Outputs, n).Merge(st)
 	}
+	for v, a := range o.Agreement {
+		s.Compare(v).Merge(a)
+	}
+}
+
+// Compare returns the agreement of the snapshot's version with answering
+// version v, to add jobs to.
+func (s *Snapshot) Compare(v string) *Agreement {
+	if s.Agreement == nil {
+		s.Agreement = map[string]*Agreement{}
+	}
+	a := s.Agreement[v]
+	if a == nil {
+		a = &Agreement{}
+		s.Agreement[v] = a
+	}
+	return a
 }
 
 // Drift is a tensor's drift against a baseline.

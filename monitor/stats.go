@@ -227,6 +227,36 @@ var smallClasses = func() []string {
 // scores, whose argmax is the class).
 func (s *Stats) Observe(t *tensor.Tensor, output bool) {
 	s.Datatype = t.Datatype.String()
+	f, n := numbers(t)
+	if f == nil { // BYTES, and what travels as them (sequences, maps)
+		if elems, err := tensor.SplitBytes(t.Data); err == nil {
+			s.Values += int64(len(elems))
+		}
+		return
+	}
+	step := (n + HistSample - 1) / HistSample // 1 up to HistSample elements
+	if t.Datatype == tensor.FP32 {
+		s.addFloat32s(t.Data[:4*n], step)
+	} else {
+		next := 0
+		for i := range n {
+			hist := i == next
+			if hist {
+				next += step
+			}
+			s.add(f(i), hist)
+		}
+	}
+	if output {
+		for _, c := range rowClasses(t, f, n) {
+			s.class(classOf(float64(c)))
+		}
+	}
+}
+
+// numbers returns a reader of a numeric tensor's elements as float64 and
+// their count; nil for BYTES.
+func numbers(t *tensor.Tensor) (func(i int) float64, int) {
 	d, le := t.Data, binary.LittleEndian
 	var f func(i int) float64
 	switch t.Datatype {
@@ -252,38 +282,31 @@ func (s *Stats) Observe(t *tensor.Tensor, output bool) {
 		f = func(i int) float64 { return float64(math.Float32frombits(le.Uint32(d[4*i:]))) }
 	case tensor.FP64:
 		f = func(i int) float64 { return math.Float64frombits(le.Uint64(d[8*i:])) }
-	default: // BYTES, and what travels as them (sequences, maps)
-		if elems, err := tensor.SplitBytes(d); err == nil {
-			s.Values += int64(len(elems))
-		}
-		return
+	default:
+		return nil, 0
 	}
-	size := t.Datatype.Size()
-	n := len(d) / size
-	step := (n + HistSample - 1) / HistSample // 1 up to HistSample elements
-	if t.Datatype == tensor.FP32 {
-		s.addFloat32s(d[:4*n], step)
-	} else {
-		next := 0
-		for i := range n {
-			hist := i == next
-			if hist {
-				next += step
-			}
-			s.add(f(i), hist)
-		}
-	}
-	if !output || len(t.Shape) == 0 || t.Shape[0] <= 0 {
-		return
+	return f, len(d) / t.Datatype.Size()
+}
+
+// rowClasses is the class of each row of an output that looks like a
+// classifier's: an integer tensor of one value per row (a label), or a
+// float tensor of [rows, 2..64] (class scores, whose argmax is the
+// class). Nil for any other output.
+func rowClasses(t *tensor.Tensor, f func(int) float64, n int) []int64 {
+	if f == nil || len(t.Shape) == 0 || t.Shape[0] <= 0 {
+		return nil
 	}
 	rows := int(t.Shape[0])
 	switch {
 	case t.Datatype != tensor.FP16 && t.Datatype != tensor.FP32 && t.Datatype != tensor.FP64 && t.Datatype != tensor.Bool && n == rows:
+		out := make([]int64, rows)
 		for i := range rows {
-			s.class(classOf(f(i)))
+			out[i] = int64(f(i))
 		}
-	case (t.Datatype == tensor.FP32 || t.Datatype == tensor.FP64 || t.Datatype == tensor.FP16) && len(t.Shape) == 2 && t.Shape[1] >= 2 && t.Shape[1] <= MaxClasses:
+		return out
+	case (t.Datatype == tensor.FP32 || t.Datatype == tensor.FP64 || t.Datatype == tensor.FP16) && len(t.Shape) == 2 && t.Shape[1] >= 2 && t.Shape[1] <= MaxClasses && n == rows*int(t.Shape[1]):
 		c := int(t.Shape[1])
+		out := make([]int64, rows)
 		for r := range rows {
 			best := 0
 			for j := 1; j < c; j++ {
@@ -291,9 +314,11 @@ func (s *Stats) Observe(t *tensor.Tensor, output bool) {
 					best = j
 				}
 			}
-			s.class(classOf(float64(best)))
+			out[r] = int64(best)
 		}
+		return out
 	}
+	return nil
 }
 
 // Merge adds o to s.

@@ -327,7 +327,17 @@ func (s *Server) submitChunk(r *http.Request, m *model.Model, batch, id string, 
 	if err != nil {
 		return err
 	}
-	job, rec := jobs.New(req, jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, BatchSeq: seq, Lines: len(c.Lines)})
+	spec := jobs.Spec{ID: id, Model: m.Name, Rows: c.Rows, Batch: batch, BatchSeq: seq, Lines: len(c.Lines)}
+	if r.PathValue("version") != "" {
+		spec.Version = m.Version
+	} else if am, routed, shadows := s.route(m, false); routed || len(shadows) > 0 {
+		// A batch is split per job its lines are packed into.
+		spec.Shadows = shadows
+		if routed {
+			spec.Version, spec.Routed = am.Version, true
+		}
+	}
+	job, rec := jobs.New(req, spec)
 	job.Lines = lines
 	if job, err = s.pipelineJob(m, job); err != nil {
 		return err

@@ -113,8 +113,66 @@ func (s *Server) modelMonitoring(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, v)
 	}
 	slices.SortFunc(out, func(a, b *versionMonitoring) int { return compareVersions(a.Version, b.Version) })
-	writeJSON(w, http.StatusOK, map[string]any{"model": name, "edges": monitor.Edges, "threshold": monitor.Threshold, "versions": out})
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "edges": monitor.Edges, "threshold": monitor.Threshold, "versions": out, "shadow": shadowAgreement(out)})
 	return nil
+}
+
+// shadowJSON is how a shadow version agreed with a version that answered
+// the jobs it shadowed, per window.
+type shadowJSON struct {
+	Version string                      `json:"version"`
+	Against string                      `json:"against"`
+	Windows map[string]agreementSummary `json:"windows"`
+}
+
+// agreementSummary is an agreement in a window: the jobs compared, the
+// share of rows of equal classes (class-like outputs) and the mean
+// absolute difference (the other outputs), with the detail per output.
+type agreementSummary struct {
+	Jobs           int64                               `json:"jobs"`
+	LabelAgreement *float64                            `json:"label_agreement,omitempty"`
+	MeanAbsDiff    *float64                            `json:"mean_abs_diff,omitempty"`
+	Outputs        map[string]*monitor.OutputAgreement `json:"outputs"`
+}
+
+func summarize(a *monitor.Agreement) agreementSummary {
+	out := agreementSummary{Jobs: a.Jobs, Outputs: a.Outputs}
+	if v, ok := a.LabelAgreement(); ok {
+		out.LabelAgreement = &v
+	}
+	if v, ok := a.MeanAbsDiff(); ok {
+		out.MeanAbsDiff = &v
+	}
+	return out
+}
+
+// shadowAgreement gathers the agreements the versions' windows hold (a
+// shadow version's, against each version it was compared with).
+func shadowAgreement(versions []*versionMonitoring) []shadowJSON {
+	out := []shadowJSON{}
+	for _, v := range versions {
+		byAgainst := map[string]*shadowJSON{}
+		for name, win := range v.Windows {
+			for against, a := range win.Agreement {
+				sj := byAgainst[against]
+				if sj == nil {
+					sj = &shadowJSON{Version: v.Version, Against: against, Windows: map[string]agreementSummary{}}
+					byAgainst[against] = sj
+				}
+				sj.Windows[name] = summarize(a)
+			}
+		}
+		for _, sj := range byAgainst {
+			out = append(out, *sj)
+		}
+	}
+	slices.SortFunc(out, func(a, b shadowJSON) int {
+		if c := compareVersions(a.Version, b.Version); c != 0 {
+			return c
+		}
+		return compareVersions(a.Against, b.Against)
+	})
+	return out
 }
 
 func compareVersions(a, b string) int {
@@ -205,6 +263,8 @@ func (s *Server) setBaseline(w http.ResponseWriter, r *http.Request) error {
 type driftCollector struct {
 	s    *Server
 	desc *prometheus.Desc
+	// agreement is inferq_shadow_agreement, read with the drift.
+	agreement *prometheus.Desc
 
 	mu     sync.Mutex
 	cached map[string]driftReading
@@ -218,10 +278,12 @@ type driftReading struct {
 func newDriftCollector(s *Server) *driftCollector {
 	return &driftCollector{s: s, cached: map[string]driftReading{},
 		desc: prometheus.NewDesc("inferq_drift_psi", "Population stability index of a model version's last hour against its baseline, by tensor and measure (values: the histogram; classes: the class shares). Over 0.25 is drift.",
-			[]string{"model", "version", "kind", "tensor", "measure"}, nil)}
+			[]string{"model", "version", "kind", "tensor", "measure"}, nil),
+		agreement: prometheus.NewDesc("inferq_shadow_agreement", "How a shadow version agreed with the version that answered the same jobs over the last hour, by measure: labels (the share of rows of equal classes, class-like outputs) and mean_abs_diff (the other outputs).",
+			[]string{"model", "version", "against", "measure"}, nil)}
 }
 
-func (c *driftCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *driftCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.agreement }
 
 func (c *driftCollector) forget(model string) {
 	c.mu.Lock()
@@ -264,6 +326,14 @@ func (c *driftCollector) read(model string) []prometheus.Metric {
 	}
 	var out []prometheus.Metric
 	for version, cur := range hour {
+		for against, a := range cur.Agreement {
+			if v, ok := a.LabelAgreement(); ok {
+				out = append(out, prometheus.MustNewConstMetric(c.agreement, prometheus.GaugeValue, v, model, version, against, "labels"))
+			}
+			if v, ok := a.MeanAbsDiff(); ok {
+				out = append(out, prometheus.MustNewConstMetric(c.agreement, prometheus.GaugeValue, v, model, version, against, "mean_abs_diff"))
+			}
+		}
 		base := c.s.baseline(ctx, model, version)
 		if base == nil {
 			continue

@@ -178,6 +178,9 @@ type Options struct {
 	// objects says it still is; one silent for five of them is taken
 	// over by another API process (RunFeeds). Default 2s.
 	FeedHeartbeat time.Duration
+	// Traffic keeps the traffic splits set at run time (GET and PUT
+	// /v1/models/{model}/traffic); nil serves only config.yaml's.
+	Traffic TrafficStore
 	// FeedAhead is how many lines of a batch over stored objects are
 	// queued at most beyond those with an outcome. Default 10,000.
 	FeedAhead int64
@@ -200,6 +203,8 @@ type Server struct {
 	tokensSet atomic.Pointer[chan struct{}]
 	// feeding is the feeders of batches over stored objects.
 	feeding sync.WaitGroup
+	// splits are the traffic splits set at run time, as followed.
+	splits splits
 }
 
 // Shutdown ends the event streams being served, so that an http.Server
@@ -276,6 +281,9 @@ func (s *Server) routes() {
 	handle("GET /v1/jobs/{id}/events", s.jobEvents)
 	handle("GET /v1/models/{model}/results", s.modelResults)
 	handle("POST /v1/models/{model}/batches", s.createBatch)
+	handle("GET /v1/models/{model}/traffic", s.getTraffic)
+	handle("PUT /v1/models/{model}/traffic", s.putTraffic)
+	handle("DELETE /v1/models/{model}/traffic", s.deleteTraffic)
 	handle("GET /v1/batches/{id}", s.getBatch)
 	handle("GET /v1/batches/{id}/output", s.batchOutput)
 	handle("DELETE /v1/batches/{id}", s.cancelBatch)

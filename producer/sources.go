@@ -329,9 +329,16 @@ func (s *Server) feedPage(ctx context.Context, rec *record.BatchRecord, again bo
 			failed++
 			continue
 		}
+		spec := jobs.Spec{ID: lineJobID(rec.ID, line), Model: m.Name, Rows: 1, Batch: rec.ID, BatchSeq: line, Lines: 1}
+		if am, routed, shadows := s.route(m, false); routed || len(shadows) > 0 {
+			spec.Shadows = shadows
+			if routed {
+				spec.Version, spec.Routed = am.Version, true
+			}
+		}
 		job, jrec := jobs.New(&tensor.Request{CustomID: customID, Inputs: []tensor.Tensor{{
 			Name: m.Inputs[0].Name, Datatype: tensor.Bytes, Shape: []int64{1}, Object: storage.Ref(rec.Source, o.Key),
-		}}}, jobs.Spec{ID: lineJobID(rec.ID, line), Model: m.Name, Rows: 1, Batch: rec.ID, BatchSeq: line, Lines: 1})
+		}}}, spec)
 		index[i].Job, index[i].Rows = job.ID, 1
 		queued++
 		slots <- struct{}{}

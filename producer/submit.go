@@ -93,6 +93,8 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 	if err != nil {
 		return nil, err
 	}
+	pinned := r.PathValue("version") != ""
+	m, routed, shadows := s.route(m, pinned)
 	if err := s.queueReachable(); err != nil {
 		return nil, err
 	}
@@ -161,9 +163,10 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, before ...func(i
 		s.metrics.rejected.WithLabelValues(m.Name, "invalid").Inc()
 		return nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	if r.PathValue("version") != "" {
-		spec.Version = m.Version
+	if pinned || routed {
+		spec.Version, spec.Routed = m.Version, routed
 	}
+	spec.Shadows = shadows
 	tracing.Inject(ctx, spec.Trace)
 	job, rec := jobs.New(req, spec)
 	if headerLen >= 0 && m.Pipeline == nil {

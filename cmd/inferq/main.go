@@ -42,6 +42,7 @@ Client commands (--url or INFERQ_URL, --token or INFERQ_TOKEN):
   inferq dlq replay --model M ID...|--all  queue failed jobs again, as new jobs
   inferq monitor baseline --model M --batch ID|--since 1h   take the drift baseline
   inferq monitor show --model M            what the model was asked and answered
+  inferq traffic MODEL [2=90 3=10] [--shadow 4]   read or set a model's traffic split
   inferq perf --model M [--binary] [--onnx F]   load a model, step by step: throughput and latency
 
 Run 'inferq <command> -h' for a command's flags. Every flag has an INFERQ_*
@@ -79,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = batchCmd(ctx, args[1:], stdout, stderr)
 	case "dlq":
 		err = dlqCmd(ctx, args[1:], stdout, stderr)
+	case "traffic":
+		err = trafficCmd(ctx, args[1:], stdout, stderr)
 	case "monitor":
 		err = monitorCmd(ctx, args[1:], stdout, stderr)
 	case "perf":

@@ -42,6 +42,7 @@ import (
 	"github.com/inferq/inferq/scaling"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tracing"
+	"github.com/inferq/inferq/traffic"
 	"github.com/inferq/inferq/webhook"
 )
 
@@ -380,15 +381,28 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err != nil {
 			return err
 		}
+		splits := &shadowTable{}
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Catalog: catalog, Queue: q, Results: store, Metrics: metrics, Sources: sources, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, MaxResultBytes: f.maxResultBytes, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
-		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas})
+		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas, ShadowsOf: splits.Shadows})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
 			return err
 		}
+		// The shadow versions follow the traffic splits set at run time.
+		g.Go(func() error {
+			if q.Traffic == nil {
+				return nil
+			}
+			return q.Traffic.Follow(gctx, log, func(model string, st *traffic.Stored) {
+				splits.Set(model, st)
+				if err := fleet.Reshadow(); err != nil {
+					log.Warn("starting shadow versions' workers", "err", err)
+				}
+			})
+		})
 		g.Go(func() error { return fleet.Report(gctx, q, processName(), 10*time.Second) })
 		g.Go(func() error {
 			select {
@@ -436,7 +450,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		api, err := producer.New(producer.Options{
 			Leases:  leaser,
 			Catalog: catalog, Queue: q, Records: q.Records, Results: store, Watcher: watcher, Stream: q, DeadLetters: q,
-			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Sources: sources, Feeds: q.Batches, MaxBatchLines: f.maxBatchLines, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
+			Batches: q.Batches, Objects: store, MaxBatchBytes: f.maxBatchBytes, Sources: sources, Feeds: q.Batches, MaxBatchLines: f.maxBatchLines, Traffic: q.Traffic, UploadHeartbeat: f.uploadHeartbeat, Presign: presign,
 			Connected: nc.IsConnected, Version: version(), Workers: q, Monitoring: q, Live: live, Console: pages,
 			Ready: func(ctx context.Context) error {
 				if !nc.IsConnected() {
@@ -478,6 +492,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		g.Go(func() error { return hooks.Run(gctx) })
 		g.Go(func() error { return q.TrackBatches(gctx, tracking, log) })
 		g.Go(func() error { return api.RunFeeds(gctx) })
+		g.Go(func() error { return api.RunTraffic(gctx) })
 		g.Go(func() error {
 			// Batches whose upload an API process was reading when it
 			// stopped (crashed, killed) are ended, by whichever API
@@ -749,6 +764,16 @@ func openStore(ctx context.Context, f *serveFlags, log *slog.Logger) (objectStor
 	log.Info("results in S3", "store", f.s3.String(), "layout", f.resultLayout)
 	presign := func(ctx context.Context, key string) (string, error) { return s3.URL(ctx, key, f.resultURLExpiry) }
 	return s3, presign, nil
+}
+
+// shadowTable is what a worker process knows of the traffic splits set
+// at run time, for the shadow versions it runs.
+type shadowTable struct{ traffic.Table }
+
+// Shadows are fam's shadow versions in force.
+func (t *shadowTable) Shadows(fam *model.Family) []int64 {
+	split, _, _ := t.InForce(fam.Name, traffic.Split{Traffic: fam.Config.Traffic, Shadow: fam.Config.Shadow})
+	return split.Shadows(func(int64) bool { return true }, 0)
 }
 
 // openSources is what batches over stored objects may read: the store's

@@ -228,3 +228,19 @@ func Shapeless() []byte {
 	m.Node("Mul", []string{"x", "two"}, []string{"y"})
 	return m.Bytes()
 }
+
+// Classifier takes what the iris model takes and answers as it does (x
+// [batch, 4] to probabilities [batch, 3] and label INT64 [batch]), by a
+// linear layer of weights w (4x3, row-major) and a softmax: a version of
+// iris that disagrees with it, for the rollout tests.
+func Classifier(w []float32) []byte {
+	m := New("classifier")
+	m.Input("x", Float, -1, 4)
+	m.Output("probabilities", Float, -1, 3)
+	m.Output("label", Int64, -1)
+	m.Floats("w", []int64{4, 3}, w)
+	m.Node("MatMul", []string{"x", "w"}, []string{"scores"})
+	m.Node("Softmax", []string{"scores"}, []string{"probabilities"}, Int("axis", 1))
+	m.Node("ArgMax", []string{"scores"}, []string{"label"}, Int("axis", 1), Int("keepdims", 0))
+	return m.Bytes()
+}
