@@ -23,8 +23,8 @@ type Spec struct {
 	Version int64
 	// Routed says the traffic split picked Version (see Job.Routed), and
 	// Shadows are the versions the job also runs on (Job.Shadows).
-	Routed  bool
-	Shadows []int64
+	Routed   bool
+	Shadows  []int64
 	Priority record.Priority
 	// Deadline, when set, is when a job not started expires.
 	Deadline time.Time

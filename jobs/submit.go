@@ -87,7 +87,7 @@ type Job struct {
 	// which the run's outputs are compared with.
 	ShadowOf string
 	Answer   []byte
-	Request *tensor.Request
+	Request  *tensor.Request
 	// Priority picks the subject, and so the consumer, the job goes to.
 	Priority record.Priority
 	// Record and Revision are the job's record as it was queued, when the
