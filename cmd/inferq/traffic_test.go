@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"net/http"
 	"os"
@@ -271,4 +272,70 @@ func label(t *testing.T, outs []tensor.Tensor) int64 {
 	}
 	t.Fatalf("no label among %v", outs)
 	return 0
+}
+
+// A new version dropped into the repository while 3,000 jobs wait: the
+// worker picks it up mid-queue, no job is lost or fails, and each job's
+// answer is the one of the version its record names (checked against
+// the two models run directly).
+func TestRollingUpdateUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a worker process; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	other := filepath.Join(t.TempDir(), "other.onnx")
+	writeFile(t, other, onnxbuild.Classifier(disagreeing))
+	repo := testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + other})
+	objects := t.TempDir()
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--model-poll", "100ms", "--log-level", "warn"}
+	s := startAPI(t, common...)
+	const n = 3000
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for c := range 16 {
+		wg.Go(func() {
+			for i := c; i < n; i += 16 {
+				ids[i] = s.submit(t, "/v1/models/iris/jobs", requestJSON(flower(i)))
+			}
+		})
+	}
+	wg.Wait()
+	// One job at a time, so that the queue lasts while the new version
+	// comes.
+	startWorkerProcess(t, append(common, "--max-batch-size", "1", "--instances", "1")...)
+	time.Sleep(300 * time.Millisecond)
+	staged := filepath.Join(repo, ".iris-2")
+	if err := os.MkdirAll(staged, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	irisFile, err := os.ReadFile(irisPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(staged, "model.onnx"), irisFile)
+	if err := os.Rename(staged, filepath.Join(repo, "iris", "2")); err != nil {
+		t.Fatal(err)
+	}
+
+	direct := map[string]*direct{"1": openDirect(t, other), "2": openDirect(t, irisPath(t))}
+	count := map[string]int{}
+	for i, id := range ids {
+		rec := s.await(t, id, 2*time.Minute)
+		if rec.Status != record.Succeeded {
+			t.Fatalf("job %d: %+v", i, rec)
+		}
+		count[rec.ModelVersion]++
+		if i%10 == 0 {
+			res := s.result(t, id)
+			d := direct[rec.ModelVersion]
+			if d == nil || res.ModelVersion != rec.ModelVersion {
+				t.Fatalf("job %d: record version %q, result version %q", i, rec.ModelVersion, res.ModelVersion)
+			}
+			assertClose(t, fmt.Sprintf("job %d (version %s)", i, rec.ModelVersion), res.Outputs, d.run(t, flower(i)))
+		}
+	}
+	t.Logf("3,000 jobs, version 2 dropped in mid-queue: answered by %v", count)
+	if count["1"] == 0 || count["2"] == 0 {
+		t.Errorf("answered by %v: the new version did not come mid-queue", count)
+	}
 }
