@@ -48,7 +48,7 @@ func TestConsole(t *testing.T) {
 	lookup := filepath.Join(t.TempDir(), "lookup.onnx")
 	writeFile(t, lookup, onnxbuild.LookupRows(10))
 	s := startServe(t, testenv.ModelRepo(t, map[string]string{
-		"iris/1/model.onnx": "@" + irisPath(t), "lookup/1/model.onnx": "@" + lookup, "lookup/config.yaml": "max_attempts: 1\n",
+		"iris/1/model.onnx": "@" + irisPath(t), "iris/2/model.onnx": "@" + irisPath(t), "lookup/1/model.onnx": "@" + lookup, "lookup/config.yaml": "max_attempts: 1\n",
 		"species/pipeline.yaml": "steps:\n  - {name: classify, model: iris, inputs: {x: $x}}\n  - {name: top, op: topk, with: {k: 1}, inputs: {x: classify.probabilities}}\noutputs: {p: top.values}\n",
 	}), "--tokens-file", tokens)
 	out := filepath.Join(testenv.Root(t), "build", "test-output", "console")
@@ -172,6 +172,23 @@ func TestConsole(t *testing.T) {
 		t.Errorf("batch page: %.800s", got)
 	}
 	shot("batch")
+
+	// A model's traffic: the split changed from the page, after a
+	// confirmation.
+	goTo("#/traffic/iris")
+	run("the traffic page", chromedp.WaitVisible(chromedp.CSS(`[data-share="1"]`)))
+	run("set shares", chromedp.SetValue(chromedp.CSS(`[data-share="1"]`), "10"), chromedp.SetValue(chromedp.CSS(`[data-share="2"]`), "90"),
+		chromedp.Click(chromedp.CSS(`[data-apply]`)), chromedp.WaitVisible(chromedp.CSS(`[data-confirm]`)))
+	if got := text(".confirm"); !strings.Contains(got, "version 1: 10 %, version 2: 90 %") {
+		t.Errorf("the confirmation says %q", got)
+	}
+	shot("traffic")
+	run("confirm", chromedp.Click(chromedp.CSS(`[data-confirm]`)), chromedp.WaitVisible(chromedp.Search("//p[@data-traffic-status and contains(., 'Applied')]")))
+	var split struct{ Traffic map[string]int }
+	as(t, ops, "GET", s.url+"/v1/models/iris/traffic", nil).json(t, &split)
+	if split.Traffic["1"] != 10 || split.Traffic["2"] != 90 {
+		t.Errorf("after the console's change, the split is %v", split.Traffic)
+	}
 
 	// The recent jobs of a model, by status.
 	goTo("#/jobs/iris/succeeded")

@@ -149,7 +149,8 @@ async function overview() {
       el("p", { class: "muted" }, `workers: ${workers.filter(w => !w.error).map(w => `${w.worker} ×${w.replicas}`).join(", ") || "none reporting"}`,
         scale ? ` · last scaled ${scale.from}→${scale.to}: ${scale.reason}` : ""),
       el("p", {}, el("a", { href: `#/jobs/${encodeURIComponent(m.name)}` }, "recent jobs"), " · ",
-        el("a", { href: `#/dead-letters/${encodeURIComponent(m.name)}` }, "dead letters")));
+        el("a", { href: `#/dead-letters/${encodeURIComponent(m.name)}` }, "dead letters"),
+        v.steps ? null : [" · ", el("a", { href: `#/traffic/${encodeURIComponent(m.name)}` }, "traffic")]));
   });
   show(el("h1", {}, "Models"), cards.length ? el("div", { class: "cards" }, cards) : el("p", {}, "No model is served, or this token may use none."));
   renderFigures();
@@ -275,6 +276,62 @@ async function batchView(id) {
   }
 }
 
+// trafficView shows a model's traffic split (shares of unpinned jobs by
+// version, shadow versions), how its shadows agree with the answering
+// version, and a form to change the split, applied after a confirmation.
+async function trafficView(model) {
+  const path = `/v1/models/${encodeURIComponent(model)}/traffic`;
+  const tr = await api("GET", path);
+  let mon = { shadow: [] };
+  try { mon = await api("GET", `/v1/models/${encodeURIComponent(model)}/monitoring`); } catch (e) { /* no statistics here */ }
+  const status = el("p", { role: "status", "data-traffic-status": "" });
+  const shares = {}, shadows = {};
+  const rows = tr.versions.map(v => {
+    shares[v] = el("input", { type: "number", min: 0, step: 1, id: `share-${v}`, "data-share": v, value: String((tr.traffic || {})[v] || 0), "aria-label": `share of version ${v}` });
+    shadows[v] = el("input", { type: "checkbox", id: `shadow-${v}`, "data-shadow": v, "aria-label": `version ${v} is a shadow` });
+    shadows[v].checked = (tr.shadow || []).includes(v);
+    return el("tr", {}, el("td", {}, v, v === tr.default_version ? el("span", { class: "muted" }, " (default)") : ""), el("td", {}, shares[v]), el("td", {}, shadows[v]));
+  });
+  const read = () => {
+    const split = { traffic: {}, shadow: [] };
+    for (const v of tr.versions) {
+      const n = parseInt(shares[v].value || "0", 10);
+      if (n > 0) split.traffic[v] = n;
+      if (shadows[v].checked) split.shadow.push(v);
+    }
+    return split;
+  };
+  const confirmBox = el("div", { class: "confirm", hidden: true });
+  const apply = el("button", { type: "button", class: "primary", "data-apply": "", onclick: () => {
+    const split = read();
+    const total = Object.values(split.traffic).reduce((a, b) => a + b, 0);
+    const said = Object.entries(split.traffic).map(([v, n]) => `version ${v}: ${Math.round(1000 * n / total) / 10} %`).join(", ") || "the default version for all";
+    confirmBox.replaceChildren(
+      el("p", {}, `Send unpinned jobs to ${said}${split.shadow.length ? "; shadow " + split.shadow.join(", ") : ""}? Every API process follows within seconds.`),
+      el("button", { type: "button", class: "primary", "data-confirm": "", onclick: async () => {
+        confirmBox.hidden = true;
+        try {
+          await api("PUT", path, split);
+          status.textContent = "Applied.";
+          setTimeout(() => { if (location.hash === `#/traffic/${encodeURIComponent(model)}`) trafficView(model); }, 800);
+        } catch (e) { status.textContent = e.message; }
+      } }, "Confirm"),
+      " ", el("button", { type: "button", onclick: () => { confirmBox.hidden = true; } }, "Cancel"));
+    confirmBox.hidden = false;
+  } }, "Apply…");
+  const pct = x => x === undefined || x === null ? "–" : (100 * x).toFixed(2) + " %";
+  const agreement = (mon.shadow || []).map(sh => el("tr", { "data-agreement": sh.version },
+    el("td", {}, sh.version), el("td", {}, sh.against),
+    ...["5m", "1h", "24h"].map(w => { const a = (sh.windows || {})[w] || {}; return el("td", {}, `${pct(a.label_agreement)}${a.mean_abs_diff !== undefined ? " · Δ " + fmt(a.mean_abs_diff) : ""} (${a.jobs || 0} jobs)`); })));
+  show(el("h1", {}, `Traffic of ${model}`),
+    el("p", { class: "muted" }, tr.source === "api" ? `set at run time, ${when(tr.updated_at)}` : tr.source === "config" ? "from config.yaml" : "no split: the default version answers every job that names none"),
+    el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {}, ["Version", "Share", "Shadow"].map(h => el("th", { scope: "col" }, h)))), el("tbody", {}, rows))),
+    el("p", {}, apply), confirmBox, status,
+    el("h2", {}, "Shadow agreement"),
+    agreement.length ? el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {}, ["Shadow", "Against", "5 min", "1 hour", "24 hours"].map(h => el("th", { scope: "col" }, h)))), el("tbody", {}, agreement)))
+      : el("p", { class: "muted" }, "No shadow run compared yet."));
+}
+
 async function download(id) {
   const res = await fetch(`/v1/batches/${id}/output`, { headers: token() ? { Authorization: "Bearer " + token() } : {} });
   const url = URL.createObjectURL(await res.blob());
@@ -313,6 +370,7 @@ async function route() {
       case "job": return await jobView(a);
       case "batches": return await batchesView();
       case "batch": return await batchView(a);
+      case "traffic": return await trafficView(a);
       case "dead-letters": return await deadLettersView(a);
       case "signin": return signIn();
       default: show(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Models")));
