@@ -44,8 +44,9 @@ type Fleet struct {
 	wg       sync.WaitGroup
 	// shadowsOf and shadows: the shadow versions of each model, and a
 	// worker running each (see Options.Shadow), by model and version.
-	shadowsOf func(*model.Family) []int64
-	shadows   map[shadowKey]*running
+	shadowsOf   func(*model.Family) []int64
+	shadowsOnly bool
+	shadows     map[shadowKey]*running
 }
 
 type shadowKey struct {
@@ -77,6 +78,9 @@ type FleetOptions struct {
 	// version's own queue (Options.Shadow), kept in line by Apply and
 	// Reshadow.
 	ShadowsOf func(*model.Family) []int64
+	// ShadowsOnly runs the shadow versions' workers alone: no replica of
+	// the models themselves (a machine for shadows).
+	ShadowsOnly bool
 }
 
 // NewFleet returns a fleet whose workers take opts (Family aside).
@@ -92,7 +96,7 @@ func NewFleet(opts Options, fo FleetOptions) *Fleet {
 	return &Fleet{
 		tmpl: opts, only: fo.Only, initial: initial, ctx: ctx, cancel: cancel, failed: make(chan error, 1),
 		families: map[string]*model.Family{}, refused: map[string]refusal{}, scaled: map[string]*jobs.ScaleNote{}, replicas: map[string][]*running{}, finished: map[string]*atomic.Uint64{},
-		shadowsOf: fo.ShadowsOf, shadows: map[shadowKey]*running{},
+		shadowsOf: fo.ShadowsOf, shadowsOnly: fo.ShadowsOnly, shadows: map[shadowKey]*running{},
 	}
 }
 
@@ -120,6 +124,9 @@ func (f *Fleet) Apply(repo *model.Repository) error {
 		n := len(old)
 		if !known {
 			n = f.initial
+		}
+		if f.shadowsOnly {
+			n = 0
 		}
 		var fresh []*running
 		var err error

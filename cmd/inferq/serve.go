@@ -62,6 +62,7 @@ type serveFlags struct {
 	natsURL, natsListen   string
 	natsSyncAlways        bool
 	only                  string
+	shadows               string
 	maxBody               int64
 	maxImagePixels        int64
 	maxWait               time.Duration
@@ -194,6 +195,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 		fs.Int64Var(&f.maxResultBytes, "max-result-bytes", 256<<20, "largest result one job may store, in bytes; a job whose result is larger fails with the reason (0: no bound)")
 		fs.IntVar(&f.maxHandBacks, "max-hand-backs", 100, "deliveries after which a job whose inputs or result storage cannot read or write fails, instead of returning to the queue again (each waits longer, up to 30s)")
 		fs.StringVar(&f.only, "only", "", "comma-separated models to run workers for (default all)")
+		fs.StringVar(&f.shadows, "shadows", "with", "the workers of the models' shadow versions (traffic splits): with (run them here too), without (not here), or only (here, and no other worker): put shadows on machines of their own")
 		fs.IntVar(&f.minReplicas, "min-replicas", 1, "fewest worker replicas per model in this process; 0 lets an idle model scale to zero")
 		fs.IntVar(&f.maxReplicas, "max-replicas", 0, "most worker replicas per model in this process; 0 means --min-replicas (no autoscaling)")
 		fs.Int64Var(&f.targetBacklog, "target-backlog", 64, "jobs (waiting and in flight) one replica should carry; more adds replicas")
@@ -381,12 +383,17 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 		if err != nil {
 			return err
 		}
-		splits := &shadowTable{}
+		splits := &shadowTable{without: f.shadows == "without"}
+		switch f.shadows {
+		case "with", "without", "only":
+		default:
+			return fmt.Errorf("--shadows %q: with, without or only", f.shadows)
+		}
 		fleet = consumer.NewFleet(consumer.Options{
 			Runtime: rt, Catalog: catalog, Queue: q, Results: store, Metrics: metrics, Sources: sources, ResultLayout: f.resultLayout, Name: processName(),
 			Logger: log, DrainTimeout: f.drainTimeout, AckWait: f.ackWait, MaxHandBacks: f.maxHandBacks, MaxResultBytes: f.maxResultBytes, RunningAfter: f.runningAfter,
 			Device: device, Overrides: f.overrides, Tracer: tracer, StatsInterval: f.statsInterval,
-		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas, ShadowsOf: splits.Shadows})
+		}, consumer.FleetOptions{Only: splitList(f.only), Initial: &f.minReplicas, ShadowsOf: splits.Shadows, ShadowsOnly: f.shadows == "only"})
 		if err := fleet.Apply(catalog.Repository()); err != nil {
 			fleet.Stop()
 			return err
@@ -768,10 +775,17 @@ func openStore(ctx context.Context, f *serveFlags, log *slog.Logger) (objectStor
 
 // shadowTable is what a worker process knows of the traffic splits set
 // at run time, for the shadow versions it runs.
-type shadowTable struct{ traffic.Table }
+type shadowTable struct {
+	traffic.Table
+	// without: this process runs no shadow (--shadows without).
+	without bool
+}
 
-// Shadows are fam's shadow versions in force.
+// Shadows are fam's shadow versions in force, for this process to run.
 func (t *shadowTable) Shadows(fam *model.Family) []int64 {
+	if t.without {
+		return nil
+	}
 	split, _, _ := t.InForce(fam.Name, traffic.Split{Traffic: fam.Config.Traffic, Shadow: fam.Config.Shadow})
 	return split.Shadows(func(int64) bool { return true }, 0)
 }

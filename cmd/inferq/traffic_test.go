@@ -339,3 +339,44 @@ func TestRollingUpdateUnderLoad(t *testing.T) {
 		t.Errorf("answered by %v: the new version did not come mid-queue", count)
 	}
 }
+
+// Shadows on machines of their own: one worker process runs the model
+// without its shadow (--shadows without), another the shadow alone
+// (--shadows only); every job is answered by the first and compared by
+// the second.
+func TestShadowWorkersApart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs worker processes; skipped with -short")
+	}
+	ns := testenv.JetStream(t)
+	repo := irisVersions(t, map[string]string{"iris/config.yaml": "traffic: {\"3\": 100}\nshadow: [\"2\"]\n"})
+	objects := t.TempDir()
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
+	s := startAPI(t, common...)
+	startWorkerProcess(t, append(common, "--shadows", "without", "--stats-interval", "300ms")...)
+	startWorkerProcess(t, append(common, "--shadows", "only", "--stats-interval", "300ms")...)
+	const n = 100
+	for i, rec := range submitFlowers(t, []string{s.url}, n) {
+		if rec.Status != record.Succeeded || rec.ModelVersion != "3" {
+			t.Fatalf("job %d: %+v", i, rec)
+		}
+	}
+	var mon struct {
+		Shadow []struct {
+			Version, Against string
+			Windows          map[string]struct {
+				Jobs           int64
+				LabelAgreement *float64 `json:"label_agreement"`
+			}
+		}
+	}
+	if !testenv.Poll(30*time.Second, func() bool {
+		do(t, "GET", s.url+"/v1/models/iris/monitoring", nil).json(t, &mon)
+		return len(mon.Shadow) == 1 && mon.Shadow[0].Windows["5m"].Jobs == n
+	}) {
+		t.Fatalf("shadow agreement: %+v", mon.Shadow)
+	}
+	if a := mon.Shadow[0].Windows["5m"].LabelAgreement; mon.Shadow[0].Version != "2" || a == nil || *a != 1 {
+		t.Errorf("shadow %+v", mon.Shadow[0])
+	}
+}
