@@ -40,11 +40,11 @@ outputs: {probs: cls.%s}
 `, in, out)
 }
 
-// directionInput is what directionPipeline hands its model for the
-// picture file: its steps run by hand, the tensor named in.
-func directionInput(t testing.TB, file []byte, in string) tensor.Tensor {
+// directionOps are the operations directionPipeline runs before its
+// model.
+func directionOps(t testing.TB) []pipeline.Op {
 	t.Helper()
-	x := tensor.Tensor{Name: "x", Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, file)}
+	var ops []pipeline.Op
 	for _, st := range []struct {
 		op   string
 		with map[string]any
@@ -57,6 +57,17 @@ func directionInput(t testing.TB, file []byte, in string) tensor.Tensor {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ops = append(ops, op)
+	}
+	return ops
+}
+
+// runOps runs ops on a file as a BYTES tensor, one after the other, and
+// names the result in.
+func runOps(t testing.TB, ops []pipeline.Op, file []byte, in string) tensor.Tensor {
+	t.Helper()
+	x := tensor.Tensor{Name: "x", Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, file)}
+	for _, op := range ops {
 		y, err := op.Run(map[string]tensor.Tensor{"x": x})
 		if err != nil {
 			t.Fatal(err)
@@ -65,6 +76,34 @@ func directionInput(t testing.TB, file []byte, in string) tensor.Tensor {
 	}
 	x.Name = in
 	return x
+}
+
+// directionInput is what directionPipeline hands its model for the
+// picture file: its steps run by hand, the tensor named in.
+func directionInput(t testing.TB, file []byte, in string) tensor.Tensor {
+	t.Helper()
+	return runOps(t, directionOps(t), file, in)
+}
+
+// loudnessRepo is a repository of a pipeline that decodes a WAV at 16
+// kHz and sums its samples with a tiny model (rowsum), with extra files.
+func loudnessRepo(t testing.TB, extra map[string]string) string {
+	t.Helper()
+	sum := filepath.Join(t.TempDir(), "rowsum.onnx")
+	writeFile(t, sum, onnxbuild.RowSum())
+	files := map[string]string{
+		"rowsum/1/model.onnx": "@" + sum,
+		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
+steps:
+  - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}
+  - {name: total, model: rowsum, inputs: {x: decode.y}}
+outputs: {total: total.y}
+`,
+	}
+	for k, v := range extra {
+		files[k] = v
+	}
+	return testenv.ModelRepo(t, files)
 }
 
 // runJobs submits n jobs from 16 clients at once, job i's body and

@@ -16,10 +16,8 @@ import (
 	"time"
 
 	"github.com/inferq/inferq/batching"
-	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/onnx"
-	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
 	"github.com/inferq/inferq/tensor"
@@ -70,18 +68,7 @@ func BenchmarkSourceBatch(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer sess.Close()
-	var ops []pipeline.Op
-	for _, st := range []struct {
-		op   string
-		with map[string]any
-	}{{"image.decode", nil}, {"image.resize", map[string]any{"size": []any{48, 192}}},
-		{"image.normalize", map[string]any{"scale": 1.0 / 255, "mean": []any{0.5, 0.5, 0.5}, "std": []any{0.5, 0.5, 0.5}}}} {
-		op, err := pipeline.NewOp(st.op, st.with, "")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, op)
-	}
+	ops := directionOps(b)
 	start := time.Now()
 	keys := make(chan string, 1024)
 	bodies := make(chan []byte, 64)
@@ -143,15 +130,7 @@ func BenchmarkSourceBatch(b *testing.B) {
 	}
 	done := 0
 	for body := range bodies {
-		x := tensor.Tensor{Name: "x", Datatype: tensor.Bytes, Shape: []int64{1}, Data: tensor.AppendBytesElement(nil, body)}
-		for _, op := range ops {
-			y, err := op.Run(map[string]tensor.Tensor{"x": x})
-			if err != nil {
-				b.Fatal(err)
-			}
-			x = y["y"]
-		}
-		x.Name = in
+		x := runOps(b, ops, body, in)
 		if pending = append(pending, []tensor.Tensor{x}); len(pending) == 32 {
 			flush()
 		}
@@ -237,18 +216,7 @@ func BenchmarkSourceBatchMemory(b *testing.B) {
 			}
 		}
 	}
-	sum := filepath.Join(b.TempDir(), "rowsum.onnx")
-	writeFile(b, sum, onnxbuild.RowSum())
-	repo := testenv.ModelRepo(b, map[string]string{
-		"rowsum/1/model.onnx": "@" + sum,
-		"rowsum/config.yaml":  "max_batch_size: 64\n",
-		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
-steps:
-  - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}
-  - {name: total, model: rowsum, inputs: {x: decode.y}}
-outputs: {total: total.y}
-`,
-	})
+	repo := loudnessRepo(b, map[string]string{"rowsum/config.yaml": "max_batch_size: 64\n"})
 	p := startProcess(b, "serve", "--models", repo, "--data", b.TempDir(), "--storage", objects, "--log-level", "warn")
 	s := &server{url: p.url}
 	rss := func() int64 {

@@ -9,13 +9,11 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
@@ -54,17 +52,7 @@ func TestSourceBatchSurvivesKills(t *testing.T) {
 	}
 	putObjects(t, clips, files)
 
-	sum := filepath.Join(t.TempDir(), "rowsum.onnx")
-	writeFile(t, sum, onnxbuild.RowSum())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"rowsum/1/model.onnx": "@" + sum,
-		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
-steps:
-  - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}
-  - {name: total, model: rowsum, inputs: {x: decode.y}}
-outputs: {total: total.y}
-`,
-	})
+	repo := loudnessRepo(t, nil)
 	data := t.TempDir()
 	args := append([]string{"serve", "--models", repo, "--data", data, "--log-level", "warn", "--running-after", "0", "--ack-wait", "5s",
 		"--batch-sources", "s3://clips/2026/"}, s3Flags(m, "results")...)

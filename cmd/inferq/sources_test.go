@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/inferq/inferq/internal/onnxbuild"
 	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/storage"
@@ -416,17 +415,7 @@ func TestSourceGoneMidBatch(t *testing.T) {
 		t.Skip("runs a worker process; skipped with -short")
 	}
 	ns := testenv.JetStream(t)
-	sum := filepath.Join(t.TempDir(), "rowsum.onnx")
-	writeFile(t, sum, onnxbuild.RowSum())
-	repo := testenv.ModelRepo(t, map[string]string{
-		"rowsum/1/model.onnx": "@" + sum,
-		"loudness/pipeline.yaml": `inputs: [{name: clip, datatype: BYTES, shape: [1]}]
-steps:
-  - {name: decode, op: audio.decode, with: {rate: 16000}, inputs: {x: $clip}}
-  - {name: total, model: rowsum, inputs: {x: decode.y}}
-outputs: {total: total.y}
-`,
-	})
+	repo := loudnessRepo(t, nil)
 	objects := t.TempDir()
 	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
 	s := startAPI(t, common...)
