@@ -39,13 +39,23 @@ func TestDashboardMetricsServed(t *testing.T) {
 
 	receiver := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	defer receiver.Close()
-	s := startServe(t, irisRepo(t, "iris"), "--min-replicas", "1", "--max-replicas", "2", "--scale-interval", "100ms", "--webhook-allow", "127.0.0.1", "--stats-interval", "100ms")
+	// iris in two versions, the first a shadow of the second: for the
+	// shadow's agreement.
+	repo := testenv.ModelRepo(t, map[string]string{"iris/1/model.onnx": "@" + irisPath(t), "iris/2/model.onnx": "@" + irisPath(t), "iris/config.yaml": "shadow: [\"1\"]\n"})
+	s := startServe(t, repo, "--min-replicas", "1", "--max-replicas", "2", "--scale-interval", "100ms", "--webhook-allow", "127.0.0.1", "--stats-interval", "100ms")
 	id := acceptedID(t, do(t, "POST", s.url+"/v1/models/iris/jobs", []byte(irisJob), "Inferq-Webhook", receiver.URL))
 	s.await(t, id, 30*time.Second)
 	do(t, "POST", s.url+"/v1/models/iris/jobs", []byte(`{"inputs":[]}`)) // refused: a rejection counted
 	// A baseline, for the drift the dashboard and the alerts watch.
 	eventually(t, 20*time.Second, "a baseline taken", func() bool {
 		return do(t, "POST", s.url+"/v1/models/iris/monitoring/baseline", []byte(`{"since":"1h"}`)).code == 200
+	})
+	// The shadow's agreement, before /metrics is first read (it reads the
+	// monitoring at most once a minute).
+	eventually(t, 20*time.Second, "the shadow's agreement", func() bool {
+		var mon struct{ Shadow []any }
+		do(t, "GET", s.url+"/v1/models/iris/monitoring", nil).json(t, &mon)
+		return len(mon.Shadow) > 0
 	})
 	var served map[string]float64
 	eventually(t, 20*time.Second, "the webhook is delivered and the scaler has decided", func() bool {
