@@ -24,6 +24,7 @@ const HeaderBatch = "Inferq-Batch-Id"
 // Batches keeps batch records in a key-value bucket.
 type Batches struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 // ErrBatchNotFound is returned for an id that has no batch record.
@@ -293,21 +294,41 @@ func (b *Batches) Feeding(ctx context.Context, id string, rev uint64, now time.T
 	return rev, err
 }
 
-// Fed says that batch id's listing has ended (whatever the outcome).
+// Fed says that batch id's listing has ended (whatever the outcome). The
+// key's messages are purged from the bucket's stream, no marker left, so
+// that the search for stalled feeds (TakeStalledFeeds) does not meet the
+// batches fed long ago.
 func (b *Batches) Fed(ctx context.Context, id string) error {
-	return b.kv.Purge(ctx, feedingPrefix+id)
+	stream, err := b.js.Stream(ctx, "KV_"+BatchBucket)
+	if err != nil {
+		return fmt.Errorf("end feeding batch %s: %w", id, err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BatchBucket+"."+feedingPrefix+id)); err != nil {
+		return fmt.Errorf("end feeding batch %s: %w", id, err)
+	}
+	return nil
 }
 
 // TakeStalledFeeds takes over, for this process, the feeding of every
 // batch whose feeder has not said so for stalled (it stopped: crashed,
 // killed), and returns their ids and the revisions now held.
+//
+// The keys are found from the bucket's stream's subjects (one request,
+// no consumer made): every API process looks every few seconds, and a
+// listing of the keys would make a consumer each time.
 func (b *Batches) TakeStalledFeeds(ctx context.Context, now time.Time, stalled time.Duration) (map[string]uint64, error) {
-	lister, err := b.kv.ListKeysFiltered(ctx, feedingPrefix+">")
+	stream, err := b.js.Stream(ctx, "KV_"+BatchBucket)
+	if err != nil {
+		return nil, fmt.Errorf("list batch feeds: %w", err)
+	}
+	prefix := "$KV." + BatchBucket + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+feedingPrefix+">"))
 	if err != nil {
 		return nil, fmt.Errorf("list batch feeds: %w", err)
 	}
 	taken := map[string]uint64{}
-	for key := range lister.Keys() {
+	for subject := range info.State.Subjects {
+		key := strings.TrimPrefix(subject, prefix)
 		e, err := b.kv.Get(ctx, key)
 		if err != nil {
 			continue

@@ -331,7 +331,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches}, Traffic: &Traffic{kv: splits}, dupWindow: opts.DuplicateWindow, maxDeadLetters: opts.MaxDeadLetters}, nil
+	return &Queue{js: js, keys: keys, workers: workers, Records: &Records{kv: kv, js: js}, Batches: &Batches{kv: batches, js: js}, Traffic: &Traffic{kv: splits}, dupWindow: opts.DuplicateWindow, maxDeadLetters: opts.MaxDeadLetters}, nil
 }
 
 // Open returns the queue as the streams and buckets already are, changing
@@ -347,7 +347,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Queue, error) {
 		}
 		kvs[i] = kv
 	}
-	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0], js: js}, Batches: &Batches{kv: kvs[2]}, dupWindow: 2 * time.Minute}
+	q := &Queue{js: js, keys: kvs[1], Records: &Records{kv: kvs[0], js: js}, Batches: &Batches{kv: kvs[2], js: js}, dupWindow: 2 * time.Minute}
 	if s, err := js.Stream(ctx, ResultStream); err == nil && s.CachedInfo().Config.Duplicates > 0 {
 		q.dupWindow = s.CachedInfo().Config.Duplicates
 	}

@@ -175,7 +175,7 @@ func (s *Server) RunFeeds(ctx context.Context) error {
 	if s.opts.Feeds == nil {
 		return nil
 	}
-	t := time.NewTicker(s.opts.FeedHeartbeat)
+	t := time.NewTicker(2 * s.opts.FeedHeartbeat)
 	defer t.Stop()
 	for {
 		select {
@@ -204,41 +204,32 @@ func (s *Server) RunFeeds(ctx context.Context) error {
 // failed lines. A feeder that stops between the first step and the last
 // has its page listed and queued again by the one that takes over:
 // the jobs' ids come from the batch and line, so none runs twice.
-func (s *Server) feed(ctx context.Context, id string, rev uint64, resumed bool) error {
-	var held sync.Mutex
-	lost := make(chan struct{})
+func (s *Server) feed(parent context.Context, id string, rev uint64, resumed bool) error {
+	ctx, cancel := context.WithCancel(parent)
+	beating := make(chan struct{})
+	defer func() { cancel(); <-beating }()
 	go func() { // says it feeds, as long as it does
+		defer close(beating)
 		t := time.NewTicker(s.opts.FeedHeartbeat)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
-				// Shut down, not crashed: others may take it over at once.
-				held.Lock()
-				_, _ = s.opts.Feeds.Feeding(context.WithoutCancel(ctx), id, rev, time.Time{})
-				held.Unlock()
+				if parent.Err() != nil {
+					// Shut down, not crashed: another may take over at once.
+					_, _ = s.opts.Feeds.Feeding(context.WithoutCancel(parent), id, rev, time.Time{})
+				}
 				return
 			case now := <-t.C:
-				held.Lock()
 				r, err := s.opts.Feeds.Feeding(ctx, id, rev, now)
 				if err == nil {
 					rev = r
 				}
-				held.Unlock()
 				if errors.Is(err, jobs.ErrFeedTaken) {
-					close(lost)
+					cancel() // another feeds it now: this one stops
 					return
 				}
 			}
-		}
-	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-lost:
-			cancel()
-		case <-ctx.Done():
 		}
 	}()
 
