@@ -109,7 +109,7 @@ func listedModels(t *testing.T, s *server) map[string][]listedVersion {
 // startWorkerProcess runs `inferq worker` with args as a child process,
 // stopped (SIGTERM, then waited for) when the test ends, its output
 // logged if the test failed. It returns the process id.
-func startWorkerProcess(t *testing.T, args ...string) int {
+func startWorkerProcess(t testing.TB, args ...string) int {
 	t.Helper()
 	cmd := exec.Command(inferqBinary(t), append([]string{"worker"}, args...)...)
 	cmd.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+testenv.ORTLibrary(t))

@@ -190,13 +190,14 @@ func firstFollowedLine(b *testing.B, s *server, id string) time.Time {
 	return time.Now()
 }
 
-// BenchmarkSourceBatchMemory: the memory of inferq (`serve`: the API,
-// the workers and the embedded NATS in one process, run as a child
-// process) through a batch over 1,000,000 objects in its store (WAV clips
-// of 32 samples, a pipeline that decodes them and sums them with a tiny
-// model): its resident set read from /proc every second, reported at each
-// tenth of the lines done and at its peak, and the time from the POST to
-// the first followed line.
+// BenchmarkSourceBatchMemory: the memory of `inferq api` and `inferq
+// worker`, each a process of its own against one NATS server (in this
+// process), through a batch over 1,000,000 objects in the store (WAV
+// clips of 32 samples, a pipeline that decodes them and sums them with a
+// tiny model): their resident sets read from /proc every second,
+// reported at each tenth of the lines done and at their peak, with this
+// process's (NATS's, mostly), and the time from the POST to the first
+// followed line.
 func BenchmarkSourceBatchMemory(b *testing.B) {
 	n := benchObjects(b, 1_000_000)
 	objects := b.TempDir()
@@ -217,10 +218,13 @@ func BenchmarkSourceBatchMemory(b *testing.B) {
 		}
 	}
 	repo := loudnessRepo(b, map[string]string{"rowsum/config.yaml": "max_batch_size: 64\n"})
-	p := startProcess(b, "serve", "--models", repo, "--data", b.TempDir(), "--storage", objects, "--log-level", "warn")
-	s := &server{url: p.url}
-	rss := func() int64 {
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	ns := testenv.JetStream(b)
+	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
+	api := startProcess(b, append([]string{"api"}, common...)...)
+	worker := startWorkerProcess(b, common...)
+	s := &server{url: api.url}
+	rss := func(pid int) int64 {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
 			return 0
 		}
@@ -232,7 +236,9 @@ func BenchmarkSourceBatchMemory(b *testing.B) {
 		}
 		return 0
 	}
-	before := rss()
+	pids := map[string]int{"api": api.cmd.Process.Pid, "worker": worker, "nats+bench": os.Getpid()}
+	peak := map[string]int64{}
+	time.Sleep(2 * time.Second) // the worker up
 	start := time.Now()
 	r := do(b, "POST", s.url+"/v1/models/loudness/batches?source=inputs/loudness/clips/", nil)
 	if r.code != http.StatusAccepted {
@@ -241,23 +247,26 @@ func BenchmarkSourceBatchMemory(b *testing.B) {
 	var rec record.BatchRecord
 	r.json(b, &rec)
 	firstLine := firstFollowedLine(b, s, rec.ID).Sub(start)
-	var peak int64
 	next := int64(1)
 	for !rec.Final() {
 		time.Sleep(time.Second)
 		do(b, "GET", s.url+"/v1/batches/"+rec.ID, nil).json(b, &rec)
-		m := rss()
-		peak = max(peak, m)
+		now := map[string]int64{}
+		for k, pid := range pids {
+			now[k] = rss(pid)
+			peak[k] = max(peak[k], now[k])
+		}
 		if done := rec.Counts.Done(); done*10 >= next*int64(n) {
-			b.Logf("%3d%% of %d lines done at %5.0f s: %d MiB resident", 100*done/int64(n), n, time.Since(start).Seconds(), m>>20)
+			b.Logf("%3d%% of %d lines done at %4.0f s: api %d MiB, worker %d MiB, nats+bench %d MiB resident", 100*done/int64(n), n, time.Since(start).Seconds(), now["api"]>>20, now["worker"]>>20, now["nats+bench"]>>20)
 			next = done*10/int64(n) + 1
 		}
 	}
 	if rec.Counts.Succeeded != int64(n) {
 		b.Fatalf("batch %+v", rec)
 	}
-	b.ReportMetric(float64(before>>20), "MiB_before")
-	b.ReportMetric(float64(peak>>20), "MiB_peak")
+	for k, v := range peak {
+		b.ReportMetric(float64(v>>20), "MiB_peak_"+k)
+	}
 	b.ReportMetric(float64(n)/rec.FinishedAt.Sub(start).Seconds(), "rows/s")
 	b.ReportMetric(firstLine.Seconds(), "s_to_first_line")
 }
