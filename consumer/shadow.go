@@ -22,28 +22,36 @@ import (
 // succeeded and name shadow versions, once they are acknowledged; never
 // waited for.
 func (w *Worker) publishShadows(outs []outcome, outputs map[*item][]tensor.Tensor) {
+	var futures []jetstream.PubAckFuture
 	for _, o := range outs {
 		it := o.it
 		if o.status != record.Succeeded || len(it.job.Shadows) == 0 || it.job.Pipeline != nil || it.model == nil {
 			continue
 		}
-		answer := it.response(w.name, outputs[it]).AppendJSON(nil)
-		futures, err := w.opts.Queue.PublishShadows(it.job, it.model.VersionString(), answer)
+		answer := o.response // the stored JSON, when the job's result is
+		if len(answer) == 0 {
+			answer = it.response(w.name, outputs[it]).AppendJSON(nil)
+		}
+		fs, err := w.opts.Queue.PublishShadows(it.job, it.model.VersionString(), answer)
 		if err != nil {
 			w.log.Warn("a shadow run could not be queued", "job", it.job.ID, "err", err)
-			w.opts.Metrics.shadowDropped.WithLabelValues(w.name).Add(float64(len(it.job.Shadows) - len(futures)))
+			w.opts.Metrics.shadowDropped.WithLabelValues(w.name).Add(float64(len(it.job.Shadows) - len(fs)))
 		}
-		for _, f := range futures {
-			go func(f jetstream.PubAckFuture) {
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					w.log.Warn("a shadow run could not be queued", "job", it.job.ID, "err", err)
-					w.opts.Metrics.shadowDropped.WithLabelValues(w.name).Inc()
-				}
-			}(f)
-		}
+		futures = append(futures, fs...)
 	}
+	if len(futures) == 0 {
+		return
+	}
+	go func() { // counted, never waited for
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				w.log.Warn("a shadow run could not be queued", "err", err)
+				w.opts.Metrics.shadowDropped.WithLabelValues(w.name).Inc()
+			}
+		}
+	}()
 }
 
 // finishShadows ends a group of shadow runs: the succeeded ones compared

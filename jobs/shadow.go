@@ -47,7 +47,7 @@ func (q *Queue) PublishShadows(job *Job, answering string, answer []byte) ([]jet
 		return nil, nil
 	}
 	base := *job
-	base.Shadows, base.Routed, base.Lines = nil, false, nil
+	base.Shadows, base.Routed = nil, false
 	var futures []jetstream.PubAckFuture
 	for _, v := range job.Shadows {
 		sj := base
