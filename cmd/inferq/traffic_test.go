@@ -113,6 +113,15 @@ func TestTrafficSplit(t *testing.T) {
 		t.Fatalf("the second API process did not follow the split within 5 s: %+v", got)
 	}
 	t.Logf("the second API process followed the split after %v", time.Since(set).Round(time.Millisecond))
+	// An API process started after the change (as after a restart) has
+	// it from the start.
+	late := startAPI(t, "--nats", ns.ClientURL(), "--models", repo, "--storage", objects)
+	if !testenv.Poll(5*time.Second, func() bool {
+		do(t, "GET", late.url+"/v1/models/iris/traffic", nil).json(t, &got)
+		return got.Source == "api" && got.Traffic["2"] == 90
+	}) {
+		t.Fatalf("an API process started after the change: %+v", got)
+	}
 
 	const n = 10_000
 	recs := submitFlowers(t, []string{a.url, b.url}, n)
