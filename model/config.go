@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/inferq/inferq/onnx"
+	"github.com/inferq/inferq/traffic"
 )
 
 // Config is a model's serving configuration, read from the optional
@@ -78,6 +79,9 @@ type Config struct {
 	Traffic map[string]int `yaml:"traffic" json:"traffic,omitempty"`
 	Shadow  []string       `yaml:"shadow" json:"shadow,omitempty"`
 }
+
+// Split is the traffic split the config declares (traffic and shadow).
+func (c Config) Split() traffic.Split { return traffic.Split{Traffic: c.Traffic, Shadow: c.Shadow} }
 
 // Padding pads inputs along a variable-length axis up to the next bucket
 // length, and trims outputs back to each request's own length. Use it

@@ -47,7 +47,7 @@ func (s *Server) RunTraffic(ctx context.Context) error {
 // splitOf is model's traffic split in force: the one set at run time,
 // else its config.yaml's; and which ("api", "config", or "" for none).
 func (s *Server) splitOf(fam *model.Family) (traffic.Split, string, time.Time) {
-	return s.splits.InForce(fam.Name, traffic.Split{Traffic: fam.Config.Traffic, Shadow: fam.Config.Shadow})
+	return s.splits.InForce(fam.Name, fam.Config.Split())
 }
 
 // route picks the version that answers a job of m sent without a
