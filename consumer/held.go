@@ -17,9 +17,10 @@ import (
 type held struct {
 	mu   sync.Mutex
 	msgs map[*heldMsg]struct{}
-	// ran counts the messages among msgs whose jobs have run: they wait
-	// only for their results to be stored and recorded.
-	ran int
+	// waiting is the sum of the weights of msgs: the jobs among them that
+	// have not run (those that have wait only for their results to be
+	// stored and recorded).
+	waiting int
 	// freed signals that a message left the set, or that its job ran.
 	freed chan struct{}
 }
@@ -29,9 +30,10 @@ func newHeld() *held { return &held{msgs: map[*heldMsg]struct{}{}, freed: make(c
 // hold adds m to the set; the message returned leaves it when it is
 // acknowledged, handed back or terminated.
 func (h *held) hold(m jetstream.Msg) jetstream.Msg {
-	hm := &heldMsg{Msg: m, set: h, since: time.Now()}
+	hm := &heldMsg{Msg: m, set: h, since: time.Now(), weight: 1}
 	h.mu.Lock()
 	h.msgs[hm] = struct{}{}
+	h.waiting++
 	h.mu.Unlock()
 	return hm
 }
@@ -40,25 +42,49 @@ func (h *held) drop(m *heldMsg) {
 	h.mu.Lock()
 	if _, ok := h.msgs[m]; ok {
 		delete(h.msgs, m)
-		if m.ran {
-			h.ran--
-		}
+		h.waiting -= m.weight
 	}
 	h.mu.Unlock()
 	h.signal()
 }
 
-// markRan notes that the job of m, a message of the set, has run. It
-// stays held until settled, but no longer waits for the model.
-func (h *held) markRan(m jetstream.Msg) {
+// weigh says that m, a message of the set, carries n jobs (the runs of
+// a shadow pack), each to be marked ran on its own.
+func (h *held) weigh(m jetstream.Msg, n int) {
 	hm, ok := m.(*heldMsg)
 	if !ok {
 		return
 	}
 	h.mu.Lock()
-	if _, ok := h.msgs[hm]; ok && !hm.ran {
-		hm.ran = true
-		h.ran++
+	if _, ok := h.msgs[hm]; ok {
+		h.waiting += n - hm.weight
+		hm.weight = n
+	}
+	h.mu.Unlock()
+}
+
+// markRan notes that the job of m, a message of the set (or a run of a
+// shadow pack of the set), has run. It stays held until settled, but no
+// longer waits for the model.
+func (h *held) markRan(m jetstream.Msg) {
+	n := -1 // all of the message's weight
+	if r, ok := m.(*packedRun); ok {
+		if r.ran.Swap(true) {
+			return
+		}
+		m, n = r.Msg, 1
+	}
+	hm, ok := m.(*heldMsg)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	if _, ok := h.msgs[hm]; ok && hm.weight > 0 {
+		if n < 0 || n > hm.weight {
+			n = hm.weight
+		}
+		hm.weight -= n
+		h.waiting -= n
 	}
 	h.mu.Unlock()
 	h.signal()
@@ -76,7 +102,7 @@ func (h *held) signal() {
 func (h *held) Waiting() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.msgs) - h.ran
+	return h.waiting
 }
 
 // handBackAll hands every held message back to the queue, for delivery
@@ -128,7 +154,9 @@ type heldMsg struct {
 	jetstream.Msg
 	set   *held
 	since time.Time
-	ran   bool // guarded by set.mu
+	// weight is how many of its jobs have not run: 1 or 0, or for a
+	// shadow pack its runs (see weigh). Guarded by set.mu.
+	weight int
 }
 
 func (m *heldMsg) Ack() error {

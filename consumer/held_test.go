@@ -44,7 +44,74 @@ func TestHeldWaiting(t *testing.T) {
 			t.Fatalf("after %s: %d waiting, want %d", s.what, got, s.want)
 		}
 	}
-	if len(h.msgs) != 0 || h.ran != 0 {
-		t.Fatalf("all settled, yet %d held and %d counted as ran", len(h.msgs), h.ran)
+	if len(h.msgs) != 0 || h.waiting != 0 {
+		t.Fatalf("all settled, yet %d held and %d settledCount as waiting", len(h.msgs), h.waiting)
+	}
+}
+
+// settledCount records how a message was settled.
+type settledCount struct {
+	jetstream.Msg
+	acks, naks int
+	delay      time.Duration
+}
+
+func (c *settledCount) Ack() error { c.acks++; return nil }
+func (c *settledCount) Nak() error { c.naks++; return nil }
+func (c *settledCount) NakWithDelay(d time.Duration) error {
+	c.naks++
+	c.delay = d
+	return nil
+}
+func (c *settledCount) Term() error { c.acks++; return nil }
+
+// A shadow pack counts as its runs while they wait for the model, each
+// run marked ran on its own, and is settled once, when its last run is:
+// acknowledged, or handed back after the longest delay a run asked if
+// any was handed back.
+func TestShadowPackSettledOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		settle     func(runs []*packedRun)
+		acks, naks int
+		delay      time.Duration
+	}{
+		{"all done", func(rs []*packedRun) { _ = rs[0].Ack(); _ = rs[1].Term(); _ = rs[2].Ack() }, 1, 0, 0},
+		{"settled twice", func(rs []*packedRun) { _ = rs[0].Ack(); _ = rs[0].Ack(); _ = rs[0].Nak(); _ = rs[1].Ack(); _ = rs[2].Ack() }, 1, 0, 0},
+		{"one handed back", func(rs []*packedRun) {
+			_ = rs[0].NakWithDelay(time.Second)
+			_ = rs[1].Ack()
+			_ = rs[2].NakWithDelay(3 * time.Second)
+		}, 0, 1, 3 * time.Second},
+		{"two of three", func(rs []*packedRun) { _ = rs[0].Ack(); _ = rs[2].Ack() }, 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHeld()
+			c := &settledCount{}
+			m := h.hold(c)
+			h.weigh(m, 3)
+			p := &shadowPack{msg: m, left: 3}
+			runs := []*packedRun{{Msg: m, pack: p}, {Msg: m, pack: p}, {Msg: m, pack: p}}
+			if got := h.Waiting(); got != 3 {
+				t.Fatalf("a pack of 3: %d waiting", got)
+			}
+			h.markRan(runs[0])
+			h.markRan(runs[0])
+			h.markRan(runs[1])
+			if got := h.Waiting(); got != 1 {
+				t.Fatalf("two of three runs ran (one marked twice): %d waiting, want 1", got)
+			}
+			tc.settle(runs)
+			if c.acks != tc.acks || c.naks != tc.naks || c.delay != tc.delay {
+				t.Fatalf("pack settled with %d acks, %d naks (delay %v); want %d, %d (%v)", c.acks, c.naks, c.delay, tc.acks, tc.naks, tc.delay)
+			}
+			wantHeld := 1
+			if tc.acks+tc.naks > 0 {
+				wantHeld = 0
+			}
+			if len(h.msgs) != wantHeld {
+				t.Fatalf("%d messages held, want %d", len(h.msgs), wantHeld)
+			}
+		})
 	}
 }

@@ -95,10 +95,10 @@ func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 		close(ch)
 	}()
 	slots := make(chan struct{}, prepareAhead)
-	for m := range src.Messages() {
+	pass := func(m jetstream.Msg) {
 		if !needsWork(m) {
 			ch <- &fetched{msg: m, body: m.Data()}
-			continue
+			return
 		}
 		slots <- struct{}{}
 		busy.Go(func() {
@@ -107,6 +107,15 @@ func (w *Worker) pump(ctx context.Context, src *fetcher, ch chan<- *fetched) {
 				ch <- f
 			}
 		})
+	}
+	for m := range src.Messages() {
+		if w.opts.Shadow == 0 {
+			pass(m)
+			continue
+		}
+		for _, run := range w.unpackShadows(m) {
+			pass(run)
+		}
 	}
 }
 

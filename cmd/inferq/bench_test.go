@@ -34,7 +34,7 @@ import (
 // benchServer starts serve for a benchmark with its embedded NATS on a
 // known port, so that the benchmark can count finished jobs on the results
 // subject instead of polling.
-func benchServer(b *testing.B, repo string, extra ...string) (*server, *nats.Conn) {
+func benchServer(b testing.TB, repo string, extra ...string) (*server, *nats.Conn) {
 	b.Helper()
 	port := testenv.FreePort(b)
 	b.Setenv("ONNXRUNTIME_LIB", testenv.ORTLibrary(b))
