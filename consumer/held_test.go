@@ -77,7 +77,13 @@ func TestShadowPackSettledOnce(t *testing.T) {
 		delay      time.Duration
 	}{
 		{"all done", func(rs []*packedRun) { _ = rs[0].Ack(); _ = rs[1].Term(); _ = rs[2].Ack() }, 1, 0, 0},
-		{"settled twice", func(rs []*packedRun) { _ = rs[0].Ack(); _ = rs[0].Ack(); _ = rs[0].Nak(); _ = rs[1].Ack(); _ = rs[2].Ack() }, 1, 0, 0},
+		{"settled twice", func(rs []*packedRun) {
+			_ = rs[0].Ack()
+			_ = rs[0].Ack()
+			_ = rs[0].Nak()
+			_ = rs[1].Ack()
+			_ = rs[2].Ack()
+		}, 1, 0, 0},
 		{"one handed back", func(rs []*packedRun) {
 			_ = rs[0].NakWithDelay(time.Second)
 			_ = rs[1].Ack()
