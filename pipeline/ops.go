@@ -597,13 +597,40 @@ func (c *ctcDecode) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, 
 	if len(x.Shape) != 3 {
 		return nil, fmt.Errorf("ctc_decode takes [N, T, C], got %s", tensor.FormatShape(x.Shape))
 	}
-	v, err := values(x)
-	if err != nil {
-		return nil, err
-	}
 	n, steps, classes := x.Shape[0], x.Shape[1], x.Shape[2]
-	if c.blank < 0 || c.blank >= max(classes, 1) {
+	if c.blank < 0 || c.blank >= classes {
 		return nil, fmt.Errorf("blank %d is not one of the %d classes", c.blank, classes)
+	}
+	// The best class of each step. FP32 (what recognizers give) is read
+	// in place: converting [N, T, C] of thousands of classes to float64
+	// first took most of the operation's time.
+	argmax := func(step int64) (int64, float64) {
+		row := x.Data[step*classes*4 : (step+1)*classes*4]
+		bestV, best := math.Float32frombits(binary.LittleEndian.Uint32(row)), int64(0)
+		for j := int64(1); j < classes; j++ {
+			if e := math.Float32frombits(binary.LittleEndian.Uint32(row[j*4:])); e > bestV {
+				bestV, best = e, j
+			}
+		}
+		return best, float64(bestV)
+	}
+	if x.Datatype != tensor.FP32 {
+		v, err := values(x)
+		if err != nil {
+			return nil, err
+		}
+		argmax = func(step int64) (int64, float64) {
+			row := v[step*classes : (step+1)*classes]
+			best := int64(0)
+			for j := range row {
+				if row[j] > row[best] {
+					best = int64(j)
+				}
+			}
+			return best, row[best]
+		}
+	} else if int64(len(x.Data)) != n*steps*classes*4 {
+		return nil, fmt.Errorf("ctc_decode: %d bytes for FP32 of shape %s", len(x.Data), tensor.FormatShape(x.Shape))
 	}
 	var texts []byte
 	scores := make([]float64, n)
@@ -612,13 +639,7 @@ func (c *ctcDecode) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, 
 		sum, kept := 0.0, 0
 		prev := int64(-1)
 		for t := int64(0); t < steps; t++ {
-			row := v[(i*steps+t)*classes : (i*steps+t+1)*classes]
-			best := int64(0)
-			for j := range row {
-				if row[j] > row[best] {
-					best = int64(j)
-				}
-			}
+			best, p := argmax(i*steps + t)
 			if best != prev && best != c.blank {
 				// Classes are the dictionary's entries after the blank.
 				k := best - 1
@@ -628,7 +649,7 @@ func (c *ctcDecode) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, 
 				if k >= 0 && int(k) < len(c.dict) {
 					text.WriteString(c.dict[k])
 				}
-				sum += row[best]
+				sum += p
 				kept++
 			}
 			prev = best

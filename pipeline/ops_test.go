@@ -135,14 +135,18 @@ func TestTopKLabelsAndCTCText(t *testing.T) {
 			for s, b := range c.best {
 				v[s*classes+b] = 1
 			}
-			out, err := op.Run(map[string]tensor.Tensor{"x": fp32([]int64{1, int64(len(c.best)), int64(classes)}, v...)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tt := out["text"]
-			text, _ := tt.Strings()
-			if len(text) != 1 || string(text[0]) != c.want {
-				t.Errorf("text %q, want %q", text, c.want)
+			shape := []int64{1, int64(len(c.best)), int64(classes)}
+			// FP32 is read in place, other types converted: both alike.
+			for _, x := range []tensor.Tensor{fp32(shape, v...), encode("x", tensor.FP64, shape, v)} {
+				out, err := op.Run(map[string]tensor.Tensor{"x": x})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tt := out["text"]
+				text, _ := tt.Strings()
+				if len(text) != 1 || string(text[0]) != c.want {
+					t.Errorf("%s: text %q, want %q", x.Datatype, text, c.want)
+				}
 			}
 		})
 	}
@@ -193,6 +197,8 @@ func TestOpRunErrors(t *testing.T) {
 		{"reduce", map[string]any{"op": "max", "axis": 0}, fp32([]int64{0})},
 		{"softmax", map[string]any{"axis": 2}, fp32([]int64{3}, 1, 2, 3)},
 		{"ctc_decode", map[string]any{"dict": "d"}, fp32([]int64{3}, 1, 2, 3)},
+		{"ctc_decode", map[string]any{"dict": "d"}, fp32([]int64{1, 2, 0})},
+		{"ctc_decode", map[string]any{"dict": "d"}, tensor.Tensor{Name: "x", Datatype: tensor.FP32, Shape: []int64{1, 2, 2}, Data: make([]byte, 12)}},
 	} {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "d"), []byte("a\n"), 0o644)
