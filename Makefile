@@ -141,8 +141,8 @@ ocr-repo: $(PPOCR) $(PPOCR_KEYS)
 	@mkdir -p $(OCR_REPO)/ocrdet/1 $(OCR_REPO)/ocrrec/1 $(OCR_REPO)/ocr
 	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_det_infer.onnx $(OCR_REPO)/ocrdet/1/model.onnx
 	ln -sf $(THIRDPARTY)/ppocr/ch_PP-OCRv4_rec_infer.onnx $(OCR_REPO)/ocrrec/1/model.onnx
-	printf 'max_batch_size: 4\ninstances: 2\nintra_op_threads: 1\n' > $(OCR_REPO)/ocrdet/config.yaml
-	printf 'max_batch_size: 32\ninstances: 2\nintra_op_threads: 1\n' > $(OCR_REPO)/ocrrec/config.yaml
+	cp examples/ocr/ocrdet.config.yaml $(OCR_REPO)/ocrdet/config.yaml
+	cp examples/ocr/ocrrec.config.yaml $(OCR_REPO)/ocrrec/config.yaml
 	cp examples/ocr/pipeline.yaml $(OCR_REPO)/ocr/
 	cp $(PPOCR_KEYS) $(OCR_REPO)/ocr/
 

@@ -29,6 +29,27 @@ func Pad(t tensor.Tensor, axis int, to int64, value float64) (tensor.Tensor, err
 	if n >= to {
 		return t, nil
 	}
+	outer := tensor.NumElements(t.Shape[:axis])
+	inner := tensor.NumElements(t.Shape[axis+1:])
+	shape := slices.Clone(t.Shape)
+	shape[axis] = to
+	if t.Datatype != tensor.Bytes { // blocks of fixed-size elements
+		size := int64(t.Datatype.Size())
+		if int64(len(t.Data)) != outer*n*inner*size {
+			return t, fmt.Errorf("%q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
+		}
+		fill := tensor.AppendNumber(nil, t.Datatype, value)
+		pad := make([]byte, 0, (to-n)*inner*size)
+		for range (to - n) * inner {
+			pad = append(pad, fill...)
+		}
+		data := make([]byte, 0, outer*to*inner*size)
+		for o := range outer {
+			data = append(data, t.Data[o*n*inner*size:(o+1)*n*inner*size]...)
+			data = append(data, pad...)
+		}
+		return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
+	}
 	elems, err := splitElements(t)
 	if err != nil {
 		return t, err
@@ -39,8 +60,6 @@ func Pad(t tensor.Tensor, axis int, to int64, value float64) (tensor.Tensor, err
 	} else {
 		fill = tensor.AppendNumber(nil, t.Datatype, value)
 	}
-	outer := tensor.NumElements(t.Shape[:axis])
-	inner := tensor.NumElements(t.Shape[axis+1:])
 	var data []byte
 	for o := range outer {
 		row := elems[o*n*inner : (o+1)*n*inner]
@@ -51,8 +70,6 @@ func Pad(t tensor.Tensor, axis int, to int64, value float64) (tensor.Tensor, err
 			data = append(data, fill...)
 		}
 	}
-	shape := slices.Clone(t.Shape)
-	shape[axis] = to
 	return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
 }
 
@@ -66,20 +83,32 @@ func Trim(t tensor.Tensor, axis int, n int64) (tensor.Tensor, error) {
 	if have <= n {
 		return t, nil
 	}
+	outer := tensor.NumElements(t.Shape[:axis])
+	inner := tensor.NumElements(t.Shape[axis+1:])
+	shape := slices.Clone(t.Shape)
+	shape[axis] = n
+	if t.Datatype != tensor.Bytes { // blocks of fixed-size elements
+		size := int64(t.Datatype.Size())
+		if int64(len(t.Data)) != outer*have*inner*size {
+			return t, fmt.Errorf("%q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
+		}
+		data := make([]byte, 0, outer*n*inner*size)
+		for o := range outer {
+			at := o * have * inner * size
+			data = append(data, t.Data[at:at+n*inner*size]...)
+		}
+		return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
+	}
 	elems, err := splitElements(t)
 	if err != nil {
 		return t, err
 	}
-	outer := tensor.NumElements(t.Shape[:axis])
-	inner := tensor.NumElements(t.Shape[axis+1:])
 	var data []byte
 	for o := range outer {
 		for _, e := range elems[o*have*inner : o*have*inner+n*inner] {
 			data = append(data, e...)
 		}
 	}
-	shape := slices.Clone(t.Shape)
-	shape[axis] = n
 	return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
 }
 

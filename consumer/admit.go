@@ -91,7 +91,7 @@ func (w *Worker) admit(ctx context.Context, b *batching.Batcher[*item], f *fetch
 	}
 	key := it.model.VersionString()
 	if it.lines == nil && !it.empty && it.model.Batchable && !w.runner.unbatched(it.model) {
-		key += "|" + batching.Key(it.inputs, it.model.Batched)
+		key += "|" + batching.Key(batchKeyInputs(it.model, it.inputs), it.model.Batched)
 	} else {
 		key += "|" + job.ID // never batched with another
 	}

@@ -136,6 +136,9 @@ func (r *runner) infer(m *model.Model, items []*item) ([][]tensor.Tensor, time.D
 	if s == nil {
 		return nil, 0, fmt.Errorf("version %d is not loaded", m.Version)
 	}
+	if m.Config.Ragged != nil && !slices.ContainsFunc(items, func(it *item) bool { return it.lines != nil }) {
+		return r.runRagged(s, m, items)
+	}
 	if len(items) == 1 {
 		start := time.Now()
 		var out []tensor.Tensor

@@ -70,6 +70,10 @@ type Config struct {
 	// bucket length so that requests of different lengths share a run,
 	// and trims the outputs back.
 	Padding *Padding `yaml:"padding" json:"padding,omitempty"`
+	// Ragged runs the rows of an input that come right-padded (text
+	// line crops padded to the widest of a picture, clips to the
+	// longest) each at its own length, and pads the outputs back.
+	Ragged *Ragged `yaml:"ragged" json:"ragged,omitempty"`
 	// Traffic splits the jobs that name no version among the model's
 	// versions, by shares ({"2": 90, "3": 10}), and Shadow names the
 	// versions every such job also runs on, off the answer's path (see
@@ -99,6 +103,25 @@ type Padding struct {
 	// Outputs are the outputs trimmed back, and along which axis, to the
 	// length of the request's first padded input.
 	Outputs map[string]int `yaml:"outputs" json:"outputs,omitempty"`
+}
+
+// Ragged is an input whose rows come padded at the end of an axis with
+// a value: each row runs cut to its own length (the last entry along the
+// axis that is not all padding, rounded up to MultipleOf), rows of equal
+// length together, so that a model whose cost grows with the length
+// (and whose answer the padding would change) never runs the padding.
+// The listed outputs are padded back with zeros along their axis to the
+// longest of a request's rows, so that a request's answer keeps one
+// shape; a zero row is what decoders of class probabilities (CTC) read
+// as nothing.
+type Ragged struct {
+	Input string  `yaml:"input" json:"input"`
+	Axis  int     `yaml:"axis" json:"axis"`
+	Value float64 `yaml:"value" json:"value,omitempty"`
+	// MultipleOf rounds each row's length up (1 or 0: exact), so that
+	// rows of near lengths share a run.
+	MultipleOf int64          `yaml:"multiple_of" json:"multiple_of,omitempty"`
+	Outputs    map[string]int `yaml:"outputs" json:"outputs,omitempty"`
 }
 
 // Capture is a model's data capture: the share of jobs written, with
@@ -250,6 +273,16 @@ func (c *Config) validate() error {
 			if b <= 0 || i > 0 && b <= p.Buckets[i-1] {
 				return fmt.Errorf("padding buckets %v: want positive lengths in ascending order", p.Buckets)
 			}
+		}
+	}
+	if r := c.Ragged; r != nil {
+		switch {
+		case c.Padding != nil:
+			return errors.New("ragged and padding do opposite things to an input; a model takes one of them")
+		case r.Input == "":
+			return errors.New("ragged names no input")
+		case r.MultipleOf < 0:
+			return fmt.Errorf("ragged multiple_of %d is negative", r.MultipleOf)
 		}
 	}
 	for _, p := range c.PreferredBatchSizes {

@@ -8,6 +8,7 @@ func FuzzParseConfig(f *testing.F) {
 	for _, seed := range []string{
 		"", "max_batch_size: 8\n", "max_queue_delay: 2ms\npreferred_batch_sizes: [4, 8]\n",
 		"padding: {buckets: [8, 16], inputs: {x: {axis: 1, value: 0}}, outputs: {y: 1}}\n",
+		"ragged: {input: x, axis: 1, value: 0, multiple_of: 8, outputs: {y: 1}}\n",
 		"max_batch_size: -1\n", "instances: [1]\n", "result_retention: 72h\n", "{{{", "- a\n- b\n",
 		"max_attempts: 99999999999999999999\n", "execution_provider: cuda\n",
 	} {

@@ -278,6 +278,9 @@ func loadVersion(name string, version int64, path string, cfg Config, rt Runtime
 	if err := checkPadding(cfg.Padding, sig); err != nil {
 		return nil, err
 	}
+	if err := checkRagged(cfg.Ragged, sig); err != nil {
+		return nil, err
+	}
 	m.Batched, m.Batching = batchPlan(sig)
 	if m.Batching == "" && cfg.MaxBatchSize == 0 {
 		// A config that sets max_batch_size has decided; else the
@@ -306,32 +309,45 @@ func checkPadding(p *Padding, sig onnx.Signature) error {
 	if p == nil {
 		return nil
 	}
-	find := func(ios []onnx.IO, name string) *onnx.IO {
-		for i := range ios {
-			if ios[i].Name == name {
-				return &ios[i]
-			}
-		}
-		return nil
-	}
-	check := func(what string, io *onnx.IO, name string, axis int) error {
-		if io == nil {
-			return fmt.Errorf("config padding: the model has no %s %q", what, name)
-		}
-		if axis < 1 || axis >= len(io.Shape) || io.Shape[axis] != -1 {
-			return fmt.Errorf("config padding: %s %q has shape %s; axis %d must be a dynamic axis after the batch axis", what, name, tensor.FormatShape(io.Shape), axis)
-		}
-		return nil
-	}
 	for name, in := range p.Inputs {
-		if err := check("input", find(sig.Inputs, name), name, in.Axis); err != nil {
+		if err := checkAxis("padding", "input", sig.Inputs, name, in.Axis); err != nil {
 			return err
 		}
 	}
 	for name, axis := range p.Outputs {
-		if err := check("output", find(sig.Outputs, name), name, axis); err != nil {
+		if err := checkAxis("padding", "output", sig.Outputs, name, axis); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkRagged checks that ragged names an input and outputs of the model
+// along dynamic axes after the batch axis.
+func checkRagged(r *Ragged, sig onnx.Signature) error {
+	if r == nil {
+		return nil
+	}
+	if err := checkAxis("ragged", "input", sig.Inputs, r.Input, r.Axis); err != nil {
+		return err
+	}
+	for name, axis := range r.Outputs {
+		if err := checkAxis("ragged", "output", sig.Outputs, name, axis); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkAxis checks that ios has one named name, with a dynamic axis axis
+// after the batch axis.
+func checkAxis(key, what string, ios []onnx.IO, name string, axis int) error {
+	i := slices.IndexFunc(ios, func(io onnx.IO) bool { return io.Name == name })
+	if i < 0 {
+		return fmt.Errorf("config %s: the model has no %s %q", key, what, name)
+	}
+	if s := ios[i].Shape; axis < 1 || axis >= len(s) || s[axis] != -1 {
+		return fmt.Errorf("config %s: %s %q has shape %s; axis %d must be a dynamic axis after the batch axis", key, what, name, tensor.FormatShape(s), axis)
 	}
 	return nil
 }

@@ -179,8 +179,8 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
-// Padding must name the model's inputs and outputs, along dynamic axes
-// after the batch axis.
+// Padding and ragged must name the model's inputs and outputs, along
+// dynamic axes after the batch axis.
 func TestPaddingChecked(t *testing.T) {
 	rt := testenv.Runtime(t)
 	tests := []struct {
@@ -193,6 +193,13 @@ func TestPaddingChecked(t *testing.T) {
 		{"unknown output", "padding: {buckets: [8], inputs: {x: {axis: 1}}, outputs: {z: 1}}\n", `no output "z"`},
 		{"descending buckets", "padding: {buckets: [16, 8], inputs: {x: {axis: 1}}}\n", "ascending"},
 		{"no inputs", "padding: {buckets: [8]}\n", "at least one input"},
+		{"ragged ok", "ragged: {input: x, axis: 1, multiple_of: 8, outputs: {y: 1}}\n", ""},
+		{"ragged unknown input", "ragged: {input: ids, axis: 1}\n", `config ragged: the model has no input "ids"`},
+		{"ragged batch axis", "ragged: {input: x, axis: 0}\n", "axis 0 must be a dynamic axis"},
+		{"ragged unknown output", "ragged: {input: x, axis: 1, outputs: {z: 1}}\n", `no output "z"`},
+		{"ragged no input", "ragged: {axis: 1}\n", "ragged names no input"},
+		{"ragged negative multiple", "ragged: {input: x, axis: 1, multiple_of: -8}\n", "multiple_of -8 is negative"},
+		{"ragged and padding", "ragged: {input: x, axis: 1}\npadding: {buckets: [8], inputs: {x: {axis: 1}}}\n", "one of them"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

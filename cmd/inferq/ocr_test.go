@@ -62,16 +62,13 @@ func renderText(t testing.TB, ttf []byte, lines []string, size float64) []byte {
 // `make ocr-repo` assembles it.
 func ocrRepo(t testing.TB) string {
 	t.Helper()
-	yaml, err := os.ReadFile(filepath.Join(testenv.Root(t), "examples", "ocr", "pipeline.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	example := filepath.Join(testenv.Root(t), "examples", "ocr")
 	return testenv.ModelRepo(t, map[string]string{
 		"ocrdet/1/model.onnx":   "@" + testenv.ThirdParty(t, "ppocr/ch_PP-OCRv4_det_infer.onnx"),
-		"ocrdet/config.yaml":    "max_batch_size: 4\ninstances: 2\nintra_op_threads: 1\n",
+		"ocrdet/config.yaml":    "@" + filepath.Join(example, "ocrdet.config.yaml"),
 		"ocrrec/1/model.onnx":   "@" + testenv.ThirdParty(t, "ppocr/ch_PP-OCRv4_rec_infer.onnx"),
-		"ocrrec/config.yaml":    "max_batch_size: 32\ninstances: 2\nintra_op_threads: 1\n",
-		"ocr/pipeline.yaml":     string(yaml),
+		"ocrrec/config.yaml":    "@" + filepath.Join(example, "ocrrec.config.yaml"),
+		"ocr/pipeline.yaml":     "@" + filepath.Join(example, "pipeline.yaml"),
 		"ocr/ppocr_keys_v1.txt": "@" + testenv.ThirdParty(t, "ppocr/ppocr_keys_v1.txt"),
 	})
 }

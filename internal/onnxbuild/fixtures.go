@@ -244,3 +244,18 @@ func Classifier(w []float32) []byte {
 	m.Node("ArgMax", []string{"scores"}, []string{"label"}, Int("axis", 1), Int("keepdims", 0))
 	return m.Bytes()
 }
+
+// LengthMean takes x [batch, length] with a dynamic length and gives y =
+// 2x, of x's length, and mean, the mean of each row over the length:
+// padding a row changes its mean, so it tells whether a row ran at its
+// own length.
+func LengthMean() []byte {
+	m := New("lengthmean")
+	m.Input("x", Float, -1, -1)
+	m.Output("y", Float, -1, -1)
+	m.Output("mean", Float, -1)
+	m.Floats("two", nil, []float32{2})
+	m.Node("Mul", []string{"x", "two"}, []string{"y"})
+	m.Node("ReduceMean", []string{"x"}, []string{"mean"}, Ints("axes", 1), Int("keepdims", 0))
+	return m.Bytes()
+}
