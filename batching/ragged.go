@@ -19,7 +19,7 @@ func RowLengths(t tensor.Tensor, axis int, value float64) ([]int64, error) {
 	}
 	size := int64(t.Datatype.Size())
 	rows, n := t.Shape[0], t.Shape[axis]
-	between := tensor.NumElements(t.Shape[1:axis])    // per row, before the axis
+	between := tensor.NumElements(t.Shape[1:axis])       // per row, before the axis
 	inner := tensor.NumElements(t.Shape[axis+1:]) * size // bytes per position
 	if int64(len(t.Data)) != rows*between*n*inner {
 		return nil, fmt.Errorf("row lengths of %q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
