@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,7 @@ type DepthCollector struct {
 	pending  *prometheus.Desc
 	inFlight *prometheus.Desc
 	depth    *prometheus.Desc
+	shadow   *prometheus.Desc
 }
 
 // NewDepthCollector returns a collector of the depth of models' queues.
@@ -24,6 +26,7 @@ func NewDepthCollector(q *Queue, models func() []string) *DepthCollector {
 		pending:  prometheus.NewDesc("inferq_queue_pending_jobs", "Jobs waiting in a model's queue, not yet delivered to a worker.", []string{"model"}, nil),
 		inFlight: prometheus.NewDesc("inferq_queue_in_flight_jobs", "Jobs delivered to a model's workers and not yet acknowledged.", []string{"model"}, nil),
 		depth:    prometheus.NewDesc("inferq_queue_depth", "Jobs pending plus in flight, by model: the backlog scaling follows.", []string{"model"}, nil),
+		shadow:   prometheus.NewDesc("inferq_shadow_queue_messages", "Messages of shadow runs (each the runs of one finished batch) waiting or in flight, by model and shadow version: a shadow's workers falling behind.", []string{"model", "version"}, nil),
 	}
 }
 
@@ -32,6 +35,7 @@ func (c *DepthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.pending
 	ch <- c.inFlight
 	ch <- c.depth
+	ch <- c.shadow
 }
 
 // Collect implements prometheus.Collector. A model whose consumer does not
@@ -47,5 +51,12 @@ func (c *DepthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(d.Pending), m)
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(d.InFlight), m)
 		ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(d.Pending)+float64(d.InFlight), m)
+		backlog, err := c.q.ShadowBacklog(ctx, m)
+		if err != nil {
+			continue
+		}
+		for v, n := range backlog {
+			ch <- prometheus.MustNewConstMetric(c.shadow, prometheus.GaugeValue, float64(n), m, strconv.FormatInt(v, 10))
+		}
 	}
 }

@@ -41,12 +41,17 @@ import (
 // Names in NATS.
 const (
 	RequestStream = "INFERQ_REQUESTS"
-	ResultStream  = "INFERQ_RESULTS"
-	RecordBucket  = "INFERQ_JOBS"
+	// ShadowStream holds the shadow runs of traffic splits' shadow
+	// versions, a subject per model and version: apart from the jobs,
+	// so that a shadow that falls behind never fills the jobs' stream.
+	ShadowStream = "INFERQ_SHADOWS"
+	ResultStream = "INFERQ_RESULTS"
+	RecordBucket = "INFERQ_JOBS"
 	// KeyBucket maps idempotency keys to the jobs they created.
 	KeyBucket = "INFERQ_IDEMPOTENCY"
 
 	requestPrefix = "inferq.requests."
+	shadowPrefix  = "inferq.shadows."
 	resultPrefix  = "inferq.results."
 )
 
@@ -181,6 +186,9 @@ type Options struct {
 	// ResultStreamBytes bounds the results stream, which carries small
 	// responses inline; the oldest announcements go first. Default 1 GiB.
 	ResultStreamBytes int64
+	// MaxShadowBytes bounds the shadow runs waiting, all models
+	// together; past it the oldest are dropped. Default 1 GiB.
+	MaxShadowBytes int64
 }
 
 // Queue is inferq's JetStream layout, set up. It is safe for concurrent
@@ -226,6 +234,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 	}
 	if opts.MaxQueuedBytes <= 0 {
 		opts.MaxQueuedBytes = 10 << 30
+	}
+	if opts.MaxShadowBytes <= 0 {
+		opts.MaxShadowBytes = 1 << 30
 	}
 	if opts.ResultStreamBytes <= 0 {
 		opts.ResultStreamBytes = 1 << 30
@@ -274,6 +285,22 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) (*Queue, e
 		// The key that makes result streams' event ids opaque (see
 		// EventKey); a stream that has one keeps it.
 		Metadata: map[string]string{eventKeyMeta: newEventKey()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        ShadowStream,
+		Description: "inferq shadow runs waiting, one subject per model and shadow version",
+		Subjects:    []string{shadowPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    opts.Replicas,
+		Duplicates:  opts.DuplicateWindow,
+		// A shadow that falls behind loses its oldest runs, never the
+		// jobs' room.
+		Discard:  jetstream.DiscardOld,
+		MaxBytes: opts.MaxShadowBytes,
 	})
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,10 +30,16 @@ const (
 	HeaderShadowPack = "Inferq-Shadow-Pack"
 )
 
-// ShadowSubject is the queue of model's shadow version v: its own, so
-// that its workers and batching are its own, and a slow or failing
-// shadow never holds the model's jobs back.
+// ShadowSubject is the queue of model's shadow version v, in the shadow
+// stream: its own, so that its workers and batching are its own, and a
+// slow or failing shadow never holds the model's jobs back.
 func ShadowSubject(model string, v int64) string {
+	return shadowPrefix + Token(model) + "." + strconv.FormatInt(v, 10)
+}
+
+// oldShadowSubject is where releases before 2026-12-08 queued shadow
+// runs, in the request stream.
+func oldShadowSubject(model string, v int64) string {
 	return requestPrefix + Token(model) + ".shadow." + strconv.FormatInt(v, 10)
 }
 
@@ -171,7 +178,7 @@ func (q *Queue) publishPack(v int64, msgs []*nats.Msg) (jetstream.PubAckFuture, 
 		}
 		msgID = fmt.Sprintf("%s.shadow.%d.%d", id, v, len(msgs))
 	}
-	f, err := q.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(RequestStream))
+	f, err := q.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(ShadowStream))
 	if err != nil {
 		return nil, fmt.Errorf("queue %d shadow runs on version %d (the first job %s): %w", len(msgs), v, id, err)
 	}
@@ -227,7 +234,8 @@ func (q *Queue) ShadowConsumer(ctx context.Context, model string, v int64, opts 
 	if opts.MaxAckPending <= 0 {
 		opts.MaxAckPending = 1024
 	}
-	c, err := q.js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{
+	q.retireOldShadows(ctx, model, v)
+	c, err := q.js.CreateOrUpdateConsumer(ctx, ShadowStream, jetstream.ConsumerConfig{
 		Durable:       ShadowConsumerName(model, v),
 		Description:   fmt.Sprintf("inferq shadow runs of %s version %d", model, v),
 		FilterSubject: ShadowSubject(model, v),
@@ -240,4 +248,43 @@ func (q *Queue) ShadowConsumer(ctx context.Context, model string, v int64, opts 
 		return nil, fmt.Errorf("shadow version %d of %s: pull jobs: %w", v, model, err)
 	}
 	return c, nil
+}
+
+// retireOldShadows removes what a release before 2026-12-08 left of
+// model's shadow version v in the request stream: its consumer, whose
+// name a model's own could take there (model "m-shadow-2"'s is
+// inferq-m-shadow-2), and the runs on its subject, which no consumer
+// takes any more. Shadow runs are best effort: those are dropped.
+func (q *Queue) retireOldShadows(ctx context.Context, model string, v int64) {
+	s, err := q.js.Stream(ctx, RequestStream)
+	if err != nil {
+		return
+	}
+	c, err := s.Consumer(ctx, ShadowConsumerName(model, v))
+	if err != nil || c.CachedInfo().Config.FilterSubject != oldShadowSubject(model, v) {
+		return // none, or a model's own
+	}
+	_ = s.DeleteConsumer(ctx, ShadowConsumerName(model, v))
+	_ = s.Purge(ctx, jetstream.WithPurgeSubject(oldShadowSubject(model, v)))
+}
+
+// ShadowBacklog is the number of messages (each the runs of a finished
+// batch) waiting or in flight on each shadow version's queue of model.
+func (q *Queue) ShadowBacklog(ctx context.Context, model string) (map[int64]uint64, error) {
+	s, err := q.js.Stream(ctx, ShadowStream)
+	if err != nil {
+		return nil, fmt.Errorf("shadow backlog of %s: %w", model, err)
+	}
+	prefix := shadowPrefix + Token(model) + "."
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+"*"))
+	if err != nil {
+		return nil, fmt.Errorf("shadow backlog of %s: %w", model, err)
+	}
+	out := map[int64]uint64{}
+	for subject, n := range info.State.Subjects {
+		if v, err := strconv.ParseInt(strings.TrimPrefix(subject, prefix), 10, 64); err == nil {
+			out[v] = n
+		}
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/inferq/inferq/internal/testenv"
 	"github.com/inferq/inferq/record"
 	"github.com/inferq/inferq/tensor"
 )
@@ -59,12 +61,16 @@ func TestShadowRunsPacked(t *testing.T) {
 	if total != 45+50 {
 		t.Fatalf("%d runs queued, want 95 (45 on version 2, 50 on 4)", total)
 	}
+	backlog, err := q.ShadowBacklog(ctx, "m")
+	if err != nil || len(backlog) != 2 || backlog[2] < 3 || backlog[4] < 4 || int(backlog[2]+backlog[4]) != len(queued) {
+		t.Fatalf("ShadowBacklog = %v, %v; want the %d messages queued, on versions 2 and 4", backlog, err, len(queued))
+	}
 	for _, tc := range []struct {
 		version    int64
 		runs       int
 		minM, maxM int
 	}{{2, 45, 3, 4}, {4, 50, 4, 5}} {
-		c, err := js.CreateOrUpdateConsumer(ctx, RequestStream, jetstream.ConsumerConfig{FilterSubject: ShadowSubject("m", tc.version), AckPolicy: jetstream.AckExplicitPolicy})
+		c, err := js.CreateOrUpdateConsumer(ctx, ShadowStream, jetstream.ConsumerConfig{FilterSubject: ShadowSubject("m", tc.version), AckPolicy: jetstream.AckExplicitPolicy})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,4 +127,101 @@ func TestShadowRunsPacked(t *testing.T) {
 			t.Errorf("%s: UnpackShadows = %v, %v; want an error saying %q", b.name, ok, err, b.want)
 		}
 	}
+}
+
+// TestOldShadowQueuesRetired: a shadow worker's consumer, now in the
+// shadow stream, removes the one a release before kept in the request
+// stream, and the runs left on its subject there; a model's own consumer
+// whose name is the same (model "m-shadow-2") is left alone.
+func TestOldShadowQueuesRetired(t *testing.T) {
+	q, js := setup(t)
+	ctx := context.Background()
+	for _, c := range []jetstream.ConsumerConfig{
+		{Durable: ShadowConsumerName("m", 2), FilterSubject: oldShadowSubject("m", 2), AckPolicy: jetstream.AckExplicitPolicy},
+		{Durable: ShadowConsumerName("n", 2), FilterSubject: RequestSubject("n-shadow-2", record.Normal), AckPolicy: jetstream.AckExplicitPolicy},
+	} {
+		if _, err := js.CreateConsumer(ctx, RequestStream, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, subject := range []string{oldShadowSubject("m", 2), oldShadowSubject("m", 2), RequestSubject("n-shadow-2", record.Normal)} {
+		if _, err := js.Publish(ctx, subject, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, model := range []string{"m", "n"} {
+		if _, err := q.ShadowConsumer(ctx, model, 2, ConsumerOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(ctx, RequestStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Consumer(ctx, ShadowConsumerName("m", 2)); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Errorf("the old shadow consumer of m in the request stream: %v, want it gone", err)
+	}
+	if _, err := s.Consumer(ctx, ShadowConsumerName("n", 2)); err != nil {
+		t.Errorf("model n-shadow-2's own consumer: %v, want it kept", err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(requestPrefix+">"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Subjects[oldShadowSubject("m", 2)] != 0 || info.State.Subjects[RequestSubject("n-shadow-2", record.Normal)] != 1 {
+		t.Errorf("request stream subjects %v: want the old shadow runs purged, model n-shadow-2's job kept", info.State.Subjects)
+	}
+	shadows, err := js.Stream(ctx, ShadowStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, model := range []string{"m", "n"} {
+		if _, err := shadows.Consumer(ctx, ShadowConsumerName(model, 2)); err != nil {
+			t.Errorf("%s's shadow consumer in the shadow stream: %v", model, err)
+		}
+	}
+}
+
+// TestShadowsNeverFillTheQueue: shadow runs that nobody takes lose their
+// oldest past --max-shadow-bytes, in a stream of their own, and never
+// take the room of the jobs: with both bounds at 64 KiB and 300 KiB of
+// shadow runs queued, a job is still accepted.
+func TestShadowsNeverFillTheQueue(t *testing.T) {
+	js := newJetStream(t, testenv.Connect(t, testenv.JetStream(t)))
+	q, err := Setup(context.Background(), js, Options{MaxShadowBytes: 64 << 10, MaxQueuedBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.StorePayloads(nil, 8<<10) // packs of at most 8 KiB
+	var runs []ShadowRun
+	for i := range 75 { // 4 KiB each
+		data := make([]byte, 4096)
+		runs = append(runs, ShadowRun{Job: &Job{ID: fmt.Sprintf("job-%02d", i), Model: "m", Shadows: []int64{2},
+			Request: &tensor.Request{Inputs: []tensor.Tensor{{Name: "x", Datatype: tensor.Uint8, Shape: []int64{4096}, Data: data}}}}, Answering: "1", Answer: []byte(`{}`)})
+	}
+	queued, dropped, err := q.PublishShadows(runs)
+	if err != nil || dropped != 0 {
+		t.Fatalf("PublishShadows: %d dropped, %v", dropped, err)
+	}
+	for _, qs := range queued {
+		select {
+		case <-qs.Ack.Ok():
+		case err := <-qs.Ack.Err():
+			t.Fatalf("a shadow pack refused: %v (the oldest should have gone instead)", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no acknowledgement")
+		}
+	}
+	s, err := js.Stream(context.Background(), ShadowStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Bytes > 64<<10 || info.State.Msgs == 0 || info.State.Msgs >= uint64(len(queued)) {
+		t.Errorf("shadow stream: %d messages of %d queued, %d bytes; want the newest within 64 KiB", info.State.Msgs, len(queued), info.State.Bytes)
+	}
+	queueJob(t, js, "m", record.Normal, "a-job")
 }

@@ -63,6 +63,7 @@ type serveFlags struct {
 	natsSyncAlways        bool
 	only                  string
 	shadows               string
+	maxShadowBytes        int64
 	maxBody               int64
 	maxImagePixels        int64
 	maxWait               time.Duration
@@ -145,6 +146,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer, m mode, onLi
 	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", fmt.Sprintf("Go's soft memory limit, which makes the garbage collector return memory before a container's limit is met: auto ($GOMEMLIMIT, else %d%% of the container's memory limit, if it has one), off, or a size such as 800MiB", int(100*memoryShare(m))))
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to finish work in hand")
 	fs.Int64Var(&f.maxQueued, "max-queued", 1_000_000, "most jobs waiting per model (and priority); past it submissions get 429")
+	fs.Int64Var(&f.maxShadowBytes, "max-shadow-bytes", 1<<30, "most bytes of shadow runs waiting (traffic splits' shadow versions), all models together, in a stream apart from the jobs; past it the oldest are dropped")
 	fs.Int64Var(&f.maxQueuedBytes, "max-queued-bytes", 10<<30, "most bytes of waiting jobs, all models together; past it submissions get 429 (bodies over --max-message-bytes are in storage and count only their reference)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of inferq's JetStream streams and buckets, on a NATS cluster (3 for production)")
 	fs.DurationVar(&f.recordRetention, "record-retention", 7*24*time.Hour, "how long job records are kept after their last change; 0 for ever")
@@ -332,7 +334,7 @@ func serve(ctx context.Context, m mode, f serveFlags, log *slog.Logger, onListen
 	if err != nil {
 		return fmt.Errorf("JetStream: %w", err)
 	}
-	qopts := jobs.Options{RecordRetention: f.recordRetention, DuplicateWindow: f.duplicateWindow, MaxDeadLetters: f.maxDeadLetters, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes}
+	qopts := jobs.Options{RecordRetention: f.recordRetention, DuplicateWindow: f.duplicateWindow, MaxDeadLetters: f.maxDeadLetters, DeadLetterRetention: f.deadLetterRetention, Replicas: f.streamReplicas, MaxQueued: f.maxQueued, MaxQueuedBytes: f.maxQueuedBytes, MaxShadowBytes: f.maxShadowBytes}
 	q, err := jobs.Setup(ctx, js, qopts)
 	// A NATS cluster still forming (its nodes starting together, as a
 	// StatefulSet's do) places no replicated stream yet: wait for it.

@@ -351,8 +351,9 @@ func TestRollingUpdateUnderLoad(t *testing.T) {
 
 // Shadows on machines of their own: one worker process runs the model
 // without its shadow (--shadows without), another the shadow alone
-// (--shadows only); every job is answered by the first and compared by
-// the second.
+// (--shadows only), started after the jobs finished: their runs wait on
+// the shadow's queue meanwhile (inferq_shadow_queue_messages), and every
+// job answered by the first is compared by the second.
 func TestShadowWorkersApart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs worker processes; skipped with -short")
@@ -363,13 +364,20 @@ func TestShadowWorkersApart(t *testing.T) {
 	common := []string{"--nats", ns.ClientURL(), "--models", repo, "--storage", objects, "--log-level", "warn"}
 	s := startAPI(t, common...)
 	startWorkerProcess(t, append(common, "--shadows", "without", "--stats-interval", "300ms")...)
-	startWorkerProcess(t, append(common, "--shadows", "only", "--stats-interval", "300ms")...)
 	const n = 100
 	for i, rec := range submitFlowers(t, []string{s.url}, n) {
 		if rec.Status != record.Succeeded || rec.ModelVersion != "3" {
 			t.Fatalf("job %d: %+v", i, rec)
 		}
 	}
+	// No shadow worker yet: the runs wait on the shadow's queue, counted
+	// on /metrics, and run once one starts.
+	const waiting = "inferq_shadow_queue_messages,model=iris,version=2"
+	var got float64
+	if !testenv.Poll(10*time.Second, func() bool { got = s.metrics(t)[waiting]; return got >= 1 }) || got > n {
+		t.Fatalf("%s = %v before any shadow worker ran; want the messages of %d runs (1 to %d)", waiting, got, n, n)
+	}
+	startWorkerProcess(t, append(common, "--shadows", "only", "--stats-interval", "300ms")...)
 	var mon struct {
 		Shadow []struct {
 			Version, Against string
@@ -387,5 +395,8 @@ func TestShadowWorkersApart(t *testing.T) {
 	}
 	if a := mon.Shadow[0].Windows["5m"].LabelAgreement; mon.Shadow[0].Version != "2" || a == nil || *a != 1 {
 		t.Errorf("shadow %+v", mon.Shadow[0])
+	}
+	if !testenv.Poll(10*time.Second, func() bool { return s.metrics(t)[waiting] == 0 }) {
+		t.Errorf("%s = %v after the shadow's worker ran them all; want 0", waiting, s.metrics(t)[waiting])
 	}
 }
