@@ -1,6 +1,7 @@
 package batching
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -33,19 +34,15 @@ func Pad(t tensor.Tensor, axis int, to int64, value float64) (tensor.Tensor, err
 	inner := tensor.NumElements(t.Shape[axis+1:])
 	shape := slices.Clone(t.Shape)
 	shape[axis] = to
-	if t.Datatype != tensor.Bytes { // blocks of fixed-size elements
-		size := int64(t.Datatype.Size())
-		if int64(len(t.Data)) != outer*n*inner*size {
-			return t, fmt.Errorf("%q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
+	if t.Datatype != tensor.Bytes {
+		block, err := positionBytes(t, inner)
+		if err != nil {
+			return t, err
 		}
-		fill := tensor.AppendNumber(nil, t.Datatype, value)
-		pad := make([]byte, 0, (to-n)*inner*size)
-		for range (to - n) * inner {
-			pad = append(pad, fill...)
-		}
-		data := make([]byte, 0, outer*to*inner*size)
+		pad := bytes.Repeat(tensor.AppendNumber(nil, t.Datatype, value), int((to-n)*inner))
+		data := make([]byte, 0, outer*to*block)
 		for o := range outer {
-			data = append(data, t.Data[o*n*inner*size:(o+1)*n*inner*size]...)
+			data = append(data, t.Data[o*n*block:(o+1)*n*block]...)
 			data = append(data, pad...)
 		}
 		return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
@@ -87,15 +84,14 @@ func Trim(t tensor.Tensor, axis int, n int64) (tensor.Tensor, error) {
 	inner := tensor.NumElements(t.Shape[axis+1:])
 	shape := slices.Clone(t.Shape)
 	shape[axis] = n
-	if t.Datatype != tensor.Bytes { // blocks of fixed-size elements
-		size := int64(t.Datatype.Size())
-		if int64(len(t.Data)) != outer*have*inner*size {
-			return t, fmt.Errorf("%q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
+	if t.Datatype != tensor.Bytes {
+		block, err := positionBytes(t, inner)
+		if err != nil {
+			return t, err
 		}
-		data := make([]byte, 0, outer*n*inner*size)
+		data := make([]byte, 0, outer*n*block)
 		for o := range outer {
-			at := o * have * inner * size
-			data = append(data, t.Data[at:at+n*inner*size]...)
+			data = append(data, t.Data[o*have*block:(o*have+n)*block]...)
 		}
 		return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
 	}
@@ -110,6 +106,18 @@ func Trim(t tensor.Tensor, axis int, n int64) (tensor.Tensor, error) {
 		}
 	}
 	return tensor.Tensor{Name: t.Name, Datatype: t.Datatype, Shape: shape, Data: data}, nil
+}
+
+// positionBytes is the bytes of one position along an axis of t, a
+// tensor of fixed-size elements with inner elements after the axis,
+// checking that its data fit its shape: padding and trimming copy
+// blocks of positions rather than elements.
+func positionBytes(t tensor.Tensor, inner int64) (int64, error) {
+	block := inner * int64(t.Datatype.Size())
+	if int64(len(t.Data)) != tensor.NumElements(t.Shape)*int64(t.Datatype.Size()) {
+		return 0, fmt.Errorf("%q: %d bytes of data for shape %s", t.Name, len(t.Data), tensor.FormatShape(t.Shape))
+	}
+	return block, nil
 }
 
 // splitElements returns each element's encoding (with its length prefix,
