@@ -82,7 +82,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"model", "version", "outcome"}),
 		shadowDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inferq_shadow_dropped_total",
-			Help: "Shadow runs that could not be queued (the shadow's queue full or away), by model.",
+			Help: "Shadow runs that could not be queued (the shadow stream away), by model.",
 		}, []string{"model"}),
 		settled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inferq_job_messages_settled_total",
