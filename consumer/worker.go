@@ -429,6 +429,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	// The counters alerts watch start at 0, so that the first failure is
 	// an increase, not the start of a series.
 	w.opts.Metrics.failedRuns.WithLabelValues(w.name)
+	if w.opts.Shadow == 0 {
+		w.opts.Metrics.shadowDropped.WithLabelValues(w.name)
+	}
 	for _, st := range []record.Status{record.Succeeded, record.Failed} {
 		w.opts.Metrics.finished.WithLabelValues(w.name, string(st))
 	}

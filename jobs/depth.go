@@ -51,11 +51,13 @@ func (c *DepthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(d.Pending), m)
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(d.InFlight), m)
 		ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(d.Pending)+float64(d.InFlight), m)
-		backlog, err := c.q.ShadowBacklog(ctx, m)
-		if err != nil {
-			continue
-		}
-		for v, n := range backlog {
+	}
+	backlogs, err := c.q.ShadowBacklogs(ctx)
+	if err != nil {
+		return
+	}
+	for _, m := range c.models() {
+		for v, n := range backlogs[m] {
 			ch <- prometheus.MustNewConstMetric(c.shadow, prometheus.GaugeValue, float64(n), m, strconv.FormatInt(v, 10))
 		}
 	}

@@ -268,23 +268,40 @@ func (q *Queue) retireOldShadows(ctx context.Context, model string, v int64) {
 	_ = s.Purge(ctx, jetstream.WithPurgeSubject(oldShadowSubject(model, v)))
 }
 
-// ShadowBacklog is the number of messages (each the runs of a finished
-// batch) waiting or in flight on each shadow version's queue of model.
-func (q *Queue) ShadowBacklog(ctx context.Context, model string) (map[int64]uint64, error) {
+// ShadowBacklogs is, by model and shadow version, the number of
+// messages (each the runs of a finished batch) waiting or in flight on
+// the shadow's queue: 0 for a shadow with a consumer and nothing queued.
+func (q *Queue) ShadowBacklogs(ctx context.Context) (map[string]map[int64]uint64, error) {
 	s, err := q.js.Stream(ctx, ShadowStream)
 	if err != nil {
-		return nil, fmt.Errorf("shadow backlog of %s: %w", model, err)
+		return nil, fmt.Errorf("shadow backlog: %w", err)
 	}
-	prefix := shadowPrefix + Token(model) + "."
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+"*"))
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(shadowPrefix+">"))
 	if err != nil {
-		return nil, fmt.Errorf("shadow backlog of %s: %w", model, err)
+		return nil, fmt.Errorf("shadow backlog: %w", err)
 	}
-	out := map[int64]uint64{}
-	for subject, n := range info.State.Subjects {
-		if v, err := strconv.ParseInt(strings.TrimPrefix(subject, prefix), 10, 64); err == nil {
-			out[v] = n
+	out := map[string]map[int64]uint64{}
+	add := func(subject string, n uint64) {
+		token, version, ok := strings.Cut(strings.TrimPrefix(subject, shadowPrefix), ".")
+		v, err := strconv.ParseInt(version, 10, 64)
+		if !ok || err != nil || !strings.HasPrefix(subject, shadowPrefix) {
+			return
 		}
+		model := modelOfToken(token)
+		if out[model] == nil {
+			out[model] = map[int64]uint64{}
+		}
+		out[model][v] += n
+	}
+	for subject, n := range info.State.Subjects {
+		add(subject, n)
+	}
+	consumers := s.ListConsumers(ctx)
+	for c := range consumers.Info() {
+		add(c.Config.FilterSubject, 0)
+	}
+	if err := consumers.Err(); err != nil {
+		return nil, fmt.Errorf("shadow backlog: %w", err)
 	}
 	return out, nil
 }

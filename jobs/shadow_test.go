@@ -61,7 +61,8 @@ func TestShadowRunsPacked(t *testing.T) {
 	if total != 45+50 {
 		t.Fatalf("%d runs queued, want 95 (45 on version 2, 50 on 4)", total)
 	}
-	backlog, err := q.ShadowBacklog(ctx, "m")
+	backlogs, err := q.ShadowBacklogs(ctx)
+	backlog := backlogs["m"]
 	if err != nil || len(backlog) != 2 || backlog[2] < 3 || backlog[4] < 4 || int(backlog[2]+backlog[4]) != len(queued) {
 		t.Fatalf("ShadowBacklog = %v, %v; want the %d messages queued, on versions 2 and 4", backlog, err, len(queued))
 	}
@@ -175,9 +176,18 @@ func TestOldShadowQueuesRetired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	backlogs, err := q.ShadowBacklogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, model := range []string{"m", "n"} {
 		if _, err := shadows.Consumer(ctx, ShadowConsumerName(model, 2)); err != nil {
 			t.Errorf("%s's shadow consumer in the shadow stream: %v", model, err)
+		}
+		// A shadow with a consumer and nothing queued has a backlog of 0,
+		// not none.
+		if n, ok := backlogs[model][2]; !ok || n != 0 {
+			t.Errorf("%s's shadow backlog: %v (%v); want 0", model, n, ok)
 		}
 	}
 }
