@@ -96,8 +96,9 @@ func (n *Node) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.Port) 
 func StartCluster(t testing.TB, size int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: NATSServerBinary(t)}
+	ports := FreePorts(t, 2*size) // distinct: a port picked twice left a node unable to listen
 	for i := range size {
-		c.Nodes = append(c.Nodes, &Node{Name: fmt.Sprintf("n%d", i), Port: FreePort(t), routePort: FreePort(t), dir: t.TempDir(), clusterOf: c})
+		c.Nodes = append(c.Nodes, &Node{Name: fmt.Sprintf("n%d", i), Port: ports[2*i], routePort: ports[2*i+1], dir: t.TempDir(), clusterOf: c})
 	}
 	for _, n := range c.Nodes {
 		n.Start()

@@ -104,6 +104,23 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// FreePorts returns n distinct loopback ports free when it returns: each
+// is held until all are picked, so that none is handed out twice (FreePort
+// called n times may give a port it gave before, once closed).
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
+}
+
 // Connect opens a client connection to s, with opts, closed when the
 // test ends.
 func Connect(t testing.TB, s *embednats.Server, opts ...nats.Option) *nats.Conn {
