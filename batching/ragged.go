@@ -3,6 +3,7 @@ package batching
 import (
 	"bytes"
 	"fmt"
+	"slices"
 
 	"github.com/inferq/inferq/tensor"
 )
@@ -39,4 +40,52 @@ func RowLengths(t tensor.Tensor, axis int, value float64) ([]int64, error) {
 		}
 	}
 	return out, nil
+}
+
+// RaggedLength is the length a row of own length runs at, in a request
+// of length full: at least 1 (a run needs a position), rounded up to a
+// multiple of multipleOf (0 or 1: exact), never past full.
+func RaggedLength(own, full, multipleOf int64) int64 {
+	n := max(own, 1)
+	if multipleOf > 1 {
+		n = (n + multipleOf - 1) / multipleOf * multipleOf
+	}
+	return min(n, full)
+}
+
+// JoinRagged stacks the outputs of a request's rows, each run at its own
+// length, back into the request's outputs: the outputs named in axes are
+// first padded with zeros along their axis to the longest row's. Other
+// outputs must have the same shape for every row.
+func JoinRagged(rows [][]tensor.Tensor, axes map[string]int) ([]tensor.Tensor, error) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	outs := make([][]tensor.Tensor, len(rows))
+	for k, row := range rows {
+		outs[k] = slices.Clone(row)
+	}
+	for o, t := range outs[0] {
+		axis, ok := axes[t.Name]
+		if !ok {
+			continue
+		}
+		longest := int64(0)
+		for _, out := range outs {
+			if axis < len(out[o].Shape) {
+				longest = max(longest, out[o].Shape[axis])
+			}
+		}
+		for _, out := range outs {
+			var err error
+			if out[o], err = Pad(out[o], axis, longest, 0); err != nil {
+				return nil, err
+			}
+		}
+	}
+	joined, err := Stack(outs, nil)
+	if err != nil {
+		return nil, fmt.Errorf("the outputs of its rows, each run at its own length, do not join back (list each output whose length follows the input's in ragged's outputs): %w", err)
+	}
+	return joined, nil
 }

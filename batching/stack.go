@@ -135,6 +135,42 @@ func Split(outputs []tensor.Tensor, rows []int) ([][]tensor.Tensor, error) {
 	return out, nil
 }
 
+// Unstack is Stack's inverse for one stacked request: its inputs cut
+// into requests of rows[0], rows[1], ... rows; an input batched marks
+// false (shared by the requests) goes to each whole. The pieces alias
+// the inputs' data.
+func Unstack(inputs []tensor.Tensor, batched []bool, rows []int) ([][]tensor.Tensor, error) {
+	out := make([][]tensor.Tensor, len(rows))
+	for r := range out {
+		out[r] = make([]tensor.Tensor, len(inputs))
+	}
+	for i, in := range inputs {
+		if batched != nil && !batched[i] {
+			for r := range out {
+				out[r][i] = in
+			}
+			continue
+		}
+		parts, err := Split([]tensor.Tensor{in}, rows)
+		if err != nil {
+			return nil, err
+		}
+		for r := range out {
+			out[r][i] = parts[r][0]
+		}
+	}
+	return out, nil
+}
+
+// EachRow is rows for Split or Unstack that cut n rows one by one.
+func EachRow(n int) []int {
+	rows := make([]int, n)
+	for i := range rows {
+		rows[i] = 1
+	}
+	return rows
+}
+
 // rowOffsets returns the byte offset where each row starts, plus the end.
 func rowOffsets(t *tensor.Tensor, rows int) ([]int, error) {
 	perRow := tensor.NumElements(t.Shape[1:])

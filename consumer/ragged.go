@@ -11,13 +11,12 @@ import (
 	"github.com/inferq/inferq/tensor"
 )
 
-// raggedRow is a row of a ragged model's batch: whose it is, and its
-// inputs cut to its own length.
+// raggedRow is a row of a ragged model's batch: its inputs cut to its
+// own length, and its outputs once run.
 type raggedRow struct {
-	item, row int
-	length    int64
-	inputs    []tensor.Tensor
-	outputs   []tensor.Tensor
+	length  int64
+	inputs  []tensor.Tensor
+	outputs []tensor.Tensor
 }
 
 // runRagged runs the rows of items (jobs of a model with config ragged)
@@ -38,40 +37,17 @@ func (r *runner) runRagged(s session, m *model.Model, items []*item) ([][]tensor
 		if err != nil {
 			return nil, 0, err
 		}
-		ones := make([]int, it.rows)
-		for k := range ones {
-			ones[k] = 1
-		}
-		parts := make([][]tensor.Tensor, it.rows) // per row, its inputs
-		for k := range parts {
-			parts[k] = make([]tensor.Tensor, len(it.inputs))
-		}
-		for j, t := range it.inputs {
-			if !m.Batched[j] {
-				for k := range parts {
-					parts[k][j] = t
-				}
-				continue
-			}
-			split, err := batching.Split([]tensor.Tensor{t}, ones)
-			if err != nil {
-				return nil, 0, err
-			}
-			for k := range parts {
-				parts[k][j] = split[k][0]
-			}
+		parts, err := batching.Unstack(it.inputs, m.Batched, batching.EachRow(it.rows))
+		if err != nil {
+			return nil, 0, err
 		}
 		full := it.inputs[in].Shape[rg.Axis]
-		for k := range parts {
-			length := max(lengths[k], 1) // a run needs a position
-			if q := rg.MultipleOf; q > 1 {
-				length = (length + q - 1) / q * q
-			}
-			length = min(length, full)
-			if parts[k][in], err = batching.Trim(parts[k][in], rg.Axis, length); err != nil {
+		for k, part := range parts {
+			length := batching.RaggedLength(lengths[k], full, rg.MultipleOf)
+			if part[in], err = batching.Trim(part[in], rg.Axis, length); err != nil {
 				return nil, 0, err
 			}
-			row := &raggedRow{item: i, row: k, length: length, inputs: parts[k]}
+			row := &raggedRow{length: length, inputs: part}
 			rows = append(rows, row)
 			perItem[i] = append(perItem[i], row)
 		}
@@ -86,15 +62,14 @@ func (r *runner) runRagged(s session, m *model.Model, items []*item) ([][]tensor
 		}
 		group := rows[start:end]
 		reqs := make([][]tensor.Tensor, len(group))
-		ones := make([]int, len(group))
 		for g, row := range group {
-			reqs[g], ones[g] = row.inputs, 1
+			reqs[g] = row.inputs
 		}
 		stacked, err := batching.Stack(reqs, m.Batched)
 		if err != nil {
 			return nil, took, err
 		}
-		split, dur, err := runSplit(s, stacked, ones)
+		split, dur, err := runSplit(s, stacked, batching.EachRow(len(group)))
 		took += dur
 		if err != nil {
 			return nil, took, err
@@ -106,47 +81,16 @@ func (r *runner) runRagged(s session, m *model.Model, items []*item) ([][]tensor
 	}
 	outs := make([][]tensor.Tensor, len(items))
 	for i, rs := range perItem {
+		rowOuts := make([][]tensor.Tensor, len(rs))
+		for k, row := range rs {
+			rowOuts[k] = row.outputs
+		}
 		var err error
-		if outs[i], err = joinRagged(rg, rs); err != nil {
+		if outs[i], err = batching.JoinRagged(rowOuts, rg.Outputs); err != nil {
 			return nil, took, fmt.Errorf("job %s: %w", items[i].job.ID, err)
 		}
 	}
 	return outs, took, nil
-}
-
-// joinRagged joins a job's rows' outputs back, the ragged outputs padded
-// with zeros to the longest row's along their axis.
-func joinRagged(rg *model.Ragged, rows []*raggedRow) ([]tensor.Tensor, error) {
-	if len(rows) == 0 {
-		return nil, nil
-	}
-	outs := make([][]tensor.Tensor, len(rows))
-	for k, row := range rows {
-		outs[k] = slices.Clone(row.outputs)
-	}
-	for o, t := range outs[0] {
-		axis, ok := rg.Outputs[t.Name]
-		if !ok {
-			continue
-		}
-		longest := int64(0)
-		for _, out := range outs {
-			if axis < len(out[o].Shape) {
-				longest = max(longest, out[o].Shape[axis])
-			}
-		}
-		for _, out := range outs {
-			var err error
-			if out[o], err = batching.Pad(out[o], axis, longest, 0); err != nil {
-				return nil, err
-			}
-		}
-	}
-	joined, err := batching.Stack(outs, nil)
-	if err != nil {
-		return nil, fmt.Errorf("the outputs of its rows, each run at its own length, do not join back (list each output whose length follows the input's in ragged's outputs): %w", err)
-	}
-	return joined, nil
 }
 
 // batchKeyInputs are a job's inputs as its batch key sees them: for a

@@ -243,25 +243,10 @@ func (r *runner) unstack(it *item) bool {
 	if len(it.lineRows) < 2 || it.length != 0 {
 		return false
 	}
-	lines := make([][]tensor.Tensor, len(it.lineRows))
-	for l := range lines {
-		lines[l] = make([]tensor.Tensor, len(it.inputs))
-	}
-	for i, in := range it.inputs {
-		if !it.model.Batched[i] {
-			for l := range lines {
-				lines[l][i] = in
-			}
-			continue
-		}
-		parts, err := batching.Split([]tensor.Tensor{in}, it.lineRows)
-		if err != nil {
-			r.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
-			return false
-		}
-		for l := range lines {
-			lines[l][i] = parts[l][0]
-		}
+	lines, err := batching.Unstack(it.inputs, it.model.Batched, it.lineRows)
+	if err != nil {
+		r.log.Warn("a packed job's rows do not match its requests", "job", it.job.ID, "err", err)
+		return false
 	}
 	it.lines = lines
 	return true

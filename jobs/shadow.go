@@ -67,7 +67,7 @@ type QueuedShadows struct {
 
 // PublishShadows queues the shadow runs of jobs that succeeded together
 // (a worker's finished batch): per shadow version, their requests and
-// answers packed into as few messages as fit maxPack bytes
+// answers packed into as few messages as fit maxShadowPack bytes
 // (HeaderShadowPack), on that version's queue, without waiting for
 // JetStream's acknowledgement: a shadow never delays a job, and a
 // message per batch rather than per job keeps what the model's own path

@@ -15,6 +15,7 @@ import (
 
 	"github.com/inferq/inferq/batching"
 	"github.com/inferq/inferq/internal/testenv"
+	"github.com/inferq/inferq/model"
 	"github.com/inferq/inferq/onnx"
 	"github.com/inferq/inferq/pipeline"
 	"github.com/inferq/inferq/tensor"
@@ -94,6 +95,16 @@ func BenchmarkOCR(b *testing.B) {
 		b.Cleanup(func() { sess.Close() })
 		sessions[name] = sess
 	}
+	// The recognizer's lines at their own widths, as the example's config
+	// has inferq run them.
+	var recConfig model.Config
+	raw, err = os.ReadFile(filepath.Join(testenv.Root(b), "examples", "ocr", "ocrrec.config.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &recConfig); err != nil || recConfig.Ragged == nil {
+		b.Fatalf("examples/ocr/ocrrec.config.yaml: ragged %v, %v", recConfig.Ragged, err)
+	}
 	ops := map[string]pipeline.Op{}
 	for _, st := range spec.Steps {
 		if st.Op != "" {
@@ -124,7 +135,7 @@ func BenchmarkOCR(b *testing.B) {
 				}
 				var res []tensor.Tensor
 				if st.Model == "ocrrec" {
-					res = recLines(b, sessions[st.Model], x)
+					res = recLines(b, sessions[st.Model], recConfig.Ragged, x)
 				} else if res, err = sessions[st.Model].Run([]tensor.Tensor{x}); err != nil {
 					b.Fatal(err)
 				}
@@ -169,41 +180,28 @@ func BenchmarkOCR(b *testing.B) {
 }
 
 // recLines runs the recognizer on x [lines, 3, 48, width] as the example's
-// config has inferq run it (ragged): each line cut to its own width
-// (rounded up to 8), one at a time, the probabilities padded back with
-// zeros to the longest line's.
-func recLines(b *testing.B, s *onnx.Session, x tensor.Tensor) []tensor.Tensor {
-	widths, err := batching.RowLengths(x, 3, 0)
+// config (rg) has inferq run it: each line cut to its own width, one at
+// a time, the probabilities padded back with zeros to the longest line's.
+func recLines(b *testing.B, s *onnx.Session, rg *model.Ragged, x tensor.Tensor) []tensor.Tensor {
+	widths, err := batching.RowLengths(x, rg.Axis, rg.Value)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ones := make([]int, len(widths))
-	for i := range ones {
-		ones[i] = 1
-	}
-	rows, err := batching.Split([]tensor.Tensor{x}, ones)
+	rows, err := batching.Unstack([]tensor.Tensor{x}, nil, batching.EachRow(len(widths)))
 	if err != nil {
 		b.Fatal(err)
 	}
 	outs := make([][]tensor.Tensor, len(rows))
-	longest := int64(0)
 	for i, row := range rows {
-		w := min((max(widths[i], 1)+7)/8*8, x.Shape[3])
-		line, err := batching.Trim(row[0], 3, w)
+		line, err := batching.Trim(row[0], rg.Axis, batching.RaggedLength(widths[i], x.Shape[rg.Axis], rg.MultipleOf))
 		if err != nil {
 			b.Fatal(err)
 		}
 		if outs[i], err = s.Run([]tensor.Tensor{line}); err != nil {
 			b.Fatal(err)
 		}
-		longest = max(longest, outs[i][0].Shape[1])
 	}
-	for i := range outs {
-		if outs[i][0], err = batching.Pad(outs[i][0], 1, longest, 0); err != nil {
-			b.Fatal(err)
-		}
-	}
-	joined, err := batching.Stack(outs, nil)
+	joined, err := batching.JoinRagged(outs, rg.Outputs)
 	if err != nil {
 		b.Fatal(err)
 	}
