@@ -162,8 +162,8 @@ func TestOldShadowQueuesRetired(t *testing.T) {
 	if _, err := s.Consumer(ctx, ShadowConsumerName("m", 2)); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		t.Errorf("the old shadow consumer of m in the request stream: %v, want it gone", err)
 	}
-	if _, err := s.Consumer(ctx, ShadowConsumerName("n", 2)); err != nil {
-		t.Errorf("model n-shadow-2's own consumer: %v, want it kept", err)
+	if c, err := s.Consumer(ctx, ShadowConsumerName("n", 2)); err != nil || c.CachedInfo().Config.FilterSubject != RequestSubject("n-shadow-2", record.Normal) {
+		t.Errorf("model n-shadow-2's own consumer: %v, want it kept, on its model's subject", err)
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(requestPrefix+">"))
 	if err != nil {
@@ -195,7 +195,8 @@ func TestOldShadowQueuesRetired(t *testing.T) {
 // TestShadowsNeverFillTheQueue: shadow runs that nobody takes lose their
 // oldest past --max-shadow-bytes, in a stream of their own, and never
 // take the room of the jobs: with both bounds at 64 KiB and 300 KiB of
-// shadow runs queued, a job is still accepted.
+// shadow runs queued, a job of 8 KiB is still accepted (with the runs in
+// the jobs' stream, as before, it was refused: the stream was full).
 func TestShadowsNeverFillTheQueue(t *testing.T) {
 	js := newJetStream(t, testenv.Connect(t, testenv.JetStream(t)))
 	q, err := Setup(context.Background(), js, Options{MaxShadowBytes: 64 << 10, MaxQueuedBytes: 64 << 10})
@@ -233,5 +234,7 @@ func TestShadowsNeverFillTheQueue(t *testing.T) {
 	if info.State.Bytes > 64<<10 || info.State.Msgs == 0 || info.State.Msgs >= uint64(len(queued)) {
 		t.Errorf("shadow stream: %d messages of %d queued, %d bytes; want the newest within 64 KiB", info.State.Msgs, len(queued), info.State.Bytes)
 	}
-	queueJob(t, js, "m", record.Normal, "a-job")
+	if _, err := js.Publish(context.Background(), RequestSubject("m", record.Normal), make([]byte, 8<<10)); err != nil {
+		t.Fatalf("a job of 8 KiB refused after the shadow runs: %v", err)
+	}
 }
