@@ -604,17 +604,22 @@ func (c *ctcDecode) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, 
 	// The best class of each step. FP32 (what recognizers give) is read
 	// in place: converting [N, T, C] of thousands of classes to float64
 	// first took most of the operation's time.
-	argmax := func(step int64) (int64, float64) {
-		row := x.Data[step*classes*4 : (step+1)*classes*4]
-		bestV, best := math.Float32frombits(binary.LittleEndian.Uint32(row)), int64(0)
-		for j := int64(1); j < classes; j++ {
-			if e := math.Float32frombits(binary.LittleEndian.Uint32(row[j*4:])); e > bestV {
-				bestV, best = e, j
-			}
+	var argmax func(step int64) (int64, float64)
+	if x.Datatype == tensor.FP32 {
+		if int64(len(x.Data)) != n*steps*classes*4 {
+			return nil, fmt.Errorf("ctc_decode: %d bytes for FP32 of shape %s", len(x.Data), tensor.FormatShape(x.Shape))
 		}
-		return best, float64(bestV)
-	}
-	if x.Datatype != tensor.FP32 {
+		argmax = func(step int64) (int64, float64) {
+			row := x.Data[step*classes*4 : (step+1)*classes*4]
+			bestV, best := math.Float32frombits(binary.LittleEndian.Uint32(row)), int64(0)
+			for j := int64(1); j < classes; j++ {
+				if e := math.Float32frombits(binary.LittleEndian.Uint32(row[j*4:])); e > bestV {
+					bestV, best = e, j
+				}
+			}
+			return best, float64(bestV)
+		}
+	} else {
 		v, err := values(x)
 		if err != nil {
 			return nil, err
@@ -629,8 +634,6 @@ func (c *ctcDecode) Run(in map[string]tensor.Tensor) (map[string]tensor.Tensor, 
 			}
 			return best, row[best]
 		}
-	} else if int64(len(x.Data)) != n*steps*classes*4 {
-		return nil, fmt.Errorf("ctc_decode: %d bytes for FP32 of shape %s", len(x.Data), tensor.FormatShape(x.Shape))
 	}
 	var texts []byte
 	scores := make([]float64, n)
